@@ -1,0 +1,1 @@
+"""The standalone yadtq worker node: ``python -m worker_node --help``."""

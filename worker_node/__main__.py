@@ -1,0 +1,73 @@
+"""``python -m worker_node``: parse options and run one yadtq worker until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from yadtq.config import resolve_config
+from yadtq.errors import YadtqError
+from yadtq.worker import DEFAULT_TASK_MODULES, Worker
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker_node",
+        description="Run a yadtq worker: join the queue's Kafka consumer group, run the tasks "
+        "registered in --tasks modules, report status and heartbeats to Redis. "
+        "Stops gracefully on SIGTERM or Ctrl-C.",
+    )
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port] "
+                        "(default: $YADTQ_BOOTSTRAP, else a running `yadtq local up` stack)")
+    parser.add_argument("--redis", dest="redis_url", help="Redis URL, e.g. "
+                        "redis://host:6379/0 (default: $YADTQ_REDIS_URL, else the local stack)")
+    parser.add_argument("--queue", help="queue name (default: $YADTQ_QUEUE or 'default')")
+    parser.add_argument("--key-prefix", help="prefix of every Redis key (default: yadtq)")
+    parser.add_argument("--tasks", action="append", metavar="MODULE",
+                        help="module whose @yadtq.task functions this worker runs; repeat for "
+                        f"several (default: {', '.join(DEFAULT_TASK_MODULES)})")
+    parser.add_argument("--concurrency", type=int, default=4,
+                        help="tasks run at once (default: 4)")
+    parser.add_argument("--name", help="worker name shown in status and heartbeats "
+                        "(default: HOSTNAME-PID)")
+    parser.add_argument("--heartbeat-interval", type=float,
+                        help="seconds between heartbeats (default: 2)")
+    parser.add_argument("--lease-seconds", type=float,
+                        help="seconds a claim lasts without renewal before other workers "
+                        "re-run the task (default: 10)")
+    parser.add_argument("--partitions", type=int,
+                        help="partitions of the tasks topic if this worker creates it "
+                        "(default: 12)")
+    parser.add_argument("--shutdown-grace", type=float, default=30.0,
+                        help="seconds to let running tasks finish on SIGTERM before handing "
+                        "them back (default: 30)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: INFO)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    try:
+        config = resolve_config(
+            bootstrap=args.bootstrap, redis_url=args.redis_url, queue=args.queue,
+            key_prefix=args.key_prefix, heartbeat_interval=args.heartbeat_interval,
+            lease_seconds=args.lease_seconds, partitions=args.partitions,
+        )
+        worker = Worker(config, name=args.name, concurrency=args.concurrency,
+                        task_modules=args.tasks or DEFAULT_TASK_MODULES,
+                        shutdown_grace=args.shutdown_grace)
+    except (YadtqError, ImportError) as exc:
+        print(f"worker_node: error: {exc}", file=sys.stderr)
+        return 1
+    worker.install_signal_handlers()
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Demo tasks served by default (``--tasks worker_node.tasks``).
+
+Clients import these functions only to name them: ``q.submit(add, 1, 2)``
+sends the name ``add``; the function runs on a worker that registered it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import yadtq
+
+
+@yadtq.task
+def add(a: float, b: float) -> float:
+    """a + b"""
+    return a + b
+
+
+@yadtq.task
+def subtract(a: float, b: float) -> float:
+    """a - b"""
+    return a - b
+
+
+@yadtq.task
+def multiply(a: float, b: float) -> float:
+    """a * b"""
+    return a * b
+
+
+@yadtq.task
+def divide(a: float, b: float) -> float:
+    """a / b; raises ZeroDivisionError for b == 0, which shows a failed task."""
+    return a / b
+
+
+@yadtq.task
+def power(base: float, exponent: float) -> float:
+    """base ** exponent"""
+    return base**exponent
+
+
+@yadtq.task
+def sleep(seconds: float) -> float:
+    """Wait ``seconds`` (an I/O-bound task) and return how long it really slept."""
+    started = time.perf_counter()
+    time.sleep(seconds)
+    return round(time.perf_counter() - started, 6)
+
+
+@yadtq.task
+def count_primes(limit: int) -> int:
+    """How many primes are below ``limit`` (a CPU-bound task)."""
+    if limit < 3:
+        return 0
+    sieve = bytearray([1]) * limit
+    sieve[0:2] = b"\x00\x00"
+    for n in range(2, int(limit**0.5) + 1):
+        if sieve[n]:
+            sieve[n * n :: n] = bytearray(len(range(n * n, limit, n)))
+    return sum(sieve)
+
+
+@yadtq.task
+def fail(message: str = "this task always fails") -> None:
+    """Raise RuntimeError(message): shows how a failure reaches the client."""
+    raise RuntimeError(message)

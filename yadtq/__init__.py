@@ -1,0 +1,63 @@
+"""yadtq: a distributed task queue with Kafka as broker, Redis as result store, made for Jupyter.
+
+    >>> import yadtq
+    >>> from worker_node.tasks import add
+    >>> q = yadtq.connect("local")
+    >>> q.submit(add, 1, 2).result(timeout=10)
+    3
+"""
+
+from yadtq.client import Client
+from yadtq.config import Config
+from yadtq.connection import connect
+from yadtq.errors import (
+    BackendUnavailable,
+    BrokerUnavailable,
+    ConfigurationError,
+    ConnectionFailed,
+    InvalidTransition,
+    MessageTooLarge,
+    ProtocolError,
+    TaskFailed,
+    TaskNotFound,
+    UnknownTask,
+    YadtqError,
+)
+from yadtq.futures import TaskBatch, TaskFuture
+from yadtq.registry import task
+from yadtq.status import TaskStatus
+
+__all__ = [
+    "BackendUnavailable",
+    "BrokerUnavailable",
+    "Client",
+    "Config",
+    "ConfigurationError",
+    "ConnectionFailed",
+    "InvalidTransition",
+    "LocalCluster",
+    "MessageTooLarge",
+    "ProtocolError",
+    "TaskBatch",
+    "TaskFailed",
+    "TaskFuture",
+    "TaskNotFound",
+    "TaskStatus",
+    "UnknownTask",
+    "YadtqError",
+    "connect",
+    "task",
+]
+
+for _name in __all__:
+    if _name != "LocalCluster":
+        globals()[_name].__module__ = "yadtq"
+
+
+def __getattr__(name: str):
+    # LocalCluster pulls in process management; load it only when asked for.
+    if name == "LocalCluster":
+        from yadtq.local import LocalCluster
+
+        return LocalCluster
+    raise AttributeError(f"module 'yadtq' has no attribute {name!r}")

@@ -1,0 +1,348 @@
+"""The Redis backend (adapter layer): task records, batch counters, leases, events, heartbeats.
+
+Redis, not the Kafka offset, is the source of truth for a task (DESIGN.md,
+"Delivery guarantees"). Every status change is one Lua script from
+``yadtq/lua`` that checks the move is legal, fences stale attempts, updates the
+batch counters and publishes one event on the queue's channel, so clients
+never poll per task. Every key is built by :class:`Keys`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+
+from yadtq.config import Config
+from yadtq.errors import BackendUnavailable
+from yadtq.protocol import TaskMessage
+from yadtq.status import TaskStatus
+
+PIPELINE_CHUNK = 1000
+WORKER_RECORD_TTL = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every Redis key and channel yadtq uses, under one prefix."""
+
+    prefix: str
+    queue: str
+
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def batch_tasks(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:tasks"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.prefix}:leases:{self.queue}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:events:{self.queue}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Outcome of a claim: ``attempt`` is set when the worker now holds the task."""
+
+    task_id: str
+    attempt: int | None
+    skipped_because: str | None = None
+
+    @property
+    def claimed(self) -> bool:
+        """True when this worker may run the task."""
+        return self.attempt is not None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a worker reports when a task ends."""
+
+    task_id: str
+    batch: str | None
+    attempt: int
+    status: TaskStatus
+    result: Any = None
+    error_type: str = ""
+    error: str = ""
+    traceback: str = ""
+
+    def fields(self) -> list[str]:
+        if self.status is TaskStatus.SUCCESS:
+            return ["result", json.dumps(self.result)]
+        return ["error_type", self.error_type, "error", self.error, "traceback", self.traceback]
+
+
+def _load_script(client: redis.Redis, name: str) -> Any:
+    source = resources.files("yadtq").joinpath("lua", name).read_text()
+    return client.register_script(source)
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def decode_record(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    """A task hash as Python values: JSON fields parsed, times as floats."""
+    record: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+    for name in ("args", "kwargs", "result"):
+        if record.get(name):
+            record[name] = json.loads(record[name])
+    for name in ("queued_at", "started_at", "finished_at", "submitted_at", "requeued_at"):
+        record[name] = float(record[name]) if record.get(name) else None
+    for name in ("attempt", "index", "max_retries"):
+        record[name] = int(record[name]) if record.get(name) else None
+    return record
+
+
+class RedisBackend:
+    """All of yadtq's Redis traffic for one queue."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.keys = Keys(config.key_prefix, config.queue)
+        self.redis = redis.Redis.from_url(
+            config.redis_url,
+            socket_connect_timeout=config.connect_timeout,
+            socket_keepalive=True,
+            health_check_interval=30,
+        )
+        self._claim = _load_script(self.redis, "claim.lua")
+        self._finish = _load_script(self.redis, "finish.lua")
+        self._requeue = _load_script(self.redis, "requeue.lua")
+
+    def check_connection(self) -> None:
+        """Fail fast with the address when Redis does not answer.
+
+        Raises:
+            BackendUnavailable: Redis did not answer PING.
+        """
+        try:
+            self.redis.ping()
+        except redis.AuthenticationError as exc:
+            raise BackendUnavailable(
+                f"Redis at {self._address()} refused the credentials ({exc}); "
+                "check the password in the Redis URL"
+            ) from None
+        except redis.RedisError as exc:
+            raise BackendUnavailable(
+                f"cannot reach Redis at {self._address()} (from {self.config.source}): {exc}; "
+                "start Redis or fix YADTQ_REDIS_URL, or use yadtq.connect('local')"
+            ) from None
+
+    def _address(self) -> str:
+        kwargs = self.redis.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return f"unix:{kwargs['path']}"
+        return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
+    def close(self) -> None:
+        self.redis.close()
+
+    # --- client side -------------------------------------------------------
+
+    def enqueue(self, messages: Sequence[TaskMessage], batch_id: str | None = None) -> None:
+        """Write ``queued`` records (and the batch) before anything is produced."""
+        now = time.time()
+        if batch_id is not None:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hset(
+                    self.keys.batch(batch_id),
+                    mapping={"total": len(messages), "queued": len(messages), "processing": 0,
+                             "success": 0, "failed": 0, "created_at": now},
+                )
+                pipe.execute()
+        for chunk in _chunks(messages, PIPELINE_CHUNK):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for message in chunk:
+                    pipe.hset(self.keys.task(message.id), mapping=_record_fields(message, now))
+                if batch_id is not None:
+                    pipe.rpush(self.keys.batch_tasks(batch_id), *(m.id for m in chunk))
+                pipe.execute()
+
+    def task_record(self, task_id: str) -> dict[str, Any] | None:
+        """The decoded task hash, or None if Redis holds no record."""
+        raw = self.redis.hgetall(self.keys.task(task_id))
+        return decode_record(raw) if raw else None
+
+    def task_records(self, task_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Decoded task hashes in order, read in pipelined chunks."""
+        records: list[dict[str, Any] | None] = []
+        for chunk in _chunks(task_ids, PIPELINE_CHUNK):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for task_id in chunk:
+                    pipe.hgetall(self.keys.task(task_id))
+                records.extend(decode_record(raw) if raw else None for raw in pipe.execute())
+        return records
+
+    def batch_counts(self, batch_id: str) -> dict[str, int]:
+        """The batch counters: total, queued, processing, success, failed."""
+        raw = self.redis.hgetall(self.keys.batch(batch_id))
+        return {
+            _text(k): int(float(v)) for k, v in raw.items() if _text(k) != "created_at"
+        }
+
+    def batch_task_ids(self, batch_id: str) -> list[str]:
+        """The ids of a batch's tasks in submission order."""
+        return [_text(i) for i in self.redis.lrange(self.keys.batch_tasks(batch_id), 0, -1)]
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Every registered worker's last heartbeat record, newest first."""
+        ids = [_text(i) for i in self.redis.zrevrange(self.keys.workers, 0, -1)]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id in ids:
+                pipe.hgetall(self.keys.worker(worker_id))
+            raws = pipe.execute()
+        return [{_text(k): _text(v) for k, v in raw.items()} for raw in raws if raw]
+
+    def pubsub(self) -> redis.client.PubSub:
+        """A pub/sub connection, not yet subscribed."""
+        return self.redis.pubsub(ignore_subscribe_messages=False)
+
+    # --- worker side -------------------------------------------------------
+
+    def claim_many(
+        self, messages: Sequence[TaskMessage], worker_id: str, now: float | None = None
+    ) -> list[Claim]:
+        """Claim each message's task with a lease, in one round trip."""
+        now = time.time() if now is None else now
+        expiry = now + self.config.lease_seconds
+        with self.redis.pipeline(transaction=False) as pipe:
+            for message in messages:
+                self._claim(
+                    keys=[self.keys.task(message.id), self.keys.leases,
+                          self.keys.batch(message.batch or "-")],
+                    args=[message.id, worker_id, expiry, now, self.keys.events,
+                          message.batch or "", json.dumps(_record_fields(message, now))],
+                    client=pipe,
+                )
+            replies = pipe.execute()
+        claims = []
+        for message, reply in zip(messages, replies, strict=True):
+            verdict = _text(reply[0])
+            if verdict == "ok":
+                claims.append(Claim(message.id, int(reply[1])))
+            else:
+                claims.append(Claim(message.id, None, _text(reply[1])))
+        return claims
+
+    def finish(self, outcome: Outcome, worker_id: str, now: float | None = None) -> str | None:
+        """Store an outcome; returns None if accepted, else why it was refused."""
+        now = time.time() if now is None else now
+        batch = outcome.batch or "-"
+        reply = self._finish(
+            keys=[self.keys.task(outcome.task_id), self.keys.leases, self.keys.batch(batch),
+                  self.keys.batch_tasks(batch)],
+            args=[outcome.task_id, outcome.attempt, worker_id, outcome.status.value, now,
+                  self.config.result_ttl, self.keys.events, *outcome.fields()],
+        )
+        if _text(reply[0]) == "ok":
+            return None
+        status, attempt, holder = (_text(r) for r in reply[1:4])
+        return f"task is {status} (attempt {attempt or '?'}, worker {holder or 'none'})"
+
+    def requeue(
+        self, task_id: str, batch: str | None, *, worker_id: str = "", now: float | None = None
+    ) -> TaskMessage | None:
+        """Move a processing task back to queued with attempt + 1.
+
+        With ``worker_id`` it hands back that worker's task; without, it reaps
+        a task whose lease has expired. Returns the message to produce again,
+        or None when the compare-and-set found nothing to do.
+        """
+        now = time.time() if now is None else now
+        reply = self._requeue(
+            keys=[self.keys.task(task_id), self.keys.leases, self.keys.batch(batch or "-")],
+            args=[task_id, "handback" if worker_id else "expired", now, worker_id,
+                  self.keys.events],
+        )
+        if _text(reply[0]) != "ok":
+            return None
+        attempt = int(reply[1])
+        task, args, kwargs, batch_id, index, max_retries, timeout, submitted = (
+            _text(v) for v in reply[2:10]
+        )
+        return TaskMessage(
+            id=task_id,
+            task=task,
+            args=tuple(json.loads(args or "[]")),
+            kwargs=json.loads(kwargs or "{}"),
+            batch=batch_id or None,
+            index=int(index) if index else None,
+            attempt=attempt,
+            max_retries=int(max_retries or 0),
+            timeout=float(timeout) if timeout else None,
+            submitted_at=float(submitted) if submitted else None,
+        )
+
+    def expired_leases(self, now: float, limit: int = 100) -> list[tuple[str, str | None]]:
+        """(task id, batch id) of tasks whose lease ran out before ``now``."""
+        ids = [_text(i) for i in self.redis.zrangebyscore(self.keys.leases, "-inf", now,
+                                                          start=0, num=limit)]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hget(self.keys.task(task_id), "batch")
+            batches = pipe.execute()
+        return [(task_id, _text(b) or None) for task_id, b in zip(ids, batches, strict=True)]
+
+    def heartbeat(
+        self, worker_id: str, info: dict[str, Any], leased: Iterable[str], now: float
+    ) -> None:
+        """Record a heartbeat and renew the leases of the tasks this worker runs."""
+        expiry = now + self.config.lease_seconds
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self.keys.worker(worker_id),
+                      mapping={**info, "last_heartbeat": now, "queue": self.config.queue})
+            pipe.expire(self.keys.worker(worker_id), WORKER_RECORD_TTL)
+            pipe.zadd(self.keys.workers, {worker_id: now})
+            for task_id in leased:
+                pipe.zadd(self.keys.leases, {task_id: expiry}, xx=True)
+            pipe.execute()
+
+
+def _record_fields(message: TaskMessage, now: float) -> dict[str, str]:
+    """The task hash fields a message starts with (all strings, none empty)."""
+    fields = {
+        "status": TaskStatus.QUEUED.value,
+        "task": message.task,
+        "args": json.dumps(list(message.args)),
+        "kwargs": json.dumps(dict(message.kwargs)),
+        "attempt": str(message.attempt),
+        "max_retries": str(message.max_retries),
+        "queued_at": repr(now),
+        "format": "plain" if message.plain else "v1",
+    }
+    optional = {
+        "batch": message.batch,
+        "index": message.index,
+        "timeout": message.timeout,
+        "submitted_at": message.submitted_at,
+    }
+    fields.update({k: str(v) for k, v in optional.items() if v is not None})
+    return fields
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -1,0 +1,246 @@
+"""Command line (top layer): ``yadtq submit|status|result|workers|local up``.
+
+It only parses arguments and calls library functions. Library errors print as
+``yadtq: error: <message>`` on stderr with exit status 1 and no traceback (a
+failed task's message carries the remote traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from yadtq.config import local_stack_record_path
+from yadtq.errors import YadtqError
+from yadtq.local import LocalCluster
+
+
+def parse_task_arg(text: str) -> Any:
+    """A task argument from the command line: JSON if it parses (``3``, ``[1, 2]``), else text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _positive_seconds(text: str) -> float:
+    seconds = float(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return seconds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``yadtq`` argument parser; server options work before or after the command."""
+    # SUPPRESS keeps a subcommand from overwriting a value given before it.
+    servers = argparse.ArgumentParser(add_help=False)
+    servers.add_argument(
+        "--bootstrap", default=argparse.SUPPRESS, metavar="HOST:PORT",
+        help="Kafka bootstrap servers host:port[,...] (default: $YADTQ_BOOTSTRAP, else a "
+        "running `yadtq local up` stack)",
+    )
+    servers.add_argument(
+        "--redis", dest="redis_url", default=argparse.SUPPRESS, metavar="URL",
+        help="Redis URL, e.g. redis://host:6379/0 (default: $YADTQ_REDIS_URL, else the local "
+        "stack)",
+    )
+    servers.add_argument(
+        "--queue", default=argparse.SUPPRESS,
+        help="queue name (default: $YADTQ_QUEUE or 'default')",
+    )
+    parser = argparse.ArgumentParser(
+        prog="yadtq", parents=[servers],
+        description="Submit and inspect yadtq tasks, or run a local stack to try them on.",
+        epilog="Start here: `yadtq local up` in one terminal, then `yadtq submit add 1 2 --wait` "
+        "in another.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    submit = commands.add_parser(
+        "submit", parents=[servers], help="submit a task; print its id, or its result with --wait",
+        description="Submit TASK with ARGS (each read as JSON if it parses, else as a string).",
+    )
+    submit.add_argument("task", metavar="TASK", help="registered task name, e.g. add")
+    submit.add_argument("args", metavar="ARGS", nargs="*", type=parse_task_arg,
+                        help="task arguments: 2, 1.5, null, '[1, 2]' are JSON; quote a "
+                        "string that looks like JSON as '\"2\"'")
+    submit.add_argument("--wait", action="store_true", help="wait and print the result as JSON")
+    submit.add_argument("--timeout", type=_positive_seconds, metavar="S",
+                        help="with --wait, give up after S seconds (default: wait forever)")
+    submit.set_defaults(run=_submit)
+
+    status = commands.add_parser("status", parents=[servers], help="print a task's status")
+    status.add_argument("task_id", metavar="ID")
+    status.set_defaults(run=_status)
+
+    result = commands.add_parser("result", parents=[servers],
+                                 help="wait for a task and print its result as JSON")
+    result.add_argument("task_id", metavar="ID")
+    result.add_argument("--timeout", type=_positive_seconds, metavar="S",
+                        help="give up after S seconds (default: wait forever)")
+    result.set_defaults(run=_result)
+
+    workers = commands.add_parser("workers", parents=[servers],
+                                  help="print the workers and their last heartbeats")
+    workers.set_defaults(run=_workers)
+
+    local = commands.add_parser("local", help="run a broker, Redis and workers on this machine")
+    local_commands = local.add_subparsers(dest="local_command", required=True, metavar="COMMAND")
+    up = local_commands.add_parser(
+        "up", help="start a local stack and keep it running until Ctrl-C",
+        description="Start an embedded Kafka-protocol broker, Redis and worker processes on "
+        "loopback ports, record their addresses for other processes, and run until Ctrl-C or "
+        "SIGTERM.",
+    )
+    up.add_argument("--workers", type=int, default=3, help="worker processes (default: 3)")
+    up.add_argument("--concurrency", type=int, default=4,
+                    help="tasks each worker runs at once (default: 4)")
+    up.add_argument("--queue", default=argparse.SUPPRESS, help="queue name (default: default)")
+    up.add_argument("--tasks", action="append", metavar="MODULE",
+                    help="module of tasks the workers serve; repeat for several "
+                    "(default: worker_node.tasks)")
+    up.set_defaults(run=_local_up)
+    return parser
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    # Imported here so that `yadtq local up` and `--help` do not load the client stack.
+    from yadtq.connection import connect
+
+    return connect(
+        bootstrap=getattr(args, "bootstrap", None),
+        redis_url=getattr(args, "redis_url", None),
+        queue=getattr(args, "queue", None),
+    )
+
+
+def _print_result(future: Any, timeout: float | None) -> None:
+    try:
+        value = future.result(timeout=timeout)
+    except TimeoutError as exc:
+        if isinstance(exc, YadtqError):
+            raise
+        raise YadtqError(
+            f"task {future.id} did not finish within {timeout:g} s; it may still be queued or "
+            f"running: check `yadtq status {future.id}` or wait with `yadtq result {future.id}`"
+        ) from None
+    print(json.dumps(value, default=repr))
+
+
+def _submit(args: argparse.Namespace) -> int:
+    client = _connect(args)
+    try:
+        future = client.submit(args.task, *args.args)
+        if args.wait:
+            _print_result(future, args.timeout)
+        else:
+            print(future.id)
+    finally:
+        client.close()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    client = _connect(args)
+    try:
+        status = client.status(args.task_id)
+    finally:
+        client.close()
+    print(getattr(status, "value", status))
+    return 0
+
+
+def _result(args: argparse.Namespace) -> int:
+    client = _connect(args)
+    try:
+        _print_result(client.get(args.task_id), args.timeout)
+    finally:
+        client.close()
+    return 0
+
+
+def _workers(args: argparse.Namespace) -> int:
+    client = _connect(args)
+    try:
+        frame = client.workers()
+    finally:
+        client.close()
+    if frame.empty:
+        print("no worker has sent a heartbeat on this queue", file=sys.stderr)
+    else:
+        print(frame.to_string(index=False))
+    return 0
+
+
+def _local_up(args: argparse.Namespace) -> int:
+    # Signals only set a flag, so a stop can never interrupt starting or stopping halfway.
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        print(f"\n{signal.Signals(signum).name}: stopping the local stack...", file=sys.stderr)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with LocalCluster(
+            args.workers, queue=getattr(args, "queue", None) or "default",
+            concurrency=args.concurrency, task_modules=args.tasks or ("worker_node.tasks",),
+            record=True,
+        ) as cluster:
+            _print_banner(cluster)
+            return _watch(cluster, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _print_banner(cluster: LocalCluster) -> None:
+    config = cluster.config
+    print(
+        f"yadtq local stack is up: {len(cluster.worker_processes)} worker(s) on queue "
+        f"{config.queue!r}\n"
+        f"  Kafka bootstrap  {config.bootstrap}\n"
+        f"  Redis            {config.redis_url}\n"
+        f"  logs             {cluster.stack.data_dir}\n"
+        f"yadtq commands and yadtq.connect() on this machine find it through "
+        f"{local_stack_record_path()}; elsewhere run:\n"
+        f"export YADTQ_BOOTSTRAP={config.bootstrap} YADTQ_REDIS_URL={config.redis_url}\n"
+        "Press Ctrl-C to stop.",
+        flush=True,
+    )
+
+
+def _watch(cluster: LocalCluster, stop: threading.Event) -> int:
+    """Wait for a stop signal, reporting children that exit on their own."""
+    reported: set[int] = set()
+    while not stop.wait(1.0):
+        for child in [*cluster.stack.processes, *cluster.worker_processes]:
+            if child.alive or child.pid in reported:
+                continue
+            reported.add(child.pid)
+            print(f"yadtq: warning: {child.name} exited with code {child.popen.returncode}; "
+                  f"last lines of {child.log_path}:\n{child.log_tail()}", file=sys.stderr)
+            if child in cluster.stack.processes:
+                print("yadtq: error: the local stack cannot run without it; stopping",
+                      file=sys.stderr)
+                return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``yadtq`` command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except YadtqError as exc:
+        print(f"yadtq: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("yadtq: interrupted", file=sys.stderr)
+        return 130

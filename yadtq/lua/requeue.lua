@@ -1,0 +1,46 @@
+-- requeue.lua: give a processing task back to the queue: processing -> queued, attempt + 1.
+-- Used by the reaper (lease expired) and by a worker handing back work on shutdown.
+--
+-- KEYS[1] task hash          yadtq:task:<id>
+-- KEYS[2] leases sorted set  yadtq:leases:<queue>
+-- KEYS[3] batch counters     yadtq:batch:<batch>
+-- ARGV[1] task id
+-- ARGV[2] mode: "expired" (only if the lease is past ARGV[3]) or "handback" (only if
+--         ARGV[4] holds it)
+-- ARGV[3] now (unix seconds)
+-- ARGV[4] worker id handing back ("" for the reaper)
+-- ARGV[5] events channel
+--
+-- Returns {"ok", new attempt, task, args, kwargs, batch, index, max_retries, timeout,
+-- submitted_at} so the caller can produce the message again, or {"skip", reason}.
+local current = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker', 'batch')
+if current[1] ~= 'processing' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return {'skip', current[1] or 'missing'}
+end
+if ARGV[2] == 'expired' then
+  local expiry = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if expiry and tonumber(expiry) > tonumber(ARGV[3]) then
+    return {'skip', 'lease live'}
+  end
+elseif current[3] ~= ARGV[4] then
+  return {'skip', 'held by ' .. (current[3] or 'nobody')}
+end
+local attempt = (tonumber(current[2]) or 1) + 1
+redis.call('HSET', KEYS[1], 'status', 'queued', 'attempt', tostring(attempt), 'worker', '',
+           'requeued_at', ARGV[3], 'requeue_reason', ARGV[2] .. ' (' .. (current[3] or '') .. ')')
+redis.call('ZREM', KEYS[2], ARGV[1])
+local batch = current[4] or ''
+if batch ~= '' then
+  redis.call('HINCRBY', KEYS[3], 'processing', -1)
+  redis.call('HINCRBY', KEYS[3], 'queued', 1)
+end
+redis.call('PUBLISH', ARGV[5], cjson.encode({id = ARGV[1], status = 'queued', worker = '',
+  attempt = attempt, batch = batch, at = tonumber(ARGV[3])}))
+local payload = redis.call('HMGET', KEYS[1], 'task', 'args', 'kwargs', 'batch', 'index',
+                           'max_retries', 'timeout', 'submitted_at')
+local reply = {'ok', attempt}
+for i = 1, #payload do
+  reply[#reply + 1] = payload[i] or ''
+end
+return reply

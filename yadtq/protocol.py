@@ -1,0 +1,235 @@
+"""The wire format (bottom layer): build, encode, decode and validate a task message.
+
+A Kafka message value is UTF-8 JSON (DESIGN.md, "Wire format")::
+
+    {"v": 1, "id": "9f1c...", "task": "add", "args": [1, 2], "kwargs": {},
+     "batch": null, "index": null, "attempt": 1, "max_retries": 0,
+     "timeout": null, "submitted_at": 1764320000.123}
+
+Workers also accept the plain format older YADTQ clients send,
+``{"task-id": "...", "task": "add", "args": [1, 2]}`` (``task_id`` or ``id``
+spell the id too). Every rejection is a :class:`ProtocolError` whose text names
+the field and the reason; a worker uses that text as the dead-letter reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from yadtq.errors import MessageTooLarge, ProtocolError
+
+VERSION = 1
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
+
+_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
+_PLAIN_ID_FIELDS = ("task-id", "task_id", "id")
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """One task as it travels on the topic; ``plain`` marks the legacy format."""
+
+    id: str
+    task: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    batch: str | None = None
+    index: int | None = None
+    attempt: int = 1
+    max_retries: int = 0
+    timeout: float | None = None
+    submitted_at: float | None = None
+    plain: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The v1 JSON object for this message."""
+        data = asdict(self)
+        del data["plain"]
+        data["args"] = list(self.args)
+        data["kwargs"] = dict(self.kwargs)
+        return {"v": VERSION, **data}
+
+
+def new_task_id() -> str:
+    """A fresh unique task id (uuid4 hex)."""
+    return uuid.uuid4().hex
+
+
+def new_batch_id() -> str:
+    """A fresh unique batch id."""
+    return "b-" + uuid.uuid4().hex
+
+
+def _check_json(value: Any, what: str, task: str) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{what} of task {task!r} is not JSON-serialisable ({exc}); pass only JSON types "
+            "(str, int, float, bool, None, list, dict with str keys) and convert other values, "
+            "e.g. a set to a list or a numpy number with .item()"
+        ) from None
+
+
+def build(
+    task: str,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    task_id: str | None = None,
+    batch: str | None = None,
+    index: int | None = None,
+    attempt: int = 1,
+    max_retries: int = 0,
+    timeout: float | None = None,
+) -> TaskMessage:
+    """Build a validated message for ``task(*args, **kwargs)``.
+
+    Raises:
+        TypeError: an argument is not JSON-serialisable; the text names it.
+    """
+    kwargs = dict(kwargs or {})
+    for position, value in enumerate(args):
+        _check_json(value, f"argument {position} ({value!r:.60})", task)
+    for name, value in kwargs.items():
+        if not isinstance(name, str):
+            raise TypeError(f"keyword argument names must be strings, got {name!r}")
+        _check_json(value, f"keyword argument {name!r} ({value!r:.60})", task)
+    message = TaskMessage(
+        id=task_id or new_task_id(),
+        task=task,
+        args=tuple(args),
+        kwargs=kwargs,
+        batch=batch,
+        index=index,
+        attempt=attempt,
+        max_retries=max_retries,
+        timeout=timeout,
+        submitted_at=time.time(),
+    )
+    return validate(message.to_dict())
+
+
+def encode(message: TaskMessage, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes:
+    """The UTF-8 JSON bytes for ``message``.
+
+    Raises:
+        MessageTooLarge: the encoding is longer than ``max_bytes``.
+    """
+    data = json.dumps(message.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+    if len(data) > max_bytes:
+        raise MessageTooLarge(
+            f"task {message.task!r} message is {len(data)} bytes, over the {max_bytes}-byte "
+            "limit; pass a reference (a path or key) instead of the data, or raise "
+            "max_message_bytes"
+        )
+    return data
+
+
+def decode(data: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> TaskMessage:
+    """Parse and validate a message value from the topic.
+
+    Raises:
+        ProtocolError: the bytes are not a valid task message; the text says why.
+    """
+    if data is None:
+        raise ProtocolError("message has no value (a tombstone); a task message is JSON")
+    if len(data) > max_bytes:
+        raise MessageTooLarge(f"message is {len(data)} bytes, over the {max_bytes}-byte limit")
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"message is not UTF-8: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"message is not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("message JSON is nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"message must be a JSON object, got {type(obj).__name__}")
+    return validate(obj)
+
+
+def _field(obj: Mapping[str, Any], name: str, types: tuple[type, ...], default: Any) -> Any:
+    value = obj.get(name, default)
+    if value is default:
+        return value
+    if isinstance(value, bool) and bool not in types:
+        raise ProtocolError(f"field {name!r} must be {_names(types)}, got a boolean")
+    if not isinstance(value, types):
+        raise ProtocolError(f"field {name!r} must be {_names(types)}, got {type(value).__name__}")
+    return value
+
+
+def _names(types: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def validate(obj: Mapping[str, Any]) -> TaskMessage:
+    """Turn a decoded JSON object (v1 or plain format) into a :class:`TaskMessage`.
+
+    Raises:
+        ProtocolError: a field is missing, of the wrong type or out of range.
+    """
+    plain = "v" not in obj
+    if plain:
+        id_fields = [name for name in _PLAIN_ID_FIELDS if name in obj]
+        if not id_fields:
+            raise ProtocolError(
+                "message has no 'v' field and no task id ('task-id', 'task_id' or 'id')"
+            )
+        task_id = obj[id_fields[0]]
+    else:
+        version = obj["v"]
+        if version != VERSION or isinstance(version, bool):
+            raise ProtocolError(f"unsupported message version {version!r}; this worker reads v1")
+        if "id" not in obj:
+            raise ProtocolError("missing field 'id'")
+        task_id = obj["id"]
+    if not isinstance(task_id, str) or not _ID.match(task_id):
+        raise ProtocolError(
+            f"task id {task_id!r:.80} is not valid: use 1-128 letters, digits, '_', '.', ':' or '-'"
+        )
+    if "task" not in obj:
+        raise ProtocolError("missing field 'task' (the registered task name)")
+    task = obj["task"]
+    if not isinstance(task, str) or not _TASK_NAME.match(task):
+        raise ProtocolError(f"field 'task' must be a task name, got {task!r:.80}")
+    args = _field(obj, "args", (list,), [])
+    kwargs = _field(obj, "kwargs", (dict,), {})
+    batch = _field(obj, "batch", (str, type(None)), None)
+    if batch is not None and not _ID.match(batch):
+        raise ProtocolError(f"field 'batch' is not a valid id: {batch!r:.80}")
+    index = _field(obj, "index", (int, type(None)), None)
+    attempt = _field(obj, "attempt", (int,), 1)
+    max_retries = _field(obj, "max_retries", (int,), 0)
+    timeout = _field(obj, "timeout", (int, float, type(None)), None)
+    submitted_at = _field(obj, "submitted_at", (int, float, type(None)), None)
+    if attempt < 1:
+        raise ProtocolError(f"field 'attempt' must be at least 1, got {attempt}")
+    if max_retries < 0:
+        raise ProtocolError(f"field 'max_retries' must not be negative, got {max_retries}")
+    if index is not None and index < 0:
+        raise ProtocolError(f"field 'index' must not be negative, got {index}")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise ProtocolError(f"field 'timeout' must be a positive number of seconds, got {timeout}")
+    return TaskMessage(
+        id=task_id,
+        task=task,
+        args=tuple(args),
+        kwargs=kwargs,
+        batch=batch,
+        index=index,
+        attempt=attempt,
+        max_retries=max_retries,
+        timeout=timeout,
+        submitted_at=submitted_at,
+        plain=plain,
+    )

@@ -1,0 +1,82 @@
+"""The task registry (bottom layer): which names a worker may run.
+
+A worker runs only functions registered here by the modules it was started
+with; a message carries a name, never code. The client uses the same
+decorator to turn a function into the name it sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from yadtq.errors import UnknownTask
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_TASKS: dict[str, Callable[..., Any]] = {}
+
+TASK_NAME_ATTRIBUTE = "__yadtq_task__"
+
+
+@overload
+def task(fn: F, /) -> F: ...
+@overload
+def task(*, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
+    """Register a function as a task under its own name (or ``name=``).
+
+    The function is returned unchanged, so it can still be called locally;
+    ``q.submit(fn, ...)`` sends its registered name.
+    """
+
+    def register(func: F) -> F:
+        task_name = name or func.__name__
+        existing = _TASKS.get(task_name)
+        if existing is not None and existing is not func and (
+            existing.__module__,
+            existing.__qualname__,
+        ) != (func.__module__, func.__qualname__):
+            raise ValueError(
+                f"task name {task_name!r} is already registered by "
+                f"{existing.__module__}.{existing.__qualname__}; pass name= to choose another"
+            )
+        _TASKS[task_name] = func
+        setattr(func, TASK_NAME_ATTRIBUTE, task_name)
+        return func
+
+    return register(fn) if fn is not None else register
+
+
+def task_name(task_or_name: Callable[..., Any] | str) -> str:
+    """The name to send for a task given as a registered function or a name."""
+    if isinstance(task_or_name, str):
+        if not task_or_name:
+            raise ValueError("task name must not be empty")
+        return task_or_name
+    registered = getattr(task_or_name, TASK_NAME_ATTRIBUTE, None)
+    if registered is None:
+        raise TypeError(
+            f"{task_or_name!r} is not a registered task: decorate it with @yadtq.task in a "
+            "module the workers load (e.g. worker_node.tasks), or pass the task name as a string"
+        )
+    return registered
+
+
+def lookup(name: str) -> Callable[..., Any]:
+    """The function registered under ``name``.
+
+    Raises:
+        UnknownTask: nothing is registered under that name.
+    """
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise UnknownTask(name, list(_TASKS)) from None
+
+
+def registered_names() -> list[str]:
+    """Every registered task name, sorted."""
+    return sorted(_TASKS)

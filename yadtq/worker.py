@@ -1,0 +1,406 @@
+"""The worker runtime (core layer): take tasks from Kafka, claim them in Redis, run them.
+
+The main loop reads as a list of steps: wait for a free slot, poll at most that
+many messages, decode them (undecodable ones go to the dead-letter topic),
+claim them in Redis with a lease, commit the offsets, hand the claimed tasks to
+the execution slots. A heartbeat thread records the worker in Redis, renews the
+leases of what it runs and reaps expired leases of any worker (DESIGN.md,
+"Delivery guarantees"). Only tasks registered by the worker's own task modules
+ever run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from kafka.errors import CommitFailedError, KafkaError
+
+from yadtq import broker, protocol, registry
+from yadtq.backend import Outcome, RedisBackend
+from yadtq.config import Config
+from yadtq.errors import ProtocolError, UnknownTask
+from yadtq.status import TaskStatus
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TASK_MODULES = ("worker_node.tasks",)
+FINISH_RETRY_SECONDS = 60.0
+
+
+@dataclass
+class _Running:
+    message: protocol.TaskMessage
+    attempt: int
+    future: Future[None] | None = None
+
+
+def load_task_modules(modules: Iterable[str]) -> list[str]:
+    """Import the modules whose ``@yadtq.task`` functions this worker may run."""
+    for module in modules:
+        importlib.import_module(module)
+    return registry.registered_names()
+
+
+class Worker:
+    """One worker process's runtime: a consumer-group member with N execution slots."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        name: str | None = None,
+        concurrency: int = 4,
+        task_modules: Sequence[str] = DEFAULT_TASK_MODULES,
+        shutdown_grace: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.config = config
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.concurrency = concurrency
+        self.shutdown_grace = shutdown_grace
+        self.clock = clock
+        self.task_names = load_task_modules(task_modules)
+        self.started_at = clock()
+        self.processed = 0
+        self.failed = 0
+        self._running: dict[str, _Running] = {}
+        self._lock = threading.Lock()
+        self._slot_freed = threading.Event()
+        self._stopping = threading.Event()
+        self._stop_reason = "stopped"
+        self._heartbeat_now = threading.Event()
+        self._partitions: list[int] = []
+        self._topic_partitions = 0
+        self._paused = False
+        self.backend = RedisBackend(config)
+        self.backend.check_connection()
+        broker.create_topics(config)
+        self.producer = broker.make_producer(config, linger_ms=2)
+        self.consumer = broker.make_consumer(
+            config, client_id=self.name, on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+        self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"{self.name}-slot")
+        self._heartbeat_thread = threading.Thread(
+            target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
+        )
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve tasks until :meth:`stop` is called or a signal stops the worker."""
+        logger.info(
+            "Worker %s: serving queue %r (topic %s) with %d slots; tasks: %s",
+            self.name, self.config.queue, self.config.tasks_topic, self.concurrency,
+            ", ".join(self.task_names) or "none",
+        )
+        self._heartbeat_thread.start()
+        try:
+            while not self._stopping.is_set():
+                free = self._free_slots()
+                if free == 0:
+                    self._pause()
+                    self.consumer.poll(timeout_ms=0)
+                    self._slot_freed.wait(0.2)
+                    self._slot_freed.clear()
+                    continue
+                self._resume()
+                batch = self.consumer.poll(timeout_ms=200, max_records=free)
+                if batch:
+                    self._handle(batch)
+        finally:
+            self._shutdown()
+
+    def stop(self, reason: str = "stop requested") -> None:
+        """Ask the worker to stop taking work; :meth:`run` then winds down."""
+        self._stop_reason = reason
+        self._stopping.set()
+        self._slot_freed.set()
+
+    def install_signal_handlers(self) -> None:
+        """Stop gracefully on SIGTERM and SIGINT."""
+
+        def handle(signum: int, _frame: Any) -> None:
+            self.stop(f"received {signal.Signals(signum).name}")
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    # --- the loop's steps --------------------------------------------------
+
+    def _free_slots(self) -> int:
+        with self._lock:
+            return self.concurrency - len(self._running)
+
+    def _pause(self) -> None:
+        if not self._paused:
+            self.consumer.pause(*self.consumer.assignment())
+            self._paused = True
+
+    def _resume(self) -> None:
+        if self._paused:
+            self.consumer.resume(*self.consumer.paused())
+            self._paused = False
+
+    def _handle(self, batch: dict[Any, list[Any]]) -> None:
+        """Decode, claim, commit, then start what was claimed."""
+        messages = []
+        for records in batch.values():
+            for record in records:
+                try:
+                    messages.append(protocol.decode(record.value, self.config.max_message_bytes))
+                except ProtocolError as exc:
+                    self._dead_letter(record, str(exc))
+        claims = self._claim(messages)
+        self._commit()
+        for message, claim in zip(messages, claims, strict=True):
+            if claim.claimed:
+                self._start(message, claim.attempt)
+            else:
+                logger.debug("Worker %s: skipped task %s: %s", self.name, message.id,
+                             claim.skipped_because)
+
+    def _claim(self, messages: list[protocol.TaskMessage]) -> list[Any]:
+        if not messages:
+            return []
+        with self._lock:
+            claims = self.backend.claim_many(messages, self.name, now=self.clock())
+            for message, claim in zip(messages, claims, strict=True):
+                if claim.claimed:
+                    self._running[message.id] = _Running(message, claim.attempt)
+        return claims
+
+    def _commit(self) -> None:
+        try:
+            self.consumer.commit()
+        except (CommitFailedError, KafkaError) as exc:
+            # The claims already hold; a redelivered copy will be skipped.
+            logger.warning("Worker %s: offset commit failed (%s); claims still hold",
+                           self.name, exc)
+
+    def _start(self, message: protocol.TaskMessage, attempt: int) -> None:
+        try:
+            function = registry.lookup(message.task)
+        except UnknownTask as exc:
+            self._finish(message, attempt, self._failure(exc, with_traceback=False))
+            return
+        running = self._running[message.id]
+        running.future = self.executor.submit(self._execute, function, message, attempt)
+
+    def _execute(
+        self, function: Callable[..., Any], message: protocol.TaskMessage, attempt: int
+    ) -> None:
+        try:
+            result = function(*message.args, **message.kwargs)
+        except BaseException as exc:  # noqa: BLE001 - a task's failure must not kill the slot
+            outcome = self._failure(exc)
+        else:
+            outcome = self._success(message, result)
+        self._finish(message, attempt, outcome)
+
+    def _success(self, message: protocol.TaskMessage, result: Any) -> dict[str, Any]:
+        try:
+            json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return self._failure(TypeError(
+                f"task {message.task!r} returned {type(result).__name__}, which is not "
+                f"JSON-serialisable ({exc}); return JSON types only"
+            ), with_traceback=False)
+        return {"status": TaskStatus.SUCCESS, "result": result}
+
+    @staticmethod
+    def _failure(exc: BaseException, with_traceback: bool = True) -> dict[str, Any]:
+        return {
+            "status": TaskStatus.FAILED,
+            "error_type": type(exc).__name__,
+            "error": str(exc),
+            "traceback": "".join(traceback.format_exception(exc)) if with_traceback else "",
+        }
+
+    def _finish(
+        self, message: protocol.TaskMessage, attempt: int, outcome: dict[str, Any]
+    ) -> None:
+        report = Outcome(task_id=message.id, batch=message.batch, attempt=attempt, **outcome)
+        refused = self._store_outcome(report)
+        with self._lock:
+            self._running.pop(message.id, None)
+            if report.status is TaskStatus.SUCCESS:
+                self.processed += 1
+            else:
+                self.failed += 1
+        self._slot_freed.set()
+        if refused:
+            logger.warning("Worker %s: outcome of task %s attempt %d refused: %s",
+                           self.name, message.id, attempt, refused)
+
+    def _store_outcome(self, report: Outcome) -> str | None:
+        """Store an outcome, retrying while Redis is unreachable."""
+        deadline = time.monotonic() + FINISH_RETRY_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                return self.backend.finish(report, self.name, now=self.clock())
+            except redis.ConnectionError as exc:
+                if time.monotonic() > deadline:
+                    logger.error("Worker %s: could not store task %s's outcome: %s; its lease "
+                                 "will expire and it will run again", self.name,
+                                 report.task_id, exc)
+                    return "Redis unreachable"
+                logger.warning("Worker %s: Redis unreachable (%s); retrying in %.1f s",
+                               self.name, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _dead_letter(self, record: Any, reason: str) -> None:
+        raw = record.value or b""
+        letter = {
+            "reason": reason,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "value": raw.decode("utf-8", errors="replace")[:10_000],
+            "worker": self.name,
+            "at": self.clock(),
+        }
+        logger.warning("Worker %s: dead-lettered message %s[%d]@%d: %s", self.name,
+                       record.topic, record.partition, record.offset, reason)
+        self.producer.send(self.config.dead_letter_topic, json.dumps(letter).encode(),
+                           key=record.key)
+
+    # --- group membership --------------------------------------------------
+
+    def _on_assign(self, assigned: set[Any]) -> None:
+        self._paused = False
+        self._partitions = sorted(tp.partition for tp in assigned)
+        total = broker.partition_count(self.consumer, self.config.tasks_topic)
+        self._topic_partitions = total
+        if not assigned:
+            logger.warning(
+                "Worker %s: got no partitions of %s: the group has more members than its %d "
+                "partitions, so this worker idles; create the topic with more partitions",
+                self.name, self.config.tasks_topic, total,
+            )
+        else:
+            logger.info("Worker %s: assigned partitions %s of %d", self.name,
+                        self._partitions, total)
+        self._heartbeat_now.set()
+
+    def _on_revoke(self, revoked: set[Any]) -> None:
+        self._partitions = []
+
+    # --- heartbeat, leases and the reaper ----------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            now = self.clock()
+            try:
+                self._heartbeat(now, status="stopping" if self._stopping.is_set() else "running")
+                self.reap(now)
+            except redis.RedisError as exc:
+                logger.warning("Worker %s: heartbeat failed: %s", self.name, exc)
+            except Exception:  # noqa: BLE001 - the heartbeat must outlive any one failure
+                logger.exception("Worker %s: heartbeat step failed", self.name)
+            if self._heartbeat_now.wait(self.config.heartbeat_interval):
+                self._heartbeat_now.clear()
+            if self._stopping.is_set() and not self._running:
+                return
+
+    def _heartbeat(self, now: float, status: str) -> None:
+        with self._lock:
+            leased = list(self._running)
+            info = {
+                "name": self.name,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started_at": self.started_at,
+                "concurrency": self.concurrency,
+                "in_flight": len(self._running),
+                "processed": self.processed,
+                "failed": self.failed,
+                "tasks": ",".join(self.task_names),
+                "partitions": ",".join(map(str, self._partitions)),
+                "topic_partitions": self._topic_partitions,
+                "heartbeat_interval": self.config.heartbeat_interval,
+                "status": status,
+            }
+        self.backend.heartbeat(self.name, info, leased, now)
+
+    def reap(self, now: float) -> int:
+        """Re-queue tasks whose lease expired before ``now``; returns how many.
+
+        Safe in every worker at once: each step is a compare-and-set in Redis.
+        One task's failure is logged and skipped, never stops the sweep.
+        """
+        reaped = 0
+        for task_id, batch in self.backend.expired_leases(now):
+            try:
+                message = self.backend.requeue(task_id, batch, now=now)
+                if message is None:
+                    continue
+                self.producer.send(self.config.tasks_topic,
+                                   protocol.encode(message, self.config.max_message_bytes),
+                                   key=message.id.encode())
+                reaped += 1
+                logger.warning("Worker %s: lease of task %s expired; queued again as attempt %d",
+                               self.name, task_id, message.attempt)
+            except Exception:  # noqa: BLE001
+                logger.exception("Worker %s: could not reap task %s", self.name, task_id)
+        if reaped:
+            self.producer.flush()
+        return reaped
+
+    # --- shutdown ----------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        logger.info("Worker %s: stopping (%s); %d task(s) in flight", self.name,
+                    self._stop_reason, len(self._running))
+        with self._lock:
+            futures = [r.future for r in self._running.values() if r.future is not None]
+        done, not_done = wait_futures(futures, timeout=self.shutdown_grace)
+        self._hand_back()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        try:
+            self.consumer.close()
+        except KafkaError as exc:
+            logger.warning("Worker %s: leaving the group failed: %s", self.name, exc)
+        self._stopping.set()
+        self._heartbeat_now.set()
+        self._heartbeat_thread.join(timeout=5)
+        try:
+            self._heartbeat(self.clock(), status="stopped")
+        except redis.RedisError as exc:
+            logger.warning("Worker %s: could not record the stop: %s", self.name, exc)
+        self.producer.flush()
+        self.producer.close()
+        self.backend.close()
+        logger.info("Worker %s: stopped (%s); processed %d, failed %d", self.name,
+                    self._stop_reason, self.processed, self.failed)
+
+    def _hand_back(self) -> None:
+        """Give unfinished tasks back to the queue so other workers run them now."""
+        with self._lock:
+            unfinished = list(self._running.values())
+        for running in unfinished:
+            message = self.backend.requeue(running.message.id, running.message.batch,
+                                           worker_id=self.name, now=self.clock())
+            if message is not None:
+                self.producer.send(self.config.tasks_topic,
+                                   protocol.encode(message, self.config.max_message_bytes),
+                                   key=message.id.encode())
+                logger.info("Worker %s: handed back task %s as attempt %d", self.name,
+                            message.id, message.attempt)
