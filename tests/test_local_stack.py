@@ -1,0 +1,263 @@
+"""The embedded local stack and the server-free CLI commands, against real child processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+
+from yadtq.cli import parse_task_arg
+from yadtq.config import local_stack_record_path, read_local_stack_record
+from yadtq.errors import BackendUnavailable, ConfigurationError
+from yadtq.local import LocalCluster, LocalStack
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll ``predicate`` until it returns something truthy; fail saying what never happened."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.02)  # poll interval, not a synchronisation sleep
+    pytest.fail(f"timed out after {timeout} s waiting for {what}; last saw {last!r}")
+
+
+def live_children() -> set[int]:
+    """Pids of this process's children that have not exited (from /proc, so Linux only)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(ppid) == os.getpid() and state != "Z":
+            children.add(int(stat.parent.name))
+    return children
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    """An environment with no yadtq configuration and an empty YADTQ_HOME."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YADTQ_")}
+    env["YADTQ_HOME"] = str(home)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with LocalStack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
+@pytest.fixture
+def yadtq_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("YADTQ_HOME", str(home))
+    return home
+
+
+def test_broker_carries_a_message_from_producer_to_consumer(stack: LocalStack) -> None:
+    # Given a topic on the embedded broker
+    topic = f"test-{uuid.uuid4().hex}"
+    admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    admin.close()
+
+    # When a message is produced
+    producer = KafkaProducer(bootstrap_servers=stack.bootstrap)
+    producer.send(topic, b"hello").get(timeout=10)
+    producer.close()
+
+    # Then a reader of that partition receives it
+    consumer = KafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
+    partition = TopicPartition(topic, 0)
+    consumer.assign([partition])
+    consumer.seek_to_beginning(partition)
+    try:
+        batches = wait_until(lambda: consumer.poll(timeout_ms=200), 15, "the produced message")
+    finally:
+        consumer.close()
+    assert [record.value for record in batches[partition]] == [b"hello"]
+    assert stack.bootstrap.startswith("127.0.0.1:")
+
+
+def test_redis_answers_set_and_get_on_loopback(stack: LocalStack) -> None:
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        client.set("greeting", "hello")
+        assert client.get("greeting") == b"hello"
+    finally:
+        client.close()
+    assert stack.redis_url.startswith("redis://127.0.0.1:")
+
+
+def test_redis_data_survives_restart_redis(stack: LocalStack) -> None:
+    # Given a key written before the restart
+    url, old_pid = stack.redis_url, stack.pids["redis"]
+    client = redis.Redis.from_url(url)
+    client.set("survivor", "still here")
+    client.close()
+
+    # When Redis is stopped and started again
+    stack.restart_redis()
+
+    # Then a new server answers on the same address with the data from its append-only file
+    assert stack.redis_url == url
+    assert stack.pids["redis"] != old_pid
+    client = redis.Redis.from_url(url)
+    try:
+        assert client.get("survivor") == b"still here"
+    finally:
+        client.close()
+
+
+def test_stop_leaves_no_child_process_alive() -> None:
+    # Given a running stack in a temporary data dir it owns
+    local = LocalStack().start()
+    pids = set(local.pids.values())
+    data_dir = local.data_dir
+    assert data_dir is not None
+    assert len(pids) == 2 and pids <= live_children()
+
+    # When it stops
+    local.stop()
+
+    # Then neither server is left, and neither is its temporary data dir
+    assert not pids & live_children()
+    assert not data_dir.exists()
+    local.stop()  # a second stop is harmless
+
+
+def test_missing_broker_binary_raises_configuration_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("YADTQ_BROKER_BIN", "/nonexistent")
+    before = live_children()
+
+    with pytest.raises(ConfigurationError, match="YADTQ_BROKER_BIN='/nonexistent'"):
+        LocalStack().start()
+
+    assert live_children() == before
+
+
+def test_a_server_that_dies_at_startup_stops_what_was_already_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a "Redis" that exits at once (the broker starts first and works)
+    monkeypatch.setenv("YADTQ_REDIS_BIN", "/bin/false")
+    before = live_children()
+
+    # When the stack starts, the error says what died and quotes its log
+    with pytest.raises(BackendUnavailable, match="exited with code 1 during startup"):
+        LocalStack().start()
+
+    # Then the broker it had started is gone too
+    assert live_children() == before
+
+
+def test_recorded_cluster_is_found_by_read_local_stack_record_until_it_stops(
+    stack: LocalStack, yadtq_home: Path
+) -> None:
+    # Given a cluster of no workers on an existing stack, recording its addresses
+    with LocalCluster(workers=0, queue="recorded", stack=stack, record=True) as cluster:
+        # Then other processes can read the addresses back
+        record = read_local_stack_record()
+        assert record is not None
+        assert record["pid"] == os.getpid()
+        assert (record["bootstrap"], record["redis_url"]) == (stack.bootstrap, stack.redis_url)
+        assert record["queue"] == cluster.config.queue == "recorded"
+
+        # And a second recorded stack is refused rather than overwriting the record
+        with pytest.raises(ConfigurationError, match="already running"):
+            LocalCluster(workers=0, stack=stack, record=True).start()
+
+    # When it stops, the record goes, and the stack it was given keeps running
+    assert not local_stack_record_path().exists()
+    assert stack.running
+
+
+def test_command_line_task_args_are_json_when_they_parse_and_strings_otherwise() -> None:
+    assert [parse_task_arg(a) for a in ["1", "-2.5", "null", "[1, 2]", '"3"', "hello", "{x"]] == [
+        1, -2.5, None, [1, 2], "3", "hello", "{x",
+    ]
+
+
+def test_status_without_any_configuration_says_how_to_start_and_exits_1(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "yadtq", "status", "0" * 32],
+        env=cli_env(tmp_path / "empty-home"), cwd=tmp_path, capture_output=True, text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("yadtq: error: ")
+    assert "yadtq local up" in done.stderr
+    assert "YADTQ_BOOTSTRAP" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+
+
+def test_local_up_prints_exports_records_itself_and_stops_cleanly_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    # Given `yadtq local up` running with no workers
+    home = tmp_path / "home"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "yadtq", "local", "up", "--workers", "0"],
+        env=cli_env(home), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in up.stdout], daemon=True)
+    reader.start()
+    try:
+        # When it is up, it prints the exports for other shells
+        deadline = time.monotonic() + 60
+        seen: list[str] = []
+        while not any(line.startswith("export ") for line in seen):
+            try:
+                seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                pytest.fail(f"no export line from `yadtq local up`; saw {seen!r}")
+        exports = dict(word.split("=", 1) for word in seen[-1].split()[1:])
+        record = json.loads((home / "local-stack.json").read_text())
+        assert exports == {
+            "YADTQ_BOOTSTRAP": record["bootstrap"], "YADTQ_REDIS_URL": record["redis_url"],
+        }
+        client = redis.Redis.from_url(exports["YADTQ_REDIS_URL"])
+        assert client.ping()
+        client.close()
+
+        # Then SIGTERM stops it with status 0 and removes the record and its servers
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=30) == 0, up.stderr.read() if up.stderr else ""
+        assert not (home / "local-stack.json").exists()
+        client = redis.Redis.from_url(exports["YADTQ_REDIS_URL"], socket_connect_timeout=1)
+        with pytest.raises(redis.ConnectionError):
+            client.ping()
+        client.close()
+    finally:
+        if up.poll() is None:  # SIGTERM first: its servers run in their own session
+            up.terminate()
+            try:
+                up.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait()
