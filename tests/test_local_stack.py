@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,12 +60,6 @@ def cli_env(home: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with LocalStack(tmp_path_factory.mktemp("stack")) as running:
-        yield running
-
-
 @pytest.fixture
 def yadtq_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
@@ -108,24 +102,25 @@ def test_redis_answers_set_and_get_on_loopback(stack: LocalStack) -> None:
     assert stack.redis_url.startswith("redis://127.0.0.1:")
 
 
-def test_redis_data_survives_restart_redis(stack: LocalStack) -> None:
-    # Given a key written before the restart
-    url, old_pid = stack.redis_url, stack.pids["redis"]
-    client = redis.Redis.from_url(url)
-    client.set("survivor", "still here")
-    client.close()
-
-    # When Redis is stopped and started again
-    stack.restart_redis()
-
-    # Then a new server answers on the same address with the data from its append-only file
-    assert stack.redis_url == url
-    assert stack.pids["redis"] != old_pid
-    client = redis.Redis.from_url(url)
-    try:
-        assert client.get("survivor") == b"still here"
-    finally:
+def test_redis_data_survives_restart_redis(tmp_path: Path) -> None:
+    # Given a stack of its own (the session's is shared) and a key written before the restart
+    with LocalStack(tmp_path) as own:
+        url, old_pid = own.redis_url, own.pids["redis"]
+        client = redis.Redis.from_url(url)
+        client.set("survivor", "still here")
         client.close()
+
+        # When Redis is stopped and started again
+        own.restart_redis()
+
+        # Then a new server answers on the same address with the data from its append-only file
+        assert own.redis_url == url
+        assert own.pids["redis"] != old_pid
+        client = redis.Redis.from_url(url)
+        try:
+            assert client.get("survivor") == b"still here"
+        finally:
+            client.close()
 
 
 def test_stop_leaves_no_child_process_alive() -> None:
@@ -190,6 +185,29 @@ def test_recorded_cluster_is_found_by_read_local_stack_record_until_it_stops(
 
     # When it stops, the record goes, and the stack it was given keeps running
     assert not local_stack_record_path().exists()
+    assert stack.running
+
+
+def test_cluster_kills_and_starts_named_workers_and_stops_them_all(stack: LocalStack) -> None:
+    # Given a cluster of one worker on a queue of its own
+    queue_name = f"t-{uuid.uuid4().hex[:10]}"
+    with LocalCluster(workers=1, queue=queue_name, key_prefix=queue_name, stack=stack) as cluster:
+        first = cluster.worker_processes[0]
+        assert (first.name, first.alive) == ("local-worker-1", True)
+        assert first.log_path.parent == stack.data_dir
+
+        # When it is killed, it is dead and reaped but keeps its index
+        assert cluster.kill_worker("local-worker-1") is first
+        assert first.popen.returncode == -signal.SIGKILL
+
+        # And a replacement gets the next name
+        second = cluster.start_worker()
+        assert second.name == "local-worker-2"
+        assert cluster.worker_processes == [first, second]
+        pids = {first.pid, second.pid}
+
+    # Then stopping leaves no worker, and the given stack runs on
+    assert not pids & live_children()
     assert stack.running
 
 

@@ -183,7 +183,8 @@ def _local_up(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        print(f"\n{signal.Signals(signum).name}: stopping the local stack...", file=sys.stderr)
+        print(f"\n{signal.Signals(signum).name}: stopping the local stack (running tasks get "
+              "a few seconds to finish)...", file=sys.stderr)
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}

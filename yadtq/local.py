@@ -35,6 +35,8 @@ from typing import Any
 import redis
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from yadtq.config import Config, local_stack_record_path, read_local_stack_record
 from yadtq.errors import BackendUnavailable, BrokerUnavailable, ConfigurationError, ConnectionFailed
@@ -129,16 +131,16 @@ def _wait_until_answers(
     while not answers():
         if time.monotonic() > deadline:
             raise TimeoutError(
-                f"{what} did not answer within {timeout:g} s; last lines of {child.log_path}:\n"
-                f"{child.log_tail()}"
+                f"{what} did not answer within {timeout:g} s; its log ({child.log_path.name}) "
+                f"ends with:\n{child.log_tail()}"
             )
         try:
             code = child.popen.wait(timeout=0.05)  # waits on the process itself between probes
         except subprocess.TimeoutExpired:
             continue
         raise _ExitedDuringStartup(
-            f"{what} exited with code {code} during startup; last lines of {child.log_path}:\n"
-            f"{child.log_tail()}"
+            f"{what} exited with code {code} during startup; its log ({child.log_path.name}) "
+            f"ends with:\n{child.log_tail()}"
         )
 
 
@@ -168,7 +170,10 @@ def _broker_answers(port: int) -> bool:
 
 def _redis_answers(port: int) -> bool:
     """True once the server replies to PING (not while it is still loading its data)."""
-    client = redis.Redis(host=LOOPBACK, port=port, socket_connect_timeout=0.5, socket_timeout=1)
+    client = redis.Redis(
+        host=LOOPBACK, port=port, socket_connect_timeout=0.5, socket_timeout=1,
+        retry=Retry(NoBackoff(), 0),  # one probe is one try; the caller's loop retries
+    )
     try:
         return bool(client.ping())
     except redis.RedisError:
