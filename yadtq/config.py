@@ -95,6 +95,11 @@ def local_stack_record_path() -> Path:
     return Path(home) / "local-stack.json"
 
 
+def binary_override(variable: str) -> str | None:
+    """The server binary an override variable (``YADTQ_BROKER_BIN``, ...) names, if set."""
+    return os.environ.get(variable) or None
+
+
 def read_local_stack_record() -> dict[str, Any] | None:
     """The running local stack's addresses, or None if there is none alive."""
     path = local_stack_record_path()

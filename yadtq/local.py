@@ -38,7 +38,12 @@ from kafka.errors import KafkaError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from yadtq.config import Config, local_stack_record_path, read_local_stack_record
+from yadtq.config import (
+    Config,
+    binary_override,
+    local_stack_record_path,
+    read_local_stack_record,
+)
 from yadtq.errors import BackendUnavailable, BrokerUnavailable, ConfigurationError, ConnectionFailed
 
 LOOPBACK = "127.0.0.1"
@@ -184,7 +189,7 @@ def _redis_answers(port: int) -> bool:
 
 def _explicit_binary(variable: str, what: str) -> str | None:
     """The binary named by an override variable; an unusable one is an error, never ignored."""
-    value = os.environ.get(variable)
+    value = binary_override(variable)
     if not value:
         return None
     if not (os.path.isfile(value) and os.access(value, os.X_OK)):
