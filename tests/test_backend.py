@@ -180,12 +180,6 @@ def test_claim_of_a_message_without_a_record_creates_it_and_leaves_batch_counter
     assert counters(backend, batch_id) == before
 
 
-@pytest.mark.xfail(
-    reason="claim.lua creates the missing record with its 'batch' field (from "
-    "_record_fields) and skips the counters, but finish.lua/requeue.lua then "
-    "update the counters of any record with a batch, so they drift",
-    strict=True,
-)
 def test_finishing_a_task_whose_record_the_claim_created_leaves_batch_counters_alone(
     backend: RedisBackend,
 ) -> None:

@@ -238,12 +238,6 @@ def test_decode_of_random_bytes_only_ever_raises_protocol_error() -> None:
     assert accepted > 0, "the mutations never produced a valid message; the fuzz is too weak"
 
 
-@pytest.mark.xfail(
-    reason="protocol.decode only catches UnicodeDecodeError/JSONDecodeError/RecursionError; "
-    "json.loads raises a plain ValueError for integers over 4300 digits, which escapes "
-    "decode and Worker._handle (it catches only ProtocolError) and stops the worker",
-    strict=True,
-)
 def test_decode_rejects_a_huge_integer_with_protocol_error() -> None:
     data = b'{"v": 1, "id": "a", "task": "add", "args": [' + b"9" * 5000 + b"]}"
 
@@ -251,12 +245,6 @@ def test_decode_rejects_a_huge_integer_with_protocol_error() -> None:
         protocol.decode(data)
 
 
-@pytest.mark.xfail(
-    reason="protocol.decode accepts the non-JSON constants NaN/Infinity (json.loads default), "
-    "but encode uses allow_nan=False, so a reaped task carrying one cannot be produced "
-    "again (ValueError in Worker.reap after requeue already set it 'queued')",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "data",
     [

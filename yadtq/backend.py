@@ -234,7 +234,7 @@ class RedisBackend:
                     keys=[self.keys.task(message.id), self.keys.leases,
                           self.keys.batch(message.batch or "-")],
                     args=[message.id, worker_id, expiry, now, self.keys.events,
-                          message.batch or "", json.dumps(_record_fields(message, now))],
+                          message.batch or "", json.dumps(_unbatched_fields(message, now))],
                     client=pipe,
                 )
             replies = pipe.execute()
@@ -340,6 +340,13 @@ def _record_fields(message: TaskMessage, now: float) -> dict[str, str]:
         "submitted_at": message.submitted_at,
     }
     fields.update({k: str(v) for k, v in optional.items() if v is not None})
+    return fields
+
+
+def _unbatched_fields(message: TaskMessage, now: float) -> dict[str, str]:
+    """Fields for a record a claim creates: never counted in a batch, so it names none."""
+    fields = _record_fields(message, now)
+    fields.pop("batch", None)
     return fields
 
 

@@ -139,6 +139,9 @@ class Client:
             TaskNotFound: Redis holds no record for ``task_id``.
         """
         record = self.task_record(task_id)
+        existing = self._events.watched(task_id)
+        if existing is not None:
+            return existing
         future = TaskFuture(task_id, record.get("task", "?"), args=record.get("args") or (),
                             kwargs=record.get("kwargs") or {}, batch=record.get("batch") or None,
                             index=record.get("index"), client=self)
@@ -158,9 +161,10 @@ class Client:
             raise TaskNotFound(f"no batch {batch_id!r} in Redis (or it has expired)")
         records = self.backend.task_records(ids)
         futures = [
-            TaskFuture(task_id, (r or {}).get("task", "?"), args=(r or {}).get("args") or (),
-                       kwargs=(r or {}).get("kwargs") or {}, batch=batch_id, index=i,
-                       client=self)
+            self._events.watched(task_id)
+            or TaskFuture(task_id, (r or {}).get("task", "?"), args=(r or {}).get("args") or (),
+                          kwargs=(r or {}).get("kwargs") or {}, batch=batch_id, index=i,
+                          client=self)
             for i, (task_id, r) in enumerate(zip(ids, records, strict=True))
         ]
         self._events.start()

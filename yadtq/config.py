@@ -50,6 +50,10 @@ class Config:
             )
         if self.partitions < 1:
             raise ConfigurationError(f"partitions must be at least 1, got {self.partitions}")
+        if not 0 < self.result_ttl < float("inf"):
+            raise ConfigurationError(
+                f"result_ttl must be a positive number of seconds, got {self.result_ttl}"
+            )
         if self.lease_seconds <= self.heartbeat_interval:
             raise ConfigurationError(
                 f"lease_seconds ({self.lease_seconds}) must be longer than heartbeat_interval "
@@ -138,7 +142,7 @@ def resolve_config(
         ConfigurationError: no broker or Redis address could be found, or a
             setting is invalid.
     """
-    known = {f.name for f in fields(Config)}
+    known = {f.name for f in fields(Config)} - {"source"}
     unknown = set(settings) - known
     if unknown:
         raise ConfigurationError(

@@ -64,6 +64,10 @@ class EventListener:
         for future in futures:
             self._futures[future.id] = future
 
+    def watched(self, task_id: str) -> TaskFuture | None:
+        """The future this listener already resolves for ``task_id``, if any."""
+        return self._futures.get(task_id)
+
     def sync(self, futures: Iterable[TaskFuture]) -> None:
         """Bring futures up to date from Redis (for re-attached or missed tasks)."""
         pending = [f for f in futures if not f.done()]
@@ -102,7 +106,7 @@ class EventListener:
 
     def _listen(self, pubsub: redis.client.PubSub) -> None:
         while not self._closed.is_set():
-            message = pubsub.get_message(timeout=0.5)
+            message = pubsub.get_message(timeout=0.1)
             if message is None:
                 continue
             events = [message]

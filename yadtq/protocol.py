@@ -145,16 +145,20 @@ def decode(data: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Ta
     if len(data) > max_bytes:
         raise MessageTooLarge(f"message is {len(data)} bytes, over the {max_bytes}-byte limit")
     try:
-        obj = json.loads(data.decode("utf-8"))
+        obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"message is not UTF-8: {exc}") from None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
         raise ProtocolError(f"message is not JSON: {exc}") from None
     except RecursionError:
         raise ProtocolError("message JSON is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"message must be a JSON object, got {type(obj).__name__}")
     return validate(obj)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ProtocolError(f"message is not JSON: {name} is not a JSON number")
 
 
 def _field(obj: Mapping[str, Any], name: str, types: tuple[type, ...], default: Any) -> Any:
@@ -188,7 +192,7 @@ def validate(obj: Mapping[str, Any]) -> TaskMessage:
         task_id = obj[id_fields[0]]
     else:
         version = obj["v"]
-        if version != VERSION or isinstance(version, bool):
+        if type(version) is not int or version != VERSION:
             raise ProtocolError(f"unsupported message version {version!r}; this worker reads v1")
         if "id" not in obj:
             raise ProtocolError("missing field 'id'")
