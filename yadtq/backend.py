@@ -203,6 +203,11 @@ class RedisBackend:
             _text(k): int(float(v)) for k, v in raw.items() if _text(k) != "created_at"
         }
 
+    def batch_created_at(self, batch_id: str) -> float | None:
+        """When the batch was submitted (unix seconds), if Redis still knows."""
+        created = self.redis.hget(self.keys.batch(batch_id), "created_at")
+        return float(created) if created else None
+
     def batch_task_ids(self, batch_id: str) -> list[str]:
         """The ids of a batch's tasks in submission order."""
         return [_text(i) for i in self.redis.lrange(self.keys.batch_tasks(batch_id), 0, -1)]

@@ -170,7 +170,8 @@ class Client:
         self._events.start()
         self._events.watch(futures)
         self._events.sync(futures)
-        return TaskBatch(batch_id, futures, self)
+        created = self.backend.batch_created_at(batch_id)
+        return TaskBatch(batch_id, futures, self, submitted_at=created)
 
     def workers(self) -> pandas.DataFrame:
         """One row per registered worker: liveness judged from its heartbeats."""

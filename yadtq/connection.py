@@ -6,17 +6,20 @@ embedded stack and pass its addresses down as a :class:`~yadtq.config.Config`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yadtq.client import Client
-from yadtq.config import read_local_stack_record, resolve_config
+from yadtq.config import Config, read_local_stack_record, resolve_config
 from yadtq.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from yadtq.local import LocalCluster
 
 LOCAL = "local"
 
 
 def connect(
-    target: str | None = None,
+    target: str | Config | LocalCluster | None = None,
     *,
     bootstrap: str | None = None,
     redis_url: str | None = None,
@@ -30,7 +33,8 @@ def connect(
         target: None to use arguments, then ``YADTQ_BOOTSTRAP``/``YADTQ_REDIS_URL``,
             then a running ``yadtq local up`` stack; ``"local"`` to attach to a
             running local stack or, if there is none, start one (with ``workers``
-            worker processes) that lives until the client is closed.
+            worker processes) that lives until the client is closed; a
+            :class:`~yadtq.config.Config` or a started ``LocalCluster`` to use its servers.
         bootstrap: Kafka bootstrap servers, ``host:port[,host:port]``.
         redis_url: Redis URL, e.g. ``redis://localhost:6379/0``.
         queue: queue name (default ``"default"``).
@@ -41,6 +45,10 @@ def connect(
         ConfigurationError: no servers are configured and ``target`` is not "local".
         ConnectionFailed: Kafka or Redis did not answer; names the address tried.
     """
+    if isinstance(target, Config):
+        return Client(target.with_overrides(queue=queue, **settings))
+    if hasattr(target, "config") and isinstance(target.config, Config):
+        return Client(target.config.with_overrides(queue=queue, **settings))
     if target not in (None, LOCAL):
         raise ConfigurationError(
             f"unknown connect target {target!r}: use connect() with bootstrap=/redis_url= "

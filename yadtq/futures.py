@@ -22,6 +22,7 @@ from yadtq.status import TaskStatus
 
 if TYPE_CHECKING:
     import pandas
+    from matplotlib.figure import Figure
 
     from yadtq.client import Client
 
@@ -162,11 +163,80 @@ class TaskFuture(concurrent.futures.Future):
 class TaskBatch(Sequence[TaskFuture]):
     """The futures of one ``map`` call, in submission order."""
 
-    def __init__(self, batch_id: str, futures: Sequence[TaskFuture], client: Client) -> None:
+    def __init__(
+        self,
+        batch_id: str,
+        futures: Sequence[TaskFuture],
+        client: Client,
+        submitted_at: float | None = None,
+    ) -> None:
         self.id = batch_id
         self.futures = list(futures)
+        self.task = self.futures[0].task if self.futures else "?"
         self._client = client
-        self.submitted_at = time.time()
+        self.submitted_at = submitted_at or time.time()
+        self.finished_at: float | None = None
+        self._lock = threading.Lock()
+        self._position = {f.id: i for i, f in enumerate(self.futures)}
+        self._counted: list[TaskStatus | None] = [None] * len(self.futures)
+        self._counts: Counter[str] = Counter()
+        self._per_worker: Counter[str] = Counter()
+        self._change_callbacks: list[Callable[[TaskBatch], None]] = []
+        for future in self.futures:
+            future.add_change_callback(self._on_future_change)
+            self._count(future)
+
+    def _on_future_change(self, future: TaskFuture) -> None:
+        self._count(future)
+        for callback in list(self._change_callbacks):
+            try:
+                callback(self)
+            except Exception:  # noqa: BLE001 - a display bug must not break the listener
+                concurrent.futures._base.LOGGER.exception("change callback of %r raised", self)
+
+    def _count(self, future: TaskFuture) -> None:
+        """Move ``future`` to its current status in the counters; idempotent."""
+        with self._lock:
+            position = self._position[future.id]
+            old, new = self._counted[position], future.status
+            if old is new:
+                return
+            if old is not None:
+                self._counts[old.value] -= 1
+            self._counts[new.value] += 1
+            self._counted[position] = new
+            if new.is_finished and (old is None or not old.is_finished):
+                self._per_worker[future.worker or "?"] += 1
+                if self._counts["success"] + self._counts["failed"] \
+                        + self._counts["cancelled"] == len(self.futures):
+                    self.finished_at = time.time()
+
+    def add_change_callback(self, callback: Callable[[TaskBatch], None]) -> None:
+        """Call ``callback(batch)`` after any task of the batch changes (used by displays)."""
+        self._change_callbacks.append(callback)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Progress as plain data: counts, rate, elapsed, ETA, tasks finished per worker."""
+        with self._lock:
+            counts = dict(self._counts)
+            per_worker = dict(sorted(self._per_worker.items()))
+            finished_at = self.finished_at
+        total = len(self.futures)
+        done = counts.get("success", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
+        elapsed = (finished_at or time.time()) - self.submitted_at
+        rate = done / elapsed if elapsed > 0 else 0.0
+        return {
+            "id": self.id,
+            "task": self.task,
+            "total": total,
+            **{status.value: counts.get(status.value, 0) for status in TaskStatus},
+            "done": done,
+            "finished": done == total,
+            "elapsed": elapsed,
+            "rate": rate,
+            "eta": (total - done) / rate if rate > 0 and done < total else None,
+            "per_worker": per_worker,
+        }
 
     def __len__(self) -> int:
         return len(self.futures)
@@ -213,7 +283,8 @@ class TaskBatch(Sequence[TaskFuture]):
 
     def local_counts(self) -> Counter[str]:
         """Counts per status as this client last heard them (no Redis round trip)."""
-        return Counter(f.status.value for f in self.futures)
+        with self._lock:
+            return +self._counts
 
     def to_dataframe(self) -> pandas.DataFrame:
         """One row per task with its current status, result, worker and timings."""
@@ -226,10 +297,23 @@ class TaskBatch(Sequence[TaskFuture]):
             frame[column] = pandas.to_datetime(frame[column], unit="s", utc=True)
         return frame
 
+    def timeline(self, title: str | None = None) -> Figure:
+        """A Gantt chart: one lane per worker, one bar per task, coloured by status."""
+        from yadtq import plots
+
+        return plots.timeline(self.to_dataframe(), title=title or f"{self.task} × {len(self)}")
+
+    def plot_distribution(self, title: str | None = None) -> Figure:
+        """A bar chart of how many tasks each worker ran, split by outcome."""
+        from yadtq import plots
+
+        return plots.distribution(self.to_dataframe(),
+                                  title=title or f"{self.task} × {len(self)}: tasks per worker")
+
     def __repr__(self) -> str:
         counts = self.local_counts()
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        return f"<TaskBatch {self.id} {len(self.futures)} tasks: {summary}>"
+        return f"<TaskBatch {self.id} {self.task} × {len(self.futures)}: {summary}>"
 
 
 def _row(future: TaskFuture, record: dict[str, Any] | None) -> dict[str, Any]:
