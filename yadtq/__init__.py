@@ -7,6 +7,7 @@
     3
 """
 
+from yadtq import display
 from yadtq.client import Client
 from yadtq.config import Config
 from yadtq.connection import connect
@@ -48,6 +49,8 @@ __all__ = [
     "connect",
     "task",
 ]
+
+display.register()  # live widgets when imported in a Jupyter kernel; nothing elsewhere
 
 for _name in __all__:
     if _name != "LocalCluster":

@@ -43,6 +43,7 @@ class Client:
         self._producer = broker.make_producer(config)
         self._events = EventListener(self.backend)
         self._on_close = on_close
+        self._closed = False
 
     # --- submitting --------------------------------------------------------
 
@@ -206,8 +207,16 @@ class Client:
 
     # --- lifecycle ---------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._closed
+
     def close(self) -> None:
         """Stop listening and close connections (and an owned local stack)."""
+        if self._closed:
+            return
+        self._closed = True
         self._events.close()
         self._producer.close(timeout=5)
         self.backend.close()

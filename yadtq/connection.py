@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from yadtq.client import Client
+from yadtq import display
 from yadtq.config import Config, read_local_stack_record, resolve_config
+from yadtq.display import NotebookClient
 from yadtq.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ def connect(
     queue: str | None = None,
     workers: int = 3,
     **settings: Any,
-) -> Client:
+) -> NotebookClient:
     """Connect to a yadtq queue.
 
     Args:
@@ -45,10 +46,11 @@ def connect(
         ConfigurationError: no servers are configured and ``target`` is not "local".
         ConnectionFailed: Kafka or Redis did not answer; names the address tried.
     """
+    display.register()
     if isinstance(target, Config):
-        return Client(target.with_overrides(queue=queue, **settings))
+        return NotebookClient(target.with_overrides(queue=queue, **settings))
     if hasattr(target, "config") and isinstance(target.config, Config):
-        return Client(target.config.with_overrides(queue=queue, **settings))
+        return NotebookClient(target.config.with_overrides(queue=queue, **settings))
     if target not in (None, LOCAL):
         raise ConfigurationError(
             f"unknown connect target {target!r}: use connect() with bootstrap=/redis_url= "
@@ -58,17 +60,19 @@ def connect(
     if target == LOCAL and not explicit and read_local_stack_record() is None:
         return _start_owned_local_stack(queue, workers, settings)
     config = resolve_config(bootstrap=bootstrap, redis_url=redis_url, queue=queue, **settings)
-    return Client(config)
+    return NotebookClient(config)
 
 
-def _start_owned_local_stack(queue: str | None, workers: int, settings: dict[str, Any]) -> Client:
+def _start_owned_local_stack(
+    queue: str | None, workers: int, settings: dict[str, Any]
+) -> NotebookClient:
     from yadtq.local import LocalCluster
 
     cluster = LocalCluster(workers=workers, queue=queue or "default")
     cluster.__enter__()
     try:
         config = cluster.config.with_overrides(**settings)
-        return Client(config, on_close=cluster.stop)
+        return NotebookClient(config, on_close=cluster.stop)
     except BaseException:
         cluster.stop()
         raise

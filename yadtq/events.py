@@ -137,7 +137,8 @@ class EventListener:
             if status in FINISHED:
                 finished.append(future)
             else:
-                future._set_progress(status, event.get("worker"), event.get("attempt"))
+                future._set_progress(status, event.get("worker"), event.get("attempt"),
+                                     event.get("at"))
         if finished:
             records = self.backend.task_records([f.id for f in finished])
             for future, record in zip(finished, records, strict=True):
@@ -150,4 +151,5 @@ def _apply_record(future: TaskFuture, record: dict[str, Any]) -> None:
     if status in FINISHED:
         future._resolve(record)
     else:
-        future._set_progress(status, record.get("worker"), record.get("attempt"))
+        future._set_progress(status, record.get("worker"), record.get("attempt"),
+                             record.get("started_at"))

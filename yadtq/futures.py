@@ -56,6 +56,8 @@ class TaskFuture(concurrent.futures.Future):
         self.index = index
         self._client = client
         self._status = TaskStatus.QUEUED
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
         self._worker: str | None = None
         self._attempt = 1
         self._progress_lock = threading.Lock()
@@ -121,14 +123,21 @@ class TaskFuture(concurrent.futures.Future):
 
     # --- for the event listener only ---------------------------------------
 
-    def _set_progress(self, status: TaskStatus, worker: str | None, attempt: int | None) -> None:
-        """Record a non-final status change."""
+    def _set_progress(
+        self,
+        status: TaskStatus,
+        worker: str | None,
+        attempt: int | None,
+        at: float | None = None,
+    ) -> None:
+        """Record a non-final status change (``at``: when it happened, unix seconds)."""
         with self._progress_lock:
             if self.done():
                 return
             self._status = status
             self._worker = worker or None
             self._attempt = attempt or self._attempt
+            self.started_at = at if status is TaskStatus.PROCESSING else None
             if status is TaskStatus.PROCESSING and not self.running():
                 self.set_running_or_notify_cancel()
         self._notify_change()
@@ -142,6 +151,8 @@ class TaskFuture(concurrent.futures.Future):
             self._status = status
             self._worker = record.get("worker") or self._worker
             self._attempt = record.get("attempt") or self._attempt
+            self.started_at = record.get("started_at") or self.started_at
+            self.finished_at = record.get("finished_at")
             if status is TaskStatus.SUCCESS:
                 self.set_result(record.get("result"))
             else:
