@@ -29,6 +29,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"several (default: {', '.join(DEFAULT_TASK_MODULES)})")
     parser.add_argument("--concurrency", type=int, default=4,
                         help="tasks run at once (default: 4)")
+    parser.add_argument("--mode", choices=["process", "thread"], default="process",
+                        help="where task code runs: 'process' (default) runs each slot's tasks "
+                        "in a child process, so time limits and cancellation really stop the "
+                        "code; 'thread' runs them in this process, cheaper but unstoppable")
+    parser.add_argument("--default-timeout", type=float, metavar="SECONDS",
+                        help="time limit for tasks that declare none (default: "
+                        "$YADTQ_DEFAULT_TIMEOUT, else no limit)")
     parser.add_argument("--name", help="worker name shown in status and heartbeats "
                         "(default: HOSTNAME-PID)")
     parser.add_argument("--heartbeat-interval", type=float,
@@ -57,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap=args.bootstrap, redis_url=args.redis_url, queue=args.queue,
             key_prefix=args.key_prefix, heartbeat_interval=args.heartbeat_interval,
             lease_seconds=args.lease_seconds, partitions=args.partitions,
+            default_timeout=args.default_timeout,
         )
         worker = Worker(config, name=args.name, concurrency=args.concurrency,
-                        task_modules=args.tasks or DEFAULT_TASK_MODULES,
+                        task_modules=args.tasks or DEFAULT_TASK_MODULES, mode=args.mode,
                         shutdown_grace=args.shutdown_grace)
     except (YadtqError, ImportError) as exc:
         print(f"worker_node: error: {exc}", file=sys.stderr)

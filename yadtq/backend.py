@@ -40,6 +40,9 @@ class Keys:
     def batch(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}"
 
+    def task_history(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}:attempts"
+
     def batch_tasks(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}:tasks"
 
@@ -53,6 +56,10 @@ class Keys:
     @property
     def leases(self) -> str:
         return f"{self.prefix}:leases:{self.queue}"
+
+    @property
+    def retries(self) -> str:
+        return f"{self.prefix}:retries:{self.queue}"
 
     @property
     def events(self) -> str:
@@ -75,7 +82,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a worker reports when a task ends."""
+    """What a worker reports when an attempt ends; ``retry_at`` asks for another attempt."""
 
     task_id: str
     batch: str | None
@@ -85,6 +92,17 @@ class Outcome:
     error_type: str = ""
     error: str = ""
     traceback: str = ""
+    retry_at: float | None = None
+
+    @property
+    def verb(self) -> str:
+        """What finish.lua does: success, failed or retry."""
+        return "retry" if self.retry_at is not None else self.status.value
+
+    @property
+    def summary(self) -> str:
+        """One line for the attempts history."""
+        return f"{self.error_type}: {self.error}"[:500] if self.error_type else ""
 
     def fields(self) -> list[str]:
         if self.status is TaskStatus.SUCCESS:
@@ -131,6 +149,8 @@ class RedisBackend:
         self._claim = _load_script(self.redis, "claim.lua")
         self._finish = _load_script(self.redis, "finish.lua")
         self._requeue = _load_script(self.redis, "requeue.lua")
+        self._cancel = _load_script(self.redis, "cancel.lua")
+        self._due_retries = _load_script(self.redis, "due_retries.lua")
 
     def check_connection(self) -> None:
         """Fail fast with the address when Redis does not answer.
@@ -170,7 +190,7 @@ class RedisBackend:
                 pipe.hset(
                     self.keys.batch(batch_id),
                     mapping={"total": len(messages), "queued": len(messages), "processing": 0,
-                             "success": 0, "failed": 0, "created_at": now},
+                             "success": 0, "failed": 0, "cancelled": 0, "created_at": now},
                 )
                 pipe.execute()
         for chunk in _chunks(messages, PIPELINE_CHUNK):
@@ -237,7 +257,8 @@ class RedisBackend:
             for message in messages:
                 self._claim(
                     keys=[self.keys.task(message.id), self.keys.leases,
-                          self.keys.batch(message.batch or "-")],
+                          self.keys.batch(message.batch or "-"),
+                          self.keys.task_history(message.id)],
                     args=[message.id, worker_id, expiry, now, self.keys.events,
                           message.batch or "", json.dumps(_unbatched_fields(message, now))],
                     client=pipe,
@@ -258,9 +279,12 @@ class RedisBackend:
         batch = outcome.batch or "-"
         reply = self._finish(
             keys=[self.keys.task(outcome.task_id), self.keys.leases, self.keys.batch(batch),
-                  self.keys.batch_tasks(batch)],
-            args=[outcome.task_id, outcome.attempt, worker_id, outcome.status.value, now,
-                  self.config.result_ttl, self.keys.events, *outcome.fields()],
+                  self.keys.batch_tasks(batch), self.keys.task_history(outcome.task_id),
+                  self.keys.retries],
+            args=[outcome.task_id, outcome.attempt, worker_id, outcome.verb, now,
+                  self.config.result_ttl, self.keys.events,
+                  "" if outcome.retry_at is None else outcome.retry_at, outcome.summary,
+                  *outcome.fields()],
         )
         if _text(reply[0]) == "ok":
             return None
@@ -268,38 +292,67 @@ class RedisBackend:
         return f"task is {status} (attempt {attempt or '?'}, worker {holder or 'none'})"
 
     def requeue(
-        self, task_id: str, batch: str | None, *, worker_id: str = "", now: float | None = None
+        self,
+        task_id: str,
+        batch: str | None,
+        *,
+        worker_id: str,
+        handback: bool = False,
+        now: float | None = None,
     ) -> TaskMessage | None:
         """Move a processing task back to queued with attempt + 1.
 
-        With ``worker_id`` it hands back that worker's task; without, it reaps
-        a task whose lease has expired. Returns the message to produce again,
-        or None when the compare-and-set found nothing to do.
+        With ``handback`` it gives back ``worker_id``'s own task; without, the
+        reaper ``worker_id`` takes a task whose lease has expired. Returns the
+        message to produce again, or None when the compare-and-set found
+        nothing to do.
         """
         now = time.time() if now is None else now
         reply = self._requeue(
-            keys=[self.keys.task(task_id), self.keys.leases, self.keys.batch(batch or "-")],
-            args=[task_id, "handback" if worker_id else "expired", now, worker_id,
+            keys=[self.keys.task(task_id), self.keys.leases, self.keys.batch(batch or "-"),
+                  self.keys.task_history(task_id)],
+            args=[task_id, "handback" if handback else "expired", now, worker_id,
                   self.keys.events],
         )
         if _text(reply[0]) != "ok":
             return None
-        attempt = int(reply[1])
-        task, args, kwargs, batch_id, index, max_retries, timeout, submitted = (
-            _text(v) for v in reply[2:10]
+        return _message_from_fields(task_id, int(reply[1]), [_text(v) for v in reply[2:12]])
+
+    def cancel(self, task_id: str, batch: str | None, requested_by: str) -> str | None:
+        """Cancel a queued or processing task; returns the status it had, or None."""
+        reply = self._cancel(
+            keys=[self.keys.task(task_id), self.keys.leases, self.keys.batch(batch or "-"),
+                  self.keys.task_history(task_id), self.keys.retries],
+            args=[task_id, time.time(), self.config.result_ttl, self.keys.events, requested_by],
         )
-        return TaskMessage(
-            id=task_id,
-            task=task,
-            args=tuple(json.loads(args or "[]")),
-            kwargs=json.loads(kwargs or "{}"),
-            batch=batch_id or None,
-            index=int(index) if index else None,
-            attempt=attempt,
-            max_retries=int(max_retries or 0),
-            timeout=float(timeout) if timeout else None,
-            submitted_at=float(submitted) if submitted else None,
-        )
+        return _text(reply[1]) if _text(reply[0]) == "ok" else None
+
+    def statuses(self, task_ids: Sequence[str]) -> list[str]:
+        """The current status of each task ("" for a missing record), in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hget(self.keys.task(task_id), "status")
+            return [_text(s) for s in pipe.execute()]
+
+    def task_history(self, task_id: str) -> list[dict[str, Any]]:
+        """Every recorded event of the task's attempts, oldest first."""
+        return [json.loads(e) for e in self.redis.lrange(self.keys.task_history(task_id), 0, -1)]
+
+    def take_due_retries(self, now: float, hold: float = 30.0, limit: int = 100) -> list[str]:
+        """Ids of tasks whose retry backoff is over, held for this caller to produce."""
+        return [_text(i) for i in self._due_retries(keys=[self.keys.retries],
+                                                     args=[now, hold, limit])]
+
+    def retry_message(self, task_id: str) -> TaskMessage | None:
+        """The message to produce for a task waiting to retry, or None if it no longer waits."""
+        values = self.redis.hmget(self.keys.task(task_id), "status", "attempt", *_PAYLOAD_FIELDS)
+        if _text(values[0]) != TaskStatus.QUEUED.value:
+            return None
+        return _message_from_fields(task_id, int(values[1]), [_text(v) for v in values[2:]])
+
+    def retry_sent(self, task_id: str) -> None:
+        """Forget a retry once its message is on the topic."""
+        self.redis.zrem(self.keys.retries, task_id)
 
     def expired_leases(self, now: float, limit: int = 100) -> list[tuple[str, str | None]]:
         """(task id, batch id) of tasks whose lease ran out before ``now``."""
@@ -326,6 +379,29 @@ class RedisBackend:
             pipe.execute()
 
 
+_PAYLOAD_FIELDS = ("task", "args", "kwargs", "batch", "index", "max_retries", "timeout",
+                   "submitted_at", "retry_on", "retry_backoff")
+
+
+def _message_from_fields(task_id: str, attempt: int, values: list[str]) -> TaskMessage:
+    """Rebuild a task message from the stored payload fields (in ``_PAYLOAD_FIELDS`` order)."""
+    task, args, kwargs, batch, index, max_retries, timeout, submitted, retry_on, backoff = values
+    return TaskMessage(
+        id=task_id,
+        task=task,
+        args=tuple(json.loads(args or "[]")),
+        kwargs=json.loads(kwargs or "{}"),
+        batch=batch or None,
+        index=int(index) if index else None,
+        attempt=attempt,
+        max_retries=int(max_retries) if max_retries else None,
+        timeout=float(timeout) if timeout else None,
+        submitted_at=float(submitted) if submitted else None,
+        retry_on=tuple(json.loads(retry_on)) if retry_on else (),
+        retry_backoff=float(backoff) if backoff else None,
+    )
+
+
 def _record_fields(message: TaskMessage, now: float) -> dict[str, str]:
     """The task hash fields a message starts with (all strings, none empty)."""
     fields = {
@@ -334,15 +410,17 @@ def _record_fields(message: TaskMessage, now: float) -> dict[str, str]:
         "args": json.dumps(list(message.args)),
         "kwargs": json.dumps(dict(message.kwargs)),
         "attempt": str(message.attempt),
-        "max_retries": str(message.max_retries),
         "queued_at": repr(now),
         "format": "plain" if message.plain else "v1",
     }
     optional = {
         "batch": message.batch,
         "index": message.index,
+        "max_retries": message.max_retries,
         "timeout": message.timeout,
         "submitted_at": message.submitted_at,
+        "retry_on": json.dumps(list(message.retry_on)) if message.retry_on else None,
+        "retry_backoff": message.retry_backoff,
     }
     fields.update({k: str(v) for k, v in optional.items() if v is not None})
     return fields

@@ -60,6 +60,7 @@ def make_producer(config: Config, **overrides: Any) -> KafkaProducer:
         "max_request_size": max(config.max_message_bytes + 4096, 1_048_576),
         "bootstrap_timeout_ms": _timeout_ms(config),
         "request_timeout_ms": max(_timeout_ms(config), 5000),
+        **config.kafka_options,
         **overrides,
     }
     try:
@@ -96,6 +97,7 @@ def make_consumer(
             fetch_max_wait_ms=100,
             max_partition_fetch_bytes=max(config.max_message_bytes + 4096, 1_048_576),
             bootstrap_timeout_ms=_timeout_ms(config),
+            **config.kafka_options,
         )
     except (KafkaError, OSError) as exc:
         raise _unavailable(config, exc) from None
@@ -132,6 +134,7 @@ def create_topics(config: Config) -> None:
             bootstrap_servers=config.bootstrap,
             bootstrap_timeout_ms=_timeout_ms(config),
             request_timeout_ms=max(_timeout_ms(config), 5000),
+            **config.kafka_options,
         )
     except (KafkaError, OSError) as exc:
         raise _unavailable(config, exc) from None

@@ -7,8 +7,9 @@ Each method delegates to one of ``protocol`` (build the message), ``backend``
 
 from __future__ import annotations
 
+import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from yadtq import broker, protocol
@@ -54,9 +55,35 @@ class Client:
             TypeError: an argument is not JSON-serialisable (nothing is sent).
             MessageTooLarge: the message is over ``max_message_bytes``.
         """
+        return self.submit_with(task, args, kwargs)
+
+    def submit_with(
+        self,
+        task: TaskRef,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        retry_on: Sequence[type[BaseException] | str] = (),
+        retry_backoff: float | None = None,
+    ) -> TaskFuture:
+        """Submit with per-call options that override the task's declared defaults.
+
+        Args:
+            timeout: seconds the task may run before it is stopped and fails
+                with ``TaskTimeout``.
+            max_retries: how many times a failed task runs again.
+            retry_on: exception types (or their names) worth retrying; all when empty.
+            retry_backoff: base seconds between attempts, doubled each time, with jitter.
+
+        Raises:
+            TypeError: an argument is not JSON-serialisable (nothing is sent).
+        """
         name = task_name(task)
-        message = protocol.build(name, args, kwargs)
-        payload = protocol.encode(message, self.config.max_message_bytes)
+        message = protocol.build(name, args, kwargs, **_options(
+            timeout, max_retries, retry_on, retry_backoff))
+        payload = protocol.encode(message, self.config.max_message_bytes, self.config.secret)
         future = self._future(message)
         self._events.start()
         self._events.watch([future])
@@ -64,26 +91,39 @@ class Client:
         self._produce([(message, payload)])
         return future
 
-    def map(self, task: TaskRef, items: Iterable[Any], /) -> TaskBatch:
+    def map(
+        self,
+        task: TaskRef,
+        items: Iterable[Any],
+        /,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        retry_on: Sequence[type[BaseException] | str] = (),
+        retry_backoff: float | None = None,
+    ) -> TaskBatch:
         """Submit one task per item: a tuple is star-args, a dict is kwargs, else one argument.
 
         Every message is validated before anything is sent, so a bad item
-        sends nothing.
+        sends nothing. The options apply to every task (see :meth:`submit_with`).
 
         Raises:
             TypeError: an item's argument is not JSON-serialisable; names the item.
         """
         name = task_name(task)
         batch_id = protocol.new_batch_id()
+        options = _options(timeout, max_retries, retry_on, retry_backoff)
         messages, payloads = [], []
         for index, item in enumerate(items):
             args, kwargs = _split_item(item)
             try:
-                message = protocol.build(name, args, kwargs, batch=batch_id, index=index)
+                message = protocol.build(name, args, kwargs, batch=batch_id, index=index,
+                                         **options)
             except TypeError as exc:
                 raise TypeError(f"item {index} of map: {exc}") from None
             messages.append(message)
-            payloads.append(protocol.encode(message, self.config.max_message_bytes))
+            payloads.append(protocol.encode(message, self.config.max_message_bytes,
+                                            self.config.secret))
         futures = [self._future(m) for m in messages]
         self._events.start()
         self._events.watch(futures)
@@ -108,6 +148,12 @@ class Client:
                 f"{exc}; their records stay 'queued' in Redis"
             ) from exc
 
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task that has not finished; returns False if it already had."""
+        record = self.task_record(task_id)
+        return self.backend.cancel(task_id, record.get("batch") or None,
+                                   requested_by=f"client on {socket.gethostname()}") is not None
+
     # --- looking up --------------------------------------------------------
 
     def task_record(self, task_id: str) -> dict[str, Any]:
@@ -124,6 +170,10 @@ class Client:
                 f"{self.config.result_ttl:.0f} s ago and expired"
             )
         return record
+
+    def history(self, task_id: str) -> list[dict[str, Any]]:
+        """Every attempt's events (claimed, success, failed, lease expired, refused, ...)."""
+        return self.backend.task_history(task_id)
 
     def status(self, task_id: str) -> TaskStatus:
         """The task's current status in Redis.
@@ -232,6 +282,17 @@ class Client:
     def __repr__(self) -> str:
         return (f"<yadtq.Client queue={self.config.queue!r} kafka={self.config.bootstrap} "
                 f"redis={self.config.redis_url}>")
+
+
+def _options(
+    timeout: float | None,
+    max_retries: int | None,
+    retry_on: Sequence[type[BaseException] | str],
+    retry_backoff: float | None,
+) -> dict[str, Any]:
+    names = tuple(r if isinstance(r, str) else r.__name__ for r in retry_on)
+    return {"timeout": timeout, "max_retries": max_retries, "retry_on": names,
+            "retry_backoff": retry_backoff}
 
 
 def _split_item(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,10 @@ class Config:
     lease_seconds: float = 10.0
     heartbeat_interval: float = 2.0
     connect_timeout: float = 5.0
+    default_timeout: float | None = None
+    retry_backoff: float = 1.0
+    secret: str | None = field(default=None, repr=False)
+    kafka_options: Mapping[str, str] = field(default_factory=dict)
     source: str = "arguments"
 
     def __post_init__(self) -> None:
@@ -50,6 +55,10 @@ class Config:
             )
         if self.partitions < 1:
             raise ConfigurationError(f"partitions must be at least 1, got {self.partitions}")
+        if self.default_timeout is not None and not self.default_timeout > 0:
+            raise ConfigurationError(
+                f"default_timeout must be a positive number of seconds, got {self.default_timeout}"
+            )
         if not 0 < self.result_ttl < float("inf"):
             raise ConfigurationError(
                 f"result_ttl must be a positive number of seconds, got {self.result_ttl}"
@@ -90,6 +99,20 @@ _ENV_SETTINGS = {
     "max_message_bytes": ("YADTQ_MAX_MESSAGE_BYTES", int),
     "lease_seconds": ("YADTQ_LEASE_SECONDS", float),
     "heartbeat_interval": ("YADTQ_HEARTBEAT_INTERVAL", float),
+    "default_timeout": ("YADTQ_DEFAULT_TIMEOUT", float),
+    "retry_backoff": ("YADTQ_RETRY_BACKOFF", float),
+    "secret": ("YADTQ_SECRET", str),
+}
+
+# Passed through to every kafka-python client as they are (TLS and SASL).
+_KAFKA_OPTIONS = {
+    "security_protocol": "YADTQ_KAFKA_SECURITY_PROTOCOL",
+    "sasl_mechanism": "YADTQ_KAFKA_SASL_MECHANISM",
+    "sasl_plain_username": "YADTQ_KAFKA_SASL_USERNAME",
+    "sasl_plain_password": "YADTQ_KAFKA_SASL_PASSWORD",
+    "ssl_cafile": "YADTQ_KAFKA_SSL_CAFILE",
+    "ssl_certfile": "YADTQ_KAFKA_SSL_CERTFILE",
+    "ssl_keyfile": "YADTQ_KAFKA_SSL_KEYFILE",
 }
 
 
@@ -127,6 +150,12 @@ def _from_environment() -> dict[str, Any]:
             raise ConfigurationError(
                 f"{variable}={raw!r} is not a valid {convert.__name__}; fix or unset it"
             ) from None
+    kafka_options = {
+        option: os.environ[variable]
+        for option, variable in _KAFKA_OPTIONS.items() if os.environ.get(variable)
+    }
+    if kafka_options:
+        settings["kafka_options"] = kafka_options
     return settings
 
 

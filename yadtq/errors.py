@@ -13,10 +13,14 @@ value, the cause and what to do next::
     ├── UnknownTask               a task name no registry knows
     ├── InvalidTransition         a status change the state machine refuses
     ├── TaskFailed                the remote task raised; carries its traceback
-    └── TaskNotFound              an id the result store does not know
+    ├── TaskNotFound              an id the result store does not know
+    ├── TaskTimeout               a task ran past its time limit (also a TimeoutError)
+    └── TaskCancelled             a task was cancelled (also a CancelledError)
 """
 
 from __future__ import annotations
+
+from concurrent.futures import CancelledError
 
 
 class YadtqError(Exception):
@@ -85,3 +89,11 @@ class TaskFailed(YadtqError):
         if self.traceback:
             text += "\n\nRemote traceback:\n" + self.traceback.rstrip()
         return text
+
+
+class TaskTimeout(YadtqError, TimeoutError):
+    """A task ran past its time limit and was stopped."""
+
+
+class TaskCancelled(YadtqError, CancelledError):
+    """A task was cancelled before it finished."""

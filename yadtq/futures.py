@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from yadtq.errors import TaskFailed
+from yadtq.errors import TaskCancelled, TaskFailed
 from yadtq.status import TaskStatus
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ DATAFRAME_COLUMNS = [
     "id", "index", "task", "args", "kwargs", "status", "result", "error", "worker", "attempt",
     "queued_at", "started_at", "finished_at", "duration",
 ]
-BATCH_COUNTERS = ("total", "queued", "processing", "success", "failed")
+BATCH_COUNTERS = ("total", "queued", "processing", "success", "failed", "cancelled")
 
 
 class TaskFuture(concurrent.futures.Future):
@@ -81,8 +81,19 @@ class TaskFuture(concurrent.futures.Future):
         return self._attempt
 
     def cancel(self) -> bool:
-        """Tasks cannot be cancelled yet; always returns False, like a running future."""
-        return False
+        """Cancel the task in Redis: a queued task never runs; a running one is stopped
+        (process mode) or its result discarded (thread mode). Returns True if it was
+        cancelled, False if it had already finished."""
+        if self._client is None or self.done():
+            return self.cancelled()
+        cancelled = self._client.cancel(self.id)
+        if cancelled:
+            self._resolve({"status": TaskStatus.CANCELLED.value, "worker": self._worker})
+        return cancelled or self.cancelled()
+
+    def cancelled(self) -> bool:
+        """True if the task was cancelled."""
+        return super().cancelled() or self._status is TaskStatus.CANCELLED
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the task and return its result.
@@ -155,6 +166,11 @@ class TaskFuture(concurrent.futures.Future):
             self.finished_at = record.get("finished_at")
             if status is TaskStatus.SUCCESS:
                 self.set_result(record.get("result"))
+            elif status is TaskStatus.CANCELLED:
+                if not super().cancel():  # a running future cannot be cancelled locally
+                    self.set_exception(TaskCancelled(f"task {self.id} was cancelled"))
+                else:
+                    self.set_running_or_notify_cancel()
             else:
                 self.set_exception(TaskFailed(
                     self.id, record.get("error_type") or status.value,
@@ -286,6 +302,10 @@ class TaskBatch(Sequence[TaskFuture]):
                 f"after {timeout} s"
             )
         return [f.result() for f in self.futures]
+
+    def cancel(self) -> int:
+        """Cancel every unfinished task of the batch; returns how many were cancelled."""
+        return sum(f.cancel() for f in self.futures if not f.done())
 
     def status_counts(self) -> dict[str, int]:
         """Counts per status from the batch counters in Redis."""

@@ -6,6 +6,14 @@ A Kafka message value is UTF-8 JSON (DESIGN.md, "Wire format")::
      "batch": null, "index": null, "attempt": 1, "max_retries": 0,
      "timeout": null, "submitted_at": 1764320000.123}
 
+``max_retries`` and ``timeout`` may be null: the task's declared default applies.
+Optional ``retry_on`` (exception type names) and ``retry_backoff`` (base
+seconds) refine retries.
+
+With a shared secret configured, ``encode`` adds ``"sig"``: the hex
+HMAC-SHA256 of the canonical payload (sorted keys, no spaces, without
+``sig``), and ``decode`` refuses unsigned or forged messages.
+
 Workers also accept the plain format older YADTQ clients send,
 ``{"task-id": "...", "task": "add", "args": [1, 2]}`` (``task_id`` or ``id``
 spell the id too). Every rejection is a :class:`ProtocolError` whose text names
@@ -14,6 +22,8 @@ the field and the reason; a worker uses that text as the dead-letter reason.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import re
@@ -44,9 +54,11 @@ class TaskMessage:
     batch: str | None = None
     index: int | None = None
     attempt: int = 1
-    max_retries: int = 0
+    max_retries: int | None = None
     timeout: float | None = None
     submitted_at: float | None = None
+    retry_on: tuple[str, ...] = ()
+    retry_backoff: float | None = None
     plain: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -55,6 +67,11 @@ class TaskMessage:
         del data["plain"]
         data["args"] = list(self.args)
         data["kwargs"] = dict(self.kwargs)
+        data["retry_on"] = list(self.retry_on)
+        if not self.retry_on:
+            del data["retry_on"]
+        if self.retry_backoff is None:
+            del data["retry_backoff"]
         return {"v": VERSION, **data}
 
 
@@ -88,8 +105,10 @@ def build(
     batch: str | None = None,
     index: int | None = None,
     attempt: int = 1,
-    max_retries: int = 0,
+    max_retries: int | None = None,
     timeout: float | None = None,
+    retry_on: tuple[str, ...] = (),
+    retry_backoff: float | None = None,
 ) -> TaskMessage:
     """Build a validated message for ``task(*args, **kwargs)``.
 
@@ -114,17 +133,33 @@ def build(
         max_retries=max_retries,
         timeout=timeout,
         submitted_at=time.time(),
+        retry_on=tuple(retry_on),
+        retry_backoff=retry_backoff,
     )
     return validate(message.to_dict())
 
 
-def encode(message: TaskMessage, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes:
-    """The UTF-8 JSON bytes for ``message``.
+def signature(payload: dict[str, Any], secret: str) -> str:
+    """Hex HMAC-SHA256 of the canonical form of ``payload`` (its ``sig`` left out)."""
+    unsigned = {k: v for k, v in payload.items() if k != "sig"}
+    canonical = json.dumps(unsigned, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hmac.new(secret.encode(), canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def encode(
+    message: TaskMessage,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    secret: str | None = None,
+) -> bytes:
+    """The UTF-8 JSON bytes for ``message``, signed when a ``secret`` is given.
 
     Raises:
         MessageTooLarge: the encoding is longer than ``max_bytes``.
     """
-    data = json.dumps(message.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+    payload = message.to_dict()
+    if secret:
+        payload["sig"] = signature(payload, secret)
+    data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
     if len(data) > max_bytes:
         raise MessageTooLarge(
             f"task {message.task!r} message is {len(data)} bytes, over the {max_bytes}-byte "
@@ -134,11 +169,16 @@ def encode(message: TaskMessage, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> 
     return data
 
 
-def decode(data: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> TaskMessage:
-    """Parse and validate a message value from the topic.
+def decode(
+    data: bytes | None,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    secret: str | None = None,
+) -> TaskMessage:
+    """Parse and validate a message value from the topic; check its signature if ``secret``.
 
     Raises:
-        ProtocolError: the bytes are not a valid task message; the text says why.
+        ProtocolError: the bytes are not a valid task message, or (with a
+            secret) it is unsigned or its signature does not match; the text says why.
     """
     if data is None:
         raise ProtocolError("message has no value (a tombstone); a task message is JSON")
@@ -154,7 +194,23 @@ def decode(data: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Ta
         raise ProtocolError("message JSON is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"message must be a JSON object, got {type(obj).__name__}")
+    if secret:
+        _check_signature(obj, secret)
     return validate(obj)
+
+
+def _check_signature(obj: dict[str, Any], secret: str) -> None:
+    claimed = obj.get("sig")
+    if not isinstance(claimed, str):
+        raise ProtocolError("message is not signed, and this worker requires signed messages "
+                            "(YADTQ_SECRET is set); sign it with the shared secret")
+    try:
+        expected = signature(obj, secret)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"message cannot be put in canonical form to check it: {exc}") from None
+    if not hmac.compare_digest(claimed, expected):
+        raise ProtocolError("message signature does not match its payload: forged, altered, "
+                            "or signed with another secret")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -213,12 +269,18 @@ def validate(obj: Mapping[str, Any]) -> TaskMessage:
         raise ProtocolError(f"field 'batch' is not a valid id: {batch!r:.80}")
     index = _field(obj, "index", (int, type(None)), None)
     attempt = _field(obj, "attempt", (int,), 1)
-    max_retries = _field(obj, "max_retries", (int,), 0)
+    max_retries = _field(obj, "max_retries", (int, type(None)), None)
     timeout = _field(obj, "timeout", (int, float, type(None)), None)
     submitted_at = _field(obj, "submitted_at", (int, float, type(None)), None)
+    retry_on = _field(obj, "retry_on", (list,), [])
+    if not all(isinstance(name, str) for name in retry_on):
+        raise ProtocolError("field 'retry_on' must be a list of exception type names")
+    retry_backoff = _field(obj, "retry_backoff", (int, float, type(None)), None)
+    if retry_backoff is not None and not (math.isfinite(retry_backoff) and retry_backoff >= 0):
+        raise ProtocolError(f"field 'retry_backoff' must be seconds >= 0, got {retry_backoff}")
     if attempt < 1:
         raise ProtocolError(f"field 'attempt' must be at least 1, got {attempt}")
-    if max_retries < 0:
+    if max_retries is not None and max_retries < 0:
         raise ProtocolError(f"field 'max_retries' must not be negative, got {max_retries}")
     if index is not None and index < 0:
         raise ProtocolError(f"field 'index' must not be negative, got {index}")
@@ -235,5 +297,7 @@ def validate(obj: Mapping[str, Any]) -> TaskMessage:
         max_retries=max_retries,
         timeout=timeout,
         submitted_at=submitted_at,
+        retry_on=tuple(retry_on),
+        retry_backoff=retry_backoff,
         plain=plain,
     )

@@ -8,13 +8,26 @@ decorator to turn a function into the name it sends.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from yadtq.errors import UnknownTask
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Defaults a task declares; a call's own options override them."""
+
+    timeout: float | None = None
+    max_retries: int | None = None
+    retry_on: tuple[type[BaseException], ...] = ()
+    retry_backoff: float | None = None
+
+
 _TASKS: dict[str, Callable[..., Any]] = {}
+_OPTIONS: dict[str, TaskOptions] = {}
 
 TASK_NAME_ATTRIBUTE = "__yadtq_task__"
 
@@ -22,15 +35,35 @@ TASK_NAME_ATTRIBUTE = "__yadtq_task__"
 @overload
 def task(fn: F, /) -> F: ...
 @overload
-def task(*, name: str | None = None) -> Callable[[F], F]: ...
+def task(
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    max_retries: int | None = None,
+    retry_on: tuple[type[BaseException], ...] = (),
+    retry_backoff: float | None = None,
+) -> Callable[[F], F]: ...
 
 
-def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
+def task(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    max_retries: int | None = None,
+    retry_on: tuple[type[BaseException], ...] = (),
+    retry_backoff: float | None = None,
+) -> Any:
     """Register a function as a task under its own name (or ``name=``).
 
     The function is returned unchanged, so it can still be called locally;
-    ``q.submit(fn, ...)`` sends its registered name.
+    ``q.submit(fn, ...)`` sends its registered name. ``timeout`` (seconds),
+    ``max_retries``, ``retry_on`` (exception types worth retrying; all when
+    empty) and ``retry_backoff`` (base seconds, doubled per attempt, with
+    jitter) are defaults that a call may override.
     """
+    options = TaskOptions(timeout, max_retries, tuple(retry_on), retry_backoff)
 
     def register(func: F) -> F:
         task_name = name or func.__name__
@@ -44,6 +77,7 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) ->
                 f"{existing.__module__}.{existing.__qualname__}; pass name= to choose another"
             )
         _TASKS[task_name] = func
+        _OPTIONS[task_name] = options
         setattr(func, TASK_NAME_ATTRIBUTE, task_name)
         return func
 
@@ -75,6 +109,11 @@ def lookup(name: str) -> Callable[..., Any]:
         return _TASKS[name]
     except KeyError:
         raise UnknownTask(name, list(_TASKS)) from None
+
+
+def options(name: str) -> TaskOptions:
+    """The defaults registered with a task (empty ones for an unknown name)."""
+    return _OPTIONS.get(name, TaskOptions())
 
 
 def registered_names() -> list[str]:

@@ -32,7 +32,7 @@ FINISHED = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLE
 ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.QUEUED: frozenset({TaskStatus.PROCESSING, TaskStatus.CANCELLED}),
     TaskStatus.PROCESSING: frozenset(
-        {TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.QUEUED}
+        {TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.QUEUED, TaskStatus.CANCELLED}
     ),
     TaskStatus.SUCCESS: frozenset(),
     TaskStatus.FAILED: frozenset(),

@@ -1,12 +1,13 @@
 """The worker runtime (core layer): take tasks from Kafka, claim them in Redis, run them.
 
 The main loop reads as a list of steps: wait for a free slot, poll at most that
-many messages, decode them (undecodable ones go to the dead-letter topic),
-claim them in Redis with a lease, commit the offsets, hand the claimed tasks to
-the execution slots. A heartbeat thread records the worker in Redis, renews the
-leases of what it runs and reaps expired leases of any worker (DESIGN.md,
-"Delivery guarantees"). Only tasks registered by the worker's own task modules
-ever run.
+many messages, decode them (undecodable, unsigned or forged ones go to the
+dead-letter topic), claim them in Redis with a lease, commit the offsets, hand
+the claimed tasks to the execution slots (``yadtq.execution``). A heartbeat
+thread records the worker in Redis, renews the leases of what it runs, stops
+tasks cancelled while running, sends due retries, and reaps expired leases of
+any worker (DESIGN.md, "Delivery guarantees"). Only tasks registered by the
+worker's own task modules ever run.
 """
 
 from __future__ import annotations
@@ -15,22 +16,23 @@ import importlib
 import json
 import logging
 import os
+import queue
+import random
 import signal
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from kafka.errors import CommitFailedError, KafkaError
 
-from yadtq import broker, protocol, registry
-from yadtq.backend import Outcome, RedisBackend
+from yadtq import broker, execution, protocol, registry
+from yadtq.backend import Claim, Outcome, RedisBackend
 from yadtq.config import Config
 from yadtq.errors import ProtocolError, UnknownTask
 from yadtq.status import TaskStatus
@@ -39,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TASK_MODULES = ("worker_node.tasks",)
 FINISH_RETRY_SECONDS = 60.0
+MAX_BACKOFF_SECONDS = 300.0
+REDIS_RETRY_MAX_DELAY = 5.0
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -46,6 +52,7 @@ class _Running:
     message: protocol.TaskMessage
     attempt: int
     future: Future[None] | None = None
+    runner: Any = None
 
 
 def load_task_modules(modules: Iterable[str]) -> list[str]:
@@ -65,6 +72,7 @@ class Worker:
         name: str | None = None,
         concurrency: int = 4,
         task_modules: Sequence[str] = DEFAULT_TASK_MODULES,
+        mode: str = "process",
         shutdown_grace: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -73,6 +81,7 @@ class Worker:
         self.config = config
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.concurrency = concurrency
+        self.mode = mode
         self.shutdown_grace = shutdown_grace
         self.clock = clock
         self.task_names = load_task_modules(task_modules)
@@ -88,6 +97,9 @@ class Worker:
         self._partitions: list[int] = []
         self._topic_partitions = 0
         self._paused = False
+        self._runners: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for runner in execution.make_runners(mode, concurrency, task_modules):
+            self._runners.put(runner)
         self.backend = RedisBackend(config)
         self.backend.check_connection()
         broker.create_topics(config)
@@ -105,8 +117,8 @@ class Worker:
     def run(self) -> None:
         """Serve tasks until :meth:`stop` is called or a signal stops the worker."""
         logger.info(
-            "Worker %s: serving queue %r (topic %s) with %d slots; tasks: %s",
-            self.name, self.config.queue, self.config.tasks_topic, self.concurrency,
+            "Worker %s: serving queue %r (topic %s) with %d %s slots; tasks: %s",
+            self.name, self.config.queue, self.config.tasks_topic, self.concurrency, self.mode,
             ", ".join(self.task_names) or "none",
         )
         self._heartbeat_thread.start()
@@ -163,10 +175,13 @@ class Worker:
         for records in batch.values():
             for record in records:
                 try:
-                    messages.append(protocol.decode(record.value, self.config.max_message_bytes))
+                    messages.append(protocol.decode(record.value, self.config.max_message_bytes,
+                                                    self.config.secret))
                 except ProtocolError as exc:
-                    self._dead_letter(record, str(exc))
+                    self._dead_letter(str(exc), record=record)
         claims = self._claim(messages)
+        if claims is None:
+            return  # stopping while Redis is down: nothing committed, so nothing is lost
         self._commit()
         for message, claim in zip(messages, claims, strict=True):
             if claim.claimed:
@@ -175,15 +190,36 @@ class Worker:
                 logger.debug("Worker %s: skipped task %s: %s", self.name, message.id,
                              claim.skipped_because)
 
-    def _claim(self, messages: list[protocol.TaskMessage]) -> list[Any]:
+    def _claim(self, messages: list[protocol.TaskMessage]) -> list[Claim] | None:
         if not messages:
             return []
         with self._lock:
-            claims = self.backend.claim_many(messages, self.name, now=self.clock())
+            claims = self._retry_redis(
+                lambda: self.backend.claim_many(messages, self.name, now=self.clock()),
+                "claim tasks",
+            )
+            if claims is None:
+                return None
             for message, claim in zip(messages, claims, strict=True):
                 if claim.claimed:
                     self._running[message.id] = _Running(message, claim.attempt)
         return claims
+
+    def _retry_redis(self, step: Callable[[], T], what: str) -> T | None:
+        """Run ``step``, retrying with backoff while Redis is unreachable; None if stopping."""
+        delay = 0.1
+        while True:
+            try:
+                return step()
+            except redis.ConnectionError as exc:
+                if self._stopping.is_set():
+                    logger.error("Worker %s: could not %s before stopping: %s", self.name,
+                                 what, exc)
+                    return None
+                logger.warning("Worker %s: Redis unreachable, cannot %s (%s); retrying in "
+                               "%.1f s", self.name, what, exc, delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, REDIS_RETRY_MAX_DELAY)
 
     def _commit(self) -> None:
         try:
@@ -195,47 +231,72 @@ class Worker:
 
     def _start(self, message: protocol.TaskMessage, attempt: int) -> None:
         try:
-            function = registry.lookup(message.task)
+            registry.lookup(message.task)
         except UnknownTask as exc:
-            self._finish(message, attempt, self._failure(exc, with_traceback=False))
+            report = Outcome(message.id, message.batch, attempt, TaskStatus.FAILED,
+                             error_type="UnknownTask", error=str(exc))
+            self._finish(message, report)
             return
         running = self._running[message.id]
-        running.future = self.executor.submit(self._execute, function, message, attempt)
+        running.future = self.executor.submit(self._execute, message, attempt)
 
-    def _execute(
-        self, function: Callable[..., Any], message: protocol.TaskMessage, attempt: int
-    ) -> None:
+    def _execute(self, message: protocol.TaskMessage, attempt: int) -> None:
+        runner = self._runners.get()
+        with self._lock:
+            running = self._running.get(message.id)
+            if running is not None:
+                running.runner = runner
         try:
-            result = function(*message.args, **message.kwargs)
-        except BaseException as exc:  # noqa: BLE001 - a task's failure must not kill the slot
-            outcome = self._failure(exc)
-        else:
-            outcome = self._success(message, result)
-        self._finish(message, attempt, outcome)
+            result = runner.run(message.task, message.args, dict(message.kwargs),
+                                message.retry_on, self._time_limit(message))
+        finally:
+            self._runners.put(runner)
+        self._finish(message, self._outcome(message, attempt, result))
 
-    def _success(self, message: protocol.TaskMessage, result: Any) -> dict[str, Any]:
-        try:
-            json.dumps(result, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            return self._failure(TypeError(
-                f"task {message.task!r} returned {type(result).__name__}, which is not "
-                f"JSON-serialisable ({exc}); return JSON types only"
-            ), with_traceback=False)
-        return {"status": TaskStatus.SUCCESS, "result": result}
+    def _time_limit(self, message: protocol.TaskMessage) -> float | None:
+        """The call's limit, else the task's declared one, else the worker-wide default."""
+        if message.timeout is not None:
+            return message.timeout
+        declared = registry.options(message.task).timeout
+        return declared if declared is not None else self.config.default_timeout
 
-    @staticmethod
-    def _failure(exc: BaseException, with_traceback: bool = True) -> dict[str, Any]:
-        return {
-            "status": TaskStatus.FAILED,
-            "error_type": type(exc).__name__,
-            "error": str(exc),
-            "traceback": "".join(traceback.format_exception(exc)) if with_traceback else "",
-        }
+    def _outcome(
+        self, message: protocol.TaskMessage, attempt: int, result: execution.Attempt
+    ) -> Outcome:
+        if result.ok:
+            try:
+                json.dumps(result.value, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                return Outcome(message.id, message.batch, attempt, TaskStatus.FAILED,
+                               error_type="TypeError",
+                               error=f"task {message.task!r} returned "
+                               f"{type(result.value).__name__}, which is not JSON-serialisable "
+                               f"({exc}); return JSON types only")
+            return Outcome(message.id, message.batch, attempt, TaskStatus.SUCCESS,
+                           result=result.value)
+        retry_at = None
+        max_retries = self._max_retries(message)
+        if result.retryable and attempt <= max_retries:
+            retry_at = self.clock() + self._backoff(message, attempt)
+        return Outcome(message.id, message.batch, attempt, TaskStatus.FAILED,
+                       error_type=result.error_type, error=result.error,
+                       traceback=result.traceback, retry_at=retry_at)
 
-    def _finish(
-        self, message: protocol.TaskMessage, attempt: int, outcome: dict[str, Any]
-    ) -> None:
-        report = Outcome(task_id=message.id, batch=message.batch, attempt=attempt, **outcome)
+    def _max_retries(self, message: protocol.TaskMessage) -> int:
+        if message.max_retries is not None:
+            return message.max_retries
+        return registry.options(message.task).max_retries or 0
+
+    def _backoff(self, message: protocol.TaskMessage, attempt: int) -> float:
+        """Exponential backoff with full jitter around the base: base * 2^(n-1) * [0.5, 1.5)."""
+        base = message.retry_backoff
+        if base is None:
+            base = registry.options(message.task).retry_backoff
+        if base is None:
+            base = self.config.retry_backoff
+        return min(base * 2 ** (attempt - 1) * random.uniform(0.5, 1.5), MAX_BACKOFF_SECONDS)
+
+    def _finish(self, message: protocol.TaskMessage, report: Outcome) -> None:
         refused = self._store_outcome(report)
         with self._lock:
             self._running.pop(message.id, None)
@@ -246,7 +307,14 @@ class Worker:
         self._slot_freed.set()
         if refused:
             logger.warning("Worker %s: outcome of task %s attempt %d refused: %s",
-                           self.name, message.id, attempt, refused)
+                           self.name, message.id, report.attempt, refused)
+        elif report.retry_at is not None:
+            logger.info("Worker %s: task %s attempt %d failed (%s); retry in %.1f s",
+                        self.name, message.id, report.attempt, report.error_type,
+                        report.retry_at - self.clock())
+        elif report.status is TaskStatus.FAILED and self._max_retries(message) > 0:
+            self._dead_letter(f"retries exhausted after attempt {report.attempt}: "
+                              f"{report.error_type}: {report.error}", message=message)
 
     def _store_outcome(self, report: Outcome) -> str | None:
         """Store an outcome, retrying while Redis is unreachable."""
@@ -264,23 +332,35 @@ class Worker:
                 logger.warning("Worker %s: Redis unreachable (%s); retrying in %.1f s",
                                self.name, exc, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, REDIS_RETRY_MAX_DELAY)
 
-    def _dead_letter(self, record: Any, reason: str) -> None:
-        raw = record.value or b""
-        letter = {
-            "reason": reason,
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "value": raw.decode("utf-8", errors="replace")[:10_000],
-            "worker": self.name,
-            "at": self.clock(),
-        }
-        logger.warning("Worker %s: dead-lettered message %s[%d]@%d: %s", self.name,
-                       record.topic, record.partition, record.offset, reason)
-        self.producer.send(self.config.dead_letter_topic, json.dumps(letter).encode(),
-                           key=record.key)
+    def _dead_letter(
+        self, reason: str, *, record: Any = None, message: protocol.TaskMessage | None = None
+    ) -> None:
+        """Send a message no worker can accept to the dead-letter topic, with the reason."""
+        letter: dict[str, Any] = {"reason": reason, "worker": self.name, "at": self.clock()}
+        key = None
+        if record is not None:
+            raw = record.value or b""
+            letter |= {"topic": record.topic, "partition": record.partition,
+                       "offset": record.offset,
+                       "value": raw.decode("utf-8", errors="replace")[:10_000]}
+            key = record.key
+            where = f"{record.topic}[{record.partition}]@{record.offset}"
+        else:
+            assert message is not None
+            letter |= {"task_id": message.id, "value": json.dumps(message.to_dict())[:10_000]}
+            key = message.id.encode()
+            where = f"task {message.id}"
+        logger.warning("Worker %s: dead-lettered %s: %s", self.name, where, reason)
+        self.producer.send(self.config.dead_letter_topic, json.dumps(letter).encode(), key=key)
+
+    def _produce(self, message: protocol.TaskMessage) -> None:
+        self.producer.send(
+            self.config.tasks_topic,
+            protocol.encode(message, self.config.max_message_bytes, self.config.secret),
+            key=message.id.encode(),
+        )
 
     # --- group membership --------------------------------------------------
 
@@ -303,24 +383,29 @@ class Worker:
     def _on_revoke(self, revoked: set[Any]) -> None:
         self._partitions = []
 
-    # --- heartbeat, leases and the reaper ----------------------------------
+    # --- heartbeat, leases, cancellations, retries and the reaper ----------
 
     def _heartbeat_loop(self) -> None:
         while True:
             now = self.clock()
-            try:
-                self._heartbeat(now, status="stopping" if self._stopping.is_set() else "running")
-                self.reap(now)
-            except redis.RedisError as exc:
-                logger.warning("Worker %s: heartbeat failed: %s", self.name, exc)
-            except Exception:  # noqa: BLE001 - the heartbeat must outlive any one failure
-                logger.exception("Worker %s: heartbeat step failed", self.name)
+            for step in (self._heartbeat, self._stop_cancelled, self.send_due_retries,
+                         self.reap):
+                try:
+                    step(now)
+                except redis.RedisError as exc:
+                    logger.warning("Worker %s: %s failed: %s", self.name,
+                                   step.__name__.strip("_"), exc)
+                    break
+                except Exception:  # noqa: BLE001 - the heartbeat must outlive any one failure
+                    logger.exception("Worker %s: %s failed", self.name, step.__name__)
             if self._heartbeat_now.wait(self.config.heartbeat_interval):
                 self._heartbeat_now.clear()
             if self._stopping.is_set() and not self._running:
                 return
 
-    def _heartbeat(self, now: float, status: str) -> None:
+    def _heartbeat(self, now: float, status: str | None = None) -> None:
+        if status is None:
+            status = "stopping" if self._stopping.is_set() else "running"
         with self._lock:
             leased = list(self._running)
             info = {
@@ -329,6 +414,7 @@ class Worker:
                 "pid": os.getpid(),
                 "started_at": self.started_at,
                 "concurrency": self.concurrency,
+                "mode": self.mode,
                 "in_flight": len(self._running),
                 "processed": self.processed,
                 "failed": self.failed,
@@ -340,6 +426,31 @@ class Worker:
             }
         self.backend.heartbeat(self.name, info, leased, now)
 
+    def _stop_cancelled(self, now: float) -> None:
+        """Stop running tasks that were cancelled (process mode kills their child)."""
+        with self._lock:
+            running = list(self._running.values())
+        if not running:
+            return
+        statuses = self.backend.statuses([r.message.id for r in running])
+        for task, status in zip(running, statuses, strict=True):
+            if status == TaskStatus.CANCELLED.value and task.runner is not None:
+                stopped = task.runner.stop()
+                logger.info("Worker %s: task %s was cancelled; %s", self.name, task.message.id,
+                            "stopped it" if stopped else "its result will be discarded")
+
+    def send_due_retries(self, now: float) -> int:
+        """Produce again the tasks whose retry backoff is over; returns how many."""
+        sent = 0
+        for task_id in self.backend.take_due_retries(now):
+            message = self.backend.retry_message(task_id)
+            if message is not None:
+                self._produce(message)
+                sent += 1
+        if sent:
+            self.producer.flush()
+        return sent
+
     def reap(self, now: float) -> int:
         """Re-queue tasks whose lease expired before ``now``; returns how many.
 
@@ -349,12 +460,10 @@ class Worker:
         reaped = 0
         for task_id, batch in self.backend.expired_leases(now):
             try:
-                message = self.backend.requeue(task_id, batch, now=now)
+                message = self.backend.requeue(task_id, batch, worker_id=self.name, now=now)
                 if message is None:
                     continue
-                self.producer.send(self.config.tasks_topic,
-                                   protocol.encode(message, self.config.max_message_bytes),
-                                   key=message.id.encode())
+                self._produce(message)
                 reaped += 1
                 logger.warning("Worker %s: lease of task %s expired; queued again as attempt %d",
                                self.name, task_id, message.attempt)
@@ -371,7 +480,7 @@ class Worker:
                     self._stop_reason, len(self._running))
         with self._lock:
             futures = [r.future for r in self._running.values() if r.future is not None]
-        done, not_done = wait_futures(futures, timeout=self.shutdown_grace)
+        wait_futures(futures, timeout=self.shutdown_grace)
         self._hand_back()
         self.executor.shutdown(wait=False, cancel_futures=True)
         try:
@@ -388,6 +497,8 @@ class Worker:
         self.producer.flush()
         self.producer.close()
         self.backend.close()
+        while not self._runners.empty():
+            self._runners.get().close()
         logger.info("Worker %s: stopped (%s); processed %d, failed %d", self.name,
                     self._stop_reason, self.processed, self.failed)
 
@@ -396,11 +507,16 @@ class Worker:
         with self._lock:
             unfinished = list(self._running.values())
         for running in unfinished:
-            message = self.backend.requeue(running.message.id, running.message.batch,
-                                           worker_id=self.name, now=self.clock())
+            try:
+                message = self.backend.requeue(running.message.id, running.message.batch,
+                                               worker_id=self.name, handback=True,
+                                               now=self.clock())
+            except redis.RedisError as exc:
+                logger.error("Worker %s: could not hand back task %s (%s); its lease will "
+                             "expire and another worker will run it", self.name,
+                             running.message.id, exc)
+                continue
             if message is not None:
-                self.producer.send(self.config.tasks_topic,
-                                   protocol.encode(message, self.config.max_message_bytes),
-                                   key=message.id.encode())
+                self._produce(message)
                 logger.info("Worker %s: handed back task %s as attempt %d", self.name,
                             message.id, message.attempt)

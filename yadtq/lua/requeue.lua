@@ -4,32 +4,41 @@
 -- KEYS[1] task hash          yadtq:task:<id>
 -- KEYS[2] leases sorted set  yadtq:leases:<queue>
 -- KEYS[3] batch counters     yadtq:batch:<batch>
+-- KEYS[4] attempts history   yadtq:task:<id>:attempts
 -- ARGV[1] task id
 -- ARGV[2] mode: "expired" (only if the lease is past ARGV[3]) or "handback" (only if
 --         ARGV[4] holds it)
 -- ARGV[3] now (unix seconds)
--- ARGV[4] worker id handing back ("" for the reaper)
+-- ARGV[4] worker id handing back, or the reaping worker's id
 -- ARGV[5] events channel
 --
 -- Returns {"ok", new attempt, task, args, kwargs, batch, index, max_retries, timeout,
--- submitted_at} so the caller can produce the message again, or {"skip", reason}.
+-- submitted_at, retry_on, retry_backoff} so the caller can produce the message again,
+-- or {"skip", reason}.
 local current = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker', 'batch')
 if current[1] ~= 'processing' then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return {'skip', current[1] or 'missing'}
 end
+local detail
 if ARGV[2] == 'expired' then
   local expiry = redis.call('ZSCORE', KEYS[2], ARGV[1])
   if expiry and tonumber(expiry) > tonumber(ARGV[3]) then
     return {'skip', 'lease live'}
   end
+  detail = 'lease of ' .. (current[3] or '?') .. ' expired; reaped by ' .. ARGV[4]
 elseif current[3] ~= ARGV[4] then
   return {'skip', 'held by ' .. (current[3] or 'nobody')}
+else
+  detail = 'handed back by ' .. ARGV[4] .. ' on shutdown'
 end
 local attempt = (tonumber(current[2]) or 1) + 1
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempt', tostring(attempt), 'worker', '',
-           'requeued_at', ARGV[3], 'requeue_reason', ARGV[2] .. ' (' .. (current[3] or '') .. ')')
+           'requeued_at', ARGV[3], 'requeue_reason', detail)
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[4], cjson.encode({attempt = tonumber(current[2]), worker = current[3],
+  event = ARGV[2] == 'expired' and 'lease expired' or 'handed back', detail = detail,
+  at = tonumber(ARGV[3])}))
 local batch = current[4] or ''
 if batch ~= '' then
   redis.call('HINCRBY', KEYS[3], 'processing', -1)
@@ -38,7 +47,7 @@ end
 redis.call('PUBLISH', ARGV[5], cjson.encode({id = ARGV[1], status = 'queued', worker = '',
   attempt = attempt, batch = batch, at = tonumber(ARGV[3])}))
 local payload = redis.call('HMGET', KEYS[1], 'task', 'args', 'kwargs', 'batch', 'index',
-                           'max_retries', 'timeout', 'submitted_at')
+                           'max_retries', 'timeout', 'submitted_at', 'retry_on', 'retry_backoff')
 local reply = {'ok', attempt}
 for i = 1, #payload do
   reply[#reply + 1] = payload[i] or ''

@@ -1,0 +1,199 @@
+"""Where task code runs (core layer): a child process per slot, or the slot's own thread.
+
+``process`` mode (the default) runs each slot's tasks in a long-lived child
+process started from a fork server that has already imported the task
+modules. A task over its time limit, or cancelled while running, is really
+stopped: the child is killed and a fresh one takes its place. ``thread`` mode
+runs tasks in the worker's own threads: no start-up or IPC cost, but a time
+limit can only be reported after the code returns, and a cancelled task runs
+to its end (its result is then discarded).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from yadtq import registry
+
+MODES = ("process", "thread")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What running a task once produced."""
+
+    ok: bool
+    value: Any = None
+    error_type: str = ""
+    error: str = ""
+    traceback: str = ""
+    retryable: bool = False
+    stopped: bool = False
+
+
+def _is_retryable(exc: BaseException, names: Sequence[str], classes: Sequence[type]) -> bool:
+    if not names and not classes:
+        return True
+    if classes and isinstance(exc, tuple(classes)):
+        return True
+    return any(cls.__name__ in names or cls.__qualname__ in names for cls in type(exc).__mro__)
+
+
+def run_registered(task: str, args: Sequence[Any], kwargs: dict[str, Any],
+                   retry_on: Sequence[str]) -> Attempt:
+    """Call the registered function and capture its outcome (never raises)."""
+    try:
+        function = registry.lookup(task)
+        value = function(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes an outcome
+        return Attempt(
+            ok=False,
+            error_type=type(exc).__name__,
+            error=str(exc),
+            traceback="".join(traceback.format_exception(exc)),
+            retryable=_is_retryable(exc, retry_on, registry.options(task).retry_on),
+        )
+    return Attempt(ok=True, value=value)
+
+
+class ThreadRunner:
+    """Runs tasks in the calling thread; cannot stop them."""
+
+    def run(self, task: str, args: Sequence[Any], kwargs: dict[str, Any],
+            retry_on: Sequence[str], timeout: float | None) -> Attempt:
+        started = time.monotonic()
+        attempt = run_registered(task, args, kwargs, retry_on)
+        if timeout is not None and time.monotonic() - started > timeout:
+            return _timed_out(task, timeout, stopped=False)
+        return attempt
+
+    def stop(self) -> bool:
+        """Threads cannot be stopped; returns False."""
+        return False
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _timed_out(task: str, timeout: float, stopped: bool) -> Attempt:
+    how = "and was stopped" if stopped else "(thread mode: it ran to its end)"
+    return Attempt(ok=False, error_type="TaskTimeout",
+                   error=f"task {task!r} ran past its {timeout:g} s time limit {how}",
+                   retryable=False, stopped=stopped)
+
+
+def _child_main(conn: Connection, task_modules: Sequence[str]) -> None:
+    """Serve tasks sent over ``conn`` until it closes (runs in the child)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    for module in task_modules:
+        __import__(module)
+    while True:
+        try:
+            task, args, kwargs, retry_on = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(run_registered(task, args, kwargs, retry_on))
+
+
+class ProcessRunner:
+    """Runs tasks in one child process, killed and replaced to stop a task."""
+
+    def __init__(self, task_modules: Sequence[str], context: Any) -> None:
+        self._task_modules = tuple(task_modules)
+        self._context = context
+        self._lock = threading.Lock()
+        self._stop_requested = False
+        self._busy = False
+        self._process: Any = None
+        self._conn: Connection | None = None
+        self._spawn()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's pid."""
+        return self._process.pid if self._process is not None else None
+
+    def _spawn(self) -> None:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=_child_main, args=(child, self._task_modules),
+                                        daemon=True, name="yadtq-task")
+        process.start()
+        child.close()
+        self._process, self._conn = process, parent
+
+    def run(self, task: str, args: Sequence[Any], kwargs: dict[str, Any],
+            retry_on: Sequence[str], timeout: float | None) -> Attempt:
+        with self._lock:
+            self._stop_requested = False
+            self._busy = True
+        conn = self._conn
+        assert conn is not None
+        timed_out = False
+        try:
+            conn.send((task, list(args), dict(kwargs), list(retry_on)))
+            if conn.poll(timeout):
+                return conn.recv()
+            timed_out = True
+        except (EOFError, OSError):
+            pass
+        finally:
+            with self._lock:
+                self._busy = False
+                stopped = self._stop_requested
+        # Timed out, stopped on request, or the child died: replace it.
+        code = self._kill()
+        self._spawn()
+        if stopped:
+            return Attempt(ok=False, error_type="TaskCancelled", error="stopped on request",
+                           stopped=True)
+        if timed_out:
+            return _timed_out(task, timeout or 0, stopped=True)
+        return Attempt(ok=False, error_type="WorkerProcessDied",
+                       error=f"the process running task {task!r} exited with code {code}",
+                       retryable=True)
+
+    def stop(self) -> bool:
+        """Kill the child if it is running a task; that task ends as stopped."""
+        with self._lock:
+            if not self._busy:
+                return False
+            self._stop_requested = True
+            process = self._process
+        if process is not None and process.is_alive():
+            process.kill()
+        return True
+
+    def _kill(self) -> int | None:
+        process = self._process
+        if process is None:
+            return None
+        if process.is_alive():
+            process.kill()
+        process.join(5)
+        if self._conn is not None:
+            self._conn.close()
+        return process.exitcode
+
+    def close(self) -> None:
+        """Stop the child."""
+        self._kill()
+        self._process = None
+
+
+def make_runners(mode: str, count: int, task_modules: Sequence[str]) -> list[Any]:
+    """``count`` runners for the given execution mode."""
+    if mode == "thread":
+        return [ThreadRunner() for _ in range(count)]
+    if mode != "process":
+        raise ValueError(f"execution mode must be one of {', '.join(MODES)}, got {mode!r}")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["yadtq.execution", *task_modules])
+    return [ProcessRunner(task_modules, context) for _ in range(count)]

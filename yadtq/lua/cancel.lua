@@ -1,0 +1,40 @@
+-- cancel.lua: cancel a task that has not finished: queued | processing -> cancelled.
+-- A worker that later receives it skips it; one running it stops it where it can, and its
+-- result is refused by finish.lua because the task is no longer processing.
+--
+-- KEYS[1] task hash          yadtq:task:<id>
+-- KEYS[2] leases sorted set  yadtq:leases:<queue>
+-- KEYS[3] batch counters     yadtq:batch:<batch>
+-- KEYS[4] attempts history   yadtq:task:<id>:attempts
+-- KEYS[5] retries sorted set yadtq:retries:<queue>
+-- ARGV[1] task id
+-- ARGV[2] now (unix seconds)
+-- ARGV[3] seconds the record lives after it finishes
+-- ARGV[4] events channel
+-- ARGV[5] who asked, for the history
+--
+-- Returns {"ok", previous status, worker that held it or ""} or {"skip", current status}.
+local current = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker', 'batch')
+if current[1] ~= 'queued' and current[1] ~= 'processing' then
+  return {'skip', current[1] or 'missing'}
+end
+local ttl = math.floor(tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2],
+           'error_type', 'TaskCancelled', 'error', 'cancelled by ' .. ARGV[5])
+redis.call('HDEL', KEYS[1], 'retry_at')
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('RPUSH', KEYS[4], cjson.encode({attempt = tonumber(current[2]), worker = current[3] or '',
+  event = 'cancelled', detail = 'was ' .. current[1] .. '; cancelled by ' .. ARGV[5],
+  at = tonumber(ARGV[2])}))
+redis.call('EXPIRE', KEYS[4], ttl)
+local batch = current[4] or ''
+if batch ~= '' then
+  redis.call('HINCRBY', KEYS[3], current[1], -1)
+  redis.call('HINCRBY', KEYS[3], 'cancelled', 1)
+end
+redis.call('PUBLISH', ARGV[4], cjson.encode({id = ARGV[1], status = 'cancelled',
+  worker = current[3] or '', attempt = tonumber(current[2]), batch = batch,
+  at = tonumber(ARGV[2])}))
+return {'ok', current[1], current[3] or ''}
