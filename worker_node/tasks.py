@@ -66,3 +66,37 @@ def count_primes(limit: int) -> int:
 def fail(message: str = "this task always fails") -> None:
     """Raise RuntimeError(message): shows how a failure reaches the client."""
     raise RuntimeError(message)
+
+
+@yadtq.task
+def spin(seconds: float, marker: str | None = None) -> int:
+    """Busy-loop for ``seconds``, appending a line to ``marker`` every 50 ms.
+
+    A runaway task for time-limit demos: the marker file shows from outside
+    whether the code is still running.
+    """
+    deadline = time.monotonic() + seconds
+    next_mark = 0.0
+    loops = 0
+    while time.monotonic() < deadline:
+        loops += 1
+        if marker and time.monotonic() >= next_mark:
+            with open(marker, "a") as file:
+                file.write(f"{time.time()}\n")
+            next_mark = time.monotonic() + 0.05
+    return loops
+
+
+@yadtq.task(retry_on=(ConnectionError,))
+def flaky(counter_path: str, failures: int) -> int:
+    """Raise ConnectionError the first ``failures`` times it runs, then return the run count.
+
+    Shows retries: the count lives in a file, so it survives from one attempt to the next.
+    """
+    with open(counter_path, "a+") as file:
+        file.seek(0)
+        runs = len(file.read().splitlines()) + 1
+        file.write("run\n")
+    if runs <= failures:
+        raise ConnectionError(f"simulated outage (run {runs} of {failures} failing)")
+    return runs

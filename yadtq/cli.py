@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="give up after S seconds (default: wait forever)")
     result.set_defaults(run=_result)
 
+    cancel = commands.add_parser("cancel", parents=[servers],
+                                 help="cancel a task that has not finished")
+    cancel.add_argument("task_id", metavar="ID")
+    cancel.set_defaults(run=_cancel)
     workers = commands.add_parser("workers", parents=[servers],
                                   help="print the workers and their last heartbeats")
     workers.set_defaults(run=_workers)
@@ -162,6 +166,21 @@ def _result(args: argparse.Namespace) -> int:
         _print_result(client.get(args.task_id), args.timeout)
     finally:
         client.close()
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    client = _connect(args)
+    try:
+        cancelled = client.cancel(args.task_id)
+        status = client.status(args.task_id)
+    finally:
+        client.close()
+    if not cancelled:
+        print(f"task {args.task_id} was not cancelled: it is already {status.value}",
+              file=sys.stderr)
+        return 1
+    print(f"cancelled {args.task_id}")
     return 0
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from kafka import KafkaAdminClient
@@ -173,10 +174,10 @@ def _broker_answers(port: int) -> bool:
         admin.close()
 
 
-def _redis_answers(port: int) -> bool:
+def _redis_answers(port: int, password: str | None = None) -> bool:
     """True once the server replies to PING (not while it is still loading its data)."""
     client = redis.Redis(
-        host=LOOPBACK, port=port, socket_connect_timeout=0.5, socket_timeout=1,
+        host=LOOPBACK, port=port, password=password, socket_connect_timeout=0.5, socket_timeout=1,
         retry=Retry(NoBackoff(), 0),  # one probe is one try; the caller's loop retries
     )
     try:
@@ -272,8 +273,10 @@ class LocalStack:
         *,
         startup_timeout: float = 30.0,
         stop_timeout: float = 10.0,
+        redis_password: str | None = None,
     ) -> None:
         self._requested_dir = Path(data_dir) if data_dir is not None else None
+        self.redis_password = redis_password
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.data_dir: Path | None = None
@@ -298,9 +301,10 @@ class LocalStack:
 
     @property
     def redis_url(self) -> str:
-        """Redis URL, ``redis://127.0.0.1:PORT/0``."""
+        """Redis URL, ``redis://[:password@]127.0.0.1:PORT/0``."""
         self._require_running()
-        return f"redis://{LOOPBACK}:{self._redis_port}/0"
+        auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{auth}{LOOPBACK}:{self._redis_port}/0"
 
     @property
     def processes(self) -> list[ChildProcess]:
@@ -369,7 +373,8 @@ class LocalStack:
         assert binary is not None
         self._redis, self._redis_port = self._launch(
             "redis", lambda p: self._redis_command(binary, p),
-            _redis_answers, BackendUnavailable, "embedded Redis server", port=port,
+            lambda p: _redis_answers(p, self.redis_password), BackendUnavailable,
+            "embedded Redis server", port=port,
         )
 
     def _launch(
@@ -415,6 +420,7 @@ class LocalStack:
             binary, "--port", str(port), "--bind", LOOPBACK, "--dir", str(self.data_dir),
             "--appendonly", "yes", "--save", "", "--protected-mode", "no",
             "--daemonize", "no", "--logfile", "",
+            *(["--requirepass", self.redis_password] if self.redis_password else []),
         ]
 
     def _require_running(self) -> None:
