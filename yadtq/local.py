@@ -471,6 +471,8 @@ class LocalCluster:
         log_level: str = "INFO",
         stack: LocalStack | None = None,
         stop_timeout: float = 15.0,
+        worker_args: Sequence[str] = (),
+        worker_env: dict[str, str] | None = None,
     ) -> None:
         if workers < 0:
             raise ConfigurationError(f"workers must be 0 or more, got {workers}")
@@ -487,6 +489,8 @@ class LocalCluster:
         self.concurrency = concurrency
         self.task_modules = tuple(task_modules)
         self.log_level = log_level
+        self.worker_args = tuple(worker_args)
+        self.worker_env = dict(worker_env or {})
         self.record = record
         self.stop_timeout = stop_timeout
         self._data_dir = data_dir
@@ -562,7 +566,9 @@ class LocalCluster:
         ]
         for module in self.task_modules:
             command += ["--tasks", module]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # logs appear as they happen
+        command += self.worker_args
+        # PYTHONUNBUFFERED: logs appear as they happen
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.worker_env}
         assert self.stack.data_dir is not None
         log_path = self.stack.data_dir / f"worker-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.log"
         worker = _spawn(name, command, log_path, env=env)
