@@ -44,6 +44,7 @@ from yadtq.config import (
     binary_override,
     local_stack_record_path,
     read_local_stack_record,
+    resolve_config,
 )
 from yadtq.errors import BackendUnavailable, BrokerUnavailable, ConfigurationError, ConnectionFailed
 
@@ -473,6 +474,7 @@ class LocalCluster:
         stop_timeout: float = 15.0,
         worker_args: Sequence[str] = (),
         worker_env: dict[str, str] | None = None,
+        servers: Config | str | None = None,
     ) -> None:
         if workers < 0:
             raise ConfigurationError(f"workers must be 0 or more, got {workers}")
@@ -494,6 +496,9 @@ class LocalCluster:
         self.record = record
         self.stop_timeout = stop_timeout
         self._data_dir = data_dir
+        self._servers = servers
+        self._log_dir: Path | None = None
+        self._owned_log_dir: str | None = None
         self._stack = stack
         self._owns_stack = stack is None
         self._config: Config | None = None
@@ -533,11 +538,18 @@ class LocalCluster:
             self._refuse_a_second_recorded_stack()
         self._finalizer = weakref.finalize(self, _stop_all, self._workers, self.stop_timeout)
         try:
-            if self._stack is None:
-                self._stack = LocalStack(self._data_dir).start()
-            self._config = self._settings.with_overrides(
-                bootstrap=self._stack.bootstrap, redis_url=self._stack.redis_url
-            )
+            external = self._external_servers()
+            if external is not None:
+                bootstrap, redis_url = external.bootstrap, external.redis_url
+                self._owned_log_dir = tempfile.mkdtemp(prefix="yadtq-workers-")
+                self._log_dir = Path(self._owned_log_dir)
+            else:
+                if self._stack is None:
+                    self._stack = LocalStack(self._data_dir).start()
+                bootstrap, redis_url = self._stack.bootstrap, self._stack.redis_url
+                self._log_dir = self._stack.data_dir
+            self._config = self._settings.with_overrides(bootstrap=bootstrap,
+                                                         redis_url=redis_url)
             for _ in range(self.initial_workers):
                 self.start_worker()
             if self.record:
@@ -569,8 +581,8 @@ class LocalCluster:
         command += self.worker_args
         # PYTHONUNBUFFERED: logs appear as they happen
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.worker_env}
-        assert self.stack.data_dir is not None
-        log_path = self.stack.data_dir / f"worker-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.log"
+        assert self._log_dir is not None
+        log_path = self._log_dir / f"worker-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.log"
         worker = _spawn(name, command, log_path, env=env)
         self._workers.append(worker)
         if self.record and self._config is not None and self._record_is_ours():
@@ -598,7 +610,25 @@ class LocalCluster:
         if self._owns_stack and self._stack is not None:
             self._stack.stop()
             self._stack = None
+        if self._owned_log_dir is not None:
+            shutil.rmtree(self._owned_log_dir, ignore_errors=True)
+            self._owned_log_dir = None
         self._config = None
+
+    def _external_servers(self) -> Config | None:
+        """The servers to use instead of an embedded stack, if any were asked for."""
+        if isinstance(self._servers, Config):
+            return self._servers
+        if self._servers == "auto" and self._stack is None:
+            try:
+                return resolve_config()
+            except ConfigurationError:
+                return None
+        if self._servers not in (None, "auto"):
+            raise ConfigurationError(
+                f"servers must be a Config, 'auto' or None, got {self._servers!r}"
+            )
+        return None
 
     def _next_worker_name(self) -> str:
         taken = {w.name for w in self._workers}
@@ -639,7 +669,7 @@ class LocalCluster:
             "queue": config.queue,
             "key_prefix": config.key_prefix,
             "workers": [w.name for w in self._workers if w.alive],
-            "data_dir": str(self.stack.data_dir),
+            "data_dir": str(self._log_dir),
             "started_at": time.time(),
         }
 
