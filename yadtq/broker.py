@@ -94,7 +94,7 @@ def make_consumer(
             session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
             max_poll_interval_ms=300_000,
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=config.fetch_wait_ms,
             max_partition_fetch_bytes=max(config.max_message_bytes + 4096, 1_048_576),
             bootstrap_timeout_ms=_timeout_ms(config),
             **config.kafka_options,

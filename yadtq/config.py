@@ -41,6 +41,10 @@ class Config:
     lease_seconds: float = 10.0
     heartbeat_interval: float = 2.0
     connect_timeout: float = 5.0
+    # How long a worker's fetch may wait on the broker for new tasks. Apache Kafka
+    # answers as soon as a task arrives, so any value works; the embedded Tansu broker
+    # holds a fetch for the whole wait, so this bounds the latency of a lone task.
+    fetch_wait_ms: int = 50
     default_timeout: float | None = None
     retry_backoff: float = 1.0
     secret: str | None = field(default=None, repr=False)
@@ -100,6 +104,7 @@ _ENV_SETTINGS = {
     "lease_seconds": ("YADTQ_LEASE_SECONDS", float),
     "heartbeat_interval": ("YADTQ_HEARTBEAT_INTERVAL", float),
     "default_timeout": ("YADTQ_DEFAULT_TIMEOUT", float),
+    "fetch_wait_ms": ("YADTQ_FETCH_WAIT_MS", int),
     "retry_backoff": ("YADTQ_RETRY_BACKOFF", float),
     "secret": ("YADTQ_SECRET", str),
 }

@@ -30,7 +30,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from yadtq.errors import MessageTooLarge, ProtocolError
@@ -63,16 +63,17 @@ class TaskMessage:
 
     def to_dict(self) -> dict[str, Any]:
         """The v1 JSON object for this message."""
-        data = asdict(self)
-        del data["plain"]
-        data["args"] = list(self.args)
-        data["kwargs"] = dict(self.kwargs)
-        data["retry_on"] = list(self.retry_on)
-        if not self.retry_on:
-            del data["retry_on"]
-        if self.retry_backoff is None:
-            del data["retry_backoff"]
-        return {"v": VERSION, **data}
+        data = {
+            "v": VERSION, "id": self.id, "task": self.task, "args": list(self.args),
+            "kwargs": dict(self.kwargs), "batch": self.batch, "index": self.index,
+            "attempt": self.attempt, "max_retries": self.max_retries, "timeout": self.timeout,
+            "submitted_at": self.submitted_at,
+        }
+        if self.retry_on:
+            data["retry_on"] = list(self.retry_on)
+        if self.retry_backoff is not None:
+            data["retry_backoff"] = self.retry_backoff
+        return data
 
 
 def new_task_id() -> str:
@@ -83,6 +84,14 @@ def new_task_id() -> str:
 def new_batch_id() -> str:
     """A fresh unique batch id."""
     return "b-" + uuid.uuid4().hex
+
+
+def _name_the_bad_argument(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """Raise a TypeError naming the first argument that is not JSON-serialisable."""
+    for position, value in enumerate(args):
+        _check_json(value, f"argument {position} ({value!r:.60})", task)
+    for name, value in kwargs.items():
+        _check_json(value, f"keyword argument {name!r} ({value!r:.60})", task)
 
 
 def _check_json(value: Any, what: str, task: str) -> None:
@@ -116,12 +125,13 @@ def build(
         TypeError: an argument is not JSON-serialisable; the text names it.
     """
     kwargs = dict(kwargs or {})
-    for position, value in enumerate(args):
-        _check_json(value, f"argument {position} ({value!r:.60})", task)
-    for name, value in kwargs.items():
+    for name in kwargs:
         if not isinstance(name, str):
             raise TypeError(f"keyword argument names must be strings, got {name!r}")
-        _check_json(value, f"keyword argument {name!r} ({value!r:.60})", task)
+    try:
+        json.dumps([args, kwargs], allow_nan=False)
+    except (TypeError, ValueError):
+        _name_the_bad_argument(task, args, kwargs)
     message = TaskMessage(
         id=task_id or new_task_id(),
         task=task,
@@ -185,7 +195,8 @@ def decode(
     if len(data) > max_bytes:
         raise MessageTooLarge(f"message is {len(data)} bytes, over the {max_bytes}-byte limit")
     try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+        obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant,
+                         parse_float=_finite_float)
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"message is not UTF-8: {exc}") from None
     except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
@@ -208,9 +219,16 @@ def _check_signature(obj: dict[str, Any], secret: str) -> None:
         expected = signature(obj, secret)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"message cannot be put in canonical form to check it: {exc}") from None
-    if not hmac.compare_digest(claimed, expected):
+    if not hmac.compare_digest(claimed.encode("utf-8", "replace"), expected.encode()):
         raise ProtocolError("message signature does not match its payload: forged, altered, "
                             "or signed with another secret")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError(f"message is not JSON: number {text[:40]} is out of range")
+    return value
 
 
 def _refuse_constant(name: str) -> Any:
