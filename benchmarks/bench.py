@@ -1,0 +1,202 @@
+"""yadtq benchmarks on the embedded stack: one line of figures per workload.
+
+    python benchmarks/bench.py                      # every workload
+    python benchmarks/bench.py throughput latency   # some of them
+    python benchmarks/bench.py --json               # machine-readable
+
+Each workload starts from a fresh queue on one embedded stack with 3 worker
+processes (see ``--mode`` and ``--concurrency``). Figures are wall-clock on
+this machine; run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import sys
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout as-is
+
+import yadtq  # noqa: E402
+from worker_node.tasks import add, sleep  # noqa: E402
+from yadtq.local import LocalCluster, LocalStack  # noqa: E402
+
+WORKERS = 3
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc (MB)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (the process-mode task slots)."""
+    total = _rss_mb(pid)
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in children.read_text().split() if children.exists() else ():
+        try:
+            total += _tree_rss_mb(int(child))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def _cluster(stack: LocalStack, args: argparse.Namespace, concurrency: int | None = None
+             ) -> LocalCluster:
+    return LocalCluster(
+        workers=WORKERS, stack=stack, queue=f"bench-{uuid.uuid4().hex[:8]}",
+        concurrency=concurrency or args.concurrency, worker_args=["--mode", args.mode],
+        log_level="WARNING", heartbeat_interval=0.5, lease_seconds=3.0,
+    )
+
+
+def throughput(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
+    """map(add) over 5,000 pairs: wall time from the call to the last result."""
+    count = args.tasks
+    with _cluster(stack, args) as cluster, yadtq.connect(cluster) as q:
+        q.wait_for_workers(WORKERS, timeout=60)
+        q.map(add, [(i, i) for i in range(100)]).results(timeout=60)  # warm-up
+        started = time.perf_counter()
+        batch = q.map(add, [(i, i) for i in range(count)])
+        submitted = time.perf_counter()
+        results = batch.results(timeout=600)
+        elapsed = time.perf_counter() - started
+        assert results == [2 * i for i in range(count)], "wrong results"
+        per_worker = batch.snapshot()["per_worker"]
+    return {"tasks": count, "seconds": round(elapsed, 3),
+            "submit_seconds": round(submitted - started, 3),
+            "tasks_per_second": round(count / elapsed), "per_worker": per_worker}
+
+
+def latency(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
+    """200 sequential submit(add).result() after 20 warm-ups."""
+    with _cluster(stack, args) as cluster, yadtq.connect(cluster) as q:
+        q.wait_for_workers(WORKERS, timeout=60)
+        for _ in range(20):
+            q.submit(add, 1, 2).result(timeout=30)
+        samples = []
+        for _ in range(200):
+            started = time.perf_counter()
+            assert q.submit(add, 1, 2).result(timeout=30) == 3
+            samples.append((time.perf_counter() - started) * 1000)
+    cuts = statistics.quantiles(samples, n=100)
+    return {"p50_ms": round(cuts[49], 2), "p90_ms": round(cuts[89], 2),
+            "p99_ms": round(cuts[98], 2)}
+
+
+def balance(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
+    """60 long-tailed sleeps (~9 s in all), 3 workers of concurrency 1."""
+    rng = random.Random(42)
+    raw = [rng.paretovariate(1.5) for _ in range(60)]
+    durations = [round(9.0 * d / sum(raw), 3) for d in raw]
+    with _cluster(stack, args, concurrency=1) as cluster, yadtq.connect(cluster) as q:
+        q.wait_for_workers(WORKERS, timeout=60)
+        started = time.perf_counter()
+        batch = q.map(sleep, durations)
+        batch.results(timeout=120)
+        makespan = time.perf_counter() - started
+        per_worker = batch.snapshot()["per_worker"]
+    ideal = max(sum(durations) / WORKERS, max(durations))
+    return {"makespan_s": round(makespan, 3), "ideal_s": round(ideal, 3),
+            "efficiency": round(ideal / makespan, 3), "per_worker": per_worker}
+
+
+def kill(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
+    """300 tasks of 20 ms; SIGKILL one worker after 1 s."""
+    with _cluster(stack, args) as cluster, yadtq.connect(cluster) as q:
+        q.wait_for_workers(WORKERS, timeout=60)
+        started = time.perf_counter()
+        batch = q.map(sleep, [0.02] * 300)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # the fault's timing, not a synchronisation
+            time.sleep(0.05)
+        cluster.kill_worker(0, signal.SIGKILL)
+        batch.wait(timeout=120)
+        last = time.perf_counter() - started
+        frame = batch.to_dataframe()
+    return {"succeeded": int((frame["status"] == "success").sum()),
+            "lost": int((frame["status"] != "success").sum()),
+            "ran_more_than_once": int((frame["attempt"] > 1).sum()),
+            "seconds_to_last_outcome": round(last, 2)}
+
+
+def scale(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
+    """Submit time and client memory for map over 100,000 tasks (no workers)."""
+    config = yadtq.Config(bootstrap=stack.bootstrap, redis_url=stack.redis_url,
+                          queue=f"bench-{uuid.uuid4().hex[:8]}", source="benchmark")
+    with yadtq.connect(config) as q:
+        tracemalloc.start()
+        rss_before = _rss_mb(os.getpid())
+        started = time.perf_counter()
+        batch = q.map(add, [(i, i) for i in range(100_000)])
+        elapsed = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        rss_after = _rss_mb(os.getpid())
+        assert len(batch) == 100_000
+    return {"tasks": 100_000, "submit_s": round(elapsed, 2),
+            "python_peak_mb": round(peak / 2**20, 1), "rss_mb": round(rss_after, 1),
+            "rss_growth_mb": round(rss_after - rss_before, 1)}
+
+
+def memory(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
+    """Worker RSS (with its task processes) at rest and right after 5,000 tasks."""
+    with _cluster(stack, args) as cluster, yadtq.connect(cluster) as q:
+        q.wait_for_workers(WORKERS, timeout=60)
+        pids = [w.pid for w in cluster.worker_processes]
+        rest = [_rss_mb(p) for p in pids]
+        rest_tree = [_tree_rss_mb(p) for p in pids]
+        q.map(add, [(i, i) for i in range(5000)]).results(timeout=600)
+        load = [_rss_mb(p) for p in pids]
+        load_tree = [_tree_rss_mb(p) for p in pids]
+    return {"rest_mb": round(max(rest), 1), "rest_with_task_processes_mb":
+            round(max(rest_tree), 1), "load_mb": round(max(load), 1),
+            "load_with_task_processes_mb": round(max(load_tree), 1)}
+
+
+WORKLOADS: dict[str, Callable[[LocalStack, argparse.Namespace], dict[str, Any]]] = {
+    "throughput": throughput, "latency": latency, "balance": balance, "kill": kill,
+    "scale": scale, "memory": memory,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("workloads", nargs="*", metavar="WORKLOAD",
+                        help=f"any of {', '.join(WORKLOADS)} (default: all)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--mode", default="process", choices=["process", "thread"])
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--tasks", type=int, default=5000, help="throughput batch size")
+    args = parser.parse_args()
+    unknown = set(args.workloads) - set(WORKLOADS)
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(sorted(unknown))}")
+    figures: dict[str, Any] = {}
+    with LocalStack() as stack:
+        for name in args.workloads or WORKLOADS:
+            figures[name] = WORKLOADS[name](stack, args)
+            if not args.json:
+                line = "  ".join(f"{k}={v}" for k, v in figures[name].items() if v is not None)
+                print(f"{name:<10} {line}", flush=True)
+    if args.json:
+        print(json.dumps({"mode": args.mode, "concurrency": args.concurrency, **figures}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
