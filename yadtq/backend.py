@@ -151,6 +151,7 @@ class RedisBackend:
         self._requeue = _load_script(self.redis, "requeue.lua")
         self._cancel = _load_script(self.redis, "cancel.lua")
         self._due_retries = _load_script(self.redis, "due_retries.lua")
+        self._renew = _load_script(self.redis, "renew.lua")
 
     def check_connection(self) -> None:
         """Fail fast with the address when Redis does not answer.
@@ -350,9 +351,9 @@ class RedisBackend:
             return None
         return _message_from_fields(task_id, int(values[1]), [_text(v) for v in values[2:]])
 
-    def retry_sent(self, task_id: str) -> None:
-        """Forget a retry once its message is on the topic."""
-        self.redis.zrem(self.keys.retries, task_id)
+    def retries_sent(self, task_ids: Sequence[str]) -> None:
+        """Forget retries once their messages are on the topic (or no longer wait)."""
+        self.redis.zrem(self.keys.retries, *task_ids)
 
     def expired_leases(self, now: float, limit: int = 100) -> list[tuple[str, str | None]]:
         """(task id, batch id) of tasks whose lease ran out before ``now``."""
@@ -374,8 +375,10 @@ class RedisBackend:
                       mapping={**info, "last_heartbeat": now, "queue": self.config.queue})
             pipe.expire(self.keys.worker(worker_id), WORKER_RECORD_TTL)
             pipe.zadd(self.keys.workers, {worker_id: now})
-            for task_id in leased:
-                pipe.zadd(self.keys.leases, {task_id: expiry}, xx=True)
+            leased = list(leased)
+            if leased:
+                self._renew(keys=[self.keys.leases, *map(self.keys.task, leased)],
+                            args=[worker_id, expiry, *leased], client=pipe)
             pipe.execute()
 
 

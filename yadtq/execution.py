@@ -11,6 +11,7 @@ to its end (its result is then discarded).
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import signal
 import threading
@@ -24,6 +25,7 @@ from typing import Any
 from yadtq import registry
 
 MODES = ("process", "thread")
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -90,17 +92,31 @@ def _timed_out(task: str, timeout: float, stopped: bool) -> Attempt:
                    retryable=False, stopped=stopped)
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (no orphaned task code)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the closed pipe still ends the child after its current task
+
+
 def _child_main(conn: Connection, task_modules: Sequence[str]) -> None:
-    """Serve tasks sent over ``conn`` until it closes (runs in the child)."""
+    """Serve tasks sent over ``conn`` until it closes (runs in the child).
+
+    Its parent is the fork server, which exits when the worker dies; the
+    death signal then stops any task still running here.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _die_with_parent()
     for module in task_modules:
         __import__(module)
     while True:
         try:
             task, args, kwargs, retry_on = conn.recv()
+            conn.send(run_registered(task, args, kwargs, retry_on))
         except (EOFError, OSError):
             return
-        conn.send(run_registered(task, args, kwargs, retry_on))
 
 
 class ProcessRunner:

@@ -355,11 +355,14 @@ class Worker:
         logger.warning("Worker %s: dead-lettered %s: %s", self.name, where, reason)
         self.producer.send(self.config.dead_letter_topic, json.dumps(letter).encode(), key=key)
 
-    def _produce(self, message: protocol.TaskMessage) -> None:
+    def _produce(self, message: protocol.TaskMessage, to_own_partition: bool = False) -> None:
+        """Produce a task again; ``to_own_partition`` keeps it away from a dead worker's."""
+        partitions = self._partitions
         self.producer.send(
             self.config.tasks_topic,
             protocol.encode(message, self.config.max_message_bytes, self.config.secret),
             key=message.id.encode(),
+            partition=random.choice(partitions) if to_own_partition and partitions else None,
         )
 
     # --- group membership --------------------------------------------------
@@ -441,14 +444,16 @@ class Worker:
 
     def send_due_retries(self, now: float) -> int:
         """Produce again the tasks whose retry backoff is over; returns how many."""
+        taken = self.backend.take_due_retries(now)
         sent = 0
-        for task_id in self.backend.take_due_retries(now):
+        for task_id in taken:
             message = self.backend.retry_message(task_id)
             if message is not None:
-                self._produce(message)
+                self._produce(message, to_own_partition=True)
                 sent += 1
-        if sent:
+        if taken:
             self.producer.flush()
+            self.backend.retries_sent(taken)
         return sent
 
     def reap(self, now: float) -> int:
@@ -463,7 +468,8 @@ class Worker:
                 message = self.backend.requeue(task_id, batch, worker_id=self.name, now=now)
                 if message is None:
                     continue
-                self._produce(message)
+                # The dead worker's partitions wait for a rebalance; ours are served now.
+                self._produce(message, to_own_partition=True)
                 reaped += 1
                 logger.warning("Worker %s: lease of task %s expired; queued again as attempt %d",
                                self.name, task_id, message.attempt)
