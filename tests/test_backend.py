@@ -22,6 +22,7 @@ from yadtq.status import ALLOWED, TaskStatus
 
 WORKER = "worker-a"
 OTHER_WORKER = "worker-b"
+REAPER = "worker-reaper"
 
 
 @pytest.fixture
@@ -286,7 +287,7 @@ def test_expired_lease_is_requeued_with_the_next_attempt_and_the_original_payloa
 
     # When the reaper looks well after the lease ran out
     assert backend.expired_leases(later) == [(message.id, batch_id)]
-    again = backend.requeue(message.id, batch_id, now=later)
+    again = backend.requeue(message.id, batch_id, worker_id=REAPER, now=later)
 
     # Then the task is queued again as attempt 2, with everything needed to produce it
     assert again is not None
@@ -308,6 +309,12 @@ def test_expired_lease_is_requeued_with_the_next_attempt_and_the_original_payloa
     }
     # And the requeued message is one the protocol accepts
     assert protocol.decode(protocol.encode(again)).attempt == 2
+    # And the attempts history says who held it and who reaped it
+    claimed, expired = backend.task_history(message.id)
+    assert (claimed["event"], claimed["attempt"], claimed["worker"]) == ("claimed", 1, WORKER)
+    assert (expired["event"], expired["attempt"], expired["worker"]) == (
+        "lease expired", 1, WORKER)
+    assert WORKER in expired["detail"] and REAPER in expired["detail"]
 
 
 def test_first_message_index_zero_survives_requeue(
@@ -316,7 +323,8 @@ def test_first_message_index_zero_survives_requeue(
     batch_id, [message, *_] = enqueue_batch(backend)
     claim_one(backend, message, now=1000.0)
 
-    again = backend.requeue(message.id, batch_id, now=1000.0 + config.lease_seconds + 1)
+    again = backend.requeue(message.id, batch_id, worker_id=REAPER,
+                            now=1000.0 + config.lease_seconds + 1)
 
     assert again is not None and again.index == 0
 
@@ -330,7 +338,8 @@ def test_requeue_while_the_lease_is_live_does_nothing(
     key = backend.keys.task(message.id)
     before = text_hash(backend, key)
 
-    again = backend.requeue(message.id, batch_id, now=claimed_at + config.lease_seconds / 2)
+    again = backend.requeue(message.id, batch_id, worker_id=REAPER,
+                            now=claimed_at + config.lease_seconds / 2)
 
     assert again is None
     assert backend.expired_leases(claimed_at + config.lease_seconds / 2) == []
@@ -342,14 +351,15 @@ def test_only_the_holder_can_hand_a_task_back(backend: RedisBackend) -> None:
     batch_id, [message, *_] = enqueue_batch(backend)
     claim_one(backend, message)
 
-    by_other = backend.requeue(message.id, batch_id, worker_id=OTHER_WORKER)
+    by_other = backend.requeue(message.id, batch_id, worker_id=OTHER_WORKER, handback=True)
     assert by_other is None
     assert backend.task_record(message.id)["status"] == "processing"
 
-    by_owner = backend.requeue(message.id, batch_id, worker_id=WORKER)
+    by_owner = backend.requeue(message.id, batch_id, worker_id=WORKER, handback=True)
     assert by_owner is not None and by_owner.attempt == 2
     assert backend.task_record(message.id)["status"] == "queued"
     assert counters(backend, batch_id)["queued"] == 3
+    assert backend.task_history(message.id)[-1]["event"] == "handed back"
 
 
 def test_after_a_requeue_the_old_attempts_result_is_refused(
@@ -358,7 +368,8 @@ def test_after_a_requeue_the_old_attempts_result_is_refused(
     # Given attempt 1 was reaped and attempt 2 claimed by another worker
     batch_id, [message, *_] = enqueue_batch(backend)
     first = claim_one(backend, message, now=1000.0)
-    again = backend.requeue(message.id, batch_id, now=1000.0 + config.lease_seconds + 1)
+    again = backend.requeue(message.id, batch_id, worker_id=REAPER,
+                            now=1000.0 + config.lease_seconds + 1)
     assert again is not None
     second = claim_one(backend, again, worker=OTHER_WORKER)
     assert (first, second) == (1, 2)
@@ -374,6 +385,12 @@ def test_after_a_requeue_the_old_attempts_result_is_refused(
     assert counters(backend, batch_id) == {
         "total": 3, "queued": 2, "processing": 0, "success": 1, "failed": 0
     }
+    # And the history shows the refusal of the stale attempt and one accepted success
+    events = [(e["event"], e["attempt"], e["worker"]) for e in backend.task_history(message.id)]
+    assert events == [
+        ("claimed", 1, WORKER), ("lease expired", 1, WORKER), ("claimed", 2, OTHER_WORKER),
+        ("refused", 1, WORKER), ("success", 2, OTHER_WORKER),
+    ]
 
 
 def test_the_old_attempt_cannot_finish_a_requeued_task_that_is_still_queued(
@@ -381,11 +398,59 @@ def test_the_old_attempt_cannot_finish_a_requeued_task_that_is_still_queued(
 ) -> None:
     batch_id, [message, *_] = enqueue_batch(backend)
     attempt = claim_one(backend, message)
-    assert backend.requeue(message.id, batch_id, worker_id=WORKER) is not None
+    assert backend.requeue(message.id, batch_id, worker_id=WORKER, handback=True) is not None
 
     refused = backend.finish(success(message, attempt), WORKER)
 
     assert refused == "task is queued (attempt 2, worker none)"
+
+
+def test_retry_outcome_queues_the_next_attempt_after_its_backoff(
+    backend: RedisBackend,
+) -> None:
+    # Given a claimed task whose first attempt failed with a retryable error
+    batch_id, [message, *_] = enqueue_batch(backend)
+    attempt = claim_one(backend, message, now=1000.0)
+    retry = Outcome(message.id, batch_id, attempt, TaskStatus.FAILED,
+                    error_type="ConnectionError", error="down", retry_at=1010.0)
+
+    # When the worker reports it as a retry
+    assert backend.finish(retry, WORKER, now=1001.0) is None
+
+    # Then it is queued as attempt 2, waiting in the retries set until its time
+    record = backend.task_record(message.id)
+    assert (record["status"], record["attempt"], record["worker"]) == ("queued", 2, "")
+    assert backend.redis.zscore(backend.keys.retries, message.id) == 1010.0
+    assert backend.redis.zscore(backend.keys.leases, message.id) is None
+    assert counters(backend, batch_id)["queued"] == 3
+    assert backend.take_due_retries(now=1005.0) == []
+    [early] = backend.claim_many([message], OTHER_WORKER, now=1005.0)
+    assert early.skipped_because == "waiting to retry"
+    # And once the backoff is over it can be taken, rebuilt and claimed as attempt 2
+    assert backend.take_due_retries(now=1011.0) == [message.id]
+    again = backend.retry_message(message.id)
+    assert again is not None and again.attempt == 2 and again.args == message.args
+    assert claim_one(backend, again, worker=OTHER_WORKER, now=1011.0) == 2
+    assert [e["event"] for e in backend.task_history(message.id)] == [
+        "claimed", "retry", "claimed"]
+
+
+def test_cancel_of_a_queued_task_moves_the_batch_counter_and_a_claim_skips_it(
+    backend: RedisBackend,
+) -> None:
+    batch_id, [message, *_] = enqueue_batch(backend)
+
+    assert backend.cancel(message.id, batch_id, requested_by="tester") == "queued"
+
+    record = backend.task_record(message.id)
+    assert (record["status"], record["error_type"]) == ("cancelled", "TaskCancelled")
+    assert backend.batch_counts(batch_id)["cancelled"] == 1
+    assert counters(backend, batch_id)["queued"] == 2
+    [claim] = backend.claim_many([message], WORKER)
+    assert claim.skipped_because == "cancelled"
+    assert backend.cancel(message.id, batch_id, requested_by="tester") is None
+    [event] = backend.task_history(message.id)
+    assert event["event"] == "cancelled" and "tester" in event["detail"]
 
 
 # --- events -------------------------------------------------------------------------
@@ -417,7 +482,8 @@ def test_requeue_publishes_a_queued_event_with_the_new_attempt(backend: RedisBac
     claim_one(backend, message)
     pubsub = subscribed(backend)
     try:
-        assert backend.requeue(message.id, batch_id, worker_id=WORKER) is not None
+        assert backend.requeue(message.id, batch_id, worker_id=WORKER,
+                               handback=True) is not None
         [event] = collect_events(pubsub, 1)
     finally:
         pubsub.close()
@@ -483,18 +549,21 @@ def _perform(backend: RedisBackend, message: TaskMessage, target: TaskStatus) ->
                           error="e")
         return backend.finish(outcome, WORKER) is None
     if target is TaskStatus.QUEUED:
-        return backend.requeue(message.id, message.batch, now=time.time() + 3600) is not None
+        return backend.requeue(message.id, message.batch, worker_id=REAPER,
+                               now=time.time() + 3600) is not None
+    if target is TaskStatus.CANCELLED:
+        return backend.cancel(message.id, message.batch, requested_by="test") is not None
     raise AssertionError(f"no script moves a task to {target}")
 
 
 SCRIPTED_TARGETS = [TaskStatus.PROCESSING, TaskStatus.SUCCESS, TaskStatus.FAILED,
-                    TaskStatus.QUEUED]
+                    TaskStatus.QUEUED, TaskStatus.CANCELLED]
 
 
-def test_every_allowed_move_but_cancellation_has_a_script() -> None:
+def test_every_allowed_move_has_a_script() -> None:
     allowed_targets = {target for moves in ALLOWED.values() for target in moves}
 
-    assert allowed_targets - set(SCRIPTED_TARGETS) == {TaskStatus.CANCELLED}
+    assert allowed_targets <= set(SCRIPTED_TARGETS)
 
 
 @pytest.mark.parametrize("target", SCRIPTED_TARGETS, ids=str)

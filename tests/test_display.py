@@ -74,8 +74,9 @@ def test_batch_in_a_kernel_renders_a_widget_with_html_and_text_fallbacks(config,
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [
         nbformat.v4.new_code_cell(
-            "import yadtq\nfrom yadtq.config import Config\n"
-            f"q = yadtq.connect({config!r})\n"
+            "import yadtq\n"
+            f"q = yadtq.connect(bootstrap={config.bootstrap!r}, redis_url={config.redis_url!r}, "
+            f"queue={config.queue!r}, key_prefix={config.key_prefix!r})\n"
             "b = q.map('add', [(i, i) for i in range(10)])\nb.wait(60)\nb"
         ),
         nbformat.v4.new_code_cell("d = q.dashboard(); d"),

@@ -135,11 +135,37 @@ def test_result_with_a_short_timeout_raises_timeout_error_naming_the_status(
         future.result(timeout=0.2)
 
 
-def test_cancel_is_refused(client: yadtq.Client) -> None:
+def test_cancel_of_a_queued_task_cancels_it_in_redis_and_the_future(
+    client: yadtq.Client,
+) -> None:
+    # Given a task no worker has claimed
     future = client.submit("add", 1, 2)
 
+    # When it is cancelled
+    assert future.cancel() is True
+
+    # Then the future is cancelled and Redis says so too, so a worker will skip it
+    assert future.cancelled()
+    assert future.done()
+    with pytest.raises(concurrent.futures.CancelledError):
+        future.result(timeout=TIMEOUT)
+    assert client.status(future.id) == TaskStatus.CANCELLED
+    [claim_after] = client.backend.claim_many([message_of(future)], WORKER)
+    assert not claim_after.claimed and claim_after.skipped_because == "cancelled"
+
+
+def test_cancel_of_a_finished_task_is_refused_and_keeps_its_result(
+    client: yadtq.Client,
+) -> None:
+    future = client.submit("add", 1, 2)
+    run(client, future, 3)
+    assert future.result(timeout=TIMEOUT) == 3
+
     assert future.cancel() is False
+    assert client.cancel(future.id) is False
     assert not future.cancelled()
+    assert client.status(future.id) == TaskStatus.SUCCESS
+    assert future.result(timeout=1) == 3
 
 
 # --- the concurrent.futures and asyncio protocols --------------------------------------
@@ -307,7 +333,7 @@ def test_get_batch_reattaches_a_map_batch_in_order_with_current_states(
     assert [f.index for f in batch] == [0, 1, 2]
     assert [f.status.value for f in batch] == ["success", "processing", "queued"]
     assert batch.status_counts() == {"total": 3, "queued": 1, "processing": 1, "success": 1,
-                                     "failed": 0}
+                                     "failed": 0, "cancelled": 0}
     # And the rest resolve from events
     succeed(client, batch[1], 2)
     run(client, batch[2], 4)

@@ -7,6 +7,8 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from yadtq import protocol
 from yadtq.errors import MessageTooLarge, ProtocolError
@@ -260,3 +262,120 @@ def test_whatever_decode_accepts_can_be_encoded_again(data: bytes) -> None:
     except ProtocolError:
         return  # rejecting the message is also correct
     assert protocol.decode(protocol.encode(message)).id == message.id
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"v": 1, "id": "a", "task": "add", "args": [1e400]}',
+        b'{"v": 1, "id": "a", "task": "add", "kwargs": {"x": -1e400}}',
+        b'{"v": 1, "id": "a", "task": "add", "submitted_at": 1e400}',
+    ],
+    ids=["args", "kwargs", "submitted_at"],
+)
+def test_a_number_too_large_for_a_float_is_refused_as_out_of_range(data: bytes) -> None:
+    # json.loads would read 1e400 as inf, which no worker could encode again on retry or reap
+    with pytest.raises(ProtocolError, match="out of range"):
+        protocol.decode(data)
+
+
+# --- fuzzing the decoder (hypothesis) --------------------------------------------
+
+SECRET = "fuzz-secret"
+FIELDS = ["v", "id", "task-id", "task_id", "task", "args", "kwargs", "batch", "index",
+          "attempt", "max_retries", "timeout", "submitted_at", "retry_on", "retry_backoff",
+          "sig"]
+
+json_scalars = (
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=-3, max_value=3)
+    | st.floats() | st.text(max_size=20)
+    | st.sampled_from(["add", "abc-1", "b-1", "", "x" * 200, "ConnectionError", "NaN"])
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+ids = st.from_regex(r"[A-Za-z0-9_.:-]{1,128}", fullmatch=True)
+finite = st.floats(allow_nan=False, allow_infinity=False)
+well_typed_v1 = st.fixed_dictionaries(
+    {"v": st.just(1), "id": ids, "task": st.from_regex(r"[A-Za-z_][A-Za-z0-9_.:-]{0,20}",
+                                                        fullmatch=True)},
+    optional={
+        "args": st.lists(json_values, max_size=4),
+        "kwargs": st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+        "batch": st.none() | ids,
+        "index": st.none() | st.integers(min_value=0),
+        "attempt": st.integers(min_value=1),
+        "max_retries": st.none() | st.integers(min_value=0),
+        "timeout": st.none() | st.floats(min_value=0.001, allow_infinity=False),
+        "submitted_at": st.none() | finite,
+        "retry_on": st.lists(st.text(max_size=20), max_size=3),
+        "retry_backoff": st.none() | st.floats(min_value=0, allow_infinity=False),
+    },
+)
+message_dicts = (
+    # a message whose every field has the right type, so the value checks are reached
+    well_typed_v1
+    # anything keyed by the fields the decoder looks at, and by other names
+    | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), json_values, max_size=10)
+    # a valid v1 core with arbitrary values in the other fields, to reach deeper checks
+    | st.builds(
+        lambda extra: {"v": 1, "id": "abc-1", "task": "add", **extra},
+        st.dictionaries(st.sampled_from(FIELDS[4:]), json_values, max_size=6),
+    )
+)
+
+
+def decode_or_refuse(data: bytes, secret: str | None) -> protocol.TaskMessage | None:
+    """Decode ``data``; a ProtocolError is a refusal, any other exception fails the test."""
+    try:
+        message = protocol.decode(data, secret=secret)
+    except ProtocolError:
+        return None
+    # What a worker accepts it must be able to produce again (retry, reaper)
+    assert protocol.decode(protocol.encode(message, secret=secret), secret=secret).id == \
+        message.id
+    return message
+
+
+FUZZ = settings(max_examples=300, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.parametrize("secret", [None, SECRET], ids=["unsigned", "with-secret"])
+@FUZZ
+@given(data=st.binary(max_size=300))
+def test_decode_of_any_bytes_only_ever_raises_protocol_error(
+    secret: str | None, data: bytes
+) -> None:
+    decode_or_refuse(data, secret)
+
+
+@pytest.mark.parametrize("secret", [None, SECRET], ids=["unsigned", "with-secret"])
+@FUZZ
+@given(obj=message_dicts, sign=st.booleans(), sig=st.none() | st.text(max_size=70))
+@example(obj={"v": 1, "id": "abc-1", "task": "add"}, sign=False, sig="\x80")
+def test_decode_of_any_json_object_only_ever_raises_protocol_error(
+    secret: str | None, obj: dict[str, Any], sign: bool, sig: str | None
+) -> None:
+    # Given any JSON object, NaN and Infinity included, with any "sig" or a right one
+    if sig is not None:
+        obj = {**obj, "sig": sig}
+    if secret and sign:
+        try:
+            obj = {**obj, "sig": protocol.signature(obj, secret)}
+        except ValueError:
+            pass  # NaN cannot be signed; the unsigned object is still a good input
+    data = json.dumps(obj).encode()
+
+    # When it is decoded, then it is a message or a ProtocolError, nothing else
+    decode_or_refuse(data, secret)
+
+
+def test_a_signature_with_a_non_ascii_character_is_refused_as_forged() -> None:
+    data = json.dumps({"v": 1, "id": "abc-1", "task": "add", "sig": "é" * 64}).encode()
+
+    with pytest.raises(ProtocolError, match="signature"):
+        protocol.decode(data, secret=SECRET)

@@ -93,6 +93,7 @@ class Outcome:
     error: str = ""
     traceback: str = ""
     retry_at: float | None = None
+    retryable: bool = False
 
     @property
     def verb(self) -> str:

@@ -165,7 +165,7 @@ class Client:
         record = self.backend.task_record(task_id)
         if record is None:
             raise TaskNotFound(
-                f"no task {task_id!r} in Redis at {self.config.redis_url} (prefix "
+                f"no task {task_id!r} in Redis at {self.config.redis_address} (prefix "
                 f"{self.config.key_prefix!r}): it never existed, or it finished more than "
                 f"{self.config.result_ttl:.0f} s ago and expired"
             )
@@ -281,7 +281,7 @@ class Client:
 
     def __repr__(self) -> str:
         return (f"<yadtq.Client queue={self.config.queue!r} kafka={self.config.bootstrap} "
-                f"redis={self.config.redis_url}>")
+                f"redis={self.config.redis_address}>")
 
 
 def _options(

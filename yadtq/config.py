@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from yadtq.errors import ConfigurationError
 
@@ -32,7 +33,7 @@ class Config:
     """Everything a client or worker needs to find and use its servers."""
 
     bootstrap: str
-    redis_url: str
+    redis_url: str = field(repr=False)
     queue: str = "default"
     key_prefix: str = "yadtq"
     partitions: int = 12
@@ -48,7 +49,7 @@ class Config:
     default_timeout: float | None = None
     retry_backoff: float = 1.0
     secret: str | None = field(default=None, repr=False)
-    kafka_options: Mapping[str, str] = field(default_factory=dict)
+    kafka_options: Mapping[str, str] = field(default_factory=dict, repr=False)
     source: str = "arguments"
 
     def __post_init__(self) -> None:
@@ -74,6 +75,11 @@ class Config:
             )
 
     @property
+    def redis_address(self) -> str:
+        """The Redis URL with any password masked, for messages and reprs."""
+        return redacted_url(self.redis_url)
+
+    @property
     def tasks_topic(self) -> str:
         """Kafka topic that carries this queue's tasks."""
         return f"yadtq.{self.queue}.tasks"
@@ -91,6 +97,16 @@ class Config:
     def with_overrides(self, **overrides: Any) -> Config:
         """A copy with the given non-None settings replaced."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 _ENV_SETTINGS = {

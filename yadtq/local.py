@@ -44,6 +44,7 @@ from yadtq.config import (
     binary_override,
     local_stack_record_path,
     read_local_stack_record,
+    redacted_url,
     resolve_config,
 )
 from yadtq.errors import BackendUnavailable, BrokerUnavailable, ConfigurationError, ConnectionFailed
@@ -437,7 +438,8 @@ class LocalStack:
     def __repr__(self) -> str:
         if not self.running:
             return "<LocalStack stopped>"
-        return f"<LocalStack bootstrap={self.bootstrap!r} redis_url={self.redis_url!r}>"
+        redis_address = redacted_url(self.redis_url)
+        return f"<LocalStack bootstrap={self.bootstrap!r} redis={redis_address!r}>"
 
 
 class LocalCluster:
@@ -568,7 +570,7 @@ class LocalCluster:
             raise ConfigurationError(f"a worker named {name!r} is already running")
         command = [
             sys.executable, "-m", "worker_node",
-            "--bootstrap", config.bootstrap, "--redis", config.redis_url,
+            "--bootstrap", config.bootstrap,
             "--queue", config.queue, "--key-prefix", config.key_prefix,
             "--concurrency", str(self.concurrency), "--name", name,
             "--heartbeat-interval", str(config.heartbeat_interval),
@@ -580,7 +582,9 @@ class LocalCluster:
             command += ["--tasks", module]
         command += self.worker_args
         # PYTHONUNBUFFERED: logs appear as they happen
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.worker_env}
+        # The Redis URL goes in the environment, where `ps` does not show its password.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "YADTQ_REDIS_URL": config.redis_url,
+               **self.worker_env}
         assert self._log_dir is not None
         log_path = self._log_dir / f"worker-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.log"
         worker = _spawn(name, command, log_path, env=env)
@@ -678,7 +682,10 @@ class LocalCluster:
         path = local_stack_record_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        partial.write_text(json.dumps(self._record(), indent=2) + "\n")
+        # Owner-only: the Redis URL in it may carry a password.
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(json.dumps(self._record(), indent=2) + "\n")
         os.replace(partial, path)
 
     def _record_is_ours(self) -> bool:

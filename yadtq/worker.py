@@ -280,7 +280,8 @@ class Worker:
             retry_at = self.clock() + self._backoff(message, attempt)
         return Outcome(message.id, message.batch, attempt, TaskStatus.FAILED,
                        error_type=result.error_type, error=result.error,
-                       traceback=result.traceback, retry_at=retry_at)
+                       traceback=result.traceback, retry_at=retry_at,
+                       retryable=result.retryable)
 
     def _max_retries(self, message: protocol.TaskMessage) -> int:
         if message.max_retries is not None:
@@ -312,7 +313,7 @@ class Worker:
             logger.info("Worker %s: task %s attempt %d failed (%s); retry in %.1f s",
                         self.name, message.id, report.attempt, report.error_type,
                         report.retry_at - self.clock())
-        elif report.status is TaskStatus.FAILED and self._max_retries(message) > 0:
+        elif report.retryable and 0 < self._max_retries(message) < report.attempt:
             self._dead_letter(f"retries exhausted after attempt {report.attempt}: "
                               f"{report.error_type}: {report.error}", message=message)
 
