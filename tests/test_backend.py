@@ -473,8 +473,9 @@ def test_claim_and_finish_publish_events_with_id_status_worker_and_attempt(
         pubsub.close()
     assert processing == {"id": message.id, "status": "processing", "worker": WORKER,
                           "attempt": 1, "batch": batch_id, "at": 1000}
+    # A short result rides along, so clients need not read the record back.
     assert done == {"id": message.id, "status": "success", "worker": WORKER,
-                    "attempt": 1, "batch": batch_id, "at": 1001}
+                    "attempt": 1, "batch": batch_id, "at": 1001, "result": "42"}
 
 
 def test_requeue_publishes_a_queued_event_with_the_new_attempt(backend: RedisBackend) -> None:

@@ -134,7 +134,11 @@ class EventListener:
                 continue
             if future is None or future.done():
                 continue
-            if status in FINISHED:
+            if status is TaskStatus.SUCCESS and "result" in event:
+                future._resolve({"status": status.value, "result": json.loads(event["result"]),
+                                 "worker": event.get("worker"), "attempt": event.get("attempt"),
+                                 "finished_at": event.get("at")})
+            elif status in FINISHED:
                 finished.append(future)
             else:
                 future._set_progress(status, event.get("worker"), event.get("attempt"),

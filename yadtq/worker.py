@@ -182,13 +182,13 @@ class Worker:
         claims = self._claim(messages)
         if claims is None:
             return  # stopping while Redis is down: nothing committed, so nothing is lost
-        self._commit()
         for message, claim in zip(messages, claims, strict=True):
             if claim.claimed:
                 self._start(message, claim.attempt)
             else:
                 logger.debug("Worker %s: skipped task %s: %s", self.name, message.id,
                              claim.skipped_because)
+        self._commit()
 
     def _claim(self, messages: list[protocol.TaskMessage]) -> list[Claim] | None:
         if not messages:
@@ -222,12 +222,17 @@ class Worker:
                 delay = min(delay * 2, REDIS_RETRY_MAX_DELAY)
 
     def _commit(self) -> None:
+        """Commit what was polled; the claims already hold, so it need not block the loop."""
         try:
-            self.consumer.commit()
+            self.consumer.commit_async(callback=self._on_commit)
         except (CommitFailedError, KafkaError) as exc:
-            # The claims already hold; a redelivered copy will be skipped.
+            self._on_commit(None, exc)
+
+    def _on_commit(self, _offsets: Any, result: Any) -> None:
+        if isinstance(result, Exception):
+            # A redelivered copy of a claimed task will be skipped.
             logger.warning("Worker %s: offset commit failed (%s); claims still hold",
-                           self.name, exc)
+                           self.name, result)
 
     def _start(self, message: protocol.TaskMessage, attempt: int) -> None:
         try:

@@ -19,6 +19,8 @@
 -- ARGV[9] one-line summary for the history (the error, or "")
 -- ARGV[10..] field, value pairs to store (result, or error_type/error/traceback)
 --
+-- The success event carries the result when it is short (under 4 KB of JSON), so clients
+-- resolve their futures without reading the record back.
 -- Returns {"ok"} or {"refused", current status or "missing", current attempt, current worker}.
 local outcome = ARGV[4]
 if outcome ~= 'success' and outcome ~= 'failed' and outcome ~= 'retry' then
@@ -71,6 +73,10 @@ else
   end
 end
 redis.call('RPUSH', KEYS[5], cjson.encode(event))
-redis.call('PUBLISH', ARGV[7], cjson.encode({id = ARGV[1], status = new_status,
-  worker = worker, attempt = attempt, batch = batch, at = now}))
+local change = {id = ARGV[1], status = new_status, worker = worker, attempt = attempt,
+  batch = batch, at = now}
+if outcome == 'success' and ARGV[10] == 'result' and #ARGV[11] < 4096 then
+  change.result = ARGV[11]
+end
+redis.call('PUBLISH', ARGV[7], cjson.encode(change))
 return {'ok'}
