@@ -16,9 +16,11 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(BIN)/python scripts/demo.py
 
+# The tests in tests/ and the demo notebooks, whose stored outputs nbval compares
+# after notebooks/sanitize.cfg replaces what differs from run to run.
 test: venv
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg
 
 lint: venv
 	$(BIN)/ruff check .
