@@ -47,11 +47,11 @@ class Keys:
         return f"{self.prefix}:batch:{batch_id}:tasks"
 
     def worker(self, worker_id: str) -> str:
-        return f"{self.prefix}:worker:{worker_id}"
+        return f"{self.prefix}:worker:{self.queue}:{worker_id}"
 
     @property
     def workers(self) -> str:
-        return f"{self.prefix}:workers"
+        return f"{self.prefix}:workers:{self.queue}"
 
     @property
     def leases(self) -> str:
