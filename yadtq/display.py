@@ -76,6 +76,12 @@ def batch_summary(snapshot: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def _unbroken(summary: str) -> str:
+    """HTML for a summary line that wraps only between its parts, never inside "2.9 s"."""
+    return " · ".join(f"<span style='white-space:nowrap'>{html.escape(part)}</span>"
+                      for part in summary.split(" · "))
+
+
 def batch_text(batch: TaskBatch, width: int = 40) -> str:
     """A text meter for a batch, for terminals and logs."""
     snapshot = batch.snapshot()
@@ -115,7 +121,7 @@ def batch_html(batch: TaskBatch) -> str:
         f'<div class="yadtq-progress" {data} data-percent="{percent:.0f}" '
         f"style='display:flex;height:14px;margin:4px 0;background:#eee;border-radius:3px;"
         f"overflow:hidden'>{segments}</div>"
-        f"<div>{html.escape(batch_summary(snapshot))}</div>"
+        f"<div>{_unbroken(batch_summary(snapshot))}</div>"
         + (f"<table style='margin-top:4px;font-size:12px'><tr><th style='text-align:left'>"
            f"worker</th><th>finished</th><th></th></tr>{workers}</table>" if workers else "")
         + "</div>"
