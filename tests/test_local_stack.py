@@ -11,11 +11,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
+from helpers import wait_until
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
@@ -26,17 +26,6 @@ from yadtq.local import LocalCluster, LocalStack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    """Poll ``predicate`` until it returns something truthy; fail saying what never happened."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.02)  # poll interval, not a synchronisation sleep
-    pytest.fail(f"timed out after {timeout} s waiting for {what}; last saw {last!r}")
 
 
 def live_children() -> set[int]:

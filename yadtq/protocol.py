@@ -132,21 +132,16 @@ def build(
         json.dumps([args, kwargs], allow_nan=False)
     except (TypeError, ValueError):
         _name_the_bad_argument(task, args, kwargs)
-    message = TaskMessage(
-        id=task_id or new_task_id(),
-        task=task,
-        args=tuple(args),
-        kwargs=kwargs,
-        batch=batch,
-        index=index,
-        attempt=attempt,
-        max_retries=max_retries,
-        timeout=timeout,
-        submitted_at=time.time(),
-        retry_on=tuple(retry_on),
-        retry_backoff=retry_backoff,
-    )
-    return validate(message.to_dict())
+    payload: dict[str, Any] = {
+        "v": VERSION, "id": task_id or new_task_id(), "task": task, "args": list(args),
+        "kwargs": kwargs, "batch": batch, "index": index, "attempt": attempt,
+        "max_retries": max_retries, "timeout": timeout, "submitted_at": time.time(),
+    }
+    if retry_on:
+        payload["retry_on"] = list(retry_on)
+    if retry_backoff is not None:
+        payload["retry_backoff"] = retry_backoff
+    return validate(payload)
 
 
 def signature(payload: dict[str, Any], secret: str) -> str:
