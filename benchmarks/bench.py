@@ -15,11 +15,11 @@ import argparse
 import json
 import os
 import random
+import resource
 import signal
 import statistics
 import sys
 import time
-import tracemalloc
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -139,18 +139,16 @@ def scale(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
     config = yadtq.Config(bootstrap=stack.bootstrap, redis_url=stack.redis_url,
                           queue=f"bench-{uuid.uuid4().hex[:8]}", source="benchmark")
     with yadtq.connect(config) as q:
-        tracemalloc.start()
         rss_before = _rss_mb(os.getpid())
         started = time.perf_counter()
         batch = q.map(add, [(i, i) for i in range(100_000)])
         elapsed = time.perf_counter() - started
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
         rss_after = _rss_mb(os.getpid())
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         assert len(batch) == 100_000
     return {"tasks": 100_000, "submit_s": round(elapsed, 2),
-            "python_peak_mb": round(peak / 2**20, 1), "rss_mb": round(rss_after, 1),
-            "rss_growth_mb": round(rss_after - rss_before, 1)}
+            "rss_before_mb": round(rss_before, 1), "rss_after_mb": round(rss_after, 1),
+            "peak_rss_mb": round(peak, 1)}
 
 
 def memory(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
