@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "yadtq"
 LAYERS: list[set[str]] = [
     {"errors", "status", "config", "protocol", "registry"},  # bottom
     {"backend", "broker"},  # adapters
-    {"futures", "events", "client", "worker", "plots", "execution"},  # core
+    {"futures", "events", "client", "worker", "plots", "execution", "stealing"},  # core
     {"display", "local", "cli", "connection", "__init__", "__main__"},  # top
 ]
 LAYER_NAMES = ["bottom", "adapters", "core", "top"]

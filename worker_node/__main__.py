@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where task code runs: 'process' (default) runs each slot's tasks "
                         "in a child process, so time limits and cancellation really stop the "
                         "code; 'thread' runs them in this process, cheaper but unstoppable")
+    parser.add_argument("--no-steal", dest="steal", action="store_false",
+                        help="never take tasks waiting in other workers' partitions when "
+                        "idle (stealing evens out long-tail batches; on by default)")
     parser.add_argument("--default-timeout", type=float, metavar="SECONDS",
                         help="time limit for tasks that declare none (default: "
                         "$YADTQ_DEFAULT_TIMEOUT, else no limit)")
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         worker = Worker(config, name=args.name, concurrency=args.concurrency,
                         task_modules=args.tasks or DEFAULT_TASK_MODULES, mode=args.mode,
+                        steal=args.steal,
                         shutdown_grace=args.shutdown_grace)
     except (YadtqError, ImportError) as exc:
         print(f"worker_node: error: {exc}", file=sys.stderr)

@@ -58,6 +58,10 @@ class Keys:
         return f"{self.prefix}:leases:{self.queue}"
 
     @property
+    def claimed_offsets(self) -> str:
+        return f"{self.prefix}:claimed-offsets:{self.queue}"
+
+    @property
     def retries(self) -> str:
         return f"{self.prefix}:retries:{self.queue}"
 
@@ -250,12 +254,22 @@ class RedisBackend:
     # --- worker side -------------------------------------------------------
 
     def claim_many(
-        self, messages: Sequence[TaskMessage], worker_id: str, now: float | None = None
+        self,
+        messages: Sequence[TaskMessage],
+        worker_id: str,
+        now: float | None = None,
+        offsets: dict[int, int] | None = None,
     ) -> list[Claim]:
-        """Claim each message's task with a lease, in one round trip."""
+        """Claim each message's task with a lease, in one round trip.
+
+        ``offsets`` (partition → next offset) records how far the owner of each
+        partition has claimed, for idle workers that steal from the rest.
+        """
         now = time.time() if now is None else now
         expiry = now + self.config.lease_seconds
         with self.redis.pipeline(transaction=False) as pipe:
+            if offsets:
+                pipe.hset(self.keys.claimed_offsets, mapping=offsets)
             for message in messages:
                 self._claim(
                     keys=[self.keys.task(message.id), self.keys.leases,
@@ -265,7 +279,7 @@ class RedisBackend:
                           message.batch or "", json.dumps(_unbatched_fields(message, now))],
                     client=pipe,
                 )
-            replies = pipe.execute()
+            replies = pipe.execute()[1 if offsets else 0:]
         claims = []
         for message, reply in zip(messages, replies, strict=True):
             verdict = _text(reply[0])
@@ -355,6 +369,11 @@ class RedisBackend:
     def retries_sent(self, task_ids: Sequence[str]) -> None:
         """Forget retries once their messages are on the topic (or no longer wait)."""
         self.redis.zrem(self.keys.retries, *task_ids)
+
+    def claimed_offsets(self) -> dict[int, int]:
+        """Partition → the offset up to which its owner has claimed."""
+        raw = self.redis.hgetall(self.keys.claimed_offsets)
+        return {int(k): int(v) for k, v in raw.items()}
 
     def expired_leases(self, now: float, limit: int = 100) -> list[tuple[str, str | None]]:
         """(task id, batch id) of tasks whose lease ran out before ``now``."""

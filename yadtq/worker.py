@@ -2,8 +2,10 @@
 
 The main loop reads as a list of steps: wait for a free slot, poll at most that
 many messages, decode them (undecodable, unsigned or forged ones go to the
-dead-letter topic), claim them in Redis with a lease, commit the offsets, hand
-the claimed tasks to the execution slots (``yadtq.execution``). A heartbeat
+dead-letter topic), claim them in Redis with a lease, hand the claimed tasks to
+the execution slots (``yadtq.execution``), commit the offsets. With nothing of
+its own to do, it takes tasks waiting in other workers' partitions
+(``yadtq.stealing``). A heartbeat
 thread records the worker in Redis, renews the leases of what it runs, stops
 tasks cancelled while running, sends due retries, and reaps expired leases of
 any worker (DESIGN.md, "Delivery guarantees"). Only tasks registered by the
@@ -36,6 +38,7 @@ from yadtq.backend import Claim, Outcome, RedisBackend
 from yadtq.config import Config
 from yadtq.errors import ProtocolError, UnknownTask
 from yadtq.status import TaskStatus
+from yadtq.stealing import Stealer
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ class Worker:
         concurrency: int = 4,
         task_modules: Sequence[str] = DEFAULT_TASK_MODULES,
         mode: str = "process",
+        steal: bool = True,
         shutdown_grace: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -107,6 +111,8 @@ class Worker:
         self.consumer = broker.make_consumer(
             config, client_id=self.name, on_assign=self._on_assign, on_revoke=self._on_revoke
         )
+        self._stealer = Stealer(config, self.name, self.backend.claimed_offsets) if steal else None
+        self._stole = False
         self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"{self.name}-slot")
         self._heartbeat_thread = threading.Thread(
             target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
@@ -132,9 +138,14 @@ class Worker:
                     self._slot_freed.clear()
                     continue
                 self._resume()
-                batch = self.consumer.poll(timeout_ms=200, max_records=free)
+                # Right after a steal, look for more at once rather than wait on our own.
+                batch = self.consumer.poll(timeout_ms=0 if self._stole else 200,
+                                           max_records=free)
                 if batch:
                     self._handle(batch)
+                    self._stole = False
+                elif self._stealer is not None:
+                    self._stole = self._steal(free)
         finally:
             self._shutdown()
 
@@ -169,9 +180,32 @@ class Worker:
             self.consumer.resume(*self.consumer.paused())
             self._paused = False
 
+    def _steal(self, free: int) -> bool:
+        """Claim and start tasks waiting in other workers' partitions; True if any."""
+        records = self._stealer.take(set(self._partitions), self._topic_partitions, free)
+        messages = []
+        for record in records:
+            try:
+                messages.append(protocol.decode(record.value, self.config.max_message_bytes,
+                                                self.config.secret))
+            except ProtocolError:
+                continue  # its owner dead-letters it
+        claims = self._claim(messages) or []
+        started = 0
+        for message, claim in zip(messages, claims, strict=True):
+            if claim.claimed:
+                self._start(message, claim.attempt)
+                started += 1
+        if started:
+            logger.debug("Worker %s: stole %d task(s) from other partitions", self.name,
+                         started)
+        return started > 0
+
     def _handle(self, batch: dict[Any, list[Any]]) -> None:
         """Decode, claim, commit, then start what was claimed."""
         messages = []
+        offsets = {tp.partition: records[-1].offset + 1 for tp, records in batch.items()
+                   if records}
         for records in batch.values():
             for record in records:
                 try:
@@ -179,7 +213,7 @@ class Worker:
                                                     self.config.secret))
                 except ProtocolError as exc:
                     self._dead_letter(str(exc), record=record)
-        claims = self._claim(messages)
+        claims = self._claim(messages, offsets)
         if claims is None:
             return  # stopping while Redis is down: nothing committed, so nothing is lost
         for message, claim in zip(messages, claims, strict=True):
@@ -190,12 +224,15 @@ class Worker:
                              claim.skipped_because)
         self._commit()
 
-    def _claim(self, messages: list[protocol.TaskMessage]) -> list[Claim] | None:
-        if not messages:
+    def _claim(
+        self, messages: list[protocol.TaskMessage], offsets: dict[int, int] | None = None
+    ) -> list[Claim] | None:
+        if not messages and not offsets:
             return []
         with self._lock:
             claims = self._retry_redis(
-                lambda: self.backend.claim_many(messages, self.name, now=self.clock()),
+                lambda: self.backend.claim_many(messages, self.name, now=self.clock(),
+                                                offsets=offsets),
                 "claim tasks",
             )
             if claims is None:
@@ -508,6 +545,8 @@ class Worker:
             logger.warning("Worker %s: could not record the stop: %s", self.name, exc)
         self.producer.flush()
         self.producer.close()
+        if self._stealer is not None:
+            self._stealer.close()
         self.backend.close()
         while not self._runners.empty():
             self._runners.get().close()

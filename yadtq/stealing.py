@@ -1,0 +1,75 @@
+"""Work stealing (core layer): an idle worker takes tasks waiting in other workers' partitions.
+
+Kafka gives whole partitions to workers, so with long-tail tasks one worker can
+sit on a backlog while the others idle. An idle worker therefore reads ahead in
+the other partitions with a separate, group-less consumer: from the offset up
+to which each partition's owner has claimed (recorded in Redis with every
+claim; the group's committed offsets are not asked of the broker, because an
+offset fetch from outside the group upsets the embedded broker's rebalances)
+it fetches what is waiting and offers the newest messages, the ones the owner
+would reach last.
+The worker claims them through the same atomic Redis claim as its own, so
+each task still runs once; when the owner reaches a stolen message, its claim
+finds the task taken and skips it. The stealer never commits an offset.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+
+from yadtq.config import Config
+
+logger = logging.getLogger(__name__)
+
+READ_AHEAD = 200
+
+
+class Stealer:
+    """Finds messages waiting in partitions this worker does not own."""
+
+    def __init__(
+        self, config: Config, client_id: str, claimed_up_to: Callable[[], dict[int, int]]
+    ) -> None:
+        self.config = config
+        self._claimed_up_to = claimed_up_to
+        self._reader = KafkaConsumer(
+            bootstrap_servers=config.bootstrap, group_id=None, enable_auto_commit=False,
+            client_id=f"{client_id}-stealer", fetch_max_wait_ms=config.fetch_wait_ms,
+            **config.kafka_options,
+        )
+
+    def take(self, own: set[int], total: int, count: int) -> list[Any]:
+        """Up to ``count`` records waiting in foreign partitions, newest first.
+
+        One fetch covers every foreign partition; the records come from the
+        one with the longest wait list.
+        """
+        foreign = [p for p in range(total) if p not in own]
+        if not foreign or count < 1:
+            return []
+        committed = self._claimed_up_to()
+        partitions = [TopicPartition(self.config.tasks_topic, p) for p in foreign]
+        self._reader.assign(partitions)
+        for partition in partitions:
+            self._reader.seek(partition, committed.get(partition.partition, 0))
+        try:
+            fetched = self._reader.poll(timeout_ms=self.config.fetch_wait_ms + 50,
+                                        max_records=READ_AHEAD)
+        except KafkaError as exc:
+            logger.debug("stealer: read-ahead failed: %s", exc)
+            return []
+        waiting = [
+            [r for r in records if r.offset >= committed.get(partition.partition, 0)]
+            for partition, records in fetched.items()
+        ]
+        longest = max(waiting, key=len, default=[])
+        return longest[-count:][::-1]
+
+    def close(self) -> None:
+        """Close the reader."""
+        self._reader.close()
