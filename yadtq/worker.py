@@ -76,7 +76,7 @@ class Worker:
         concurrency: int = 4,
         task_modules: Sequence[str] = DEFAULT_TASK_MODULES,
         mode: str = "process",
-        steal: bool = True,
+        steal: bool = False,
         shutdown_grace: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
