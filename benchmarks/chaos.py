@@ -246,18 +246,19 @@ def changed_outcomes(
 ) -> set[str]:
     """Ids whose final outcome differs between the client's first view and later records.
 
-    The client's future resolved from the record as it was when the first final
-    event arrived; each snapshot maps id -> record read later.
+    The client's future resolved from the first final event (or the record read
+    then); each snapshot maps id -> record read later. Event times travel as JSON
+    numbers of 14 significant digits, so finish times are compared to the millisecond.
     """
     changed = set()
     for future in futures:
         if not future.done():
             continue
-        first = (future.status.value, future.attempt, future.worker, future.finished_at)
+        first = (future.status.value, future.attempt, future.worker)
         for records in snapshots:
             record = records.get(future.id)
-            if not record or (record["status"], record["attempt"], record["worker"],
-                              record["finished_at"]) != first:
+            if (not record or (record["status"], record["attempt"], record["worker"]) != first
+                    or abs((record["finished_at"] or 0) - (future.finished_at or 0)) > 1e-3):
                 changed.add(future.id)
     return changed
 
