@@ -5,12 +5,6 @@
 # `yadtq local up`.
 set -euo pipefail
 
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-python="${PYTHON:-}"
-if [ -z "$python" ]; then
-    if [ -x "$root/.venv/bin/python" ]; then python="$root/.venv/bin/python"; else python=python3; fi
-fi
-# The checkout's packages import from any directory, installed or not.
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
 
 exec "$python" -m worker_node "$@"

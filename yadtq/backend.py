@@ -98,6 +98,7 @@ class Outcome:
     traceback: str = ""
     retry_at: float | None = None
     retryable: bool = False
+    result_json: str | None = None  # the result already encoded, when the caller has it
 
     @property
     def verb(self) -> str:
@@ -111,7 +112,8 @@ class Outcome:
 
     def fields(self) -> list[str]:
         if self.status is TaskStatus.SUCCESS:
-            return ["result", json.dumps(self.result)]
+            encoded = self.result_json if self.result_json is not None else json.dumps(self.result)
+            return ["result", encoded]
         return ["error_type", self.error_type, "error", self.error, "traceback", self.traceback]
 
 
@@ -191,19 +193,18 @@ class RedisBackend:
     def enqueue(self, messages: Sequence[TaskMessage], batch_id: str | None = None) -> None:
         """Write ``queued`` records (and the batch) before anything is produced."""
         now = time.time()
-        if batch_id is not None:
+        for number, chunk in enumerate(list(_chunks(messages, PIPELINE_CHUNK)) or [[]]):
             with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(
-                    self.keys.batch(batch_id),
-                    mapping={"total": len(messages), "queued": len(messages), "processing": 0,
-                             "success": 0, "failed": 0, "cancelled": 0, "created_at": now},
-                )
-                pipe.execute()
-        for chunk in _chunks(messages, PIPELINE_CHUNK):
-            with self.redis.pipeline(transaction=False) as pipe:
+                if batch_id is not None and number == 0:
+                    pipe.hset(
+                        self.keys.batch(batch_id),
+                        mapping={"total": len(messages), "queued": len(messages),
+                                 "processing": 0, "success": 0, "failed": 0, "cancelled": 0,
+                                 "created_at": now},
+                    )
                 for message in chunk:
                     pipe.hset(self.keys.task(message.id), mapping=_record_fields(message, now))
-                if batch_id is not None:
+                if batch_id is not None and chunk:
                     pipe.rpush(self.keys.batch_tasks(batch_id), *(m.id for m in chunk))
                 pipe.execute()
 
@@ -387,8 +388,11 @@ class RedisBackend:
 
     def heartbeat(
         self, worker_id: str, info: dict[str, Any], leased: Iterable[str], now: float
-    ) -> None:
-        """Record a heartbeat and renew the leases of the tasks this worker runs."""
+    ) -> list[str]:
+        """Record a heartbeat and renew the leases of the tasks this worker runs.
+
+        Returns the ids among ``leased`` that were cancelled meanwhile.
+        """
         expiry = now + self.config.lease_seconds
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(self.keys.worker(worker_id),
@@ -399,7 +403,8 @@ class RedisBackend:
             if leased:
                 self._renew(keys=[self.keys.leases, *map(self.keys.task, leased)],
                             args=[worker_id, expiry, *leased], client=pipe)
-            pipe.execute()
+            replies = pipe.execute()
+        return [_text(i) for i in replies[-1]] if leased else []  # renew.lua's reply
 
 
 _PAYLOAD_FIELDS = ("task", "args", "kwargs", "batch", "index", "max_retries", "timeout",

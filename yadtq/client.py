@@ -189,17 +189,7 @@ class Client:
         Raises:
             TaskNotFound: Redis holds no record for ``task_id``.
         """
-        record = self.task_record(task_id)
-        existing = self._events.watched(task_id)
-        if existing is not None:
-            return existing
-        future = TaskFuture(task_id, record.get("task", "?"), args=record.get("args") or (),
-                            kwargs=record.get("kwargs") or {}, batch=record.get("batch") or None,
-                            index=record.get("index"), client=self)
-        self._events.start()
-        self._events.watch([future])
-        self._events.sync([future])
-        return future
+        return self._attach([task_id], [self.task_record(task_id)])[0]
 
     def get_batch(self, batch_id: str) -> TaskBatch:
         """A batch re-attached by id, e.g. after a kernel restart.
@@ -210,19 +200,34 @@ class Client:
         ids = self.backend.batch_task_ids(batch_id)
         if not ids:
             raise TaskNotFound(f"no batch {batch_id!r} in Redis (or it has expired)")
-        records = self.backend.task_records(ids)
-        futures = [
-            self._events.watched(task_id)
-            or TaskFuture(task_id, (r or {}).get("task", "?"), args=(r or {}).get("args") or (),
-                          kwargs=(r or {}).get("kwargs") or {}, batch=batch_id, index=i,
-                          client=self)
-            for i, (task_id, r) in enumerate(zip(ids, records, strict=True))
-        ]
+        futures = self._attach(ids, self.backend.task_records(ids), batch_id)
+        created = self.backend.batch_created_at(batch_id)
+        return TaskBatch(batch_id, futures, self, submitted_at=created)
+
+    def _attach(
+        self,
+        task_ids: list[str],
+        records: list[dict[str, Any] | None],
+        batch_id: str | None = None,
+    ) -> list[TaskFuture]:
+        """Futures for existing tasks (reusing any this client already watches).
+
+        They are watched before ``sync`` reads their state again, so a change
+        between the first read and the subscription is not missed.
+        """
+        futures = []
+        for position, (task_id, record) in enumerate(zip(task_ids, records, strict=True)):
+            record = record or {}
+            futures.append(self._events.watched(task_id) or TaskFuture(
+                task_id, record.get("task", "?"), args=record.get("args") or (),
+                kwargs=record.get("kwargs") or {},
+                batch=batch_id or record.get("batch") or None,
+                index=position if batch_id else record.get("index"), client=self,
+            ))
         self._events.start()
         self._events.watch(futures)
         self._events.sync(futures)
-        created = self.backend.batch_created_at(batch_id)
-        return TaskBatch(batch_id, futures, self, submitted_at=created)
+        return futures
 
     def workers(self) -> pandas.DataFrame:
         """One row per registered worker: liveness judged from its heartbeats."""

@@ -50,12 +50,27 @@ REDIS_RETRY_MAX_DELAY = 5.0
 T = TypeVar("T")
 
 
+class _GaveUp:
+    """What :meth:`Worker._retry_redis` returns when Redis stayed unreachable."""
+
+
+GAVE_UP = _GaveUp()
+
+
 @dataclass
 class _Running:
     message: protocol.TaskMessage
     attempt: int
     future: Future[None] | None = None
     runner: Any = None
+
+
+def _option(message: protocol.TaskMessage, name: str, default: Any) -> Any:
+    """A task option: the call's value, else the task's declared one, else ``default``."""
+    for value in (getattr(message, name), getattr(registry.options(message.task), name)):
+        if value is not None:
+            return value
+    return default
 
 
 def load_task_modules(modules: Iterable[str]) -> list[str]:
@@ -183,46 +198,48 @@ class Worker:
     def _steal(self, free: int) -> bool:
         """Claim and start tasks waiting in other workers' partitions; True if any."""
         records = self._stealer.take(set(self._partitions), self._topic_partitions, free)
-        messages = []
-        for record in records:
-            try:
-                messages.append(protocol.decode(record.value, self.config.max_message_bytes,
-                                                self.config.secret))
-            except ProtocolError:
-                continue  # its owner dead-letters it
-        claims = self._claim(messages) or []
-        started = 0
-        for message, claim in zip(messages, claims, strict=True):
-            if claim.claimed:
-                self._start(message, claim.attempt)
-                started += 1
+        messages = self._decode(records, dead_letter=False)  # owners dead-letter the bad ones
+        started = self._start_claimed(messages, self._claim(messages) or [])
         if started:
             logger.debug("Worker %s: stole %d task(s) from other partitions", self.name,
                          started)
         return started > 0
 
     def _handle(self, batch: dict[Any, list[Any]]) -> None:
-        """Decode, claim, commit, then start what was claimed."""
-        messages = []
+        """Decode, claim, start what was claimed, then commit."""
         offsets = {tp.partition: records[-1].offset + 1 for tp, records in batch.items()
                    if records}
-        for records in batch.values():
-            for record in records:
-                try:
-                    messages.append(protocol.decode(record.value, self.config.max_message_bytes,
-                                                    self.config.secret))
-                except ProtocolError as exc:
-                    self._dead_letter(str(exc), record=record)
+        messages = self._decode([r for records in batch.values() for r in records],
+                                dead_letter=True)
         claims = self._claim(messages, offsets)
         if claims is None:
             return  # stopping while Redis is down: nothing committed, so nothing is lost
+        self._start_claimed(messages, claims)
+        self._commit()
+
+    def _decode(self, records: list[Any], dead_letter: bool) -> list[protocol.TaskMessage]:
+        """The task messages among ``records``; the others go to the DLQ if asked."""
+        messages = []
+        for record in records:
+            try:
+                messages.append(protocol.decode(record.value, self.config.max_message_bytes,
+                                                self.config.secret))
+            except ProtocolError as exc:
+                if dead_letter:
+                    self._dead_letter(str(exc), record=record)
+        return messages
+
+    def _start_claimed(self, messages: list[protocol.TaskMessage], claims: list[Claim]) -> int:
+        """Start every message this worker claimed; returns how many."""
+        started = 0
         for message, claim in zip(messages, claims, strict=True):
             if claim.claimed:
                 self._start(message, claim.attempt)
+                started += 1
             else:
                 logger.debug("Worker %s: skipped task %s: %s", self.name, message.id,
                              claim.skipped_because)
-        self._commit()
+        return started
 
     def _claim(
         self, messages: list[protocol.TaskMessage], offsets: dict[int, int] | None = None
@@ -235,27 +252,37 @@ class Worker:
                                                 offsets=offsets),
                 "claim tasks",
             )
-            if claims is None:
+            if claims is GAVE_UP:
                 return None
             for message, claim in zip(messages, claims, strict=True):
                 if claim.claimed:
                     self._running[message.id] = _Running(message, claim.attempt)
         return claims
 
-    def _retry_redis(self, step: Callable[[], T], what: str) -> T | None:
-        """Run ``step``, retrying with backoff while Redis is unreachable; None if stopping."""
+    def _retry_redis(
+        self, step: Callable[[], T], what: str, within: float | None = None
+    ) -> T | _GaveUp:
+        """Run ``step``, retrying with backoff while Redis is unreachable.
+
+        Gives up (returning ``GAVE_UP``) after ``within`` seconds, or, with no
+        limit, once the worker is stopping.
+        """
+        deadline = None if within is None else time.monotonic() + within
         delay = 0.1
         while True:
             try:
                 return step()
             except redis.ConnectionError as exc:
-                if self._stopping.is_set():
-                    logger.error("Worker %s: could not %s before stopping: %s", self.name,
-                                 what, exc)
-                    return None
+                out_of_time = deadline is not None and time.monotonic() > deadline
+                if out_of_time or (deadline is None and self._stopping.is_set()):
+                    logger.error("Worker %s: could not %s: %s", self.name, what, exc)
+                    return GAVE_UP
                 logger.warning("Worker %s: Redis unreachable, cannot %s (%s); retrying in "
                                "%.1f s", self.name, what, exc, delay)
-                self._stopping.wait(delay)
+                if deadline is None:
+                    self._stopping.wait(delay)  # wakes at once when the worker stops
+                else:
+                    time.sleep(delay)  # an outcome is worth waiting for, even when stopping
                 delay = min(delay * 2, REDIS_RETRY_MAX_DELAY)
 
     def _commit(self) -> None:
@@ -290,24 +317,18 @@ class Worker:
                 running.runner = runner
         try:
             result = runner.run(message.task, message.args, dict(message.kwargs),
-                                message.retry_on, self._time_limit(message))
+                                message.retry_on,
+                                _option(message, "timeout", self.config.default_timeout))
         finally:
             self._runners.put(runner)
         self._finish(message, self._outcome(message, attempt, result))
-
-    def _time_limit(self, message: protocol.TaskMessage) -> float | None:
-        """The call's limit, else the task's declared one, else the worker-wide default."""
-        if message.timeout is not None:
-            return message.timeout
-        declared = registry.options(message.task).timeout
-        return declared if declared is not None else self.config.default_timeout
 
     def _outcome(
         self, message: protocol.TaskMessage, attempt: int, result: execution.Attempt
     ) -> Outcome:
         if result.ok:
             try:
-                json.dumps(result.value, allow_nan=False)
+                encoded = json.dumps(result.value, allow_nan=False)
             except (TypeError, ValueError) as exc:
                 return Outcome(message.id, message.batch, attempt, TaskStatus.FAILED,
                                error_type="TypeError",
@@ -315,7 +336,7 @@ class Worker:
                                f"{type(result.value).__name__}, which is not JSON-serialisable "
                                f"({exc}); return JSON types only")
             return Outcome(message.id, message.batch, attempt, TaskStatus.SUCCESS,
-                           result=result.value)
+                           result=result.value, result_json=encoded)
         retry_at = None
         max_retries = self._max_retries(message)
         if result.retryable and attempt <= max_retries:
@@ -326,17 +347,11 @@ class Worker:
                        retryable=result.retryable)
 
     def _max_retries(self, message: protocol.TaskMessage) -> int:
-        if message.max_retries is not None:
-            return message.max_retries
-        return registry.options(message.task).max_retries or 0
+        return _option(message, "max_retries", 0)
 
     def _backoff(self, message: protocol.TaskMessage, attempt: int) -> float:
         """Exponential backoff with full jitter around the base: base * 2^(n-1) * [0.5, 1.5)."""
-        base = message.retry_backoff
-        if base is None:
-            base = registry.options(message.task).retry_backoff
-        if base is None:
-            base = self.config.retry_backoff
+        base = _option(message, "retry_backoff", self.config.retry_backoff)
         return min(base * 2 ** (attempt - 1) * random.uniform(0.5, 1.5), MAX_BACKOFF_SECONDS)
 
     def _finish(self, message: protocol.TaskMessage, report: Outcome) -> None:
@@ -360,22 +375,14 @@ class Worker:
                               f"{report.error_type}: {report.error}", message=message)
 
     def _store_outcome(self, report: Outcome) -> str | None:
-        """Store an outcome, retrying while Redis is unreachable."""
-        deadline = time.monotonic() + FINISH_RETRY_SECONDS
-        delay = 0.1
-        while True:
-            try:
-                return self.backend.finish(report, self.name, now=self.clock())
-            except redis.ConnectionError as exc:
-                if time.monotonic() > deadline:
-                    logger.error("Worker %s: could not store task %s's outcome: %s; its lease "
-                                 "will expire and it will run again", self.name,
-                                 report.task_id, exc)
-                    return "Redis unreachable"
-                logger.warning("Worker %s: Redis unreachable (%s); retrying in %.1f s",
-                               self.name, exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, REDIS_RETRY_MAX_DELAY)
+        """Store an outcome, retrying for a while if Redis is unreachable."""
+        refused = self._retry_redis(
+            lambda: self.backend.finish(report, self.name, now=self.clock()),
+            f"store task {report.task_id}'s outcome (its lease will expire and it will run "
+            "again)",
+            within=FINISH_RETRY_SECONDS,
+        )
+        return "Redis unreachable" if refused is GAVE_UP else refused
 
     def _dead_letter(
         self, reason: str, *, record: Any = None, message: protocol.TaskMessage | None = None
@@ -434,8 +441,7 @@ class Worker:
     def _heartbeat_loop(self) -> None:
         while True:
             now = self.clock()
-            for step in (self._heartbeat, self._stop_cancelled, self.send_due_retries,
-                         self.reap):
+            for step in (self._beat, self.send_due_retries, self.reap):
                 try:
                     step(now)
                 except redis.RedisError as exc:
@@ -449,7 +455,12 @@ class Worker:
             if self._stopping.is_set() and not self._running:
                 return
 
-    def _heartbeat(self, now: float, status: str | None = None) -> None:
+    def _beat(self, now: float) -> None:
+        """Heartbeat, then stop what was cancelled (the heartbeat's reply names it)."""
+        self._stop_cancelled(self._heartbeat(now))
+
+    def _heartbeat(self, now: float, status: str | None = None) -> list[str]:
+        """Record this worker in Redis and renew its leases; returns cancelled task ids."""
         if status is None:
             status = "stopping" if self._stopping.is_set() else "running"
         with self._lock:
@@ -470,20 +481,18 @@ class Worker:
                 "heartbeat_interval": self.config.heartbeat_interval,
                 "status": status,
             }
-        self.backend.heartbeat(self.name, info, leased, now)
+        return self.backend.heartbeat(self.name, info, leased, now)
 
-    def _stop_cancelled(self, now: float) -> None:
+    def _stop_cancelled(self, task_ids: list[str]) -> None:
         """Stop running tasks that were cancelled (process mode kills their child)."""
-        with self._lock:
-            running = list(self._running.values())
-        if not running:
-            return
-        statuses = self.backend.statuses([r.message.id for r in running])
-        for task, status in zip(running, statuses, strict=True):
-            if status == TaskStatus.CANCELLED.value and task.runner is not None:
-                stopped = task.runner.stop()
-                logger.info("Worker %s: task %s was cancelled; %s", self.name, task.message.id,
-                            "stopped it" if stopped else "its result will be discarded")
+        for task_id in task_ids:
+            with self._lock:
+                task = self._running.get(task_id)
+            if task is None or task.runner is None:
+                continue
+            stopped = task.runner.stop()
+            logger.info("Worker %s: task %s was cancelled; %s", self.name, task_id,
+                        "stopped it" if stopped else "its result will be discarded")
 
     def send_due_retries(self, now: float) -> int:
         """Produce again the tasks whose retry backoff is over; returns how many."""

@@ -8,13 +8,15 @@
 -- ARGV[2]    new lease expiry (unix seconds)
 -- ARGV[3..]  task ids
 --
--- Returns how many leases were renewed.
-local renewed = 0
+-- Returns the ids of the tasks that were cancelled, so the worker can stop them without
+-- asking again.
+local cancelled = {}
 for i = 3, #ARGV do
   local record = redis.call('HMGET', KEYS[i - 1], 'status', 'worker')
   if record[1] == 'processing' and record[2] == ARGV[1] then
     redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[i])
-    renewed = renewed + 1
+  elseif record[1] == 'cancelled' then
+    cancelled[#cancelled + 1] = ARGV[i]
   end
 end
-return renewed
+return cancelled
