@@ -1,7 +1,7 @@
-"""The Kafka adapter (adapter layer): producer, consumer group and topic admin.
+"""The Kafka adapter (adapter layer): producer, consumer group, reader and topic admin.
 
-Only this module imports kafka-python. It turns "no broker answers" into a
-:class:`BrokerUnavailable` naming the address, and holds the consumer settings
+Every kafka-python client the runtime uses is built here. It turns "no broker
+answers" into a :class:`BrokerUnavailable` naming the address, and holds the consumer settings
 that keep a lone task's latency low and group membership short-lived enough
 that a dead worker's partitions move on within seconds.
 """
@@ -33,6 +33,7 @@ __all__ = [
     "create_topics",
     "make_consumer",
     "make_producer",
+    "make_reader",
 ]
 
 
@@ -121,6 +122,22 @@ class _Rebalance(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         if self._on_assign:
             self._on_assign(set(assigned))
+
+
+def make_reader(config: Config, *, client_id: str) -> KafkaConsumer:
+    """A consumer outside any group, for reading partitions by hand (assign and seek).
+
+    Raises:
+        BrokerUnavailable: no broker answered within the connect timeout.
+    """
+    try:
+        return KafkaConsumer(
+            bootstrap_servers=config.bootstrap, group_id=None, enable_auto_commit=False,
+            client_id=client_id, fetch_max_wait_ms=config.fetch_wait_ms,
+            bootstrap_timeout_ms=_timeout_ms(config), **config.kafka_options,
+        )
+    except (KafkaError, OSError) as exc:
+        raise _unavailable(config, exc) from None
 
 
 def create_topics(config: Config) -> None:

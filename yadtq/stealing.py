@@ -19,9 +19,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from kafka.errors import KafkaError
 
+from yadtq import broker
 from yadtq.config import Config
 
 logger = logging.getLogger(__name__)
@@ -37,11 +38,7 @@ class Stealer:
     ) -> None:
         self.config = config
         self._claimed_up_to = claimed_up_to
-        self._reader = KafkaConsumer(
-            bootstrap_servers=config.bootstrap, group_id=None, enable_auto_commit=False,
-            client_id=f"{client_id}-stealer", fetch_max_wait_ms=config.fetch_wait_ms,
-            **config.kafka_options,
-        )
+        self._reader = broker.make_reader(config, client_id=f"{client_id}-stealer")
 
     def take(self, own: set[int], total: int, count: int) -> list[Any]:
         """Up to ``count`` records waiting in foreign partitions, newest first.
