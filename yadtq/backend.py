@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import redis
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable
@@ -117,7 +119,7 @@ class Outcome:
         return ["error_type", self.error_type, "error", self.error, "traceback", self.traceback]
 
 
-def _load_script(client: redis.Redis, name: str) -> Any:
+def _load_script(client: redis.Redis, name: str) -> Script:
     source = resources.files("yadtq").joinpath("lua", name).read_text()
     return client.register_script(source)
 
@@ -187,6 +189,40 @@ class RedisBackend:
 
     def close(self) -> None:
         self.redis.close()
+
+    def _run_scripts(
+        self,
+        calls: Sequence[tuple[Script, list[Any], list[Any]]],
+        also: Callable[[redis.client.Pipeline], Any] | None = None,
+    ) -> list[Any]:
+        """Run Lua scripts (and ``also``'s commands) in one round trip; the scripts' replies.
+
+        Sends EVALSHA only: redis-py's pipelines would first ask SCRIPT EXISTS, a second
+        round trip. A script Redis lost (after a restart) is loaded and its calls re-run.
+        """
+        replies = self._evalsha(calls, also)
+        lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if lost:
+            for script in {id(calls[i][0]): calls[i][0] for i in lost}.values():
+                script.sha = self.redis.script_load(script.script)
+            for i, reply in zip(lost, self._evalsha([calls[i] for i in lost]), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _evalsha(
+        self,
+        calls: Sequence[tuple[Script, list[Any], list[Any]]],
+        also: Callable[[redis.client.Pipeline], Any] | None = None,
+    ) -> list[Any]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            if also is not None:
+                also(pipe)
+            return pipe.execute(raise_on_error=False)[:len(calls)]
 
     # --- client side -------------------------------------------------------
 
@@ -261,26 +297,25 @@ class RedisBackend:
         now: float | None = None,
         offsets: dict[int, int] | None = None,
     ) -> list[Claim]:
-        """Claim each message's task with a lease, in one round trip.
+        """Claim each message's task with a lease, in one round trip (two if a record is missing).
 
         ``offsets`` (partition → next offset) records how far the owner of each
         partition has claimed, for idle workers that steal from the rest.
         """
         now = time.time() if now is None else now
-        expiry = now + self.config.lease_seconds
-        with self.redis.pipeline(transaction=False) as pipe:
-            if offsets:
-                pipe.hset(self.keys.claimed_offsets, mapping=offsets)
-            for message in messages:
-                self._claim(
-                    keys=[self.keys.task(message.id), self.keys.leases,
-                          self.keys.batch(message.batch or "-"),
-                          self.keys.task_history(message.id)],
-                    args=[message.id, worker_id, expiry, now, self.keys.events,
-                          message.batch or "", json.dumps(_unbatched_fields(message, now))],
-                    client=pipe,
-                )
-            replies = pipe.execute()[1 if offsets else 0:]
+        record_offsets = (lambda pipe: pipe.hset(self.keys.claimed_offsets, mapping=offsets)
+                          ) if offsets else None
+        # A yadtq client wrote the record before producing, so its fields are sent only
+        # for plain-format messages, and for the rare message that arrived without one.
+        replies = self._run_scripts([self._claim_call(m, worker_id, now, with_fields=m.plain)
+                                     for m in messages], also=record_offsets)
+        missing = [i for i, reply in enumerate(replies)
+                   if _text(reply[0]) == "skip" and _text(reply[1]) == "missing"]
+        if missing:
+            retried = self._run_scripts([self._claim_call(messages[i], worker_id, now,
+                                                          with_fields=True) for i in missing])
+            for i, reply in zip(missing, retried, strict=True):
+                replies[i] = reply
         claims = []
         for message, reply in zip(messages, replies, strict=True):
             verdict = _text(reply[0])
@@ -290,23 +325,42 @@ class RedisBackend:
                 claims.append(Claim(message.id, None, _text(reply[1])))
         return claims
 
+    def _claim_call(
+        self, message: TaskMessage, worker_id: str, now: float, with_fields: bool
+    ) -> tuple[Script, list[Any], list[Any]]:
+        fields = json.dumps(_unbatched_fields(message, now)) if with_fields else ""
+        return (self._claim,
+                [self.keys.task(message.id), self.keys.leases,
+                 self.keys.batch(message.batch or "-"), self.keys.task_history(message.id)],
+                [message.id, worker_id, now + self.config.lease_seconds, now, self.keys.events,
+                 message.batch or "", fields])
+
     def finish(self, outcome: Outcome, worker_id: str, now: float | None = None) -> str | None:
         """Store an outcome; returns None if accepted, else why it was refused."""
+        return self.finish_many([outcome], worker_id, now)[0]
+
+    def finish_many(
+        self, outcomes: Sequence[Outcome], worker_id: str, now: float | None = None
+    ) -> list[str | None]:
+        """Store outcomes in one round trip; for each, None if accepted, else why refused."""
         now = time.time() if now is None else now
-        batch = outcome.batch or "-"
-        reply = self._finish(
-            keys=[self.keys.task(outcome.task_id), self.keys.leases, self.keys.batch(batch),
-                  self.keys.batch_tasks(batch), self.keys.task_history(outcome.task_id),
-                  self.keys.retries],
-            args=[outcome.task_id, outcome.attempt, worker_id, outcome.verb, now,
-                  self.config.result_ttl, self.keys.events,
-                  "" if outcome.retry_at is None else outcome.retry_at, outcome.summary,
-                  *outcome.fields()],
-        )
-        if _text(reply[0]) == "ok":
-            return None
-        status, attempt, holder = (_text(r) for r in reply[1:4])
-        return f"task is {status} (attempt {attempt or '?'}, worker {holder or 'none'})"
+        calls = []
+        for outcome in outcomes:
+            batch = outcome.batch or "-"
+            calls.append((
+                self._finish,
+                [self.keys.task(outcome.task_id), self.keys.leases, self.keys.batch(batch),
+                 self.keys.batch_tasks(batch), self.keys.task_history(outcome.task_id),
+                 self.keys.retries],
+                [outcome.task_id, outcome.attempt, worker_id, outcome.verb, now,
+                 self.config.result_ttl, self.keys.events,
+                 "" if outcome.retry_at is None else outcome.retry_at, outcome.summary,
+                 *outcome.fields()],
+            ))
+        return [None if _text(reply[0]) == "ok"
+                else "task is {} (attempt {}, worker {})".format(
+                    _text(reply[1]), _text(reply[2]) or "?", _text(reply[3]) or "none")
+                for reply in self._run_scripts(calls)]
 
     def requeue(
         self,

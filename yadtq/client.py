@@ -41,7 +41,8 @@ class Client:
         self.backend = RedisBackend(config)
         self.backend.check_connection()
         broker.create_topics(config)
-        self._producer = broker.make_producer(config)
+        self._producer = broker.make_producer(config, linger_ms=1000, batch_size=1 << 20)
+        self._next_partition = -1
         self._events = EventListener(self.backend)
         self._on_close = on_close
         self._closed = False
@@ -133,14 +134,18 @@ class Client:
 
     def _future(self, message: protocol.TaskMessage) -> TaskFuture:
         return TaskFuture(message.id, message.task, args=message.args,
-                          kwargs=dict(message.kwargs), batch=message.batch,
+                          kwargs=message.kwargs, batch=message.batch,
                           index=message.index, client=self)
 
     def _produce(self, messages: list[tuple[protocol.TaskMessage, bytes]]) -> None:
+        """Send and flush; partitions are dealt round-robin, so every worker gets its share."""
         topic = self.config.tasks_topic
         try:
+            partitions = sorted(self._producer.partitions_for(topic))
             for message, payload in messages:
-                self._producer.send(topic, payload, key=message.id.encode())
+                self._next_partition = (self._next_partition + 1) % len(partitions)
+                self._producer.send(topic, payload, key=message.id.encode(),
+                                    partition=partitions[self._next_partition])
             self._producer.flush(timeout=max(self.config.connect_timeout, 10))
         except Exception as exc:  # kafka-python raises several unrelated types here
             raise BrokerUnavailable(

@@ -51,7 +51,7 @@ class TaskFuture(concurrent.futures.Future):
         self.id = task_id
         self.task = task
         self.args = tuple(args)
-        self.kwargs = dict(kwargs or {})
+        self.kwargs = kwargs if kwargs is not None else {}
         self.batch = batch
         self.index = index
         self._client = client
@@ -60,7 +60,7 @@ class TaskFuture(concurrent.futures.Future):
         self.finished_at: float | None = None
         self._worker: str | None = None
         self._attempt = 1
-        self._progress_lock = threading.Lock()
+        self._in_batch: TaskBatch | None = None  # told of every change, without a callback
         self._change_callbacks: list[Callable[[TaskFuture], None]] = []
 
     # --- for callers -------------------------------------------------------
@@ -142,7 +142,7 @@ class TaskFuture(concurrent.futures.Future):
         at: float | None = None,
     ) -> None:
         """Record a non-final status change (``at``: when it happened, unix seconds)."""
-        with self._progress_lock:
+        with self._condition:
             if self.done():
                 return
             self._status = status
@@ -156,7 +156,7 @@ class TaskFuture(concurrent.futures.Future):
     def _resolve(self, record: dict[str, Any]) -> None:
         """Finish the future from a final task record."""
         status = TaskStatus(record["status"])
-        with self._progress_lock:
+        with self._condition:
             if self.done():
                 return
             self._status = status
@@ -180,6 +180,8 @@ class TaskFuture(concurrent.futures.Future):
         self._notify_change()
 
     def _notify_change(self) -> None:
+        if self._in_batch is not None:
+            self._in_batch._on_future_change(self)
         for callback in list(self._change_callbacks):
             try:
                 callback(self)
@@ -205,13 +207,16 @@ class TaskBatch(Sequence[TaskFuture]):
         self.finished_at: float | None = None
         self._lock = threading.Lock()
         self._position = {f.id: i for i, f in enumerate(self.futures)}
-        self._counted: list[TaskStatus | None] = [None] * len(self.futures)
-        self._counts: Counter[str] = Counter()
-        self._per_worker: Counter[str] = Counter()
+        self._counted: list[TaskStatus] = [f.status for f in self.futures]
+        self._counts: Counter[str] = Counter(status.value for status in self._counted)
+        self._per_worker: Counter[str] = Counter(
+            f.worker or "?" for f in self.futures if f.status.is_finished)
         self._change_callbacks: list[Callable[[TaskBatch], None]] = []
         for future in self.futures:
-            future.add_change_callback(self._on_future_change)
-            self._count(future)
+            future._in_batch = self
+        if self.futures and self._counts["success"] + self._counts["failed"] \
+                + self._counts["cancelled"] == len(self.futures):
+            self.finished_at = time.time()
 
     def _on_future_change(self, future: TaskFuture) -> None:
         self._count(future)
@@ -228,11 +233,10 @@ class TaskBatch(Sequence[TaskFuture]):
             old, new = self._counted[position], future.status
             if old is new:
                 return
-            if old is not None:
-                self._counts[old.value] -= 1
+            self._counts[old.value] -= 1
             self._counts[new.value] += 1
             self._counted[position] = new
-            if new.is_finished and (old is None or not old.is_finished):
+            if new.is_finished and not old.is_finished:
                 self._per_worker[future.worker or "?"] += 1
                 if self._counts["success"] + self._counts["failed"] \
                         + self._counts["cancelled"] == len(self.futures):

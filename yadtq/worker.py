@@ -1,10 +1,13 @@
 """The worker runtime (core layer): take tasks from Kafka, claim them in Redis, run them.
 
-The main loop reads as a list of steps: wait for a free slot, poll at most that
-many messages, decode them (undecodable, unsigned or forged ones go to the
-dead-letter topic), claim them in Redis with a lease, hand the claimed tasks to
-the execution slots (``yadtq.execution``), commit the offsets. With nothing of
-its own to do, it takes tasks waiting in other workers' partitions
+The main loop reads as a list of steps: poll a few messages ahead into a local
+buffer, and for each free slot take one from it: decode it (undecodable,
+unsigned or forged ones go to the dead-letter topic), claim the lot in Redis
+with a lease in one round trip, hand the claimed tasks to the execution slots
+(``yadtq.execution``); every half second, commit the offsets of what was
+claimed (never of what is only buffered). A finisher thread stores outcomes,
+all those that ended meanwhile in one round trip. With nothing of its own to
+do, the worker takes tasks waiting in other workers' partitions
 (``yadtq.stealing``). A heartbeat
 thread records the worker in Redis, renews the leases of what it runs, stops
 tasks cancelled while running, sends due retries, and reaps expired leases of
@@ -24,6 +27,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -32,6 +36,7 @@ from typing import Any, TypeVar
 
 import redis
 from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from yadtq import broker, execution, protocol, registry
 from yadtq.backend import Claim, Outcome, RedisBackend
@@ -46,6 +51,8 @@ DEFAULT_TASK_MODULES = ("worker_node.tasks",)
 FINISH_RETRY_SECONDS = 60.0
 MAX_BACKOFF_SECONDS = 300.0
 REDIS_RETRY_MAX_DELAY = 5.0
+COMMIT_INTERVAL = 0.5  # seconds; a claim, not the offset, is what keeps a task from running twice
+READ_AHEAD_PER_SLOT = 4  # messages polled ahead per slot: one poll feeds several claims
 
 T = TypeVar("T")
 
@@ -107,7 +114,15 @@ class Worker:
         self.started_at = clock()
         self.processed = 0
         self.failed = 0
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, _Running] = {}  # claimed, outcome not yet stored
+        self._executing = 0  # claimed and not yet ended: the slots in use
+        self._buffer: deque[Any] = deque()  # polled records not yet taken
+        self._claimed_through: dict[TopicPartition, int] = {}  # next offset to commit
+        self._commit_due = False
+        self._last_commit = 0.0
+        self._outcomes: queue.SimpleQueue[tuple[protocol.TaskMessage, Outcome] | None] = (
+            queue.SimpleQueue()
+        )
         self._lock = threading.Lock()
         self._slot_freed = threading.Event()
         self._stopping = threading.Event()
@@ -132,6 +147,8 @@ class Worker:
         self._heartbeat_thread = threading.Thread(
             target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
         )
+        self._finisher = threading.Thread(target=self._finish_loop, name=f"{self.name}-finisher",
+                                          daemon=True)
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -143,24 +160,28 @@ class Worker:
             ", ".join(self.task_names) or "none",
         )
         self._heartbeat_thread.start()
+        self._finisher.start()
         try:
             while not self._stopping.is_set():
                 free = self._free_slots()
-                if free == 0:
+                if free and self._buffer:
+                    self._take(free)
+                elif free == 0:
                     self._pause()
-                    self.consumer.poll(timeout_ms=0)
+                    self._buffer_records(self.consumer.poll(timeout_ms=0))  # stay in the group
                     self._slot_freed.wait(0.2)
                     self._slot_freed.clear()
-                    continue
-                self._resume()
-                # Right after a steal, look for more at once rather than wait on our own.
-                batch = self.consumer.poll(timeout_ms=0 if self._stole else 200,
-                                           max_records=free)
-                if batch:
-                    self._handle(batch)
-                    self._stole = False
-                elif self._stealer is not None:
-                    self._stole = self._steal(free)
+                else:
+                    self._resume()
+                    # Right after a steal, look for more at once rather than wait on our own.
+                    polled = self.consumer.poll(timeout_ms=0 if self._stole else 200,
+                                                max_records=READ_AHEAD_PER_SLOT * self.concurrency)
+                    if polled:
+                        self._buffer_records(polled)
+                        self._stole = False
+                    elif self._stealer is not None:
+                        self._stole = self._steal(free)
+                self._commit()
         finally:
             self._shutdown()
 
@@ -183,7 +204,7 @@ class Worker:
 
     def _free_slots(self) -> int:
         with self._lock:
-            return self.concurrency - len(self._running)
+            return self.concurrency - self._executing
 
     def _pause(self) -> None:
         if not self._paused:
@@ -205,17 +226,24 @@ class Worker:
                          started)
         return started > 0
 
-    def _handle(self, batch: dict[Any, list[Any]]) -> None:
-        """Decode, claim, start what was claimed, then commit."""
-        offsets = {tp.partition: records[-1].offset + 1 for tp, records in batch.items()
-                   if records}
-        messages = self._decode([r for records in batch.values() for r in records],
-                                dead_letter=True)
+    def _buffer_records(self, polled: dict[Any, list[Any]]) -> None:
+        for records in polled.values():
+            self._buffer.extend(records)
+
+    def _take(self, free: int) -> None:
+        """Decode up to ``free`` buffered messages, claim them and start what was claimed."""
+        records = [self._buffer.popleft() for _ in range(min(free, len(self._buffer)))]
+        offsets = {r.partition: r.offset + 1 for r in records}
+        messages = self._decode(records, dead_letter=True)
         claims = self._claim(messages, offsets)
         if claims is None:
             return  # stopping while Redis is down: nothing committed, so nothing is lost
         self._start_claimed(messages, claims)
-        self._commit()
+        for record in records:
+            self._claimed_through[TopicPartition(record.topic, record.partition)] = (
+                record.offset + 1
+            )
+        self._commit_due = True
 
     def _decode(self, records: list[Any], dead_letter: bool) -> list[protocol.TaskMessage]:
         """The task messages among ``records``; the others go to the DLQ if asked."""
@@ -257,6 +285,7 @@ class Worker:
             for message, claim in zip(messages, claims, strict=True):
                 if claim.claimed:
                     self._running[message.id] = _Running(message, claim.attempt)
+                    self._executing += 1
         return claims
 
     def _retry_redis(
@@ -285,10 +314,25 @@ class Worker:
                     time.sleep(delay)  # an outcome is worth waiting for, even when stopping
                 delay = min(delay * 2, REDIS_RETRY_MAX_DELAY)
 
-    def _commit(self) -> None:
-        """Commit what was polled; the claims already hold, so it need not block the loop."""
+    def _commit(self, now: bool = False) -> None:
+        """Commit the offsets of what was claimed, at most every ``COMMIT_INTERVAL``.
+
+        Only claimed records count, not buffered ones: a worker that dies with
+        messages in its buffer leaves them to the partition's next owner.
+        """
+        if not self._commit_due or not self._claimed_through:
+            return
+        if not now and time.monotonic() - self._last_commit < COMMIT_INTERVAL:
+            return
+        offsets = {tp: OffsetAndMetadata(offset, "", -1)
+                   for tp, offset in self._claimed_through.items()}
+        self._commit_due = False
+        self._last_commit = time.monotonic()
         try:
-            self.consumer.commit_async(callback=self._on_commit)
+            if now:
+                self.consumer.commit(offsets)
+            else:
+                self.consumer.commit_async(offsets, callback=self._on_commit)
         except (CommitFailedError, KafkaError) as exc:
             self._on_commit(None, exc)
 
@@ -302,9 +346,8 @@ class Worker:
         try:
             registry.lookup(message.task)
         except UnknownTask as exc:
-            report = Outcome(message.id, message.batch, attempt, TaskStatus.FAILED,
-                             error_type="UnknownTask", error=str(exc))
-            self._finish(message, report)
+            self._ended(message, Outcome(message.id, message.batch, attempt, TaskStatus.FAILED,
+                                         error_type="UnknownTask", error=str(exc)))
             return
         running = self._running[message.id]
         running.future = self.executor.submit(self._execute, message, attempt)
@@ -321,7 +364,14 @@ class Worker:
                                 _option(message, "timeout", self.config.default_timeout))
         finally:
             self._runners.put(runner)
-        self._finish(message, self._outcome(message, attempt, result))
+        self._ended(message, self._outcome(message, attempt, result))
+
+    def _ended(self, message: protocol.TaskMessage, report: Outcome) -> None:
+        """Free the slot and queue the outcome for the finisher to store."""
+        with self._lock:
+            self._executing -= 1
+        self._outcomes.put((message, report))
+        self._slot_freed.set()
 
     def _outcome(
         self, message: protocol.TaskMessage, attempt: int, result: execution.Attempt
@@ -354,15 +404,46 @@ class Worker:
         base = _option(message, "retry_backoff", self.config.retry_backoff)
         return min(base * 2 ** (attempt - 1) * random.uniform(0.5, 1.5), MAX_BACKOFF_SECONDS)
 
-    def _finish(self, message: protocol.TaskMessage, report: Outcome) -> None:
-        refused = self._store_outcome(report)
+    def _finish_loop(self) -> None:
+        """Store outcomes as tasks end: all that ended meanwhile in one round trip.
+
+        Runs until it takes the ``None`` that :meth:`_shutdown` queues last.
+        """
+        while True:
+            taken = [self._outcomes.get()]
+            while not self._outcomes.empty():
+                taken.append(self._outcomes.get())
+            ended = [item for item in taken if item is not None]
+            if ended:
+                try:
+                    self._store_outcomes(ended)
+                except Exception:  # noqa: BLE001 - the finisher must outlive any one failure
+                    logger.exception("Worker %s: storing %d outcome(s) failed; their leases "
+                                     "will expire and they will run again", self.name, len(ended))
+            if len(ended) < len(taken):
+                return
+
+    def _store_outcomes(self, ended: list[tuple[protocol.TaskMessage, Outcome]]) -> None:
+        """Store outcomes, retrying for a while if Redis is unreachable, then account for them."""
+        refusals = self._retry_redis(
+            lambda: self.backend.finish_many([report for _, report in ended], self.name,
+                                             now=self.clock()),
+            f"store {len(ended)} outcome(s) (their leases will expire and they will run again)",
+            within=FINISH_RETRY_SECONDS,
+        )
+        if refusals is GAVE_UP:
+            refusals = ["Redis unreachable"] * len(ended)
+        for (message, report), refused in zip(ended, refusals, strict=True):
+            self._finished(message, report, refused)
+
+    def _finished(self, message: protocol.TaskMessage, report: Outcome, refused: str | None
+                  ) -> None:
         with self._lock:
             self._running.pop(message.id, None)
             if report.status is TaskStatus.SUCCESS:
                 self.processed += 1
             else:
                 self.failed += 1
-        self._slot_freed.set()
         if refused:
             logger.warning("Worker %s: outcome of task %s attempt %d refused: %s",
                            self.name, message.id, report.attempt, refused)
@@ -373,16 +454,6 @@ class Worker:
         elif report.retryable and 0 < self._max_retries(message) < report.attempt:
             self._dead_letter(f"retries exhausted after attempt {report.attempt}: "
                               f"{report.error_type}: {report.error}", message=message)
-
-    def _store_outcome(self, report: Outcome) -> str | None:
-        """Store an outcome, retrying for a while if Redis is unreachable."""
-        refused = self._retry_redis(
-            lambda: self.backend.finish(report, self.name, now=self.clock()),
-            f"store task {report.task_id}'s outcome (its lease will expire and it will run "
-            "again)",
-            within=FINISH_RETRY_SECONDS,
-        )
-        return "Redis unreachable" if refused is GAVE_UP else refused
 
     def _dead_letter(
         self, reason: str, *, record: Any = None, message: protocol.TaskMessage | None = None
@@ -434,6 +505,10 @@ class Worker:
         self._heartbeat_now.set()
 
     def _on_revoke(self, revoked: set[Any]) -> None:
+        """Commit what was claimed and drop the buffer: the next owner reads from there."""
+        self._commit(now=True)
+        self._claimed_through.clear()
+        self._buffer.clear()
         self._partitions = []
 
     # --- heartbeat, leases, cancellations, retries and the reaper ----------
@@ -539,6 +614,9 @@ class Worker:
         with self._lock:
             futures = [r.future for r in self._running.values() if r.future is not None]
         wait_futures(futures, timeout=self.shutdown_grace)
+        self._outcomes.put(None)  # the finisher stores what ended, then returns
+        self._finisher.join(timeout=FINISH_RETRY_SECONDS + 5)
+        self._commit(now=True)
         self._hand_back()
         self.executor.shutdown(wait=False, cancel_futures=True)
         try:
