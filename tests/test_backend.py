@@ -48,7 +48,7 @@ def enqueue_batch(backend: RedisBackend, count: int = 3) -> tuple[str, list[Task
         protocol.build("add", [i, 10], {"scale": i}, batch=batch_id, index=i)
         for i in range(count)
     ]
-    backend.enqueue(messages, batch_id=batch_id)
+    backend.enqueue(messages, batch_id=batch_id, batch_total=len(messages))
     return batch_id, messages
 
 

@@ -260,7 +260,7 @@ def enqueue_elsewhere(client: yadtq.Client, count: int = 1,
     """Task records written by another client (e.g. before a kernel restart)."""
     messages = [protocol.build("add", [i, i], batch=batch_id, index=i if batch_id else None)
                 for i in range(count)]
-    client.backend.enqueue(messages, batch_id=batch_id)
+    client.backend.enqueue(messages, batch_id=batch_id, batch_total=len(messages))
     return messages
 
 

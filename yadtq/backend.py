@@ -226,18 +226,27 @@ class RedisBackend:
 
     # --- client side -------------------------------------------------------
 
-    def enqueue(self, messages: Sequence[TaskMessage], batch_id: str | None = None) -> None:
-        """Write ``queued`` records (and the batch) before anything is produced."""
+    def enqueue(
+        self,
+        messages: Sequence[TaskMessage],
+        batch_id: str | None = None,
+        batch_total: int | None = None,
+    ) -> None:
+        """Write ``queued`` records before anything is produced.
+
+        ``batch_total`` starts the batch's counters: pass it with a batch's first chunk.
+        """
         now = time.time()
-        for number, chunk in enumerate(list(_chunks(messages, PIPELINE_CHUNK)) or [[]]):
+        for chunk in list(_chunks(messages, PIPELINE_CHUNK)) or [[]]:
             with self.redis.pipeline(transaction=False) as pipe:
-                if batch_id is not None and number == 0:
+                if batch_id is not None and batch_total is not None:
                     pipe.hset(
                         self.keys.batch(batch_id),
-                        mapping={"total": len(messages), "queued": len(messages),
+                        mapping={"total": batch_total, "queued": batch_total,
                                  "processing": 0, "success": 0, "failed": 0, "cancelled": 0,
                                  "created_at": now},
                     )
+                    batch_total = None
                 for message in chunk:
                     pipe.hset(self.keys.task(message.id), mapping=_record_fields(message, now))
                 if batch_id is not None and chunk:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from yadtq import broker, protocol
-from yadtq.backend import RedisBackend
+from yadtq.backend import PIPELINE_CHUNK, RedisBackend
 from yadtq.config import Config
 from yadtq.errors import BrokerUnavailable, TaskNotFound
 from yadtq.events import EventListener
@@ -89,7 +89,8 @@ class Client:
         self._events.start()
         self._events.watch([future])
         self.backend.enqueue([message])
-        self._produce([(message, payload)])
+        self._send([message], [payload])
+        self._flush(1)
         return future
 
     def map(
@@ -125,38 +126,58 @@ class Client:
             messages.append(message)
             payloads.append(protocol.encode(message, self.config.max_message_bytes,
                                             self.config.secret))
-        futures = [self._future(m) for m in messages]
+        batch = TaskBatch(batch_id, name, [m.id for m in messages], self,
+                          args=[m.args for m in messages],
+                          kwargs=[m.kwargs or None for m in messages])
         self._events.start()
-        self._events.watch(futures)
-        self.backend.enqueue(messages, batch_id=batch_id)
-        self._produce(list(zip(messages, payloads, strict=True)))
-        return TaskBatch(batch_id, futures, self)
+        self._events.watch_batch(batch)
+        # Chunk by chunk, so Kafka sends one chunk while Redis stores the next.
+        for start in range(0, len(messages), PIPELINE_CHUNK):
+            chunk = messages[start:start + PIPELINE_CHUNK]
+            self.backend.enqueue(chunk, batch_id=batch_id,
+                                 batch_total=len(messages) if start == 0 else None)
+            self._send(chunk, payloads[start:start + PIPELINE_CHUNK])
+        self._flush(len(messages))
+        return batch
 
     def _future(self, message: protocol.TaskMessage) -> TaskFuture:
         return TaskFuture(message.id, message.task, args=message.args,
                           kwargs=message.kwargs, batch=message.batch,
                           index=message.index, client=self)
 
-    def _produce(self, messages: list[tuple[protocol.TaskMessage, bytes]]) -> None:
-        """Send and flush; partitions are dealt round-robin, so every worker gets its share."""
+    def _send(self, messages: list[protocol.TaskMessage], payloads: list[bytes]) -> None:
+        """Hand messages to the producer; partitions are dealt round-robin, evenly."""
         topic = self.config.tasks_topic
         try:
             partitions = sorted(self._producer.partitions_for(topic))
-            for message, payload in messages:
+            for message, payload in zip(messages, payloads, strict=True):
                 self._next_partition = (self._next_partition + 1) % len(partitions)
                 self._producer.send(topic, payload, key=message.id.encode(),
                                     partition=partitions[self._next_partition])
+        except Exception as exc:  # kafka-python raises several unrelated types here
+            raise self._undelivered(len(messages), exc) from exc
+
+    def _flush(self, count: int) -> None:
+        """Wait until Kafka has every message sent (one flush per submit or map)."""
+        try:
             self._producer.flush(timeout=max(self.config.connect_timeout, 10))
         except Exception as exc:  # kafka-python raises several unrelated types here
-            raise BrokerUnavailable(
-                f"could not deliver {len(messages)} task(s) to Kafka at {self.config.bootstrap}: "
-                f"{exc}; their records stay 'queued' in Redis"
-            ) from exc
+            raise self._undelivered(count, exc) from exc
 
-    def cancel(self, task_id: str) -> bool:
-        """Cancel a task that has not finished; returns False if it already had."""
-        record = self.task_record(task_id)
-        return self.backend.cancel(task_id, record.get("batch") or None,
+    def _undelivered(self, count: int, exc: Exception) -> BrokerUnavailable:
+        return BrokerUnavailable(
+            f"could not deliver {count} task(s) to Kafka at {self.config.bootstrap}: {exc}; "
+            "their records stay 'queued' in Redis"
+        )
+
+    def cancel(self, task_id: str, batch_id: str | None = None) -> bool:
+        """Cancel a task that has not finished; returns False if it already had.
+
+        ``batch_id`` saves reading the record when the caller knows the task's batch.
+        """
+        if batch_id is None:
+            batch_id = self.task_record(task_id).get("batch") or None
+        return self.backend.cancel(task_id, batch_id,
                                    requested_by=f"client on {socket.gethostname()}") is not None
 
     # --- looking up --------------------------------------------------------
@@ -194,7 +215,7 @@ class Client:
         Raises:
             TaskNotFound: Redis holds no record for ``task_id``.
         """
-        return self._attach([task_id], [self.task_record(task_id)])[0]
+        return self._attach(task_id, self.task_record(task_id))
 
     def get_batch(self, batch_id: str) -> TaskBatch:
         """A batch re-attached by id, e.g. after a kernel restart.
@@ -205,34 +226,31 @@ class Client:
         ids = self.backend.batch_task_ids(batch_id)
         if not ids:
             raise TaskNotFound(f"no batch {batch_id!r} in Redis (or it has expired)")
-        futures = self._attach(ids, self.backend.task_records(ids), batch_id)
-        created = self.backend.batch_created_at(batch_id)
-        return TaskBatch(batch_id, futures, self, submitted_at=created)
-
-    def _attach(
-        self,
-        task_ids: list[str],
-        records: list[dict[str, Any] | None],
-        batch_id: str | None = None,
-    ) -> list[TaskFuture]:
-        """Futures for existing tasks (reusing any this client already watches).
-
-        They are watched before ``sync`` reads their state again, so a change
-        between the first read and the subscription is not missed.
-        """
-        futures = []
-        for position, (task_id, record) in enumerate(zip(task_ids, records, strict=True)):
-            record = record or {}
-            futures.append(self._events.watched(task_id) or TaskFuture(
-                task_id, record.get("task", "?"), args=record.get("args") or (),
-                kwargs=record.get("kwargs") or {},
-                batch=batch_id or record.get("batch") or None,
-                index=position if batch_id else record.get("index"), client=self,
-            ))
+        records = [r or {} for r in self.backend.task_records(ids)]
+        batch = TaskBatch(batch_id, next((r["task"] for r in records if r.get("task")), "?"),
+                          ids, self, args=[r.get("args") or () for r in records],
+                          kwargs=[r.get("kwargs") or None for r in records],
+                          submitted_at=self.backend.batch_created_at(batch_id))
         self._events.start()
-        self._events.watch(futures)
-        self._events.sync(futures)
-        return futures
+        self._events.watch_batch(batch)
+        self._events.sync(batches=[batch])  # after watching, so no change is missed
+        return batch
+
+    def _attach(self, task_id: str, record: dict[str, Any]) -> TaskFuture:
+        """A future for an existing task (the one this client already watches, if any).
+
+        It is watched before ``sync`` reads its state again, so a change between
+        the first read and the subscription is not missed.
+        """
+        future = self._events.watched(task_id) or TaskFuture(
+            task_id, record.get("task", "?"), args=record.get("args") or (),
+            kwargs=record.get("kwargs") or {}, batch=record.get("batch") or None,
+            index=record.get("index"), client=self,
+        )
+        self._events.start()
+        self._events.watch([future])
+        self._events.sync([future])
+        return future
 
     def workers(self) -> pandas.DataFrame:
         """One row per registered worker: liveness judged from its heartbeats."""

@@ -1,8 +1,10 @@
 """The event listener (core layer): one pub/sub subscription that resolves every future.
 
-A client with 10,000 pending futures holds one subscription to the queue's
-events channel, not 10,000 polls. Final events are gathered and their records
-read back in one pipelined round trip. After a lost connection the listener
+A client with 10,000 pending tasks holds one subscription to the queue's
+events channel, not 10,000 polls. Events are drained in bursts: a batch is told
+of each of its tasks' changes and its displays once per burst, and final
+events without a short result have their records read back in one pipelined
+round trip. After a lost connection the listener
 subscribes again and re-reads the state of every pending future, so an event
 published while it was away is not missed.
 """
@@ -20,7 +22,7 @@ import redis
 
 from yadtq.backend import RedisBackend
 from yadtq.errors import BackendUnavailable
-from yadtq.futures import TaskFuture
+from yadtq.futures import TaskBatch, TaskFuture
 from yadtq.status import FINISHED, TaskStatus
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,9 @@ class EventListener:
     def __init__(self, backend: RedisBackend) -> None:
         self.backend = backend
         self._futures: weakref.WeakValueDictionary[str, TaskFuture] = (
+            weakref.WeakValueDictionary()
+        )
+        self._batches: weakref.WeakValueDictionary[str, TaskBatch] = (
             weakref.WeakValueDictionary()
         )
         self._subscribed = threading.Event()
@@ -64,17 +69,27 @@ class EventListener:
         for future in futures:
             self._futures[future.id] = future
 
+    def watch_batch(self, batch: TaskBatch) -> None:
+        """Move this batch's tasks from now on (call before they are produced)."""
+        self._batches[batch.id] = batch
+
     def watched(self, task_id: str) -> TaskFuture | None:
         """The future this listener already resolves for ``task_id``, if any."""
         return self._futures.get(task_id)
 
-    def sync(self, futures: Iterable[TaskFuture]) -> None:
-        """Bring futures up to date from Redis (for re-attached or missed tasks)."""
+    def sync(self, futures: Iterable[TaskFuture] = (), batches: Iterable[TaskBatch] = ()) -> None:
+        """Bring futures and batches up to date from Redis (for re-attached or missed tasks)."""
         pending = [f for f in futures if not f.done()]
         records = self.backend.task_records([f.id for f in pending])
         for future, record in zip(pending, records, strict=True):
             if record is not None:
-                _apply_record(future, record)
+                _apply(record, future.id, future=future)
+        for batch in batches:
+            ids = batch._pending_ids()
+            for task_id, record in zip(ids, self.backend.task_records(ids), strict=True):
+                if record is not None:
+                    _apply(record, task_id, batch=batch)
+            batch._changed()
 
     def close(self) -> None:
         """Stop listening; pending futures stay pending."""
@@ -90,7 +105,7 @@ class EventListener:
             try:
                 pubsub.subscribe(self.backend.keys.events)
                 if not first:
-                    self.sync(list(self._futures.values()))
+                    self.sync(list(self._futures.values()), list(self._batches.values()))
                     logger.info("event listener: re-subscribed to %s", self.backend.keys.events)
                 first = False
                 delay = 0.1
@@ -118,7 +133,8 @@ class EventListener:
             self._dispatch(events)
 
     def _dispatch(self, messages: list[dict[str, Any]]) -> None:
-        finished: list[TaskFuture] = []
+        finished: list[tuple[str, TaskBatch | None, TaskFuture | None]] = []
+        moved: dict[str, TaskBatch] = {}
         for message in messages:
             if message["type"] == "subscribe":
                 self._subscribed.set()
@@ -127,33 +143,55 @@ class EventListener:
                 continue
             try:
                 event = json.loads(message["data"])
-                future = self._futures.get(event["id"])
+                task_id = event["id"]
                 status = TaskStatus(event["status"])
             except (ValueError, KeyError, TypeError):
                 logger.warning("event listener: ignored malformed event %r", message["data"])
                 continue
-            if future is None or future.done():
+            batch = self._batches.get(event["batch"]) if event.get("batch") else None
+            future = self._futures.get(task_id)
+            if future is not None and future.done():
+                future = None
+            if batch is None and future is None:
                 continue
+            if batch is not None:
+                moved[batch.id] = batch
             if status is TaskStatus.SUCCESS and "result" in event:
-                future._resolve({"status": status.value, "result": json.loads(event["result"]),
-                                 "worker": event.get("worker"), "attempt": event.get("attempt"),
-                                 "finished_at": event.get("at")})
+                record = {"status": status.value, "result": json.loads(event["result"]),
+                          "worker": event.get("worker"), "attempt": event.get("attempt"),
+                          "finished_at": event.get("at")}
             elif status in FINISHED:
-                finished.append(future)
+                finished.append((task_id, batch, future))
+                continue
             else:
-                future._set_progress(status, event.get("worker"), event.get("attempt"),
-                                     event.get("at"))
+                record = {"status": status.value, "worker": event.get("worker"),
+                          "attempt": event.get("attempt"), "started_at": event.get("at")}
+            _apply(record, task_id, batch, future)
         if finished:
-            records = self.backend.task_records([f.id for f in finished])
-            for future, record in zip(finished, records, strict=True):
+            records = self.backend.task_records([task_id for task_id, _, _ in finished])
+            for (task_id, batch, future), record in zip(finished, records, strict=True):
                 if record is not None:
-                    future._resolve(record)
+                    _apply(record, task_id, batch, future)
+        for batch in moved.values():
+            batch._changed()
 
 
-def _apply_record(future: TaskFuture, record: dict[str, Any]) -> None:
+def _apply(
+    record: dict[str, Any],
+    task_id: str,
+    batch: TaskBatch | None = None,
+    future: TaskFuture | None = None,
+) -> None:
+    """Move a batch's task and/or a future to the state ``record`` shows."""
     status = TaskStatus(record["status"])
     if status in FINISHED:
-        future._resolve(record)
-    else:
-        future._set_progress(status, record.get("worker"), record.get("attempt"),
-                             record.get("started_at"))
+        if batch is not None:
+            batch._resolve(task_id, record)
+        if future is not None:
+            future._resolve(record)
+        return
+    worker, attempt, at = record.get("worker"), record.get("attempt"), record.get("started_at")
+    if batch is not None:
+        batch._set_progress(task_id, status, worker, attempt, at)
+    if future is not None:
+        future._set_progress(status, worker, attempt, at)

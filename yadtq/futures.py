@@ -60,7 +60,7 @@ class TaskFuture(concurrent.futures.Future):
         self.finished_at: float | None = None
         self._worker: str | None = None
         self._attempt = 1
-        self._in_batch: TaskBatch | None = None  # told of every change, without a callback
+        self._owner: TaskBatch | None = None
         self._change_callbacks: list[Callable[[TaskFuture], None]] = []
 
     # --- for callers -------------------------------------------------------
@@ -172,16 +172,10 @@ class TaskFuture(concurrent.futures.Future):
                 else:
                     self.set_running_or_notify_cancel()
             else:
-                self.set_exception(TaskFailed(
-                    self.id, record.get("error_type") or status.value,
-                    record.get("error") or f"task ended {status.value}",
-                    record.get("traceback") or "",
-                ))
+                self.set_exception(_failure_error(self.id, record))
         self._notify_change()
 
     def _notify_change(self) -> None:
-        if self._in_batch is not None:
-            self._in_batch._on_future_change(self)
         for callback in list(self._change_callbacks):
             try:
                 callback(self)
@@ -190,60 +184,129 @@ class TaskFuture(concurrent.futures.Future):
 
 
 class TaskBatch(Sequence[TaskFuture]):
-    """The futures of one ``map`` call, in submission order."""
+    """The tasks of one ``map`` call, in submission order.
+
+    The batch keeps its tasks' state in plain lists and makes a :class:`TaskFuture`
+    only when one is asked for (``batch[i]``, iteration, ``wait``, ``as_completed``):
+    100,000 tasks cost a few lists, not 100,000 futures each with its own lock.
+    The event listener moves the batch as a whole, and tells its displays once
+    per burst of events rather than once per task.
+    """
 
     def __init__(
         self,
         batch_id: str,
-        futures: Sequence[TaskFuture],
+        task: str,
+        task_ids: Sequence[str],
         client: Client,
+        *,
+        args: Sequence[Sequence[Any]] | None = None,
+        kwargs: Sequence[dict[str, Any] | None] | None = None,
         submitted_at: float | None = None,
     ) -> None:
         self.id = batch_id
-        self.futures = list(futures)
-        self.task = self.futures[0].task if self.futures else "?"
+        self.task = task
+        self.ids = list(task_ids)
+        total = len(self.ids)
+        self._args = list(args) if args is not None else [()] * total
+        self._kwargs = list(kwargs) if kwargs is not None else [None] * total
         self._client = client
         self.submitted_at = submitted_at or time.time()
         self.finished_at: float | None = None
-        self._lock = threading.Lock()
-        self._position = {f.id: i for i, f in enumerate(self.futures)}
-        self._counted: list[TaskStatus] = [f.status for f in self.futures]
-        self._counts: Counter[str] = Counter(status.value for status in self._counted)
-        self._per_worker: Counter[str] = Counter(
-            f.worker or "?" for f in self.futures if f.status.is_finished)
+        self._lock = threading.RLock()  # re-entered when a callback reads the batch
+        self._all_done = threading.Condition(self._lock)
+        self._position = {task_id: i for i, task_id in enumerate(self.ids)}
+        self._status = [TaskStatus.QUEUED] * total
+        self._worker: list[str | None] = [None] * total
+        self._attempt = [1] * total
+        self._started_at: list[float | None] = [None] * total
+        self._finished_at: list[float | None] = [None] * total
+        self._result: list[Any] = [None] * total
+        self._failure: dict[int, dict[str, Any]] = {}  # position -> final record, if not success
+        self._futures: dict[int, TaskFuture] = {}  # made on demand
+        self._counts: Counter[str] = Counter({TaskStatus.QUEUED.value: total})
+        self._per_worker: Counter[str] = Counter()
+        self._done = 0
         self._change_callbacks: list[Callable[[TaskBatch], None]] = []
-        for future in self.futures:
-            future._in_batch = self
-        if self.futures and self._counts["success"] + self._counts["failed"] \
-                + self._counts["cancelled"] == len(self.futures):
-            self.finished_at = time.time()
 
-    def _on_future_change(self, future: TaskFuture) -> None:
-        self._count(future)
+    # --- for the event listener only ---------------------------------------
+
+    def _set_progress(self, task_id: str, status: TaskStatus, worker: str | None,
+                      attempt: int | None, at: float | None) -> None:
+        """Record a non-final status change of one task."""
+        position = self._position.get(task_id)
+        if position is None:
+            return
+        with self._lock:
+            old = self._status[position]
+            if old.is_finished:
+                return
+            self._move(position, old, status)
+            self._worker[position] = worker or None
+            self._attempt[position] = attempt or self._attempt[position]
+            self._started_at[position] = at if status is TaskStatus.PROCESSING else None
+            future = self._futures.get(position)
+        if future is not None:
+            future._set_progress(status, worker, attempt, at)
+
+    def _resolve(self, task_id: str, record: dict[str, Any]) -> None:
+        """Finish one task from its final record."""
+        position = self._position.get(task_id)
+        if position is None:
+            return
+        status = TaskStatus(record["status"])
+        with self._lock:
+            old = self._status[position]
+            if old.is_finished:
+                return
+            self._move(position, old, status)
+            self._worker[position] = record.get("worker") or self._worker[position]
+            self._attempt[position] = record.get("attempt") or self._attempt[position]
+            self._started_at[position] = record.get("started_at") or self._started_at[position]
+            self._finished_at[position] = record.get("finished_at")
+            if status is TaskStatus.SUCCESS:
+                self._result[position] = record.get("result")
+            else:
+                self._failure[position] = record
+            self._per_worker[self._worker[position] or "?"] += 1
+            self._done += 1
+            if self._done == len(self.ids):
+                self.finished_at = time.time()
+                self._all_done.notify_all()
+            future = self._futures.get(position)
+        if future is not None:
+            future._resolve(record)
+
+    def _move(self, position: int, old: TaskStatus, new: TaskStatus) -> None:
+        self._counts[old.value] -= 1
+        self._counts[new.value] += 1
+        self._status[position] = new
+
+    def _changed(self) -> None:
+        """Tell the displays that tasks moved (once per burst of events)."""
         for callback in list(self._change_callbacks):
             try:
                 callback(self)
             except Exception:  # noqa: BLE001 - a display bug must not break the listener
                 concurrent.futures._base.LOGGER.exception("change callback of %r raised", self)
 
-    def _count(self, future: TaskFuture) -> None:
-        """Move ``future`` to its current status in the counters; idempotent."""
+    def _record(self, position: int) -> dict[str, Any]:
+        """The task's state as the listener last heard it, in the form of a record."""
+        status = self._status[position]
+        if status.is_finished and status is not TaskStatus.SUCCESS:
+            return self._failure[position]
+        return {"status": status.value, "worker": self._worker[position],
+                "attempt": self._attempt[position], "started_at": self._started_at[position],
+                "finished_at": self._finished_at[position], "result": self._result[position]}
+
+    def _pending_ids(self) -> list[str]:
         with self._lock:
-            position = self._position[future.id]
-            old, new = self._counted[position], future.status
-            if old is new:
-                return
-            self._counts[old.value] -= 1
-            self._counts[new.value] += 1
-            self._counted[position] = new
-            if new.is_finished and not old.is_finished:
-                self._per_worker[future.worker or "?"] += 1
-                if self._counts["success"] + self._counts["failed"] \
-                        + self._counts["cancelled"] == len(self.futures):
-                    self.finished_at = time.time()
+            return [self.ids[i] for i, s in enumerate(self._status) if not s.is_finished]
+
+    # --- for callers -------------------------------------------------------
 
     def add_change_callback(self, callback: Callable[[TaskBatch], None]) -> None:
-        """Call ``callback(batch)`` after any task of the batch changes (used by displays)."""
+        """Call ``callback(batch)`` after tasks of the batch change (used by displays)."""
         self._change_callbacks.append(callback)
 
     def snapshot(self) -> dict[str, Any]:
@@ -252,8 +315,8 @@ class TaskBatch(Sequence[TaskFuture]):
             counts = dict(self._counts)
             per_worker = dict(sorted(self._per_worker.items()))
             finished_at = self.finished_at
-        total = len(self.futures)
-        done = counts.get("success", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
+            done = self._done
+        total = len(self.ids)
         elapsed = (finished_at or time.time()) - self.submitted_at
         rate = done / elapsed if elapsed > 0 else 0.0
         return {
@@ -270,46 +333,89 @@ class TaskBatch(Sequence[TaskFuture]):
         }
 
     def __len__(self) -> int:
-        return len(self.futures)
+        return len(self.ids)
 
     def __getitem__(self, index: Any) -> Any:
-        return self.futures[index]
+        if isinstance(index, slice):
+            return [self._future(i) for i in range(*index.indices(len(self.ids)))]
+        position = range(len(self.ids))[index]  # negative indices and IndexError as a list
+        return self._future(position)
 
     def __iter__(self) -> Iterator[TaskFuture]:
-        return iter(self.futures)
+        return (self._future(i) for i in range(len(self.ids)))
+
+    def _future(self, position: int) -> TaskFuture:
+        """The future of one task, made (with the state heard so far) on first use."""
+        with self._lock:
+            future = self._futures.get(position)
+            if future is None:
+                future = TaskFuture(self.ids[position], self.task, args=self._args[position],
+                                    kwargs=self._kwargs[position], batch=self.id,
+                                    index=position, client=self._client)
+                future._owner = self  # the listener moves the batch, so it lives on with it
+                status = self._status[position]
+                if status.is_finished:
+                    future._resolve(self._record(position))
+                elif status is not TaskStatus.QUEUED:
+                    future._set_progress(status, self._worker[position], self._attempt[position],
+                                         self._started_at[position])
+                self._futures[position] = future
+            return future
 
     def done(self) -> bool:
         """True when every task has finished."""
-        return all(f.done() for f in self.futures)
+        with self._lock:
+            return self._done == len(self.ids)
+
+    def _wait_all(self, timeout: float | None) -> bool:
+        with self._all_done:
+            return self._all_done.wait_for(lambda: self._done == len(self.ids), timeout)
 
     def wait(
         self, timeout: float | None = None, return_when: str = concurrent.futures.ALL_COMPLETED
     ) -> tuple[set[TaskFuture], set[TaskFuture]]:
         """Wait like :func:`concurrent.futures.wait`; returns (done, not_done)."""
-        return concurrent.futures.wait(self.futures, timeout, return_when)
+        if return_when == concurrent.futures.ALL_COMPLETED:
+            self._wait_all(timeout)
+            done, not_done = set(), set()
+            for future in self:
+                (done if future.done() else not_done).add(future)
+            return done, not_done
+        return concurrent.futures.wait(list(self), timeout, return_when)
 
     def as_completed(self, timeout: float | None = None) -> Iterator[TaskFuture]:
         """Yield futures as they finish, like :func:`concurrent.futures.as_completed`."""
-        return concurrent.futures.as_completed(self.futures, timeout)
+        return concurrent.futures.as_completed(list(self), timeout)
 
     def results(self, timeout: float | None = None) -> list[Any]:
         """Wait for every task and return the results in submission order.
 
         Raises:
             TaskFailed: a task failed (the first one in submission order).
+            TaskCancelled: a task was cancelled (if it comes before any failure).
             TimeoutError: not all tasks finished within ``timeout`` seconds.
         """
-        _, not_done = self.wait(timeout)
-        if not_done:
+        if not self._wait_all(timeout):
             raise TimeoutError(
-                f"{len(not_done)} (of {len(self.futures)}) tasks of batch {self.id} unfinished "
-                f"after {timeout} s"
+                f"{len(self.ids) - self._done} (of {len(self.ids)}) tasks of batch {self.id} "
+                f"unfinished after {timeout} s"
             )
-        return [f.result() for f in self.futures]
+        with self._lock:
+            if self._failure:
+                position = min(self._failure)
+                raise _failure_error(self.ids[position], self._failure[position])
+            return list(self._result)
 
     def cancel(self) -> int:
         """Cancel every unfinished task of the batch; returns how many were cancelled."""
-        return sum(f.cancel() for f in self.futures if not f.done())
+        cancelled = 0
+        for task_id in self._pending_ids():
+            if self._client.cancel(task_id, batch_id=self.id):
+                cancelled += 1
+                self._resolve(task_id, {"status": TaskStatus.CANCELLED.value})
+        if cancelled:
+            self._changed()
+        return cancelled
 
     def status_counts(self) -> dict[str, int]:
         """Counts per status from the batch counters in Redis."""
@@ -325,8 +431,9 @@ class TaskBatch(Sequence[TaskFuture]):
         """One row per task with its current status, result, worker and timings."""
         import pandas
 
-        records = self._client.backend.task_records([f.id for f in self.futures])
-        rows = [_row(f, r) for f, r in zip(self.futures, records, strict=True)]
+        records = self._client.backend.task_records(self.ids)
+        rows = [_row(self.ids[i], i, self.task, self._args[i], self._kwargs[i], record)
+                for i, record in enumerate(records)]
         frame = pandas.DataFrame(rows, columns=DATAFRAME_COLUMNS)
         for column in ("queued_at", "started_at", "finished_at"):
             frame[column] = pandas.to_datetime(frame[column], unit="s", utc=True)
@@ -348,21 +455,31 @@ class TaskBatch(Sequence[TaskFuture]):
     def __repr__(self) -> str:
         counts = self.local_counts()
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        return f"<TaskBatch {self.id} {self.task} × {len(self.futures)}: {summary}>"
+        return f"<TaskBatch {self.id} {self.task} × {len(self.ids)}: {summary}>"
 
 
-def _row(future: TaskFuture, record: dict[str, Any] | None) -> dict[str, Any]:
+def _failure_error(task_id: str, record: dict[str, Any]) -> Exception:
+    """The exception a failed or cancelled task's result raises."""
+    if record["status"] == TaskStatus.CANCELLED.value:
+        return TaskCancelled(f"task {task_id} was cancelled")
+    return TaskFailed(task_id, record.get("error_type") or record["status"],
+                      record.get("error") or f"task ended {record['status']}",
+                      record.get("traceback") or "")
+
+
+def _row(task_id: str, index: int | None, task: str, args: Sequence[Any],
+         kwargs: dict[str, Any] | None, record: dict[str, Any] | None) -> dict[str, Any]:
     record = record or {}
     started, finished = record.get("started_at"), record.get("finished_at")
     error = record.get("error")
     if error:
         error = f"{record.get('error_type', 'Error')}: {error}"
     return {
-        "id": future.id,
-        "index": future.index,
-        "task": future.task,
-        "args": future.args,
-        "kwargs": future.kwargs,
+        "id": task_id,
+        "index": index,
+        "task": task,
+        "args": tuple(args),
+        "kwargs": kwargs or {},
         "status": record.get("status", "expired"),
         "result": record.get("result"),
         "error": error,
