@@ -60,7 +60,7 @@ def _cluster(stack: LocalStack, args: argparse.Namespace, concurrency: int | Non
     return LocalCluster(
         workers=WORKERS, stack=stack, queue=f"bench-{uuid.uuid4().hex[:8]}",
         concurrency=concurrency or args.concurrency,
-        worker_args=["--mode", args.mode, *(["--steal"] if args.steal else [])],
+        worker_args=["--mode", args.mode, "--steal" if args.steal else "--no-steal"],
         log_level="WARNING", heartbeat_interval=0.5, lease_seconds=3.0,
     )
 
@@ -180,7 +180,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--mode", default="process", choices=["process", "thread"])
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--steal", action="store_true", help="workers steal when idle")
+    parser.add_argument("--steal", action=argparse.BooleanOptionalAction, default=True,
+                        help="workers steal when idle (default: on)")
     parser.add_argument("--tasks", type=int, default=5000, help="throughput batch size")
     args = parser.parse_args()
     unknown = set(args.workloads) - set(WORKLOADS)

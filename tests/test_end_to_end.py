@@ -252,3 +252,37 @@ def test_non_json_argument_is_refused_before_anything_is_sent(client):
     with pytest.raises(TypeError, match="argument 0"):
         client.submit(add, {1, 2}, 3)
     assert client.backend.redis.keys(f"{client.config.key_prefix}:task:*") == []
+
+
+def test_an_idle_worker_steals_tasks_waiting_in_another_workers_partition(
+    client, start_workers
+):
+    # Given two workers of one slot each, and eight tasks all in one partition of the first
+    start_workers(2, concurrency=1)
+    workers = client.wait_for_workers(2, timeout=60)
+    owner = workers.sort_values("name").iloc[0]
+    partition = int(owner["partitions"].split(",")[0])
+    ids = [uuid.uuid4().hex for _ in range(8)]
+    producer = KafkaProducer(bootstrap_servers=client.config.bootstrap)
+    for task_id in ids:
+        producer.send(client.config.tasks_topic, partition=partition, value=json.dumps(
+            {"task-id": task_id, "task": "sleep", "args": [0.4]}).encode())
+    producer.flush()
+    producer.close()
+
+    # When they have run
+    def records():
+        found = client.backend.task_records(ids)
+        return found if all(r and r["status"] == "success" for r in found) else None
+
+    done = wait_until(records, 60, "all eight tasks done")
+
+    # Then the idle worker took some of them from the busy one's partition
+    ran_by = [r["worker"] for r in done]
+    assert ran_by.count(owner["name"]) < len(ids), ran_by
+    assert set(ran_by) == set(workers["name"]), ran_by
+
+    # And each ran once: one claim and one success in its history, nothing refused
+    for task_id in ids:
+        events = [e["event"] for e in client.history(task_id)]
+        assert events == ["claimed", "success"], (task_id, events)

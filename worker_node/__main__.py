@@ -33,10 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where task code runs: 'process' (default) runs each slot's tasks "
                         "in a child process, so time limits and cancellation really stop the "
                         "code; 'thread' runs them in this process, cheaper but unstoppable")
-    parser.add_argument("--steal", action="store_true",
-                        help="when idle, take tasks waiting in other workers' partitions "
-                        "(evens out long-tail batches; experimental, off by default: on the "
-                        "embedded broker it can hold up a rebalance)")
+    parser.add_argument("--steal", action=argparse.BooleanOptionalAction, default=True,
+                        help="when idle, take tasks waiting in other workers' partitions, so "
+                        "long-tail batches even out (default: on)")
     parser.add_argument("--default-timeout", type=float, metavar="SECONDS",
                         help="time limit for tasks that declare none (default: "
                         "$YADTQ_DEFAULT_TIMEOUT, else no limit)")

@@ -71,6 +71,9 @@ class Keys:
     def events(self) -> str:
         return f"{self.prefix}:events:{self.queue}"
 
+    def doorbell(self, partition: int) -> str:
+        return f"{self.prefix}:doorbell:{self.queue}:{partition}"
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -252,6 +255,21 @@ class RedisBackend:
                 if batch_id is not None and chunk:
                     pipe.rpush(self.keys.batch_tasks(batch_id), *(m.id for m in chunk))
                 pipe.execute()
+
+    def ring(self, partitions: Iterable[int]) -> None:
+        """Wake the workers of these partitions: tasks were just produced to them.
+
+        Each doorbell is a list holding at most one ring, so it never grows.
+        """
+        with self.redis.pipeline(transaction=False) as pipe:
+            for partition in partitions:
+                pipe.lpush(self.keys.doorbell(partition), 1)
+                pipe.ltrim(self.keys.doorbell(partition), 0, 0)
+            pipe.execute()
+
+    def wait_for_ring(self, partitions: Sequence[int], timeout: float) -> bool:
+        """Sleep until one of these partitions' doorbells rings, or ``timeout`` seconds."""
+        return self.redis.blpop([self.keys.doorbell(p) for p in partitions], timeout) is not None
 
     def task_record(self, task_id: str) -> dict[str, Any] | None:
         """The decoded task hash, or None if Redis holds no record."""

@@ -7,10 +7,13 @@ Each method delegates to one of ``protocol`` (build the message), ``backend``
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
+
+import redis
 
 from yadtq import broker, protocol
 from yadtq.backend import PIPELINE_CHUNK, RedisBackend
@@ -31,6 +34,8 @@ WORKER_COLUMNS = [
 DEAD_AFTER_HEARTBEATS = 3
 
 TaskRef = Callable[..., Any] | str
+
+logger = logging.getLogger(__name__)
 
 
 class Client:
@@ -89,8 +94,7 @@ class Client:
         self._events.start()
         self._events.watch([future])
         self.backend.enqueue([message])
-        self._send([message], [payload])
-        self._flush(1)
+        self._flush(1, self._send([message], [payload]))
         return future
 
     def map(
@@ -132,12 +136,13 @@ class Client:
         self._events.start()
         self._events.watch_batch(batch)
         # Chunk by chunk, so Kafka sends one chunk while Redis stores the next.
+        partitions: set[int] = set()
         for start in range(0, len(messages), PIPELINE_CHUNK):
             chunk = messages[start:start + PIPELINE_CHUNK]
             self.backend.enqueue(chunk, batch_id=batch_id,
                                  batch_total=len(messages) if start == 0 else None)
-            self._send(chunk, payloads[start:start + PIPELINE_CHUNK])
-        self._flush(len(messages))
+            partitions |= self._send(chunk, payloads[start:start + PIPELINE_CHUNK])
+        self._flush(len(messages), partitions)
         return batch
 
     def _future(self, message: protocol.TaskMessage) -> TaskFuture:
@@ -145,24 +150,33 @@ class Client:
                           kwargs=message.kwargs, batch=message.batch,
                           index=message.index, client=self)
 
-    def _send(self, messages: list[protocol.TaskMessage], payloads: list[bytes]) -> None:
-        """Hand messages to the producer; partitions are dealt round-robin, evenly."""
+    def _send(self, messages: list[protocol.TaskMessage], payloads: list[bytes]) -> set[int]:
+        """Hand messages to the producer, dealing partitions round-robin; returns those used."""
         topic = self.config.tasks_topic
+        used = set()
         try:
             partitions = sorted(self._producer.partitions_for(topic))
             for message, payload in zip(messages, payloads, strict=True):
                 self._next_partition = (self._next_partition + 1) % len(partitions)
-                self._producer.send(topic, payload, key=message.id.encode(),
-                                    partition=partitions[self._next_partition])
+                partition = partitions[self._next_partition]
+                self._producer.send(topic, payload, key=message.id.encode(), partition=partition)
+                used.add(partition)
         except Exception as exc:  # kafka-python raises several unrelated types here
             raise self._undelivered(len(messages), exc) from exc
+        return used
 
-    def _flush(self, count: int) -> None:
-        """Wait until Kafka has every message sent (one flush per submit or map)."""
+    def _flush(self, count: int, partitions: set[int]) -> None:
+        """Wait until Kafka has every message (one flush per submit or map), then wake
+        the workers of those partitions."""
         try:
             self._producer.flush(timeout=max(self.config.connect_timeout, 10))
         except Exception as exc:  # kafka-python raises several unrelated types here
             raise self._undelivered(count, exc) from exc
+        try:
+            self.backend.ring(partitions)
+        except redis.RedisError as exc:  # the tasks are on their way; workers look anyway
+            logger.warning("could not ring the workers' doorbells (%s); they will find the "
+                           "tasks within %.1f s", exc, self.config.idle_wait)
 
     def _undelivered(self, count: int, exc: Exception) -> BrokerUnavailable:
         return BrokerUnavailable(

@@ -42,10 +42,14 @@ class Config:
     lease_seconds: float = 10.0
     heartbeat_interval: float = 2.0
     connect_timeout: float = 5.0
-    # How long a worker's fetch may wait on the broker for new tasks. Apache Kafka
-    # answers as soon as a task arrives, so any value works; the embedded Tansu broker
-    # holds a fetch for the whole wait, so this bounds the latency of a lone task.
-    fetch_wait_ms: int = 50
+    # How long a fetch may wait on the broker for new tasks. Apache Kafka answers as
+    # soon as a task arrives; the embedded Tansu broker only looks again at intervals,
+    # so a short wait keeps a task that arrives mid-fetch from waiting. An idle worker
+    # does not spin on it: it sleeps on its partitions' doorbells in Redis instead.
+    fetch_wait_ms: int = 5
+    # The longest an idle worker sleeps on its doorbells before it looks at Kafka anyway
+    # (for tasks produced by other clients, which ring no doorbell).
+    idle_wait: float = 0.2
     default_timeout: float | None = None
     retry_backoff: float = 1.0
     secret: str | None = field(default=None, repr=False)

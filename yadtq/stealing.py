@@ -6,8 +6,8 @@ the other partitions with a separate, group-less consumer: from the offset up
 to which each partition's owner has claimed (recorded in Redis with every
 claim; the group's committed offsets are not asked of the broker, because an
 offset fetch from outside the group upsets the embedded broker's rebalances)
-it fetches what is waiting and offers the newest messages, the ones the owner
-would reach last.
+it fetches what is waiting and offers the newest messages of the longest wait
+lists first, the ones their owners would reach last.
 The worker claims them through the same atomic Redis claim as its own, so
 each task still runs once; when the owner reaches a stolen message, its claim
 finds the task taken and skips it. The stealer never commits an offset.
@@ -16,6 +16,7 @@ finds the task taken and skips it. The stealer never commits an offset.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -40,14 +41,15 @@ class Stealer:
         self._claimed_up_to = claimed_up_to
         self._reader = broker.make_reader(config, client_id=f"{client_id}-stealer")
 
-    def take(self, own: set[int], total: int, count: int) -> list[Any]:
-        """Up to ``count`` records waiting in foreign partitions, newest first.
+    def take(self, own: set[int], total: int) -> list[Any]:
+        """Records waiting in foreign partitions, best to steal first.
 
-        One fetch covers every foreign partition; the records come from the
-        one with the longest wait list.
+        One fetch covers every foreign partition. The longest wait list comes
+        first (ties in random order, so that two thieves seldom pick the same
+        one), newest record first within each list.
         """
         foreign = [p for p in range(total) if p not in own]
-        if not foreign or count < 1:
+        if not foreign:
             return []
         committed = self._claimed_up_to()
         partitions = [TopicPartition(self.config.tasks_topic, p) for p in foreign]
@@ -64,8 +66,9 @@ class Stealer:
             [r for r in records if r.offset >= committed.get(partition.partition, 0)]
             for partition, records in fetched.items()
         ]
-        longest = max(waiting, key=len, default=[])
-        return longest[-count:][::-1]
+        random.shuffle(waiting)
+        waiting.sort(key=len, reverse=True)
+        return [record for records in waiting for record in reversed(records)]
 
     def close(self) -> None:
         """Close the reader."""

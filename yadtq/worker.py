@@ -8,7 +8,8 @@ with a lease in one round trip, hand the claimed tasks to the execution slots
 claimed (never of what is only buffered). A finisher thread stores outcomes,
 all those that ended meanwhile in one round trip. With nothing of its own to
 do, the worker takes tasks waiting in other workers' partitions
-(``yadtq.stealing``). A heartbeat
+(``yadtq.stealing``, opt-in), or else sleeps until a client rings one of its
+partitions' doorbells in Redis. A heartbeat
 thread records the worker in Redis, renews the leases of what it runs, stops
 tasks cancelled while running, sends due retries, and reaps expired leases of
 any worker (DESIGN.md, "Delivery guarantees"). Only tasks registered by the
@@ -52,7 +53,10 @@ FINISH_RETRY_SECONDS = 60.0
 MAX_BACKOFF_SECONDS = 300.0
 REDIS_RETRY_MAX_DELAY = 5.0
 COMMIT_INTERVAL = 0.5  # seconds; a claim, not the offset, is what keeps a task from running twice
-READ_AHEAD_PER_SLOT = 4  # messages polled ahead per slot: one poll feeds several claims
+READ_AHEAD = 100  # messages polled ahead: one poll feeds many claims, oldest first
+POLL_MS = 20  # a poll returns as soon as records arrive; this is how long it looks when none do
+JOIN_POLL_MS = 200
+STEAL_ROUNDS = 3  # claims tried per steal when other thieves were quicker
 
 T = TypeVar("T")
 
@@ -80,6 +84,47 @@ def _option(message: protocol.TaskMessage, name: str, default: Any) -> Any:
     return default
 
 
+Decoded = tuple[Any, "protocol.TaskMessage | ProtocolError"]  # a record and what it holds
+
+
+def _submitted(item: Decoded) -> tuple[float, float]:
+    record, decoded = item
+    return record.timestamp, getattr(decoded, "submitted_at", None) or 0.0
+
+
+class _ReadAhead:
+    """Polled, decoded records not yet taken, handed out oldest first across partitions.
+
+    Each partition's records leave in offset order, so committing up to the
+    last one taken never skips a record. Between partitions, the one whose next
+    task was submitted first goes first: tasks run in about the order they were
+    submitted, not one partition after another.
+    """
+
+    def __init__(self) -> None:
+        self._partitions: dict[Any, deque[Decoded]] = {}
+
+    def add(self, partition: Any, items: list[Decoded]) -> None:
+        if items:
+            self._partitions.setdefault(partition, deque()).extend(items)
+
+    def take(self, count: int) -> list[Decoded]:
+        taken = []
+        while len(taken) < count and self._partitions:
+            oldest = min(self._partitions, key=lambda p: _submitted(self._partitions[p][0]))
+            waiting = self._partitions[oldest]
+            taken.append(waiting.popleft())
+            if not waiting:
+                del self._partitions[oldest]
+        return taken
+
+    def clear(self) -> None:
+        self._partitions.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self._partitions)
+
+
 def load_task_modules(modules: Iterable[str]) -> list[str]:
     """Import the modules whose ``@yadtq.task`` functions this worker may run."""
     for module in modules:
@@ -98,7 +143,7 @@ class Worker:
         concurrency: int = 4,
         task_modules: Sequence[str] = DEFAULT_TASK_MODULES,
         mode: str = "process",
-        steal: bool = False,
+        steal: bool = True,
         shutdown_grace: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -116,7 +161,7 @@ class Worker:
         self.failed = 0
         self._running: dict[str, _Running] = {}  # claimed, outcome not yet stored
         self._executing = 0  # claimed and not yet ended: the slots in use
-        self._buffer: deque[Any] = deque()  # polled records not yet taken
+        self._buffer = _ReadAhead()  # polled records not yet taken
         self._claimed_through: dict[TopicPartition, int] = {}  # next offset to commit
         self._commit_due = False
         self._last_commit = 0.0
@@ -142,7 +187,6 @@ class Worker:
             config, client_id=self.name, on_assign=self._on_assign, on_revoke=self._on_revoke
         )
         self._stealer = Stealer(config, self.name, self.backend.claimed_offsets) if steal else None
-        self._stole = False
         self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"{self.name}-slot")
         self._heartbeat_thread = threading.Thread(
             target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
@@ -168,19 +212,19 @@ class Worker:
                     self._take(free)
                 elif free == 0:
                     self._pause()
-                    self._buffer_records(self.consumer.poll(timeout_ms=0))  # stay in the group
+                    self._read_ahead(self.consumer.poll(timeout_ms=0))  # stay in the group
                     self._slot_freed.wait(0.2)
                     self._slot_freed.clear()
                 else:
                     self._resume()
-                    # Right after a steal, look for more at once rather than wait on our own.
-                    polled = self.consumer.poll(timeout_ms=0 if self._stole else 200,
-                                                max_records=READ_AHEAD_PER_SLOT * self.concurrency)
+                    # Short polls only with partitions: a group join needs longer ones.
+                    polled = self.consumer.poll(
+                        timeout_ms=POLL_MS if self._partitions else JOIN_POLL_MS,
+                        max_records=READ_AHEAD)
                     if polled:
-                        self._buffer_records(polled)
-                        self._stole = False
-                    elif self._stealer is not None:
-                        self._stole = self._steal(free)
+                        self._read_ahead(polled)
+                    elif self._stealer is None or not self._steal(free):
+                        self._sleep_until_rung()
                 self._commit()
         finally:
             self._shutdown()
@@ -206,6 +250,22 @@ class Worker:
         with self._lock:
             return self.concurrency - self._executing
 
+    def _sleep_until_rung(self) -> None:
+        """Nothing to do: sleep until a client rings one of our partitions' doorbells.
+
+        A poll that finds nothing is not repeated at once: the embedded broker
+        would be asked hundreds of times a second. Tasks from clients that ring
+        no doorbell are found within ``idle_wait``.
+        """
+        partitions = self._partitions
+        if not partitions:
+            return  # joining the group: the next poll waits
+        try:
+            self.backend.wait_for_ring(partitions, self.config.idle_wait)
+        except redis.RedisError as exc:
+            logger.warning("Worker %s: cannot wait on Redis (%s)", self.name, exc)
+            self._stopping.wait(self.config.idle_wait)
+
     def _pause(self) -> None:
         if not self._paused:
             self.consumer.pause(*self.consumer.assignment())
@@ -217,24 +277,45 @@ class Worker:
             self._paused = False
 
     def _steal(self, free: int) -> bool:
-        """Claim and start tasks waiting in other workers' partitions; True if any."""
-        records = self._stealer.take(set(self._partitions), self._topic_partitions, free)
-        messages = self._decode(records, dead_letter=False)  # owners dead-letter the bad ones
-        started = self._start_claimed(messages, self._claim(messages) or [])
+        """Claim and start tasks waiting in other workers' partitions; True if any.
+
+        Candidates another thief claimed first are skipped, and the next ones tried.
+        """
+        if not self._partitions:
+            return False  # joining the group comes first
+        records = self._stealer.take(set(self._partitions), self._topic_partitions)
+        candidates = [m for m in map(self._decode, records)  # owners dead-letter the bad ones
+                      if not isinstance(m, ProtocolError)]
+        started = 0
+        for _ in range(STEAL_ROUNDS):
+            wanted = free - started
+            if wanted <= 0 or not candidates:
+                break
+            tried, candidates = candidates[:wanted], candidates[wanted:]
+            started += self._start_claimed(tried, self._claim(tried) or [])
         if started:
             logger.debug("Worker %s: stole %d task(s) from other partitions", self.name,
                          started)
         return started > 0
 
-    def _buffer_records(self, polled: dict[Any, list[Any]]) -> None:
-        for records in polled.values():
-            self._buffer.extend(records)
+    def _read_ahead(self, polled: dict[Any, list[Any]]) -> None:
+        for partition, records in polled.items():
+            self._buffer.add(partition, [(r, self._decode(r)) for r in records])
 
     def _take(self, free: int) -> None:
-        """Decode up to ``free`` buffered messages, claim them and start what was claimed."""
-        records = [self._buffer.popleft() for _ in range(min(free, len(self._buffer)))]
+        """Claim up to ``free`` buffered messages and start what was claimed.
+
+        The ones that are not task messages go to the dead-letter topic.
+        """
+        taken = self._buffer.take(free)
+        records = [record for record, _ in taken]
         offsets = {r.partition: r.offset + 1 for r in records}
-        messages = self._decode(records, dead_letter=True)
+        messages = []
+        for record, decoded in taken:
+            if isinstance(decoded, ProtocolError):
+                self._dead_letter(str(decoded), record=record)
+            else:
+                messages.append(decoded)
         claims = self._claim(messages, offsets)
         if claims is None:
             return  # stopping while Redis is down: nothing committed, so nothing is lost
@@ -245,17 +326,13 @@ class Worker:
             )
         self._commit_due = True
 
-    def _decode(self, records: list[Any], dead_letter: bool) -> list[protocol.TaskMessage]:
-        """The task messages among ``records``; the others go to the DLQ if asked."""
-        messages = []
-        for record in records:
-            try:
-                messages.append(protocol.decode(record.value, self.config.max_message_bytes,
-                                                self.config.secret))
-            except ProtocolError as exc:
-                if dead_letter:
-                    self._dead_letter(str(exc), record=record)
-        return messages
+    def _decode(self, record: Any) -> protocol.TaskMessage | ProtocolError:
+        """The record's task message, or why it is not one."""
+        try:
+            return protocol.decode(record.value, self.config.max_message_bytes,
+                                   self.config.secret)
+        except ProtocolError as exc:
+            return exc
 
     def _start_claimed(self, messages: list[protocol.TaskMessage], claims: list[Claim]) -> int:
         """Start every message this worker claimed; returns how many."""
