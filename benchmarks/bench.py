@@ -3,6 +3,7 @@
     python benchmarks/bench.py                      # every workload
     python benchmarks/bench.py throughput latency   # some of them
     python benchmarks/bench.py --json               # machine-readable
+    python benchmarks/bench.py --peers              # then the same on Celery, RQ and Dask
 
 Each workload starts from a fresh queue on one embedded stack with 3 worker
 processes (see ``--mode`` and ``--concurrency``). Figures are wall-clock on
@@ -18,6 +19,7 @@ import random
 import resource
 import signal
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -167,6 +169,7 @@ def memory(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
             "load_with_task_processes_mb": round(max(load_tree), 1)}
 
 
+PEER_WORKLOADS = ("throughput", "latency", "balance")  # those peers.py runs too
 WORKLOADS: dict[str, Callable[[LocalStack, argparse.Namespace], dict[str, Any]]] = {
     "throughput": throughput, "latency": latency, "balance": balance, "kill": kill,
     "scale": scale, "memory": memory,
@@ -183,6 +186,9 @@ def main() -> int:
     parser.add_argument("--steal", action=argparse.BooleanOptionalAction, default=True,
                         help="workers steal when idle (default: on)")
     parser.add_argument("--tasks", type=int, default=5000, help="throughput batch size")
+    parser.add_argument("--peers", action="store_true",
+                        help="then run throughput, latency and balance on Celery, RQ and Dask "
+                        "(benchmarks/peers.py, in its own virtualenv)")
     args = parser.parse_args()
     unknown = set(args.workloads) - set(WORKLOADS)
     if unknown:
@@ -195,7 +201,14 @@ def main() -> int:
                 line = "  ".join(f"{k}={v}" for k, v in figures[name].items() if v is not None)
                 print(f"{name:<10} {line}", flush=True)
     if args.json:
-        print(json.dumps({"mode": args.mode, "concurrency": args.concurrency, **figures}))
+        print(json.dumps({"mode": args.mode, "concurrency": args.concurrency, **figures}),
+              flush=True)
+    if args.peers:
+        shared = [w for w in args.workloads or WORKLOADS if w in PEER_WORKLOADS]
+        peers = Path(__file__).with_name("peers.py")
+        return subprocess.call([sys.executable, str(peers), *(["--json"] if args.json else []),
+                                "--concurrency", str(args.concurrency), "--tasks",
+                                str(args.tasks), *shared])
     return 0
 
 
