@@ -57,7 +57,7 @@ class Stealer:
         for partition in partitions:
             self._reader.seek(partition, committed.get(partition.partition, 0))
         try:
-            fetched = self._reader.poll(timeout_ms=self.config.fetch_wait_ms + 50,
+            fetched = self._reader.poll(timeout_ms=self.config.fetch_wait_ms + 5,
                                         max_records=READ_AHEAD)
         except KafkaError as exc:
             logger.debug("stealer: read-ahead failed: %s", exc)

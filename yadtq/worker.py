@@ -57,6 +57,7 @@ READ_AHEAD = 100  # messages polled ahead: one poll feeds many claims, oldest fi
 POLL_MS = 20  # a poll returns as soon as records arrive; this is how long it looks when none do
 JOIN_POLL_MS = 200
 STEAL_ROUNDS = 3  # claims tried per steal when other thieves were quicker
+STEAL_BACKOFF_MIN, STEAL_BACKOFF_MAX = 0.05, 5.0  # seconds between looks that find nothing
 
 T = TypeVar("T")
 
@@ -187,6 +188,8 @@ class Worker:
             config, client_id=self.name, on_assign=self._on_assign, on_revoke=self._on_revoke
         )
         self._stealer = Stealer(config, self.name, self.backend.claimed_offsets) if steal else None
+        self._steal_backoff = 0.0
+        self._next_steal_at = 0.0
         self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"{self.name}-slot")
         self._heartbeat_thread = threading.Thread(
             target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
@@ -223,7 +226,9 @@ class Worker:
                         max_records=READ_AHEAD)
                     if polled:
                         self._read_ahead(polled)
-                    elif self._stealer is None or not self._steal(free):
+                        self._next_steal_at = 0.0  # busy again: steal at once when idle next
+                        self._steal_backoff = 0.0
+                    elif not self._steal(free):
                         self._sleep_until_rung()
                 self._commit()
         finally:
@@ -280,9 +285,13 @@ class Worker:
         """Claim and start tasks waiting in other workers' partitions; True if any.
 
         Candidates another thief claimed first are skipped, and the next ones tried.
+        After a look that found nothing the next one waits longer, up to 5 s, so an
+        idle worker mostly sleeps on its doorbells and answers a lone task at once.
         """
-        if not self._partitions:
+        if self._stealer is None or not self._partitions:
             return False  # joining the group comes first
+        if time.monotonic() < self._next_steal_at:
+            return False
         records = self._stealer.take(set(self._partitions), self._topic_partitions)
         candidates = [m for m in map(self._decode, records)  # owners dead-letter the bad ones
                       if not isinstance(m, ProtocolError)]
@@ -296,6 +305,11 @@ class Worker:
         if started:
             logger.debug("Worker %s: stole %d task(s) from other partitions", self.name,
                          started)
+            self._steal_backoff = 0.0
+        else:
+            self._steal_backoff = min(max(2 * self._steal_backoff, STEAL_BACKOFF_MIN),
+                                      STEAL_BACKOFF_MAX)
+            self._next_steal_at = time.monotonic() + self._steal_backoff
         return started > 0
 
     def _read_ahead(self, polled: dict[Any, list[Any]]) -> None:
