@@ -64,16 +64,24 @@ def success(message: TaskMessage, attempt: int, result: Any = 42) -> Outcome:
     return Outcome(message.id, message.batch, attempt, TaskStatus.SUCCESS, result=result)
 
 
-def collect_events(pubsub: redis.client.PubSub, count: int, timeout: float = 5.0) -> list[dict]:
-    """The next ``count`` published events on a subscribed pubsub, decoded."""
-    events: list[dict] = []
+def collect_messages(pubsub: redis.client.PubSub, count: int, timeout: float = 5.0
+                     ) -> list[list[dict]]:
+    """The next ``count`` published event messages (each a JSON array of changes), decoded."""
+    messages: list[list[dict]] = []
     deadline = time.monotonic() + timeout
-    while len(events) < count and time.monotonic() < deadline:
+    while len(messages) < count and time.monotonic() < deadline:
         message = pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
         if message and message["type"] == "message":
-            events.append(json.loads(message["data"]))
-    assert len(events) == count, f"expected {count} events within {timeout} s, got {events}"
-    return events
+            messages.append(json.loads(message["data"]))
+    assert len(messages) == count, f"expected {count} messages within {timeout} s: {messages}"
+    return messages
+
+
+def collect_events(pubsub: redis.client.PubSub, count: int, timeout: float = 5.0) -> list[dict]:
+    """The changes in the next ``count`` event messages (one change each)."""
+    messages = collect_messages(pubsub, count, timeout)
+    assert all(len(changes) == 1 for changes in messages), messages
+    return [changes[0] for changes in messages]
 
 
 def subscribed(backend: RedisBackend) -> redis.client.PubSub:
@@ -476,6 +484,31 @@ def test_claim_and_finish_publish_events_with_id_status_worker_and_attempt(
     # A short result rides along, so clients need not read the record back.
     assert done == {"id": message.id, "status": "success", "worker": WORKER,
                     "attempt": 1, "batch": batch_id, "at": 1001, "result": "42"}
+
+
+def test_claiming_and_finishing_several_tasks_publishes_one_message_of_changes_each(
+    backend: RedisBackend,
+) -> None:
+    # Given a subscriber, and five tasks of a batch
+    batch_id, messages = enqueue_batch(backend, count=5)
+    pubsub = subscribed(backend)
+    try:
+        # When a worker claims them together, then stores their outcomes together
+        claims = backend.claim_many(messages, WORKER, now=1000.0)
+        outcomes = [success(m, c.attempt or 0) for m, c in zip(messages, claims, strict=True)]
+        assert backend.finish_many(outcomes, WORKER, now=1001.0) == [None] * 5
+
+        # Then two event messages arrive, each with the five tasks' changes in order
+        claimed, finished = collect_messages(pubsub, 2)
+    finally:
+        pubsub.close()
+    ids = [m.id for m in messages]
+    assert [(c["id"], c["status"], c["batch"]) for c in claimed] == [
+        (i, "processing", batch_id) for i in ids]
+    assert [(c["id"], c["status"], c["result"]) for c in finished] == [
+        (i, "success", "42") for i in ids]
+    assert counters(backend, batch_id) == {"total": 5, "queued": 0, "processing": 0,
+                                           "success": 5, "failed": 0}
 
 
 def test_requeue_publishes_a_queued_event_with_the_new_attempt(backend: RedisBackend) -> None:

@@ -82,7 +82,7 @@ def test_task_passes_through_queued_processing_success_in_redis(client, start_wo
     seen = []
     while (message := events.get_message(timeout=1)) is not None:
         if message["type"] == "message":
-            seen.append(json.loads(message["data"])["status"])
+            seen.extend(change["status"] for change in json.loads(message["data"]))
     events.close()
     assert seen == ["processing", "success"]
 

@@ -116,10 +116,11 @@ class Outcome:
         return f"{self.error_type}: {self.error}"[:500] if self.error_type else ""
 
     def fields(self) -> list[str]:
+        """What finish.lua stores: the result JSON, or the error type, message and traceback."""
         if self.status is TaskStatus.SUCCESS:
             encoded = self.result_json if self.result_json is not None else json.dumps(self.result)
-            return ["result", encoded]
-        return ["error_type", self.error_type, "error", self.error, "traceback", self.traceback]
+            return [encoded, "", ""]
+        return [self.error_type, self.error, self.traceback]
 
 
 def _load_script(client: redis.Redis, name: str) -> Script:
@@ -330,17 +331,22 @@ class RedisBackend:
         partition has claimed, for idle workers that steal from the rest.
         """
         now = time.time() if now is None else now
+        if not messages:
+            if offsets:
+                self.redis.hset(self.keys.claimed_offsets, mapping=offsets)
+            return []
         record_offsets = (lambda pipe: pipe.hset(self.keys.claimed_offsets, mapping=offsets)
                           ) if offsets else None
         # A yadtq client wrote the record before producing, so its fields are sent only
         # for plain-format messages, and for the rare message that arrived without one.
-        replies = self._run_scripts([self._claim_call(m, worker_id, now, with_fields=m.plain)
-                                     for m in messages], also=record_offsets)
+        [replies] = self._run_scripts([self._claim_call(messages, worker_id, now,
+                                                        with_fields=False)],
+                                      also=record_offsets)
         missing = [i for i, reply in enumerate(replies)
                    if _text(reply[0]) == "skip" and _text(reply[1]) == "missing"]
         if missing:
-            retried = self._run_scripts([self._claim_call(messages[i], worker_id, now,
-                                                          with_fields=True) for i in missing])
+            [retried] = self._run_scripts([self._claim_call([messages[i] for i in missing],
+                                                            worker_id, now, with_fields=True)])
             for i, reply in zip(missing, retried, strict=True):
                 replies[i] = reply
         claims = []
@@ -353,14 +359,18 @@ class RedisBackend:
         return claims
 
     def _claim_call(
-        self, message: TaskMessage, worker_id: str, now: float, with_fields: bool
+        self, messages: Sequence[TaskMessage], worker_id: str, now: float, with_fields: bool
     ) -> tuple[Script, list[Any], list[Any]]:
-        fields = json.dumps(_unbatched_fields(message, now)) if with_fields else ""
-        return (self._claim,
-                [self.keys.task(message.id), self.keys.leases,
-                 self.keys.batch(message.batch or "-"), self.keys.task_history(message.id)],
-                [message.id, worker_id, now + self.config.lease_seconds, now, self.keys.events,
-                 message.batch or "", fields])
+        keys: list[Any] = [self.keys.leases]
+        args: list[Any] = [worker_id, now + self.config.lease_seconds, now, self.keys.events]
+        for message in messages:
+            keys += [self.keys.task(message.id), self.keys.batch(message.batch or "-"),
+                     self.keys.task_history(message.id)]
+            fields = ""
+            if with_fields or message.plain:
+                fields = json.dumps(_unbatched_fields(message, now))
+            args += [message.id, message.batch or "", fields]
+        return self._claim, keys, args
 
     def finish(self, outcome: Outcome, worker_id: str, now: float | None = None) -> str | None:
         """Store an outcome; returns None if accepted, else why it was refused."""
@@ -370,24 +380,23 @@ class RedisBackend:
         self, outcomes: Sequence[Outcome], worker_id: str, now: float | None = None
     ) -> list[str | None]:
         """Store outcomes in one round trip; for each, None if accepted, else why refused."""
+        if not outcomes:
+            return []
         now = time.time() if now is None else now
-        calls = []
+        keys: list[Any] = [self.keys.leases, self.keys.retries]
+        args: list[Any] = [worker_id, now, self.config.result_ttl, self.keys.events]
         for outcome in outcomes:
             batch = outcome.batch or "-"
-            calls.append((
-                self._finish,
-                [self.keys.task(outcome.task_id), self.keys.leases, self.keys.batch(batch),
-                 self.keys.batch_tasks(batch), self.keys.task_history(outcome.task_id),
-                 self.keys.retries],
-                [outcome.task_id, outcome.attempt, worker_id, outcome.verb, now,
-                 self.config.result_ttl, self.keys.events,
-                 "" if outcome.retry_at is None else outcome.retry_at, outcome.summary,
-                 *outcome.fields()],
-            ))
+            keys += [self.keys.task(outcome.task_id), self.keys.batch(batch),
+                     self.keys.batch_tasks(batch), self.keys.task_history(outcome.task_id)]
+            args += [outcome.task_id, outcome.attempt, outcome.verb,
+                     "" if outcome.retry_at is None else outcome.retry_at, outcome.summary,
+                     *outcome.fields()]
+        [replies] = self._run_scripts([(self._finish, keys, args)])
         return [None if _text(reply[0]) == "ok"
                 else "task is {} (attempt {}, worker {})".format(
                     _text(reply[1]), _text(reply[2]) or "?", _text(reply[3]) or "none")
-                for reply in self._run_scripts(calls)]
+                for reply in replies]
 
     def requeue(
         self,

@@ -142,31 +142,14 @@ class EventListener:
             if message["type"] != "message":
                 continue
             try:
-                event = json.loads(message["data"])
-                task_id = event["id"]
-                status = TaskStatus(event["status"])
-            except (ValueError, KeyError, TypeError):
+                changes = json.loads(message["data"])  # a JSON array: one script's changes
+                if not isinstance(changes, list):
+                    raise TypeError("not an array")
+            except (ValueError, TypeError):
                 logger.warning("event listener: ignored malformed event %r", message["data"])
                 continue
-            batch = self._batches.get(event["batch"]) if event.get("batch") else None
-            future = self._futures.get(task_id)
-            if future is not None and future.done():
-                future = None
-            if batch is None and future is None:
-                continue
-            if batch is not None:
-                moved[batch.id] = batch
-            if status is TaskStatus.SUCCESS and "result" in event:
-                record = {"status": status.value, "result": json.loads(event["result"]),
-                          "worker": event.get("worker"), "attempt": event.get("attempt"),
-                          "finished_at": event.get("at")}
-            elif status in FINISHED:
-                finished.append((task_id, batch, future))
-                continue
-            else:
-                record = {"status": status.value, "worker": event.get("worker"),
-                          "attempt": event.get("attempt"), "started_at": event.get("at")}
-            _apply(record, task_id, batch, future)
+            for change in changes:
+                self._move(change, finished, moved)
         if finished:
             records = self.backend.task_records([task_id for task_id, _, _ in finished])
             for (task_id, batch, future), record in zip(finished, records, strict=True):
@@ -174,6 +157,39 @@ class EventListener:
                     _apply(record, task_id, batch, future)
         for batch in moved.values():
             batch._changed()
+
+    def _move(
+        self,
+        change: Any,
+        finished: list[tuple[str, TaskBatch | None, TaskFuture | None]],
+        moved: dict[str, TaskBatch],
+    ) -> None:
+        """Apply one task's change; final ones without a result go to ``finished``."""
+        try:
+            task_id = change["id"]
+            status = TaskStatus(change["status"])
+        except (ValueError, KeyError, TypeError):
+            logger.warning("event listener: ignored malformed change %r", change)
+            return
+        batch = self._batches.get(change["batch"]) if change.get("batch") else None
+        future = self._futures.get(task_id)
+        if future is not None and future.done():
+            future = None
+        if batch is None and future is None:
+            return
+        if batch is not None:
+            moved[batch.id] = batch
+        if status is TaskStatus.SUCCESS and "result" in change:
+            record = {"status": status.value, "result": json.loads(change["result"]),
+                      "worker": change.get("worker"), "attempt": change.get("attempt"),
+                      "finished_at": change.get("at")}
+        elif status in FINISHED:
+            finished.append((task_id, batch, future))
+            return
+        else:
+            record = {"status": status.value, "worker": change.get("worker"),
+                      "attempt": change.get("attempt"), "started_at": change.get("at")}
+        _apply(record, task_id, batch, future)
 
 
 def _apply(

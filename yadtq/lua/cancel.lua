@@ -10,7 +10,7 @@
 -- ARGV[1] task id
 -- ARGV[2] now (unix seconds)
 -- ARGV[3] seconds the record lives after it finishes
--- ARGV[4] events channel
+-- ARGV[4] events channel (every event message is a JSON array of changes)
 -- ARGV[5] who asked, for the history
 --
 -- Returns {"ok", previous status, worker that held it or ""} or {"skip", current status}.
@@ -34,7 +34,7 @@ if batch ~= '' then
   redis.call('HINCRBY', KEYS[3], current[1], -1)
   redis.call('HINCRBY', KEYS[3], 'cancelled', 1)
 end
-redis.call('PUBLISH', ARGV[4], cjson.encode({id = ARGV[1], status = 'cancelled',
+redis.call('PUBLISH', ARGV[4], cjson.encode({{id = ARGV[1], status = 'cancelled',
   worker = current[3] or '', attempt = tonumber(current[2]), batch = batch,
-  at = tonumber(ARGV[2])}))
+  at = tonumber(ARGV[2])}}))
 return {'ok', current[1], current[3] or ''}

@@ -1,56 +1,68 @@
--- claim.lua: a worker takes a queued task: queued -> processing, with a lease.
+-- claim.lua: a worker takes queued tasks: queued -> processing, each with a lease.
+-- Any number of tasks in one call, so a worker claims what it polled in one round trip.
 --
--- KEYS[1] task hash          yadtq:task:<id>
--- KEYS[2] leases sorted set  yadtq:leases:<queue>   (task id -> lease expiry)
--- KEYS[3] batch counters     yadtq:batch:<batch>    (touched only if the task is in that batch)
--- KEYS[4] attempts history   yadtq:task:<id>:attempts (list of JSON events)
--- ARGV[1] task id
--- ARGV[2] worker id
--- ARGV[3] lease expiry (unix seconds)
--- ARGV[4] now (unix seconds)
--- ARGV[5] events channel
--- ARGV[6] batch id the message names, or ""
--- ARGV[7] JSON object of fields to create the record from when none exists
---         (messages from plain-format clients), or "" to skip a missing record
+-- KEYS[1] leases sorted set  yadtq:leases:<queue>   (task id -> lease expiry)
+-- then for each task 3 keys:
+--   task hash          yadtq:task:<id>
+--   batch counters     yadtq:batch:<batch>    (touched only if the task is in that batch)
+--   attempts history   yadtq:task:<id>:attempts (list of JSON events)
+-- ARGV[1] worker id
+-- ARGV[2] lease expiry (unix seconds)
+-- ARGV[3] now (unix seconds)
+-- ARGV[4] events channel
+-- then for each task 3 args:
+--   task id
+--   batch id the message names, or ""
+--   JSON object of fields to create the record from when none exists
+--   (messages from plain-format clients), or "" to skip a missing record
 --
 -- A record created here was never counted in a batch, so it leaves the counters alone.
 -- A task waiting out a retry backoff is not claimed before its retry_at.
--- Returns {"ok", attempt} when claimed, else {"skip", current status or reason}.
-local status = redis.call('HGET', KEYS[1], 'status')
-local created = false
-if not status then
-  if ARGV[7] == '' then
-    return {'skip', 'missing'}
+-- Returns, for each task, {"ok", attempt} when claimed, else {"skip", status or reason}.
+-- Publishes one event message: a JSON array of the claimed tasks' changes.
+local worker, expiry, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local replies, changes = {}, {}
+for i = 1, (#KEYS - 1) / 3 do
+  local task_key, batch_key, history_key = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
+  local id, named_batch, fields = ARGV[3 * i + 2], ARGV[3 * i + 3], ARGV[3 * i + 4]
+  local status = redis.call('HGET', task_key, 'status')
+  local created = false
+  if not status and fields ~= '' then
+    for name, value in pairs(cjson.decode(fields)) do
+      redis.call('HSET', task_key, name, tostring(value))
+    end
+    redis.call('HSET', task_key, 'status', 'queued', 'attempt', '1', 'queued_at', ARGV[3])
+    status = 'queued'
+    created = true
   end
-  local fields = cjson.decode(ARGV[7])
-  for name, value in pairs(fields) do
-    redis.call('HSET', KEYS[1], name, tostring(value))
+  local record = redis.call('HMGET', task_key, 'attempt', 'batch', 'retry_at')
+  if not status then
+    replies[i] = {'skip', 'missing'}
+  elseif status ~= 'queued' then
+    replies[i] = {'skip', status}
+  elseif record[3] and tonumber(record[3]) > now then
+    replies[i] = {'skip', 'waiting to retry'}
+  else
+    local attempt = tonumber(record[1]) or 1
+    redis.call('HSET', task_key, 'status', 'processing', 'worker', worker, 'started_at',
+               ARGV[3], 'attempt', tostring(attempt))
+    redis.call('HDEL', task_key, 'retry_at')
+    redis.call('ZADD', KEYS[1], expiry, id)
+    redis.call('RPUSH', history_key, cjson.encode({attempt = attempt, worker = worker,
+      event = 'claimed', at = now}))
+    local batch = record[2]
+    if not created and batch and batch ~= '' and batch == named_batch then
+      redis.call('HINCRBY', batch_key, 'queued', -1)
+      redis.call('HINCRBY', batch_key, 'processing', 1)
+    else
+      batch = ''
+    end
+    changes[#changes + 1] = {id = id, status = 'processing', worker = worker,
+      attempt = attempt, batch = batch, at = now}
+    replies[i] = {'ok', attempt}
   end
-  redis.call('HSET', KEYS[1], 'status', 'queued', 'attempt', '1', 'queued_at', ARGV[4])
-  status = 'queued'
-  created = true
 end
-if status ~= 'queued' then
-  return {'skip', status}
+if #changes > 0 then
+  redis.call('PUBLISH', ARGV[4], cjson.encode(changes))
 end
-local record = redis.call('HMGET', KEYS[1], 'attempt', 'batch', 'retry_at')
-if record[3] and tonumber(record[3]) > tonumber(ARGV[4]) then
-  return {'skip', 'waiting to retry'}
-end
-local attempt = tonumber(record[1]) or 1
-redis.call('HSET', KEYS[1], 'status', 'processing', 'worker', ARGV[2], 'started_at', ARGV[4],
-           'attempt', tostring(attempt))
-redis.call('HDEL', KEYS[1], 'retry_at')
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('RPUSH', KEYS[4], cjson.encode({attempt = attempt, worker = ARGV[2],
-  event = 'claimed', at = tonumber(ARGV[4])}))
-local batch = record[2]
-if not created and batch and batch ~= '' and batch == ARGV[6] then
-  redis.call('HINCRBY', KEYS[3], 'queued', -1)
-  redis.call('HINCRBY', KEYS[3], 'processing', 1)
-else
-  batch = ''
-end
-redis.call('PUBLISH', ARGV[5], cjson.encode({id = ARGV[1], status = 'processing',
-  worker = ARGV[2], attempt = attempt, batch = batch, at = tonumber(ARGV[4])}))
-return {'ok', attempt}
+return replies

@@ -1,82 +1,103 @@
--- finish.lua: store a task's outcome: processing -> success | failed, or back to queued
--- to retry after a backoff. Fenced: refused unless the task is processing under this
--- attempt and worker; a refusal is written to the attempts history.
+-- finish.lua: store tasks' outcomes: processing -> success | failed, or back to queued
+-- to retry after a backoff. Any number of tasks in one call, so a worker stores what
+-- ended meanwhile in one round trip. Fenced: an outcome is refused unless its task is
+-- processing under this attempt and worker; a refusal is written to the attempts history.
 --
--- KEYS[1] task hash          yadtq:task:<id>
--- KEYS[2] leases sorted set  yadtq:leases:<queue>
--- KEYS[3] batch counters     yadtq:batch:<batch>
--- KEYS[4] batch task list    yadtq:batch:<batch>:tasks
--- KEYS[5] attempts history   yadtq:task:<id>:attempts
--- KEYS[6] retries sorted set yadtq:retries:<queue>   (task id -> when to run again)
--- ARGV[1] task id
--- ARGV[2] attempt the worker holds
--- ARGV[3] worker id
--- ARGV[4] outcome: "success", "failed" or "retry"
--- ARGV[5] now (unix seconds)
--- ARGV[6] seconds the record lives after it finishes
--- ARGV[7] events channel
--- ARGV[8] for "retry": when to run again (unix seconds); else ""
--- ARGV[9] one-line summary for the history (the error, or "")
--- ARGV[10..] field, value pairs to store (result, or error_type/error/traceback)
+-- KEYS[1] leases sorted set  yadtq:leases:<queue>
+-- KEYS[2] retries sorted set yadtq:retries:<queue>   (task id -> when to run again)
+-- then for each task 4 keys:
+--   task hash          yadtq:task:<id>
+--   batch counters     yadtq:batch:<batch>
+--   batch task list    yadtq:batch:<batch>:tasks
+--   attempts history   yadtq:task:<id>:attempts
+-- ARGV[1] worker id
+-- ARGV[2] now (unix seconds)
+-- ARGV[3] seconds a record lives after it finishes
+-- ARGV[4] events channel
+-- then for each task 8 args:
+--   task id
+--   attempt the worker holds
+--   outcome: "success", "failed" or "retry"
+--   for "retry": when to run again (unix seconds); else ""
+--   one-line summary for the history (the error, or "")
+--   the result as JSON (success), or the error type (failed, retry)
+--   the error message ("" for success)
+--   the traceback ("" for success)
 --
--- The success event carries the result when it is short (under 4 KB of JSON), so clients
+-- A success event carries the result when it is short (under 4 KB of JSON), so clients
 -- resolve their futures without reading the record back.
--- Returns {"ok"} or {"refused", current status or "missing", current attempt, current worker}.
-local outcome = ARGV[4]
-if outcome ~= 'success' and outcome ~= 'failed' and outcome ~= 'retry' then
-  return redis.error_reply('finish.lua: outcome must be success, failed or retry, got ' .. outcome)
-end
-local now = tonumber(ARGV[5])
-local ttl = math.floor(tonumber(ARGV[6]))
-local current = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker', 'batch')
-if current[1] ~= 'processing' or current[2] ~= ARGV[2] or current[3] ~= ARGV[3] then
-  if current[1] then
-    redis.call('RPUSH', KEYS[5], cjson.encode({attempt = tonumber(ARGV[2]), worker = ARGV[3],
-      event = 'refused', outcome = outcome, at = now,
-      detail = 'task was ' .. current[1] .. ' (attempt ' .. (current[2] or '?') .. ')'}))
+-- Returns, for each task, {"ok"} or {"refused", status or "missing", attempt, worker}.
+-- Publishes one event message: a JSON array of the accepted outcomes' changes.
+local worker, now_text, channel = ARGV[1], ARGV[2], ARGV[4]
+local now = tonumber(now_text)
+local ttl = math.floor(tonumber(ARGV[3]))
+local replies, changes = {}, {}
+for i = 1, (#KEYS - 2) / 4 do
+  local task_key, batch_key, list_key, history_key =
+    KEYS[4 * i - 1], KEYS[4 * i], KEYS[4 * i + 1], KEYS[4 * i + 2]
+  local a = 8 * i - 4
+  local id, held, outcome, retry_at, summary = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+    ARGV[a + 4], ARGV[a + 5]
+  if outcome ~= 'success' and outcome ~= 'failed' and outcome ~= 'retry' then
+    return redis.error_reply('finish.lua: outcome must be success, failed or retry, got '
+      .. outcome)
   end
-  return {'refused', current[1] or 'missing', current[2] or '', current[3] or ''}
-end
-for i = 10, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-end
-redis.call('ZREM', KEYS[2], ARGV[1])
-local batch = current[4] or ''
-local event = {attempt = tonumber(ARGV[2]), worker = ARGV[3], event = outcome, at = now}
-if ARGV[9] ~= '' then
-  event.detail = ARGV[9]
-end
-local new_status = outcome
-local attempt = tonumber(ARGV[2])
-local worker = ARGV[3]
-if outcome == 'retry' then
-  new_status = 'queued'
-  attempt = attempt + 1
-  worker = ''
-  event.retry_at = tonumber(ARGV[8])
-  redis.call('HSET', KEYS[1], 'status', 'queued', 'attempt', tostring(attempt), 'worker', '',
-             'retry_at', ARGV[8])
-  redis.call('ZADD', KEYS[6], ARGV[8], ARGV[1])
-  if batch ~= '' then
-    redis.call('HINCRBY', KEYS[3], 'processing', -1)
-    redis.call('HINCRBY', KEYS[3], 'queued', 1)
+  local current = redis.call('HMGET', task_key, 'status', 'attempt', 'worker', 'batch')
+  if current[1] ~= 'processing' or current[2] ~= held or current[3] ~= worker then
+    if current[1] then
+      redis.call('RPUSH', history_key, cjson.encode({attempt = tonumber(held),
+        worker = worker, event = 'refused', outcome = outcome, at = now,
+        detail = 'task was ' .. current[1] .. ' (attempt ' .. (current[2] or '?') .. ')'}))
+    end
+    replies[i] = {'refused', current[1] or 'missing', current[2] or '', current[3] or ''}
+  else
+    if outcome == 'success' then
+      redis.call('HSET', task_key, 'result', ARGV[a + 6])
+    else
+      redis.call('HSET', task_key, 'error_type', ARGV[a + 6], 'error', ARGV[a + 7],
+                 'traceback', ARGV[a + 8])
+    end
+    redis.call('ZREM', KEYS[1], id)
+    local batch = current[4] or ''
+    local event = {attempt = tonumber(held), worker = worker, event = outcome, at = now}
+    if summary ~= '' then
+      event.detail = summary
+    end
+    local new_status, attempt, holder = outcome, tonumber(held), worker
+    if outcome == 'retry' then
+      new_status = 'queued'
+      attempt = attempt + 1
+      holder = ''
+      event.retry_at = tonumber(retry_at)
+      redis.call('HSET', task_key, 'status', 'queued', 'attempt', tostring(attempt),
+                 'worker', '', 'retry_at', retry_at)
+      redis.call('ZADD', KEYS[2], retry_at, id)
+      if batch ~= '' then
+        redis.call('HINCRBY', batch_key, 'processing', -1)
+        redis.call('HINCRBY', batch_key, 'queued', 1)
+      end
+    else
+      redis.call('HSET', task_key, 'status', outcome, 'finished_at', now_text)
+      redis.call('EXPIRE', task_key, ttl)
+      redis.call('EXPIRE', history_key, ttl)
+      if batch ~= '' then
+        redis.call('HINCRBY', batch_key, 'processing', -1)
+        redis.call('HINCRBY', batch_key, outcome, 1)
+        redis.call('EXPIRE', batch_key, ttl)
+        redis.call('EXPIRE', list_key, ttl)
+      end
+    end
+    redis.call('RPUSH', history_key, cjson.encode(event))
+    local change = {id = id, status = new_status, worker = holder, attempt = attempt,
+      batch = batch, at = now}
+    if outcome == 'success' and #ARGV[a + 6] < 4096 then
+      change.result = ARGV[a + 6]
+    end
+    changes[#changes + 1] = change
+    replies[i] = {'ok'}
   end
-else
-  redis.call('HSET', KEYS[1], 'status', outcome, 'finished_at', ARGV[5])
-  redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('EXPIRE', KEYS[5], ttl)
-  if batch ~= '' then
-    redis.call('HINCRBY', KEYS[3], 'processing', -1)
-    redis.call('HINCRBY', KEYS[3], outcome, 1)
-    redis.call('EXPIRE', KEYS[3], ttl)
-    redis.call('EXPIRE', KEYS[4], ttl)
-  end
 end
-redis.call('RPUSH', KEYS[5], cjson.encode(event))
-local change = {id = ARGV[1], status = new_status, worker = worker, attempt = attempt,
-  batch = batch, at = now}
-if outcome == 'success' and ARGV[10] == 'result' and #ARGV[11] < 4096 then
-  change.result = ARGV[11]
+if #changes > 0 then
+  redis.call('PUBLISH', channel, cjson.encode(changes))
 end
-redis.call('PUBLISH', ARGV[7], cjson.encode(change))
-return {'ok'}
+return replies

@@ -10,7 +10,7 @@
 --         ARGV[4] holds it)
 -- ARGV[3] now (unix seconds)
 -- ARGV[4] worker id handing back, or the reaping worker's id
--- ARGV[5] events channel
+-- ARGV[5] events channel (every event message is a JSON array of changes)
 --
 -- Returns {"ok", new attempt, task, args, kwargs, batch, index, max_retries, timeout,
 -- submitted_at, retry_on, retry_backoff} so the caller can produce the message again,
@@ -44,8 +44,8 @@ if batch ~= '' then
   redis.call('HINCRBY', KEYS[3], 'processing', -1)
   redis.call('HINCRBY', KEYS[3], 'queued', 1)
 end
-redis.call('PUBLISH', ARGV[5], cjson.encode({id = ARGV[1], status = 'queued', worker = '',
-  attempt = attempt, batch = batch, at = tonumber(ARGV[3])}))
+redis.call('PUBLISH', ARGV[5], cjson.encode({{id = ARGV[1], status = 'queued', worker = '',
+  attempt = attempt, batch = batch, at = tonumber(ARGV[3])}}))
 local payload = redis.call('HMGET', KEYS[1], 'task', 'args', 'kwargs', 'batch', 'index',
                            'max_retries', 'timeout', 'submitted_at', 'retry_on', 'retry_backoff')
 local reply = {'ok', attempt}
