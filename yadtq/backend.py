@@ -26,6 +26,8 @@ from yadtq.protocol import TaskMessage
 from yadtq.status import TaskStatus
 
 PIPELINE_CHUNK = 1000
+DOORBELL_RINGS = 16  # rings a doorbell keeps; an older one is dropped (Kafka still has the task)
+UNNAMED_RING = "-"  # a ring for a batch: look in Kafka
 WORKER_RECORD_TTL = 24 * 3600
 
 
@@ -198,35 +200,37 @@ class RedisBackend:
         self,
         calls: Sequence[tuple[Script, list[Any], list[Any]]],
         also: Callable[[redis.client.Pipeline], Any] | None = None,
-    ) -> list[Any]:
-        """Run Lua scripts (and ``also``'s commands) in one round trip; the scripts' replies.
+    ) -> tuple[list[Any], list[Any]]:
+        """Run ``also``'s commands and Lua scripts in one round trip; both's replies.
 
         Sends EVALSHA only: redis-py's pipelines would first ask SCRIPT EXISTS, a second
         round trip. A script Redis lost (after a restart) is loaded and its calls re-run.
         """
-        replies = self._evalsha(calls, also)
+        replies, also_replies = self._evalsha(calls, also)
         lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if lost:
             for script in {id(calls[i][0]): calls[i][0] for i in lost}.values():
                 script.sha = self.redis.script_load(script.script)
-            for i, reply in zip(lost, self._evalsha([calls[i] for i in lost]), strict=True):
+            for i, reply in zip(lost, self._evalsha([calls[i] for i in lost])[0], strict=True):
                 replies[i] = reply
-        for reply in replies:
+        for reply in [*also_replies, *replies]:
             if isinstance(reply, Exception):
                 raise reply
-        return replies
+        return replies, also_replies
 
     def _evalsha(
         self,
         calls: Sequence[tuple[Script, list[Any], list[Any]]],
         also: Callable[[redis.client.Pipeline], Any] | None = None,
-    ) -> list[Any]:
+    ) -> tuple[list[Any], list[Any]]:
         with self.redis.pipeline(transaction=False) as pipe:
-            for script, keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
             if also is not None:
                 also(pipe)
-            return pipe.execute(raise_on_error=False)[:len(calls)]
+            first = len(pipe)
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            replies = pipe.execute(raise_on_error=False)
+        return replies[first:], replies[:first]
 
     # --- client side -------------------------------------------------------
 
@@ -257,20 +261,44 @@ class RedisBackend:
                     pipe.rpush(self.keys.batch_tasks(batch_id), *(m.id for m in chunk))
                 pipe.execute()
 
-    def ring(self, partitions: Iterable[int]) -> None:
+    def ring(self, partitions: Iterable[int], task_id: str | None = None) -> None:
         """Wake the workers of these partitions: tasks were just produced to them.
 
-        Each doorbell is a list holding at most one ring, so it never grows.
+        With ``task_id`` (a lone task, in no batch) the ring names the task, so the
+        woken worker can claim it from its record at once rather than fetch it from
+        Kafka first. A doorbell keeps only its newest rings, so it never grows.
         """
         with self.redis.pipeline(transaction=False) as pipe:
             for partition in partitions:
-                pipe.lpush(self.keys.doorbell(partition), 1)
-                pipe.ltrim(self.keys.doorbell(partition), 0, 0)
+                pipe.lpush(self.keys.doorbell(partition), task_id or UNNAMED_RING)
+                pipe.ltrim(self.keys.doorbell(partition), 0, DOORBELL_RINGS - 1)
             pipe.execute()
 
-    def wait_for_ring(self, partitions: Sequence[int], timeout: float) -> bool:
-        """Sleep until one of these partitions' doorbells rings, or ``timeout`` seconds."""
-        return self.redis.blpop([self.keys.doorbell(p) for p in partitions], timeout) is not None
+    def wait_for_ring(self, partitions: Sequence[int], timeout: float) -> str | None:
+        """Sleep until one of these partitions' doorbells rings, or ``timeout`` seconds.
+
+        Returns the task id the ring named, ``UNNAMED_RING``, or None if none rang.
+        """
+        rang = self.redis.blpop([self.keys.doorbell(p) for p in partitions], timeout)
+        return None if rang is None else _text(rang[1])
+
+    def claim_named(
+        self, task_id: str, worker_id: str, now: float | None = None
+    ) -> tuple[TaskMessage | None, Claim]:
+        """Claim a lone task by id, reading its message from its record: one round trip."""
+        now = time.time() if now is None else now
+        keys = [self.keys.leases, self.keys.task(task_id), self.keys.batch("-"),
+                self.keys.task_history(task_id)]
+        args = [worker_id, now + self.config.lease_seconds, now, self.keys.events, task_id,
+                "", ""]
+        [[reply]], [fields] = self._run_scripts(
+            [(self._claim, keys, args)],
+            also=lambda pipe: pipe.hmget(self.keys.task(task_id), *_PAYLOAD_FIELDS))
+        if _text(reply[0]) != "ok":
+            return None, Claim(task_id, None, _text(reply[1]))
+        attempt = int(reply[1])
+        return (_message_from_fields(task_id, attempt, [_text(v) for v in fields]),
+                Claim(task_id, attempt))
 
     def task_record(self, task_id: str) -> dict[str, Any] | None:
         """The decoded task hash, or None if Redis holds no record."""
@@ -339,14 +367,14 @@ class RedisBackend:
                           ) if offsets else None
         # A yadtq client wrote the record before producing, so its fields are sent only
         # for plain-format messages, and for the rare message that arrived without one.
-        [replies] = self._run_scripts([self._claim_call(messages, worker_id, now,
-                                                        with_fields=False)],
-                                      also=record_offsets)
+        [replies], _ = self._run_scripts([self._claim_call(messages, worker_id, now,
+                                                           with_fields=False)],
+                                         also=record_offsets)
         missing = [i for i, reply in enumerate(replies)
                    if _text(reply[0]) == "skip" and _text(reply[1]) == "missing"]
         if missing:
-            [retried] = self._run_scripts([self._claim_call([messages[i] for i in missing],
-                                                            worker_id, now, with_fields=True)])
+            [retried], _ = self._run_scripts([self._claim_call(
+                [messages[i] for i in missing], worker_id, now, with_fields=True)])
             for i, reply in zip(missing, retried, strict=True):
                 replies[i] = reply
         claims = []
@@ -392,7 +420,7 @@ class RedisBackend:
             args += [outcome.task_id, outcome.attempt, outcome.verb,
                      "" if outcome.retry_at is None else outcome.retry_at, outcome.summary,
                      *outcome.fields()]
-        [replies] = self._run_scripts([(self._finish, keys, args)])
+        [replies], _ = self._run_scripts([(self._finish, keys, args)])
         return [None if _text(reply[0]) == "ok"
                 else "task is {} (attempt {}, worker {})".format(
                     _text(reply[1]), _text(reply[2]) or "?", _text(reply[3]) or "none")

@@ -94,7 +94,7 @@ class Client:
         self._events.start()
         self._events.watch([future])
         self.backend.enqueue([message])
-        self._flush(1, self._send([message], [payload]))
+        self._flush(1, self._send([message], [payload]), lone_task=message.id)
         return future
 
     def map(
@@ -165,15 +165,15 @@ class Client:
             raise self._undelivered(len(messages), exc) from exc
         return used
 
-    def _flush(self, count: int, partitions: set[int]) -> None:
+    def _flush(self, count: int, partitions: set[int], lone_task: str | None = None) -> None:
         """Wait until Kafka has every message (one flush per submit or map), then wake
-        the workers of those partitions."""
+        the workers of those partitions (naming the task of a ``submit``)."""
         try:
             self._producer.flush(timeout=max(self.config.connect_timeout, 10))
         except Exception as exc:  # kafka-python raises several unrelated types here
             raise self._undelivered(count, exc) from exc
         try:
-            self.backend.ring(partitions)
+            self.backend.ring(partitions, task_id=lone_task)
         except redis.RedisError as exc:  # the tasks are on their way; workers look anyway
             logger.warning("could not ring the workers' doorbells (%s); they will find the "
                            "tasks within %.1f s", exc, self.config.idle_wait)

@@ -40,7 +40,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from yadtq import broker, execution, protocol, registry
-from yadtq.backend import Claim, Outcome, RedisBackend
+from yadtq.backend import UNNAMED_RING, Claim, Outcome, RedisBackend
 from yadtq.config import Config
 from yadtq.errors import ProtocolError, UnknownTask
 from yadtq.status import TaskStatus
@@ -190,6 +190,7 @@ class Worker:
         self._stealer = Stealer(config, self.name, self.backend.claimed_offsets) if steal else None
         self._steal_backoff = 0.0
         self._next_steal_at = 0.0
+        self._poll_ms = POLL_MS  # how long the next poll waits for records to arrive
         self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"{self.name}-slot")
         self._heartbeat_thread = threading.Thread(
             target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
@@ -222,12 +223,10 @@ class Worker:
                     self._resume()
                     # Short polls only with partitions: a group join needs longer ones.
                     polled = self.consumer.poll(
-                        timeout_ms=POLL_MS if self._partitions else JOIN_POLL_MS,
+                        timeout_ms=self._poll_ms if self._partitions else JOIN_POLL_MS,
                         max_records=READ_AHEAD)
                     if polled:
                         self._read_ahead(polled)
-                        self._next_steal_at = 0.0  # busy again: steal at once when idle next
-                        self._steal_backoff = 0.0
                     elif not self._steal(free):
                         self._sleep_until_rung()
                 self._commit()
@@ -266,10 +265,28 @@ class Worker:
         if not partitions:
             return  # joining the group: the next poll waits
         try:
-            self.backend.wait_for_ring(partitions, self.config.idle_wait)
+            rang = self.backend.wait_for_ring(partitions, self.config.idle_wait)
+            if rang not in (None, UNNAMED_RING):
+                self._claim_named(rang)
+                self._poll_ms = 0  # lone tasks come by doorbell: back to it soon
+            else:
+                self._poll_ms = POLL_MS  # a batch, or a task from a client that rings not
         except redis.RedisError as exc:
             logger.warning("Worker %s: cannot wait on Redis (%s)", self.name, exc)
             self._stopping.wait(self.config.idle_wait)
+
+    def _claim_named(self, task_id: str) -> None:
+        """Claim and start a lone task a doorbell named, straight from its Redis record.
+
+        Its Kafka message is on the topic too; when this worker (or another)
+        reaches it, the claim finds the task taken and skips it.
+        """
+        with self._lock:
+            message, claim = self.backend.claim_named(task_id, self.name, now=self.clock())
+            if message is None or claim.attempt is None:
+                return
+            self._hold(message, claim.attempt)
+        self._start(message, claim.attempt)
 
     def _pause(self) -> None:
         if not self._paused:
@@ -333,7 +350,11 @@ class Worker:
         claims = self._claim(messages, offsets)
         if claims is None:
             return  # stopping while Redis is down: nothing committed, so nothing is lost
-        self._start_claimed(messages, claims)
+        if self._start_claimed(messages, claims):
+            self._poll_ms = POLL_MS  # busy: the next poll waits for more
+            self._next_steal_at = self._steal_backoff = 0.0  # and steal at once when idle
+        else:
+            self._poll_ms = 0  # only copies of tasks taken by doorbell or stolen
         for record in records:
             self._claimed_through[TopicPartition(record.topic, record.partition)] = (
                 record.offset + 1
@@ -374,10 +395,14 @@ class Worker:
             if claims is GAVE_UP:
                 return None
             for message, claim in zip(messages, claims, strict=True):
-                if claim.claimed:
-                    self._running[message.id] = _Running(message, claim.attempt)
-                    self._executing += 1
+                if claim.attempt is not None:
+                    self._hold(message, claim.attempt)
         return claims
+
+    def _hold(self, message: protocol.TaskMessage, attempt: int) -> None:
+        """Count a claimed task as this worker's (call with the lock held)."""
+        self._running[message.id] = _Running(message, attempt)
+        self._executing += 1
 
     def _retry_redis(
         self, step: Callable[[], T], what: str, within: float | None = None
