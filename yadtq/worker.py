@@ -56,6 +56,7 @@ COMMIT_INTERVAL = 0.5  # seconds; a claim, not the offset, is what keeps a task 
 READ_AHEAD = 100  # messages polled ahead: one poll feeds many claims, oldest first
 POLL_MS = 20  # a poll returns as soon as records arrive; this is how long it looks when none do
 JOIN_POLL_MS = 200
+GROUP_POLL_INTERVAL = 0.1  # seconds; with every slot busy, a poll only serves the group
 STEAL_ROUNDS = 3  # claims tried per steal when other thieves were quicker
 STEAL_BACKOFF_MIN, STEAL_BACKOFF_MAX = 0.05, 5.0  # seconds between looks that find nothing
 
@@ -191,6 +192,7 @@ class Worker:
         self._steal_backoff = 0.0
         self._next_steal_at = 0.0
         self._poll_ms = POLL_MS  # how long the next poll waits for records to arrive
+        self._polled_at = 0.0
         self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"{self.name}-slot")
         self._heartbeat_thread = threading.Thread(
             target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
@@ -216,18 +218,15 @@ class Worker:
                     self._take(free)
                 elif free == 0:
                     self._pause()
-                    self._read_ahead(self.consumer.poll(timeout_ms=0))  # stay in the group
+                    if time.monotonic() - self._polled_at > GROUP_POLL_INTERVAL:
+                        self._poll(0)  # takes part in a rebalance; the partitions are paused
                     self._slot_freed.wait(0.2)
                     self._slot_freed.clear()
                 else:
                     self._resume()
                     # Short polls only with partitions: a group join needs longer ones.
-                    polled = self.consumer.poll(
-                        timeout_ms=self._poll_ms if self._partitions else JOIN_POLL_MS,
-                        max_records=READ_AHEAD)
-                    if polled:
-                        self._read_ahead(polled)
-                    elif not self._steal(free):
+                    if not self._poll(self._poll_ms if self._partitions else JOIN_POLL_MS) \
+                            and not self._steal(free):
                         self._sleep_until_rung()
                 self._commit()
         finally:
@@ -329,9 +328,13 @@ class Worker:
             self._next_steal_at = time.monotonic() + self._steal_backoff
         return started > 0
 
-    def _read_ahead(self, polled: dict[Any, list[Any]]) -> None:
+    def _poll(self, timeout_ms: int) -> bool:
+        """Poll Kafka into the read-ahead buffer; True if records came."""
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=READ_AHEAD)
+        self._polled_at = time.monotonic()
         for partition, records in polled.items():
             self._buffer.add(partition, [(r, self._decode(r)) for r in records])
+        return bool(polled)
 
     def _take(self, free: int) -> None:
         """Claim up to ``free`` buffered messages and start what was claimed.
