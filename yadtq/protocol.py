@@ -43,7 +43,7 @@ _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 _PLAIN_ID_FIELDS = ("task-id", "task_id", "id")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskMessage:
     """One task as it travels on the topic; ``plain`` marks the legacy format."""
 
