@@ -127,11 +127,13 @@ def kill(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:  # the fault's timing, not a synchronisation
             time.sleep(0.05)
+        unfinished = len(batch) - batch.snapshot()["done"]
         cluster.kill_worker(0, signal.SIGKILL)
         batch.wait(timeout=120)
         last = time.perf_counter() - started
         frame = batch.to_dataframe()
-    return {"succeeded": int((frame["status"] == "success").sum()),
+    return {"unfinished_at_kill": unfinished,
+            "succeeded": int((frame["status"] == "success").sum()),
             "lost": int((frame["status"] != "success").sum()),
             "ran_more_than_once": int((frame["attempt"] > 1).sum()),
             "seconds_to_last_outcome": round(last, 2)}
