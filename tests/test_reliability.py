@@ -158,6 +158,32 @@ def cli_env(config: Config) -> dict[str, str]:
 # --- crashes and hangs ---------------------------------------------------------------
 
 
+def test_a_worker_joining_mid_batch_gets_partitions_promptly_and_every_task_runs_once(
+    client, start_workers
+):
+    # Given one worker with messages read ahead from every partition, mid-batch
+    cluster = start_workers(1, concurrency=2)
+    client.wait_for_workers(1, timeout=60)
+    batch = client.map(sleep, [0.03] * 300)
+    wait_until(lambda: batch.local_counts()["success"] >= 30, 60, "30 tasks done")
+
+    # When a second worker joins and the group rebalances
+    joined = time.monotonic()
+    cluster.start_worker()
+
+    # Then the two share the partitions within the usual join time
+    client.wait_for_workers(2, timeout=20)
+    report(f"rebalance with a second worker settled in {time.monotonic() - joined:.1f} s")
+
+    # And all 300 succeed, each claimed exactly once: no read-ahead message was
+    # dropped or run twice across the rebalance
+    assert len(batch.results(timeout=120)) == 300
+    claims = [events_of(h).count("claimed") for h in histories(client, batch.ids)]
+    assert claims == [1] * 300, Counter(claims)
+    assert set(batch.snapshot()["per_worker"]) == {"local-worker-1", "local-worker-2"}
+
+
+
 def test_sigkill_of_one_of_three_workers_mid_batch_loses_no_task_and_overwrites_no_result(
     client, start_workers
 ):

@@ -294,8 +294,10 @@ class Worker:
 
     def _resume(self) -> None:
         if self._paused:
-            self.consumer.resume(*self.consumer.paused())
             self._paused = False
+            # Not just what was paused then: kafka-python keeps a kept partition paused
+            # across a rebalance.
+            self.consumer.resume(*self.consumer.paused())
 
     def _steal(self, free: int) -> bool:
         """Claim and start tasks waiting in other workers' partitions; True if any.
@@ -443,8 +445,11 @@ class Worker:
             return
         if not now and time.monotonic() - self._last_commit < COMMIT_INTERVAL:
             return
+        owned = set(self._partitions)
         offsets = {tp: OffsetAndMetadata(offset, "", -1)
-                   for tp, offset in self._claimed_through.items()}
+                   for tp, offset in self._claimed_through.items() if tp.partition in owned}
+        if not offsets:
+            return
         self._commit_due = False
         self._last_commit = time.monotonic()
         try:
@@ -607,8 +612,12 @@ class Worker:
 
     # --- group membership --------------------------------------------------
 
+    # kafka-python calls these two from its network thread, in the middle of a poll:
+    # they only note the new assignment. The read-ahead buffer is kept: a message in it
+    # from a partition now someone else's is still claimed at most once, and kafka-python
+    # keeps its position in a partition this worker keeps, so dropping it would skip it.
+
     def _on_assign(self, assigned: set[Any]) -> None:
-        self._paused = False
         self._partitions = sorted(tp.partition for tp in assigned)
         total = broker.partition_count(self.consumer, self.config.tasks_topic)
         self._topic_partitions = total
@@ -624,10 +633,6 @@ class Worker:
         self._heartbeat_now.set()
 
     def _on_revoke(self, revoked: set[Any]) -> None:
-        """Commit what was claimed and drop the buffer: the next owner reads from there."""
-        self._commit(now=True)
-        self._claimed_through.clear()
-        self._buffer.clear()
         self._partitions = []
 
     # --- heartbeat, leases, cancellations, retries and the reaper ----------
