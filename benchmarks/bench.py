@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -28,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout as-is
+
+import workloads  # noqa: E402 - beside this script
 
 import yadtq  # noqa: E402
 from worker_node.tasks import add, sleep  # noqa: E402
@@ -96,16 +96,12 @@ def latency(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter()
             assert q.submit(add, 1, 2).result(timeout=30) == 3
             samples.append((time.perf_counter() - started) * 1000)
-    cuts = statistics.quantiles(samples, n=100)
-    return {"p50_ms": round(cuts[49], 2), "p90_ms": round(cuts[89], 2),
-            "p99_ms": round(cuts[98], 2)}
+    return workloads.percentiles(samples)
 
 
 def balance(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
     """60 long-tailed sleeps (~9 s in all), 3 workers of concurrency 1."""
-    rng = random.Random(42)
-    raw = [rng.paretovariate(1.5) for _ in range(60)]
-    durations = [round(9.0 * d / sum(raw), 3) for d in raw]
+    durations = workloads.long_tail_durations()
     with _cluster(stack, args, concurrency=1) as cluster, yadtq.connect(cluster) as q:
         q.wait_for_workers(WORKERS, timeout=60)
         started = time.perf_counter()
@@ -113,7 +109,7 @@ def balance(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
         batch.results(timeout=120)
         makespan = time.perf_counter() - started
         per_worker = batch.snapshot()["per_worker"]
-    ideal = max(sum(durations) / WORKERS, max(durations))
+    ideal = workloads.ideal_makespan(durations, WORKERS)
     return {"makespan_s": round(makespan, 3), "ideal_s": round(ideal, 3),
             "efficiency": round(ideal / makespan, 3), "per_worker": per_worker}
 

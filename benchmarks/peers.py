@@ -36,11 +36,9 @@ import contextlib
 import json
 import logging
 import os
-import random
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,6 +50,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
+
+import workloads  # beside this script: the workloads bench.py runs too
 
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".peers-venv"
@@ -457,22 +457,18 @@ def latency(q: Peer, args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         assert q.call("add", 1, 2, timeout=30) == 3, "wrong result"
         samples.append((time.perf_counter() - started) * 1000)
-    cuts = statistics.quantiles(samples, n=100)
-    return {"p50_ms": round(cuts[49], 2), "p90_ms": round(cuts[89], 2),
-            "p99_ms": round(cuts[98], 2)}
+    return workloads.percentiles(samples)
 
 
 def balance(q: Peer, args: argparse.Namespace) -> dict[str, Any]:
     """60 long-tailed sleeps (~9 s in all), 3 workers of concurrency 1."""
-    rng = random.Random(42)
-    raw = [rng.paretovariate(1.5) for _ in range(60)]
-    durations = [round(9.0 * d / sum(raw), 3) for d in raw]
+    durations = workloads.long_tail_durations()
     started = time.perf_counter()
     slept = q.gather(q.submit_many("sleep", [(d,) for d in durations]), timeout=120)
     makespan = time.perf_counter() - started
     assert len(slept) == len(durations), "missing results"
     assert all(s >= d for s, d in zip(slept, durations, strict=True)), "a sleep was cut short"
-    ideal = max(sum(durations) / WORKERS, max(durations))
+    ideal = workloads.ideal_makespan(durations, WORKERS)
     return {"makespan_s": round(makespan, 3), "ideal_s": round(ideal, 3),
             "efficiency": round(ideal / makespan, 3)}
 

@@ -1,0 +1,32 @@
+"""What bench.py and peers.py both measure, defined once so the comparison is like for like.
+
+Imports nothing from yadtq: peers.py runs in its own virtualenv.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+BALANCE_TASKS = 60
+BALANCE_TOTAL_SECONDS = 9.0
+BALANCE_WORKERS = 3
+
+
+def long_tail_durations() -> list[float]:
+    """60 sleep durations from a Pareto tail (random.Random(42)), about 9 s in all."""
+    rng = random.Random(42)
+    raw = [rng.paretovariate(1.5) for _ in range(BALANCE_TASKS)]
+    return [round(BALANCE_TOTAL_SECONDS * d / sum(raw), 3) for d in raw]
+
+
+def ideal_makespan(durations: list[float], workers: int = BALANCE_WORKERS) -> float:
+    """The best any scheduler can do: max(total / workers, longest task)."""
+    return max(sum(durations) / workers, max(durations))
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    """p50, p90 and p99 of latency samples in milliseconds."""
+    cuts = statistics.quantiles(samples_ms, n=100)
+    return {"p50_ms": round(cuts[49], 2), "p90_ms": round(cuts[89], 2),
+            "p99_ms": round(cuts[98], 2)}
