@@ -5,8 +5,8 @@ buffer, and for each free slot take one from it: decode it (undecodable,
 unsigned or forged ones go to the dead-letter topic), claim the lot in Redis
 with a lease in one round trip, hand the claimed tasks to the execution slots
 (``yadtq.execution``); every half second, commit the offsets of what was
-claimed (never of what is only buffered). A finisher thread stores outcomes,
-all those that ended meanwhile in one round trip. With nothing of its own to
+claimed (never of what is only buffered). The slot whose task ends stores its
+outcome, with all others that ended meanwhile, in one round trip. With nothing of its own to
 do, the worker takes tasks waiting in other workers' partitions
 (``yadtq.stealing``, opt-in), or else sleeps until a client rings one of its
 partitions' doorbells in Redis. A heartbeat
@@ -167,9 +167,10 @@ class Worker:
         self._claimed_through: dict[TopicPartition, int] = {}  # next offset to commit
         self._commit_due = False
         self._last_commit = 0.0
-        self._outcomes: queue.SimpleQueue[tuple[protocol.TaskMessage, Outcome] | None] = (
+        self._outcomes: queue.SimpleQueue[tuple[protocol.TaskMessage, Outcome]] = (
             queue.SimpleQueue()
         )
+        self._storing = threading.Lock()  # held by the thread storing outcomes
         self._lock = threading.Lock()
         self._slot_freed = threading.Event()
         self._stopping = threading.Event()
@@ -193,12 +194,13 @@ class Worker:
         self._next_steal_at = 0.0
         self._poll_ms = POLL_MS  # how long the next poll waits for records to arrive
         self._polled_at = 0.0
-        self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"{self.name}-slot")
+        # One thread more than slots: a slot thread storing outcomes must not hold up the
+        # next task (the runners still bound how many run at once).
+        self.executor = ThreadPoolExecutor(concurrency + 1,
+                                           thread_name_prefix=f"{self.name}-slot")
         self._heartbeat_thread = threading.Thread(
             target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
         )
-        self._finisher = threading.Thread(target=self._finish_loop, name=f"{self.name}-finisher",
-                                          daemon=True)
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -210,7 +212,6 @@ class Worker:
             ", ".join(self.task_names) or "none",
         )
         self._heartbeat_thread.start()
-        self._finisher.start()
         try:
             while not self._stopping.is_set():
                 free = self._free_slots()
@@ -491,11 +492,31 @@ class Worker:
         self._ended(message, self._outcome(message, attempt, result))
 
     def _ended(self, message: protocol.TaskMessage, report: Outcome) -> None:
-        """Free the slot and queue the outcome for the finisher to store."""
+        """Free the slot, then store the outcome with any others that ended meanwhile."""
         with self._lock:
             self._executing -= 1
         self._outcomes.put((message, report))
         self._slot_freed.set()
+        self._store_ended()
+
+    def _store_ended(self) -> None:
+        """Store every queued outcome in one round trip, unless another thread is at it.
+
+        The thread that holds ``_storing`` takes all that is queued; after letting
+        go it looks again, so an outcome queued meanwhile is never left behind and
+        no thread waits for another's round trip.
+        """
+        while not self._outcomes.empty() and self._storing.acquire(blocking=False):
+            try:
+                ended = []
+                while not self._outcomes.empty():
+                    ended.append(self._outcomes.get())
+                self._store_outcomes(ended)
+            except Exception:  # noqa: BLE001 - one failure must not stop later outcomes
+                logger.exception("Worker %s: storing outcomes failed; their leases will "
+                                 "expire and they will run again", self.name)
+            finally:
+                self._storing.release()
 
     def _outcome(
         self, message: protocol.TaskMessage, attempt: int, result: execution.Attempt
@@ -527,25 +548,6 @@ class Worker:
         """Exponential backoff with full jitter around the base: base * 2^(n-1) * [0.5, 1.5)."""
         base = _option(message, "retry_backoff", self.config.retry_backoff)
         return min(base * 2 ** (attempt - 1) * random.uniform(0.5, 1.5), MAX_BACKOFF_SECONDS)
-
-    def _finish_loop(self) -> None:
-        """Store outcomes as tasks end: all that ended meanwhile in one round trip.
-
-        Runs until it takes the ``None`` that :meth:`_shutdown` queues last.
-        """
-        while True:
-            taken = [self._outcomes.get()]
-            while not self._outcomes.empty():
-                taken.append(self._outcomes.get())
-            ended = [item for item in taken if item is not None]
-            if ended:
-                try:
-                    self._store_outcomes(ended)
-                except Exception:  # noqa: BLE001 - the finisher must outlive any one failure
-                    logger.exception("Worker %s: storing %d outcome(s) failed; their leases "
-                                     "will expire and they will run again", self.name, len(ended))
-            if len(ended) < len(taken):
-                return
 
     def _store_outcomes(self, ended: list[tuple[protocol.TaskMessage, Outcome]]) -> None:
         """Store outcomes, retrying for a while if Redis is unreachable, then account for them."""
@@ -738,8 +740,7 @@ class Worker:
         with self._lock:
             futures = [r.future for r in self._running.values() if r.future is not None]
         wait_futures(futures, timeout=self.shutdown_grace)
-        self._outcomes.put(None)  # the finisher stores what ended, then returns
-        self._finisher.join(timeout=FINISH_RETRY_SECONDS + 5)
+        self._store_ended()  # what a slot left for a storer that had just let go
         self._commit(now=True)
         self._hand_back()
         self.executor.shutdown(wait=False, cancel_futures=True)
