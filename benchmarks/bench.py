@@ -115,12 +115,12 @@ def balance(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def kill(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
-    """300 tasks of 20 ms; SIGKILL one worker after 1 s."""
+    """300 tasks of 20 ms; SIGKILL one worker after 1 s (``--kill-after``)."""
     with _cluster(stack, args) as cluster, yadtq.connect(cluster) as q:
         q.wait_for_workers(WORKERS, timeout=60)
         started = time.perf_counter()
         batch = q.map(sleep, [0.02] * 300)
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + args.kill_after
         while time.monotonic() < deadline:  # the fault's timing, not a synchronisation
             time.sleep(0.05)
         unfinished = len(batch) - batch.snapshot()["done"]
@@ -184,6 +184,8 @@ def main() -> int:
     parser.add_argument("--steal", action=argparse.BooleanOptionalAction, default=True,
                         help="workers steal when idle (default: on)")
     parser.add_argument("--tasks", type=int, default=5000, help="throughput batch size")
+    parser.add_argument("--kill-after", type=float, default=1.0, metavar="SECONDS",
+                        help="when the kill workload kills a worker (default: 1)")
     parser.add_argument("--peers", action="store_true",
                         help="then run throughput, latency and balance on Celery, RQ and Dask "
                         "(benchmarks/peers.py, in its own virtualenv)")

@@ -153,6 +153,24 @@ def test_second_claim_of_a_processing_task_is_skipped(backend: RedisBackend) -> 
     assert counters(backend, batch_id)["processing"] == 1
 
 
+def test_claim_with_a_limit_takes_the_first_queued_tasks_and_leaves_the_rest(
+    backend: RedisBackend,
+) -> None:
+    # Given five queued tasks, the first already taken by another worker
+    _, messages = enqueue_batch(backend, count=5)
+    claim_one(backend, messages[0], worker=OTHER_WORKER)
+
+    # When a worker claims all five with a limit of two
+    claims = backend.claim_many(messages, WORKER, limit=2)
+
+    # Then it holds the first two still queued, and the last two are untouched
+    assert [c.claimed for c in claims] == [False, True, True, False, False]
+    assert [c.skipped_because for c in claims] == [
+        "processing", None, None, "over the limit", "over the limit"]
+    statuses = [backend.task_record(m.id)["status"] for m in messages]
+    assert statuses == ["processing", "processing", "processing", "queued", "queued"]
+
+
 def test_claim_of_a_finished_task_is_skipped(backend: RedisBackend) -> None:
     _, [message, *_] = enqueue_batch(backend)
     attempt = claim_one(backend, message)

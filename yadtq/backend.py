@@ -289,7 +289,7 @@ class RedisBackend:
         now = time.time() if now is None else now
         keys = [self.keys.leases, self.keys.task(task_id), self.keys.batch("-"),
                 self.keys.task_history(task_id)]
-        args = [worker_id, now + self.config.lease_seconds, now, self.keys.events, task_id,
+        args = [worker_id, now + self.config.lease_seconds, now, self.keys.events, 1, task_id,
                 "", ""]
         [[reply]], [fields] = self._run_scripts(
             [(self._claim, keys, args)],
@@ -352,11 +352,13 @@ class RedisBackend:
         worker_id: str,
         now: float | None = None,
         offsets: dict[int, int] | None = None,
+        limit: int | None = None,
     ) -> list[Claim]:
         """Claim each message's task with a lease, in one round trip (two if a record is missing).
 
         ``offsets`` (partition → next offset) records how far the owner of each
-        partition has claimed, for idle workers that steal from the rest.
+        partition has claimed, for idle workers that steal from the rest. With
+        ``limit``, at most that many are claimed, the first claimable ones in order.
         """
         now = time.time() if now is None else now
         if not messages:
@@ -367,14 +369,17 @@ class RedisBackend:
                           ) if offsets else None
         # A yadtq client wrote the record before producing, so its fields are sent only
         # for plain-format messages, and for the rare message that arrived without one.
-        [replies], _ = self._run_scripts([self._claim_call(messages, worker_id, now,
+        limit = len(messages) if limit is None else limit
+        [replies], _ = self._run_scripts([self._claim_call(messages, worker_id, now, limit,
                                                            with_fields=False)],
                                          also=record_offsets)
         missing = [i for i, reply in enumerate(replies)
                    if _text(reply[0]) == "skip" and _text(reply[1]) == "missing"]
         if missing:
+            claimed = sum(1 for reply in replies if _text(reply[0]) == "ok")
             [retried], _ = self._run_scripts([self._claim_call(
-                [messages[i] for i in missing], worker_id, now, with_fields=True)])
+                [messages[i] for i in missing], worker_id, now, limit - claimed,
+                with_fields=True)])
             for i, reply in zip(missing, retried, strict=True):
                 replies[i] = reply
         claims = []
@@ -387,10 +392,12 @@ class RedisBackend:
         return claims
 
     def _claim_call(
-        self, messages: Sequence[TaskMessage], worker_id: str, now: float, with_fields: bool
+        self, messages: Sequence[TaskMessage], worker_id: str, now: float, limit: int,
+        with_fields: bool,
     ) -> tuple[Script, list[Any], list[Any]]:
         keys: list[Any] = [self.keys.leases]
-        args: list[Any] = [worker_id, now + self.config.lease_seconds, now, self.keys.events]
+        args: list[Any] = [worker_id, now + self.config.lease_seconds, now, self.keys.events,
+                           limit]
         for message in messages:
             keys += [self.keys.task(message.id), self.keys.batch(message.batch or "-"),
                      self.keys.task_history(message.id)]

@@ -124,8 +124,11 @@ class _Rebalance(ConsumerRebalanceListener):
             self._on_assign(set(assigned))
 
 
-def make_reader(config: Config, *, client_id: str) -> KafkaConsumer:
+def make_reader(config: Config, *, client_id: str, fetch_wait_ms: int | None = None
+                ) -> KafkaConsumer:
     """A consumer outside any group, for reading partitions by hand (assign and seek).
+
+    ``fetch_wait_ms`` overrides how long a fetch may wait on the broker for data.
 
     Raises:
         BrokerUnavailable: no broker answered within the connect timeout.
@@ -133,7 +136,8 @@ def make_reader(config: Config, *, client_id: str) -> KafkaConsumer:
     try:
         return KafkaConsumer(
             bootstrap_servers=config.bootstrap, group_id=None, enable_auto_commit=False,
-            client_id=client_id, fetch_max_wait_ms=config.fetch_wait_ms,
+            client_id=client_id,
+            fetch_max_wait_ms=config.fetch_wait_ms if fetch_wait_ms is None else fetch_wait_ms,
             bootstrap_timeout_ms=_timeout_ms(config), **config.kafka_options,
         )
     except (KafkaError, OSError) as exc:

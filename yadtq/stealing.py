@@ -29,6 +29,8 @@ from yadtq.config import Config
 logger = logging.getLogger(__name__)
 
 READ_AHEAD = 200
+READER_FETCH_WAIT_MS = 1  # the embedded broker answers an empty fetch after about this long
+READ_TIMEOUT_MS = 5  # waiting messages come back at once; this only bounds an empty look
 
 
 class Stealer:
@@ -39,7 +41,9 @@ class Stealer:
     ) -> None:
         self.config = config
         self._claimed_up_to = claimed_up_to
-        self._reader = broker.make_reader(config, client_id=f"{client_id}-stealer")
+        # A look must be short: while it lasts, the thief does not hear its doorbells.
+        self._reader = broker.make_reader(config, client_id=f"{client_id}-stealer",
+                                          fetch_wait_ms=READER_FETCH_WAIT_MS)
 
     def take(self, own: set[int], total: int) -> list[Any]:
         """Records waiting in foreign partitions, best to steal first.
@@ -57,7 +61,7 @@ class Stealer:
         for partition in partitions:
             self._reader.seek(partition, committed.get(partition.partition, 0))
         try:
-            fetched = self._reader.poll(timeout_ms=self.config.fetch_wait_ms + 5,
+            fetched = self._reader.poll(timeout_ms=READ_TIMEOUT_MS,
                                         max_records=READ_AHEAD)
         except KafkaError as exc:
             logger.debug("stealer: read-ahead failed: %s", exc)

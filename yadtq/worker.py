@@ -57,7 +57,6 @@ READ_AHEAD = 100  # messages polled ahead: one poll feeds many claims, oldest fi
 POLL_MS = 20  # a poll returns as soon as records arrive; this is how long it looks when none do
 JOIN_POLL_MS = 200
 GROUP_POLL_INTERVAL = 0.1  # seconds; with every slot busy, a poll only serves the group
-STEAL_ROUNDS = 3  # claims tried per steal when other thieves were quicker
 STEAL_BACKOFF_MIN, STEAL_BACKOFF_MAX = 0.05, 5.0  # seconds between looks that find nothing
 
 T = TypeVar("T")
@@ -303,9 +302,10 @@ class Worker:
     def _steal(self, free: int) -> bool:
         """Claim and start tasks waiting in other workers' partitions; True if any.
 
-        Candidates another thief claimed first are skipped, and the next ones tried.
-        After a look that found nothing the next one waits longer, up to 5 s, so an
-        idle worker mostly sleeps on its doorbells and answers a lone task at once.
+        One claim goes through the candidates in order and takes the first ``free``
+        still queued (others may have been stolen already). After a look that
+        found nothing the next one waits longer, up to 5 s, so an idle worker
+        mostly sleeps on its doorbells and answers a lone task at once.
         """
         if self._stealer is None or not self._partitions:
             return False  # joining the group comes first
@@ -315,12 +315,9 @@ class Worker:
         candidates = [m for m in map(self._decode, records)  # owners dead-letter the bad ones
                       if not isinstance(m, ProtocolError)]
         started = 0
-        for _ in range(STEAL_ROUNDS):
-            wanted = free - started
-            if wanted <= 0 or not candidates:
-                break
-            tried, candidates = candidates[:wanted], candidates[wanted:]
-            started += self._start_claimed(tried, self._claim(tried) or [])
+        if candidates:
+            started = self._start_claimed(candidates,
+                                          self._claim(candidates, limit=free) or [])
         if started:
             logger.debug("Worker %s: stole %d task(s) from other partitions", self.name,
                          started)
@@ -388,14 +385,17 @@ class Worker:
         return started
 
     def _claim(
-        self, messages: list[protocol.TaskMessage], offsets: dict[int, int] | None = None
+        self,
+        messages: list[protocol.TaskMessage],
+        offsets: dict[int, int] | None = None,
+        limit: int | None = None,
     ) -> list[Claim] | None:
         if not messages and not offsets:
             return []
         with self._lock:
             claims = self._retry_redis(
                 lambda: self.backend.claim_many(messages, self.name, now=self.clock(),
-                                                offsets=offsets),
+                                                offsets=offsets, limit=limit),
                 "claim tasks",
             )
             if claims is GAVE_UP:

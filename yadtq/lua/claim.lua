@@ -10,6 +10,7 @@
 -- ARGV[2] lease expiry (unix seconds)
 -- ARGV[3] now (unix seconds)
 -- ARGV[4] events channel
+-- ARGV[5] the most tasks to claim: the rest are skipped untouched ("over the limit")
 -- then for each task 3 args:
 --   task id
 --   batch id the message names, or ""
@@ -20,11 +21,12 @@
 -- A task waiting out a retry backoff is not claimed before its retry_at.
 -- Returns, for each task, {"ok", attempt} when claimed, else {"skip", status or reason}.
 -- Publishes one event message: a JSON array of the claimed tasks' changes.
-local worker, expiry, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local replies, changes = {}, {}
-for i = 1, (#KEYS - 1) / 3 do
+local worker, expiry, now, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[5])
+local changes = {}
+
+local function claim(i)
   local task_key, batch_key, history_key = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
-  local id, named_batch, fields = ARGV[3 * i + 2], ARGV[3 * i + 3], ARGV[3 * i + 4]
+  local id, named_batch, fields = ARGV[3 * i + 3], ARGV[3 * i + 4], ARGV[3 * i + 5]
   local status = redis.call('HGET', task_key, 'status')
   local created = false
   if not status and fields ~= '' then
@@ -35,31 +37,41 @@ for i = 1, (#KEYS - 1) / 3 do
     status = 'queued'
     created = true
   end
-  local record = redis.call('HMGET', task_key, 'attempt', 'batch', 'retry_at')
   if not status then
-    replies[i] = {'skip', 'missing'}
-  elseif status ~= 'queued' then
-    replies[i] = {'skip', status}
-  elseif record[3] and tonumber(record[3]) > now then
-    replies[i] = {'skip', 'waiting to retry'}
+    return {'skip', 'missing'}
+  end
+  if status ~= 'queued' then
+    return {'skip', status}
+  end
+  local record = redis.call('HMGET', task_key, 'attempt', 'batch', 'retry_at')
+  if record[3] and tonumber(record[3]) > now then
+    return {'skip', 'waiting to retry'}
+  end
+  local attempt = tonumber(record[1]) or 1
+  redis.call('HSET', task_key, 'status', 'processing', 'worker', worker, 'started_at', ARGV[3],
+             'attempt', tostring(attempt))
+  redis.call('HDEL', task_key, 'retry_at')
+  redis.call('ZADD', KEYS[1], expiry, id)
+  redis.call('RPUSH', history_key, cjson.encode({attempt = attempt, worker = worker,
+    event = 'claimed', at = now}))
+  local batch = record[2]
+  if not created and batch and batch ~= '' and batch == named_batch then
+    redis.call('HINCRBY', batch_key, 'queued', -1)
+    redis.call('HINCRBY', batch_key, 'processing', 1)
   else
-    local attempt = tonumber(record[1]) or 1
-    redis.call('HSET', task_key, 'status', 'processing', 'worker', worker, 'started_at',
-               ARGV[3], 'attempt', tostring(attempt))
-    redis.call('HDEL', task_key, 'retry_at')
-    redis.call('ZADD', KEYS[1], expiry, id)
-    redis.call('RPUSH', history_key, cjson.encode({attempt = attempt, worker = worker,
-      event = 'claimed', at = now}))
-    local batch = record[2]
-    if not created and batch and batch ~= '' and batch == named_batch then
-      redis.call('HINCRBY', batch_key, 'queued', -1)
-      redis.call('HINCRBY', batch_key, 'processing', 1)
-    else
-      batch = ''
-    end
-    changes[#changes + 1] = {id = id, status = 'processing', worker = worker,
-      attempt = attempt, batch = batch, at = now}
-    replies[i] = {'ok', attempt}
+    batch = ''
+  end
+  changes[#changes + 1] = {id = id, status = 'processing', worker = worker,
+    attempt = attempt, batch = batch, at = now}
+  return {'ok', attempt}
+end
+
+local replies = {}
+for i = 1, (#KEYS - 1) / 3 do
+  if #changes >= limit then
+    replies[i] = {'skip', 'over the limit'}
+  else
+    replies[i] = claim(i)
   end
 end
 if #changes > 0 then
