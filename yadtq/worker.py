@@ -1,19 +1,20 @@
 """The worker runtime (core layer): take tasks from Kafka, claim them in Redis, run them.
 
-The main loop reads as a list of steps: poll a few messages ahead into a local
-buffer, and for each free slot take one from it: decode it (undecodable,
-unsigned or forged ones go to the dead-letter topic), claim the lot in Redis
-with a lease in one round trip, hand the claimed tasks to the execution slots
-(``yadtq.execution``); every half second, commit the offsets of what was
+The main loop reads as a list of steps: poll up to 100 messages ahead into a
+local buffer (decoded; undecodable, unsigned or forged ones go to the
+dead-letter topic when reached), and for the free slots take the oldest, claim
+them in Redis with a lease in one round trip and hand them to the execution
+slots (``yadtq.execution``); every half second, commit the offsets of what was
 claimed (never of what is only buffered). The slot whose task ends stores its
-outcome, with all others that ended meanwhile, in one round trip. With nothing of its own to
-do, the worker takes tasks waiting in other workers' partitions
-(``yadtq.stealing``, opt-in), or else sleeps until a client rings one of its
-partitions' doorbells in Redis. A heartbeat
-thread records the worker in Redis, renews the leases of what it runs, stops
-tasks cancelled while running, sends due retries, and reaps expired leases of
-any worker (DESIGN.md, "Delivery guarantees"). Only tasks registered by the
-worker's own task modules ever run.
+outcome, with all others that ended meanwhile, in one round trip. With nothing
+of its own to do, the worker takes tasks waiting in other workers' partitions
+(``yadtq.stealing``), or else sleeps until a client rings one of its
+partitions' doorbells in Redis; a ring that names a lone task is claimed
+straight from its Redis record. A heartbeat thread records the worker in
+Redis, renews the leases of what it runs, stops tasks cancelled while running,
+sends due retries, and reaps expired leases of any worker (DESIGN.md,
+"Delivery guarantees"). Only tasks registered by the worker's own task modules
+ever run.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ REDIS_RETRY_MAX_DELAY = 5.0
 COMMIT_INTERVAL = 0.5  # seconds; a claim, not the offset, is what keeps a task from running twice
 READ_AHEAD = 100  # messages polled ahead: one poll feeds many claims, oldest first
 POLL_MS = 20  # a poll returns as soon as records arrive; this is how long it looks when none do
-JOIN_POLL_MS = 200
+JOIN_POLL_MS = 200  # a group join completes over polls this long
 GROUP_POLL_INTERVAL = 0.1  # seconds; with every slot busy, a poll only serves the group
 STEAL_BACKOFF_MIN, STEAL_BACKOFF_MAX = 0.05, 5.0  # seconds between looks that find nothing
 
