@@ -287,12 +287,8 @@ class RedisBackend:
     ) -> tuple[TaskMessage | None, Claim]:
         """Claim a lone task by id, reading its message from its record: one round trip."""
         now = time.time() if now is None else now
-        keys = [self.keys.leases, self.keys.task(task_id), self.keys.batch("-"),
-                self.keys.task_history(task_id)]
-        args = [worker_id, now + self.config.lease_seconds, now, self.keys.events, 1, task_id,
-                "", ""]
         [[reply]], [fields] = self._run_scripts(
-            [(self._claim, keys, args)],
+            [self._claim_call([(task_id, "", "")], worker_id, now, limit=1)],
             also=lambda pipe: pipe.hmget(self.keys.task(task_id), *_PAYLOAD_FIELDS))
         if _text(reply[0]) != "ok":
             return None, Claim(task_id, None, _text(reply[1]))
@@ -370,16 +366,17 @@ class RedisBackend:
         # A yadtq client wrote the record before producing, so its fields are sent only
         # for plain-format messages, and for the rare message that arrived without one.
         limit = len(messages) if limit is None else limit
-        [replies], _ = self._run_scripts([self._claim_call(messages, worker_id, now, limit,
-                                                           with_fields=False)],
-                                         also=record_offsets)
+        [replies], _ = self._run_scripts(
+            [self._claim_call([self._claim_entry(m, now, with_fields=m.plain) for m in messages],
+                              worker_id, now, limit)],
+            also=record_offsets)
         missing = [i for i, reply in enumerate(replies)
                    if _text(reply[0]) == "skip" and _text(reply[1]) == "missing"]
         if missing:
             claimed = sum(1 for reply in replies if _text(reply[0]) == "ok")
             [retried], _ = self._run_scripts([self._claim_call(
-                [messages[i] for i in missing], worker_id, now, limit - claimed,
-                with_fields=True)])
+                [self._claim_entry(messages[i], now, with_fields=True) for i in missing],
+                worker_id, now, limit - claimed)])
             for i, reply in zip(missing, retried, strict=True):
                 replies[i] = reply
         claims = []
@@ -391,20 +388,23 @@ class RedisBackend:
                 claims.append(Claim(message.id, None, _text(reply[1])))
         return claims
 
+    @staticmethod
+    def _claim_entry(message: TaskMessage, now: float, with_fields: bool) -> tuple[str, str, str]:
+        """(task id, batch, fields to create a missing record from, or "") for claim.lua."""
+        fields = json.dumps(_unbatched_fields(message, now)) if with_fields else ""
+        return message.id, message.batch or "", fields
+
     def _claim_call(
-        self, messages: Sequence[TaskMessage], worker_id: str, now: float, limit: int,
-        with_fields: bool,
+        self, entries: Sequence[tuple[str, str, str]], worker_id: str, now: float, limit: int
     ) -> tuple[Script, list[Any], list[Any]]:
+        """claim.lua's keys and arguments for these (task id, batch, fields) entries."""
         keys: list[Any] = [self.keys.leases]
         args: list[Any] = [worker_id, now + self.config.lease_seconds, now, self.keys.events,
                            limit]
-        for message in messages:
-            keys += [self.keys.task(message.id), self.keys.batch(message.batch or "-"),
-                     self.keys.task_history(message.id)]
-            fields = ""
-            if with_fields or message.plain:
-                fields = json.dumps(_unbatched_fields(message, now))
-            args += [message.id, message.batch or "", fields]
+        for task_id, batch, fields in entries:
+            keys += [self.keys.task(task_id), self.keys.batch(batch or "-"),
+                     self.keys.task_history(task_id)]
+            args += [task_id, batch, fields]
         return self._claim, keys, args
 
     def finish(self, outcome: Outcome, worker_id: str, now: float | None = None) -> str | None:

@@ -120,9 +120,6 @@ class _ReadAhead:
                 del self._partitions[oldest]
         return taken
 
-    def clear(self) -> None:
-        self._partitions.clear()
-
     def __bool__(self) -> bool:
         return bool(self._partitions)
 
@@ -343,8 +340,7 @@ class Worker:
         The ones that are not task messages go to the dead-letter topic.
         """
         taken = self._buffer.take(free)
-        records = [record for record, _ in taken]
-        offsets = {r.partition: r.offset + 1 for r in records}
+        offsets = {record.partition: record.offset + 1 for record, _ in taken}
         messages = []
         for record, decoded in taken:
             if isinstance(decoded, ProtocolError):
@@ -359,10 +355,9 @@ class Worker:
             self._next_steal_at = self._steal_backoff = 0.0  # and steal at once when idle
         else:
             self._poll_ms = 0  # only copies of tasks taken by doorbell or stolen
-        for record in records:
-            self._claimed_through[TopicPartition(record.topic, record.partition)] = (
-                record.offset + 1
-            )
+        topic = self.config.tasks_topic
+        self._claimed_through.update(
+            (TopicPartition(topic, partition), offset) for partition, offset in offsets.items())
         self._commit_due = True
 
     def _decode(self, record: Any) -> protocol.TaskMessage | ProtocolError:
