@@ -240,14 +240,14 @@ class Client:
         ids = self.backend.batch_task_ids(batch_id)
         if not ids:
             raise TaskNotFound(f"no batch {batch_id!r} in Redis (or it has expired)")
-        records = [r or {} for r in self.backend.task_records(ids)]
-        batch = TaskBatch(batch_id, next((r["task"] for r in records if r.get("task")), "?"),
-                          ids, self, args=[r.get("args") or () for r in records],
-                          kwargs=[r.get("kwargs") or None for r in records],
+        records = self.backend.task_records(ids)
+        known = [r or {} for r in records]
+        batch = TaskBatch(batch_id, next((r["task"] for r in known if r.get("task")), "?"),
+                          ids, self, args=[r.get("args") or () for r in known],
+                          kwargs=[r.get("kwargs") or None for r in known],
                           submitted_at=self.backend.batch_created_at(batch_id))
         self._events.start()
-        self._events.watch_batch(batch)
-        self._events.sync(batches=[batch])  # after watching, so no change is missed
+        self._events.attach_batch(batch, records)
         return batch
 
     def _attach(self, task_id: str, record: dict[str, Any]) -> TaskFuture:

@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
@@ -73,6 +73,16 @@ class EventListener:
         """Move this batch's tasks from now on (call before they are produced)."""
         self._batches[batch.id] = batch
 
+    def attach_batch(self, batch: TaskBatch, records: Sequence[dict[str, Any] | None]) -> None:
+        """Watch a batch of existing tasks, starting from their ``records`` (read before).
+
+        What those leave unfinished is read again once watched, so a change in
+        between is not missed; a finished batch is not read twice.
+        """
+        _apply_to_batch(batch, batch.ids, records)
+        self.watch_batch(batch)
+        self.sync(batches=[batch])
+
     def watched(self, task_id: str) -> TaskFuture | None:
         """The future this listener already resolves for ``task_id``, if any."""
         return self._futures.get(task_id)
@@ -86,9 +96,7 @@ class EventListener:
                 _apply(record, future.id, future=future)
         for batch in batches:
             ids = batch._pending_ids()
-            for task_id, record in zip(ids, self.backend.task_records(ids), strict=True):
-                if record is not None:
-                    _apply(record, task_id, batch=batch)
+            _apply_to_batch(batch, ids, self.backend.task_records(ids))
             batch._changed()
 
     def close(self) -> None:
@@ -190,6 +198,14 @@ class EventListener:
             record = {"status": status.value, "worker": change.get("worker"),
                       "attempt": change.get("attempt"), "started_at": change.get("at")}
         _apply(record, task_id, batch, future)
+
+
+def _apply_to_batch(
+    batch: TaskBatch, task_ids: Sequence[str], records: Sequence[dict[str, Any] | None]
+) -> None:
+    for task_id, record in zip(task_ids, records, strict=True):
+        if record is not None:
+            _apply(record, task_id, batch=batch)
 
 
 def _apply(

@@ -18,7 +18,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from yadtq.errors import TaskCancelled, TaskFailed
-from yadtq.status import TaskStatus
+from yadtq.status import FINISHED, TaskStatus
 
 if TYPE_CHECKING:
     import pandas
@@ -226,7 +226,6 @@ class TaskBatch(Sequence[TaskFuture]):
         self._futures: dict[int, TaskFuture] = {}  # made on demand
         self._counts: Counter[str] = Counter({TaskStatus.QUEUED.value: total})
         self._per_worker: Counter[str] = Counter()
-        self._done = 0
         self._change_callbacks: list[Callable[[TaskBatch], None]] = []
 
     # --- for the event listener only ---------------------------------------
@@ -269,13 +268,17 @@ class TaskBatch(Sequence[TaskFuture]):
             else:
                 self._failure[position] = record
             self._per_worker[self._worker[position] or "?"] += 1
-            self._done += 1
             if self._done == len(self.ids):
                 self.finished_at = time.time()
                 self._all_done.notify_all()
             future = self._futures.get(position)
         if future is not None:
             future._resolve(record)
+
+    @property
+    def _done(self) -> int:
+        """How many tasks have finished, from the counters (read with the lock held)."""
+        return sum(self._counts[status.value] for status in FINISHED)
 
     def _move(self, position: int, old: TaskStatus, new: TaskStatus) -> None:
         self._counts[old.value] -= 1
