@@ -18,7 +18,7 @@ from typing import Any
 
 from yadtq.config import local_stack_record_path
 from yadtq.errors import YadtqError
-from yadtq.local import LocalCluster
+from yadtq.local import BROKERS, LocalCluster
 
 
 def parse_task_arg(text: str) -> Any:
@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--tasks", action="append", metavar="MODULE",
                     help="module of tasks the workers serve; repeat for several "
                     "(default: worker_node.tasks)")
+    up.add_argument("--broker", choices=BROKERS, default=None,
+                    help="tansu: embedded, pip only, topics in memory; apache-kafka: Apache "
+                    "Kafka itself (needs Java 17+ and Maven) (default: $YADTQ_LOCAL_BROKER, "
+                    "else tansu)")
+    up.add_argument("--kafka-nodes", type=int, default=1, metavar="N",
+                    help="Apache Kafka nodes in the cluster; 3 replicate every topic 3 times "
+                    "(default: 1)")
     up.set_defaults(run=_local_up)
     return parser
 
@@ -211,7 +218,7 @@ def _local_up(args: argparse.Namespace) -> int:
         with LocalCluster(
             args.workers, queue=getattr(args, "queue", None) or "default",
             concurrency=args.concurrency, task_modules=args.tasks or ("worker_node.tasks",),
-            record=True,
+            broker=args.broker, kafka_nodes=args.kafka_nodes, record=True,
         ) as cluster:
             _print_banner(cluster)
             return _watch(cluster, stop)
@@ -225,7 +232,7 @@ def _print_banner(cluster: LocalCluster) -> None:
     print(
         f"yadtq local stack is up: {len(cluster.worker_processes)} worker(s) on queue "
         f"{config.queue!r}\n"
-        f"  Kafka bootstrap  {config.bootstrap}\n"
+        f"  Kafka bootstrap  {config.bootstrap} ({cluster.stack.broker})\n"
         f"  Redis            {config.redis_url}\n"
         f"  logs             {cluster.stack.data_dir}\n"
         f"yadtq commands and yadtq.connect() on this machine find it through "

@@ -37,6 +37,8 @@ class Config:
     queue: str = "default"
     key_prefix: str = "yadtq"
     partitions: int = 12
+    # Replicas of each topic yadtq creates; None: min(3, brokers in the cluster).
+    replication_factor: int | None = None
     result_ttl: float = 7 * 24 * 3600.0
     max_message_bytes: int = 1_000_000
     lease_seconds: float = 10.0
@@ -64,6 +66,10 @@ class Config:
             )
         if self.partitions < 1:
             raise ConfigurationError(f"partitions must be at least 1, got {self.partitions}")
+        if self.replication_factor is not None and self.replication_factor < 1:
+            raise ConfigurationError(
+                f"replication_factor must be at least 1, got {self.replication_factor}"
+            )
         if self.default_timeout is not None and not self.default_timeout > 0:
             raise ConfigurationError(
                 f"default_timeout must be a positive number of seconds, got {self.default_timeout}"
@@ -119,6 +125,7 @@ _ENV_SETTINGS = {
     "queue": ("YADTQ_QUEUE", str),
     "key_prefix": ("YADTQ_KEY_PREFIX", str),
     "partitions": ("YADTQ_PARTITIONS", int),
+    "replication_factor": ("YADTQ_REPLICATION_FACTOR", int),
     "result_ttl": ("YADTQ_RESULT_TTL", float),
     "max_message_bytes": ("YADTQ_MAX_MESSAGE_BYTES", int),
     "lease_seconds": ("YADTQ_LEASE_SECONDS", float),
@@ -145,6 +152,22 @@ def local_stack_record_path() -> Path:
     """Where ``yadtq local up`` records the addresses of the stack it runs."""
     home = os.environ.get("YADTQ_HOME") or Path.home() / ".yadtq"
     return Path(home) / "local-stack.json"
+
+
+def cache_dir() -> Path:
+    """Where yadtq keeps downloads it reuses across runs (Apache Kafka's jars)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "yadtq"
+
+
+def java_home() -> str | None:
+    """``$JAVA_HOME``, the Java installation that runs Apache Kafka, if set."""
+    return os.environ.get("JAVA_HOME") or None
+
+
+def local_broker() -> str:
+    """The broker a local stack runs when none is named: ``$YADTQ_LOCAL_BROKER``, else Tansu."""
+    return os.environ.get("YADTQ_LOCAL_BROKER") or "tansu"
 
 
 def binary_override(variable: str) -> str | None:

@@ -28,7 +28,6 @@ import tempfile
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -39,117 +38,44 @@ from kafka.errors import KafkaError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from yadtq import apache_kafka
+from yadtq.apache_kafka import KRaftNode
 from yadtq.config import (
     Config,
     binary_override,
+    local_broker,
     local_stack_record_path,
     read_local_stack_record,
     redacted_url,
     resolve_config,
 )
 from yadtq.errors import BackendUnavailable, BrokerUnavailable, ConfigurationError, ConnectionFailed
+from yadtq.processes import (
+    LOOPBACK,
+    ChildProcess,
+    ExitedDuringStartup,
+    free_port,
+    spawn,
+    stop_all,
+    wait_until_answers,
+)
 
-LOOPBACK = "127.0.0.1"
+TANSU, APACHE_KAFKA = "tansu", "apache-kafka"
+BROKERS = (TANSU, APACHE_KAFKA)
+# A stack's Kafka nodes stop together, so the last ones lose their quorum and would wait
+# for it; their data is the stack's own, so they get this long and are then killed.
+KAFKA_STOP_GRACE = 3.0
 BROKER_BIN_VARIABLE = "YADTQ_BROKER_BIN"
 REDIS_BIN_VARIABLE = "YADTQ_REDIS_BIN"
 _INSTALL = "pip install 'yadtq[local]'"
 
 
-@dataclass
-class ChildProcess:
-    """One child process this module owns, with the log file its output goes to."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        """The operating-system process id."""
-        return self.popen.pid
-
-    @property
-    def alive(self) -> bool:
-        """True while the process has not exited."""
-        return self.popen.poll() is None
-
-    def log_tail(self, lines: int = 20) -> str:
-        """The last lines of the child's log, for error messages."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-class _ExitedDuringStartup(Exception):
-    """A child died before answering; the caller may retry on another port."""
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
-
-
-def _spawn(
-    name: str, command: Sequence[str], log_path: Path, env: dict[str, str] | None = None
-) -> ChildProcess:
-    """Start a child in its own session, writing to a log file (a pipe could fill and block it)."""
-    with open(log_path, "ab") as log:
-        popen = subprocess.Popen(
-            list(command),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    return ChildProcess(name, popen, log_path)
-
-
-def _stop_all(children: Sequence[ChildProcess], timeout: float) -> None:
-    """SIGTERM every child, give them ``timeout`` seconds together, then SIGKILL the rest."""
-    for child in children:
-        with contextlib.suppress(ProcessLookupError):
-            child.popen.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for child in children:
-        try:
-            child.popen.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.popen.kill()
-            child.popen.wait()
-
-
 def _cleanup(children: list[ChildProcess], owned_dir: Path | None, timeout: float) -> None:
     """Stop what is left and remove a temporary data dir (also run at interpreter exit)."""
-    _stop_all(children, timeout)
+    stop_all(children, timeout)
     children.clear()
     if owned_dir is not None:
         shutil.rmtree(owned_dir, ignore_errors=True)
-
-
-def _wait_until_answers(
-    child: ChildProcess, answers: Callable[[], bool], timeout: float, what: str
-) -> None:
-    """Poll ``answers`` until it is true, the child exits, or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while not answers():
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"{what} did not answer within {timeout:g} s; its log ({child.log_path.name}) "
-                f"ends with:\n{child.log_tail()}"
-            )
-        try:
-            code = child.popen.wait(timeout=0.05)  # waits on the process itself between probes
-        except subprocess.TimeoutExpired:
-            continue
-        raise _ExitedDuringStartup(
-            f"{what} exited with code {code} during startup; its log ({child.log_path.name}) "
-            f"ends with:\n{child.log_tail()}"
-        )
 
 
 def _broker_answers(port: int) -> bool:
@@ -174,6 +100,33 @@ def _broker_answers(port: int) -> bool:
         return False
     finally:
         admin.close()
+
+
+def _cluster_has_brokers(port: int, count: int) -> bool:
+    """True once the cluster's metadata lists ``count`` brokers (so replicas can be placed)."""
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=f"{LOOPBACK}:{port}", client_id="yadtq-local-probe",
+            request_timeout_ms=2000, bootstrap_timeout_ms=2000,
+        )
+    except KafkaError:
+        return False
+    try:
+        return len(admin.describe_cluster().get("brokers", ())) >= count
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+def _distinct_free_ports(count: int) -> list[int]:
+    """``count`` different free loopback ports."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def _redis_answers(port: int, password: str | None = None) -> bool:
@@ -258,10 +211,14 @@ def resolve_redis_binary() -> str:
 class LocalStack:
     """A Kafka-protocol broker and a Redis-protocol server on free loopback ports.
 
-    The broker keeps its topics in memory; Redis writes an append-only file to the
-    data dir, so :meth:`restart_redis` keeps its data. ``data_dir`` defaults to a
+    ``broker`` is ``"tansu"`` (the default, pip only, topics kept in memory) or
+    ``"apache-kafka"`` (Apache Kafka itself in KRaft mode, from Maven Central; see
+    :mod:`yadtq.apache_kafka`), of ``nodes`` brokers (more than one needs Apache
+    Kafka; three give replication factor 3 with ``min.insync.replicas`` 2). With no
+    ``broker``, ``$YADTQ_LOCAL_BROKER`` chooses. Redis writes an append-only file to
+    the data dir, so :meth:`restart_redis` keeps its data. ``data_dir`` defaults to a
     temporary directory that is removed on stop; a given one is kept (logs stay in
-    it as ``broker.log`` and ``redis.log``).
+    it as ``broker.log`` or ``kafka-<n>.log``, and ``redis.log``).
 
     Example::
 
@@ -273,18 +230,34 @@ class LocalStack:
         self,
         data_dir: str | os.PathLike[str] | None = None,
         *,
-        startup_timeout: float = 30.0,
+        broker: str | None = None,
+        nodes: int = 1,
+        startup_timeout: float | None = None,
         stop_timeout: float = 10.0,
         redis_password: str | None = None,
     ) -> None:
+        self.broker = broker or local_broker()
+        if self.broker not in BROKERS:
+            raise ConfigurationError(
+                f"broker must be one of {', '.join(BROKERS)}, got {self.broker!r}"
+            )
+        if nodes < 1 or (nodes > 1 and self.broker != APACHE_KAFKA):
+            raise ConfigurationError(
+                f"nodes={nodes}: a local stack runs 1 Tansu broker, or 1 or more Apache Kafka "
+                "nodes (broker='apache-kafka')"
+            )
+        self.nodes = nodes
         self._requested_dir = Path(data_dir) if data_dir is not None else None
         self.redis_password = redis_password
-        self.startup_timeout = startup_timeout
+        # A JVM on a busy 2-core machine can take half a minute to answer.
+        self.startup_timeout = startup_timeout or (30.0 if self.broker == TANSU else 120.0)
         self.stop_timeout = stop_timeout
         self.data_dir: Path | None = None
-        self._broker: ChildProcess | None = None
+        self._brokers: dict[str, ChildProcess] = {}  # running broker processes by name
+        self._broker_ports: dict[str, int] = {}  # every broker's port, running or stopped
+        self._kafka_nodes: dict[str, KRaftNode] = {}
+        self._classpath: str | None = None
         self._redis: ChildProcess | None = None
-        self._broker_port: int | None = None
         self._redis_port: int | None = None
         self._redis_binary: str | None = None
         self._children: list[ChildProcess] = []  # shared with the exit-time finalizer
@@ -293,13 +266,13 @@ class LocalStack:
     @property
     def running(self) -> bool:
         """True between a successful :meth:`start` and :meth:`stop`."""
-        return self._broker is not None and self._redis is not None
+        return bool(self._broker_ports) and self._redis is not None
 
     @property
     def bootstrap(self) -> str:
-        """Kafka bootstrap address, ``127.0.0.1:PORT``."""
+        """Kafka bootstrap addresses, ``127.0.0.1:PORT[,127.0.0.1:PORT...]``."""
         self._require_running()
-        return f"{LOOPBACK}:{self._broker_port}"
+        return ",".join(f"{LOOPBACK}:{port}" for port in self._broker_ports.values())
 
     @property
     def redis_url(self) -> str:
@@ -309,8 +282,17 @@ class LocalStack:
         return f"redis://{auth}{LOOPBACK}:{self._redis_port}/0"
 
     @property
+    def broker_names(self) -> list[str]:
+        """Every broker process's name (``broker``, or ``kafka-1`` ...), running or stopped."""
+        return list(self._broker_ports)
+
+    def broker_port(self, name: str) -> int:
+        """The port broker ``name`` listens on (it keeps it across a restart)."""
+        return self._broker_ports[name]
+
+    @property
     def processes(self) -> list[ChildProcess]:
-        """The server processes started and not yet stopped (``broker``, ``redis``)."""
+        """The server processes started and not yet stopped (brokers, ``redis``)."""
         return list(self._children)
 
     @property
@@ -319,16 +301,19 @@ class LocalStack:
         return {child.name: child.pid for child in self._children}
 
     def start(self) -> LocalStack:
-        """Start both servers and wait until each answers a real request.
+        """Start the broker(s) and Redis and wait until each answers a real request.
 
         Raises:
-            ConfigurationError: a server binary is missing.
+            ConfigurationError: a server binary, ``java`` or ``mvn`` is missing.
             BrokerUnavailable, BackendUnavailable: a server exited or did not answer
                 in time; the message quotes its log. Anything started is stopped.
         """
         if self._finalizer is not None and self._finalizer.alive:
             raise RuntimeError("this LocalStack is already started")
-        broker_binary = resolve_broker_binary()  # both checked before anything starts
+        # Everything needed is checked (and Apache Kafka's jars resolved) before anything starts.
+        tansu = resolve_broker_binary() if self.broker == TANSU else None
+        if self.broker == APACHE_KAFKA:
+            self._classpath = apache_kafka.runtime_classpath()
         self._redis_binary = resolve_redis_binary()
         owned_dir = None
         if self._requested_dir is None:
@@ -341,10 +326,14 @@ class LocalStack:
             self, _cleanup, self._children, owned_dir, self.stop_timeout
         )
         try:
-            self._broker, self._broker_port = self._launch(
-                "broker", lambda port: self._broker_command(broker_binary, port),
-                _broker_answers, BrokerUnavailable, "embedded Kafka broker",
-            )
+            if tansu is not None:
+                child, port = self._launch(
+                    "broker", lambda port: self._tansu_command(tansu, port),
+                    _broker_answers, BrokerUnavailable, "embedded Kafka broker",
+                )
+                self._brokers["broker"], self._broker_ports["broker"] = child, port
+            else:
+                self._start_kafka_cluster()
             self._launch_redis(port=None)
         except BaseException:
             self.stop()
@@ -352,10 +341,12 @@ class LocalStack:
         return self
 
     def stop(self) -> None:
-        """Stop both servers (SIGTERM, then SIGKILL after ``stop_timeout``); safe to repeat."""
+        """Stop every server (SIGTERM, then SIGKILL after ``stop_timeout``); safe to repeat."""
         if self._finalizer is not None:
             self._finalizer()  # runs _cleanup once
-        self._broker = self._redis = None
+        self._brokers.clear()
+        self._broker_ports.clear()
+        self._redis = None
 
     def restart_redis(self) -> None:
         """Stop Redis and start it again on the same port and data dir.
@@ -365,10 +356,101 @@ class LocalStack:
         """
         self._require_running()
         assert self._redis is not None
-        _stop_all([self._redis], self.stop_timeout)
+        stop_all([self._redis], self.stop_timeout)
         self._children.remove(self._redis)
         self._redis = None
         self._launch_redis(port=self._redis_port)
+
+    def kill_broker(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to broker ``name`` and wait for it to exit (a broker failure)."""
+        child = self._brokers.pop(name, None)
+        if child is None:
+            raise LookupError(f"no running broker named {name!r}; running: "
+                              f"{', '.join(self._brokers) or 'none'}")
+        with contextlib.suppress(ProcessLookupError):
+            child.popen.send_signal(sig)
+        try:
+            child.popen.wait(child.stop_grace or self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            child.popen.kill()
+            child.popen.wait()
+        self._children.remove(child)
+
+    def start_broker(self, name: str) -> None:
+        """Start a killed Apache Kafka node again on its ports and data, and wait for it."""
+        node = self._kafka_nodes.get(name)
+        if node is None or name in self._brokers:
+            raise LookupError(f"{name!r} is not a stopped Apache Kafka node of this stack")
+        child = self._spawn_kafka_node(node)
+        self._wait_for_broker(child, node.port)
+
+    def _start_kafka_cluster(self) -> None:
+        """Format and start ``nodes`` KRaft nodes; retry on fresh ports if one was taken."""
+        assert self.data_dir is not None and self._classpath is not None
+        for attempt in range(1, 4):
+            ports = _distinct_free_ports(2 * self.nodes)
+            nodes = [
+                KRaftNode(i + 1, ports[2 * i], ports[2 * i + 1], self.data_dir / f"kafka-{i + 1}")
+                for i in range(self.nodes)
+            ]
+            for node in nodes:
+                shutil.rmtree(node.data_dir, ignore_errors=True)
+                apache_kafka.write_properties(node, nodes)
+            self._format(nodes)
+            children = [self._spawn_kafka_node(node) for node in nodes]
+            try:
+                for child, node in zip(children, nodes, strict=True):
+                    self._wait_for_broker(child, node.port)
+                wait_until_answers(
+                    children[0],
+                    functools.partial(_cluster_has_brokers, nodes[0].port, len(nodes)),
+                    self.startup_timeout, f"Apache Kafka cluster of {len(nodes)} nodes",
+                )
+                return
+            except (ExitedDuringStartup, BrokerUnavailable):
+                stop_all(children, self.stop_timeout)
+                for child in children:
+                    self._children.remove(child)
+                self._brokers.clear()
+                self._kafka_nodes.clear()
+                if attempt == 3:
+                    raise
+            except TimeoutError as exc:
+                raise BrokerUnavailable(str(exc)) from None
+
+    def _format(self, nodes: Sequence[KRaftNode]) -> None:
+        """Format every node's log dir for one new cluster id, all at once."""
+        assert self.data_dir is not None and self._classpath is not None
+        cluster_id = apache_kafka.new_cluster_id()
+        formats = [
+            spawn(f"format-kafka-{node.node_id}",
+                  apache_kafka.format_command(self._classpath, node, cluster_id),
+                  self.data_dir / f"kafka-{node.node_id}.log")
+            for node in nodes
+        ]
+        for child in formats:
+            if child.popen.wait(self.startup_timeout) != 0:
+                raise BrokerUnavailable(
+                    f"formatting Apache Kafka's log dir failed; its log ({child.log_path}) ends "
+                    f"with:\n{child.log_tail()}"
+                )
+
+    def _spawn_kafka_node(self, node: KRaftNode) -> ChildProcess:
+        assert self.data_dir is not None and self._classpath is not None
+        name = f"kafka-{node.node_id}"
+        child = spawn(name, apache_kafka.server_command(self._classpath, node),
+                      self.data_dir / f"{name}.log", stop_grace=KAFKA_STOP_GRACE)
+        self._children.append(child)
+        self._brokers[name], self._broker_ports[name] = child, node.port
+        self._kafka_nodes[name] = node
+        return child
+
+    def _wait_for_broker(self, child: ChildProcess, port: int) -> None:
+        try:
+            wait_until_answers(child, functools.partial(_broker_answers, port),
+                               self.startup_timeout, f"{child.name} at {LOOPBACK}:{port}")
+        except TimeoutError as exc:
+            raise BrokerUnavailable(str(exc)) from None
 
     def _launch_redis(self, port: int | None) -> None:
         binary = self._redis_binary
@@ -393,15 +475,15 @@ class LocalStack:
         attempts = 1 if port is not None else 3
         for attempt in range(1, attempts + 1):
             chosen = port if port is not None else free_port()
-            child = _spawn(name, command_for(chosen), self.data_dir / f"{name}.log")
+            child = spawn(name, command_for(chosen), self.data_dir / f"{name}.log")
             self._children.append(child)
             try:
-                _wait_until_answers(
+                wait_until_answers(
                     child, functools.partial(answers, chosen), self.startup_timeout,
                     f"{what} at {LOOPBACK}:{chosen}",
                 )
                 return child, chosen
-            except _ExitedDuringStartup as exc:
+            except ExitedDuringStartup as exc:
                 self._children.remove(child)
                 if attempt == attempts:
                     raise error(str(exc)) from None
@@ -409,7 +491,7 @@ class LocalStack:
                 raise error(str(exc)) from None
         raise AssertionError("unreachable")
 
-    def _broker_command(self, binary: str, port: int) -> list[str]:
+    def _tansu_command(self, binary: str, port: int) -> list[str]:
         url = f"tcp://{LOOPBACK}:{port}"
         return [
             binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
@@ -445,6 +527,7 @@ class LocalStack:
 class LocalCluster:
     """A :class:`LocalStack` plus ``workers`` worker processes serving one queue.
 
+    ``broker`` and ``kafka_nodes`` choose the stack it starts (see :class:`LocalStack`).
     Pass ``stack=`` to run workers against a stack someone else owns (it is then
     left running on exit). With ``record=True`` the addresses are written to
     :func:`yadtq.config.local_stack_record_path`, where ``yadtq.connect()`` in
@@ -470,6 +553,8 @@ class LocalCluster:
         lease_seconds: float | None = None,
         partitions: int | None = None,
         data_dir: str | os.PathLike[str] | None = None,
+        broker: str | None = None,
+        kafka_nodes: int = 1,
         record: bool = False,
         log_level: str = "INFO",
         stack: LocalStack | None = None,
@@ -498,6 +583,8 @@ class LocalCluster:
         self.record = record
         self.stop_timeout = stop_timeout
         self._data_dir = data_dir
+        self._broker = broker
+        self._kafka_nodes = kafka_nodes
         self._servers = servers
         self._log_dir: Path | None = None
         self._owned_log_dir: str | None = None
@@ -538,7 +625,7 @@ class LocalCluster:
             raise RuntimeError("this LocalCluster is already started")
         if self.record:
             self._refuse_a_second_recorded_stack()
-        self._finalizer = weakref.finalize(self, _stop_all, self._workers, self.stop_timeout)
+        self._finalizer = weakref.finalize(self, stop_all, self._workers, self.stop_timeout)
         try:
             external = self._external_servers()
             if external is not None:
@@ -547,7 +634,8 @@ class LocalCluster:
                 self._log_dir = Path(self._owned_log_dir)
             else:
                 if self._stack is None:
-                    self._stack = LocalStack(self._data_dir).start()
+                    self._stack = LocalStack(self._data_dir, broker=self._broker,
+                                             nodes=self._kafka_nodes).start()
                 bootstrap, redis_url = self._stack.bootstrap, self._stack.redis_url
                 self._log_dir = self._stack.data_dir
             self._config = self._settings.with_overrides(bootstrap=bootstrap,
@@ -587,7 +675,7 @@ class LocalCluster:
                **self.worker_env}
         assert self._log_dir is not None
         log_path = self._log_dir / f"worker-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.log"
-        worker = _spawn(name, command, log_path, env=env)
+        worker = spawn(name, command, log_path, env=env)
         self._workers.append(worker)
         if self.record and self._config is not None and self._record_is_ours():
             self._write_record()
@@ -669,6 +757,7 @@ class LocalCluster:
         return {
             "pid": os.getpid(),
             "bootstrap": config.bootstrap,
+            "broker": self._stack.broker if self._stack is not None else "external",
             "redis_url": config.redis_url,
             "queue": config.queue,
             "key_prefix": config.key_prefix,

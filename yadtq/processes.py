@@ -1,0 +1,116 @@
+"""Child processes of the local stack (top layer): start, watch and stop servers and workers.
+
+Every child runs in its own session with its output in a log file (a pipe could
+fill and block it), so a Ctrl-C in the terminal reaches only the owner, which then
+stops its children in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class ChildProcess:
+    """One child process this module owns, with the log file its output goes to."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    # The longest a clean stop may take before SIGKILL (None: the caller's timeout). A
+    # KRaft node that has lost its quorum would wait for it for ever.
+    stop_grace: float | None = None
+
+    @property
+    def pid(self) -> int:
+        """The operating-system process id."""
+        return self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        """True while the process has not exited."""
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the child's log, for error messages."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+class ExitedDuringStartup(Exception):
+    """A child died before answering; the caller may retry on another port."""
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def spawn(
+    name: str, command: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
+    stop_grace: float | None = None,
+) -> ChildProcess:
+    """Start a child in its own session, writing to a log file (a pipe could fill and block it)."""
+    with open(log_path, "ab") as log:
+        popen = subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    return ChildProcess(name, popen, log_path, stop_grace)
+
+
+def stop_all(children: Sequence[ChildProcess], timeout: float) -> None:
+    """SIGTERM every child, give them ``timeout`` seconds together, then SIGKILL the rest.
+
+    A child with a shorter ``stop_grace`` is killed once that has passed.
+    """
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            child.popen.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    for child in children:
+        grace = timeout if child.stop_grace is None else min(timeout, child.stop_grace)
+        try:
+            child.popen.wait(max(0.0, start + grace - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.popen.kill()
+            child.popen.wait()
+
+
+def wait_until_answers(
+    child: ChildProcess, answers: Callable[[], bool], timeout: float, what: str
+) -> None:
+    """Poll ``answers`` until it is true, the child exits, or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not answers():
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{what} did not answer within {timeout:g} s; its log ({child.log_path.name}) "
+                f"ends with:\n{child.log_tail()}"
+            )
+        try:
+            code = child.popen.wait(timeout=0.05)  # waits on the process itself between probes
+        except subprocess.TimeoutExpired:
+            continue
+        raise ExitedDuringStartup(
+            f"{what} exited with code {code} during startup; its log ({child.log_path.name}) "
+            f"ends with:\n{child.log_tail()}"
+        )
