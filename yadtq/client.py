@@ -169,7 +169,7 @@ class Client:
         """Wait until Kafka has every message (one flush per submit or map), then wake
         the workers of those partitions (naming the task of a ``submit``)."""
         try:
-            self._producer.flush(timeout=max(self.config.connect_timeout, 10))
+            self._producer.flush(timeout=max(self.config.connect_timeout, broker.DELIVERY_TIMEOUT))
         except Exception as exc:  # kafka-python raises several unrelated types here
             raise self._undelivered(count, exc) from exc
         try:
