@@ -15,7 +15,8 @@ LAYERS: list[set[str]] = [
     {"errors", "status", "config", "protocol", "registry"},  # bottom
     {"backend", "broker"},  # adapters
     {"futures", "events", "client", "worker", "plots", "execution", "stealing"},  # core
-    {"display", "local", "cli", "connection", "__init__", "__main__"},  # top
+    {"display", "local", "apache_kafka", "processes", "cli", "connection", "__init__",
+     "__main__"},  # top
 ]
 LAYER_NAMES = ["bottom", "adapters", "core", "top"]
 

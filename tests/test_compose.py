@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from worker_node.__main__ import parse_args
+from yadtq import apache_kafka
 from yadtq.config import _ENV_SETTINGS, _KAFKA_OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +116,15 @@ def test_kafka_runs_in_kraft_mode_as_one_combined_node(services):
     for setting in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
                     "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"):
         assert int(env[setting]) == 1, f"{setting} must be 1 on a single node"
+
+
+def test_compose_runs_the_apache_kafka_the_suite_runs_with_auto_creation_off(services):
+    tested = apache_kafka.KAFKA_VERSION
+    pom = (ROOT / "yadtq" / "java" / "pom.xml").read_text()
+
+    assert services["kafka"]["image"] == f"apache/kafka:{tested}"
+    assert f"<kafka.version>{tested}</kafka.version>" in pom
+    assert str(services["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"]) == "false"
 
 
 def test_redis_persists_with_append_only_file(services):

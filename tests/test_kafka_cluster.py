@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from conftest import TEST_BROKER
 from helpers import wait_until
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
@@ -25,7 +24,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 import yadtq
 from worker_node.tasks import add
 from yadtq import broker
-from yadtq.config import Config
+from yadtq.config import Config, local_broker
 from yadtq.local import APACHE_KAFKA, LocalCluster, LocalStack
 
 
@@ -92,7 +91,7 @@ def test_an_existing_tasks_topic_with_fewer_partitions_is_used_with_a_warning(
 
 @pytest.fixture(scope="module")
 def three_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    if TEST_BROKER != APACHE_KAFKA:
+    if local_broker() != APACHE_KAFKA:  # conftest sets it from YADTQ_TEST_BROKER
         pytest.skip("runs in the Apache Kafka pass (YADTQ_TEST_BROKER=apache-kafka)")
     with LocalStack(tmp_path_factory.mktemp("cluster"), broker=APACHE_KAFKA, nodes=3) as stack:
         yield stack
