@@ -4,6 +4,7 @@
     python benchmarks/bench.py throughput latency   # some of them
     python benchmarks/bench.py --json               # machine-readable
     python benchmarks/bench.py --peers              # then the same on Celery, RQ and Dask
+    python benchmarks/bench.py --broker apache-kafka   # on Apache Kafka instead of Tansu
 
 Each workload starts from a fresh queue on one embedded stack with 3 worker
 processes (see ``--mode`` and ``--concurrency``). Figures are wall-clock on
@@ -31,7 +32,7 @@ import workloads  # noqa: E402 - beside this script
 
 import yadtq  # noqa: E402
 from worker_node.tasks import add, sleep  # noqa: E402
-from yadtq.local import LocalCluster, LocalStack  # noqa: E402
+from yadtq.local import BROKERS, TANSU, LocalCluster, LocalStack  # noqa: E402
 
 WORKERS = 3
 
@@ -59,12 +60,20 @@ def _tree_rss_mb(pid: int) -> float:
 
 def _cluster(stack: LocalStack, args: argparse.Namespace, concurrency: int | None = None
              ) -> LocalCluster:
+    # The default settings a user gets, unless --tuned (labelled in the output).
+    timing = {"heartbeat_interval": 0.5, "lease_seconds": 3.0} if args.tuned else {}
     return LocalCluster(
         workers=WORKERS, stack=stack, queue=f"bench-{uuid.uuid4().hex[:8]}",
         concurrency=concurrency or args.concurrency,
         worker_args=["--mode", args.mode, "--steal" if args.steal else "--no-steal"],
-        log_level="WARNING", heartbeat_interval=0.5, lease_seconds=3.0,
+        log_level="WARNING", **timing,
     )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used, from /proc (s)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def throughput(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
@@ -167,10 +176,29 @@ def memory(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
             "load_with_task_processes_mb": round(max(load_tree), 1)}
 
 
+def idle(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
+    """CPU of 3 idle workers and of the broker over ``--idle-seconds`` (% of one core)."""
+    with _cluster(stack, args) as cluster, yadtq.connect(cluster) as q:
+        q.wait_for_workers(WORKERS, timeout=60)
+        q.map(add, [(i, i) for i in range(100)]).results(timeout=60)
+        pids = [w.pid for w in cluster.worker_processes]
+        brokers = [pid for name, pid in stack.pids.items() if name != "redis"]
+        before = [_cpu_seconds(p) for p in pids + brokers]
+        started = time.perf_counter()
+        stop = time.monotonic() + args.idle_seconds
+        while time.monotonic() < stop:  # the measured interval, not a synchronisation
+            time.sleep(0.5)
+        elapsed = time.perf_counter() - started
+        used = [_cpu_seconds(p) - b for p, b in zip(pids + brokers, before, strict=True)]
+    workers_pct = [100 * u / elapsed for u in used[:len(pids)]]
+    return {"seconds": round(elapsed, 1), "worker_cpu_pct_max": round(max(workers_pct), 2),
+            "broker_cpu_pct": round(100 * sum(used[len(pids):]) / elapsed, 2)}
+
+
 PEER_WORKLOADS = ("throughput", "latency", "balance")  # those peers.py runs too
 WORKLOADS: dict[str, Callable[[LocalStack, argparse.Namespace], dict[str, Any]]] = {
     "throughput": throughput, "latency": latency, "balance": balance, "kill": kill,
-    "scale": scale, "memory": memory,
+    "scale": scale, "memory": memory, "idle": idle,
 }
 
 
@@ -186,6 +214,14 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=5000, help="throughput batch size")
     parser.add_argument("--kill-after", type=float, default=1.0, metavar="SECONDS",
                         help="when the kill workload kills a worker (default: 1)")
+    parser.add_argument("--tuned", action="store_true",
+                        help="heartbeat 0.5 s and lease 3 s instead of the defaults (2 s, 10 s)")
+    parser.add_argument("--idle-seconds", type=float, default=30.0,
+                        help="how long the idle workload measures (default: 30)")
+    parser.add_argument("--broker", choices=BROKERS, default=TANSU,
+                        help="the local stack's broker (default: tansu)")
+    parser.add_argument("--fetch-wait-ms", type=int, default=None, metavar="MS",
+                        help="the workers' fetch wait (default: the Config default)")
     parser.add_argument("--peers", action="store_true",
                         help="then run throughput, latency and balance on Celery, RQ and Dask "
                         "(benchmarks/peers.py, in its own virtualenv)")
@@ -194,14 +230,20 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown workload(s) {', '.join(sorted(unknown))}")
     figures: dict[str, Any] = {}
-    with LocalStack() as stack:
+    if args.fetch_wait_ms is not None:
+        os.environ["YADTQ_FETCH_WAIT_MS"] = str(args.fetch_wait_ms)  # workers inherit it
+    settings = "tuned: heartbeat 0.5 s, lease 3 s" if args.tuned else "default settings"
+    if not args.json:
+        print(f"broker: {args.broker}, {settings}, mode {args.mode}", flush=True)
+    with LocalStack(broker=args.broker) as stack:
         for name in args.workloads or WORKLOADS:
             figures[name] = WORKLOADS[name](stack, args)
             if not args.json:
                 line = "  ".join(f"{k}={v}" for k, v in figures[name].items() if v is not None)
                 print(f"{name:<10} {line}", flush=True)
     if args.json:
-        print(json.dumps({"mode": args.mode, "concurrency": args.concurrency, **figures}),
+        print(json.dumps({"broker": args.broker, "tuned": args.tuned, "mode": args.mode,
+                          "concurrency": args.concurrency, **figures}),
               flush=True)
     if args.peers:
         shared = [w for w in args.workloads or WORKLOADS if w in PEER_WORKLOADS]
