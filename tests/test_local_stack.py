@@ -268,3 +268,68 @@ def test_local_up_prints_exports_records_itself_and_stops_cleanly_on_sigterm(
             except subprocess.TimeoutExpired:
                 up.kill()
                 up.wait()
+
+
+def worker_children(pid: int) -> set[int]:
+    """Pids of the live ``worker_node`` processes whose parent is ``pid``."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(ppid) == pid and state != "Z" and b"worker_node" in command:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_local_up_replaces_a_killed_worker_and_status_and_down_manage_it(tmp_path: Path) -> None:
+    # Given `yadtq local up` with 2 workers
+    home = tmp_path / "home"
+    env = cli_env(home)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "yadtq", "local", "up", "--workers", "2"],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+    def yadtq(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "yadtq", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+
+    try:
+        first = wait_until(lambda: len(worker_children(up.pid)) == 2 and worker_children(up.pid),
+                           90, "two workers")
+        wait_until(lambda: "2 alive of 2" in yadtq("local", "status").stdout, 90,
+                   "status to list 2 alive workers")
+
+        # When one worker is killed with SIGKILL
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+
+        # Then a new worker process takes its place, and status shows both alive again
+        wait_until(lambda: len(worker_children(up.pid) - first) == 1
+                   and len(worker_children(up.pid)) == 2, 60, "the killed worker replaced")
+        wait_until(lambda: "2 alive" in yadtq("local", "status").stdout, 60,
+                   "status to list 2 alive workers after the restart")
+        status = yadtq("local", "status")
+        assert status.returncode == 0
+        assert "Kafka" in status.stdout and "Redis" in status.stdout and "logs" in status.stdout
+
+        # And `yadtq local down` stops it, keeping its logs because a worker died
+        down = yadtq("local", "down")
+        assert down.returncode == 0, down.stderr
+        assert "stopped the local stack" in down.stdout
+        assert up.wait(timeout=60) == 0
+        stderr = up.stderr.read() if up.stderr else ""
+        assert "restarted local-worker-" in stderr
+        kept = [line.split("logs kept in ", 1)[1] for line in stderr.splitlines()
+                if "logs kept in " in line]
+        assert kept and Path(kept[0]).is_dir(), stderr
+        assert any(Path(kept[0]).glob("worker-*.log"))
+        after = yadtq("local", "status")
+        assert after.returncode == 1 and "no local stack is running" in after.stderr
+    finally:
+        if up.poll() is None:
+            up.terminate()
+            up.wait(timeout=60)

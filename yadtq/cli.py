@@ -1,4 +1,4 @@
-"""Command line (top layer): ``yadtq submit|status|result|workers|local up``.
+"""Command line (top layer): ``yadtq submit|status|result|workers|local up|status|down``.
 
 It only parses arguments and calls library functions. Library errors print as
 ``yadtq: error: <message>`` on stderr with exit status 1 and no traceback (a
@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from yadtq.config import local_stack_record_path
+from yadtq.config import local_stack_record_path, read_local_stack_record, redacted_url
 from yadtq.errors import YadtqError
 from yadtq.local import BROKERS, LocalCluster
 
@@ -117,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Apache Kafka nodes in the cluster; 3 replicate every topic 3 times "
                     "(default: 1)")
     up.set_defaults(run=_local_up)
+    local_status = local_commands.add_parser(
+        "status", parents=[servers],
+        help="say whether a local stack runs: its servers, workers and logs")
+    local_status.set_defaults(run=_local_status)
+    down = local_commands.add_parser("down", help="stop the running local stack")
+    down.add_argument("--timeout", type=_positive_seconds, default=60.0, metavar="S",
+                      help="wait this long for it to stop (default: 60)")
+    down.set_defaults(run=_local_down)
     return parser
 
 
@@ -227,6 +237,63 @@ def _local_up(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
 
 
+def _local_status(args: argparse.Namespace) -> int:
+    record = read_local_stack_record()
+    if record is None:
+        print(f"no local stack is running (no live record at {local_stack_record_path()}); "
+              "start one with `yadtq local up`", file=sys.stderr)
+        return 1
+    uptime = time.time() - float(record.get("started_at", time.time()))
+    print(f"local stack: running, pid {record['pid']}, up {uptime:.0f} s, queue "
+          f"{record.get('queue')!r}\n"
+          f"  Kafka   {record['bootstrap']} ({record.get('broker', '?')})\n"
+          f"  Redis   {redacted_url(record['redis_url'])}\n"
+          f"  logs    {record.get('data_dir')}")
+    if not hasattr(args, "queue"):
+        args.queue = record.get("queue")
+    client = _connect(args)  # raises, naming the server, when one does not answer
+    try:
+        frame = client.workers()
+    finally:
+        client.close()
+    if frame.empty:
+        print("  workers none has sent a heartbeat")
+    else:
+        alive = int((frame["status"] == "alive").sum()) if "status" in frame else len(frame)
+        print(f"  workers {alive} alive of {len(frame)}:")
+        print(frame.to_string(index=False))
+    return 0
+
+
+def _local_down(args: argparse.Namespace) -> int:
+    record = read_local_stack_record()
+    if record is None:
+        print("no local stack is running; nothing to stop", file=sys.stderr)
+        return 0
+    pid = int(record["pid"])
+    os.kill(pid, signal.SIGTERM)  # `yadtq local up` stops its workers, then its servers
+    deadline = time.monotonic() + args.timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise YadtqError(f"the local stack (pid {pid}) did not stop within "
+                             f"{args.timeout:g} s; stop it with `kill -9 {pid}`")
+        time.sleep(0.1)  # the process is not ours, so it cannot be waited on
+    print(f"stopped the local stack (pid {pid})")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (an exited process its parent has not reaped does not)."""
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except ProcessLookupError:
+        return False
+    except OSError:  # no /proc: the signal probe is all there is
+        return True
+
+
 def _print_banner(cluster: LocalCluster) -> None:
     config = cluster.config
     print(
@@ -244,8 +311,12 @@ def _print_banner(cluster: LocalCluster) -> None:
 
 
 def _watch(cluster: LocalCluster, stop: threading.Event) -> int:
-    """Wait for a stop signal, reporting children that exit on their own."""
+    """Wait for a stop signal; replace workers that exit, stop if a server does.
+
+    When anything exited on its own, the stack's logs are kept and their folder printed.
+    """
     reported: set[int] = set()
+    status = 0
     while not stop.wait(1.0):
         for child in [*cluster.stack.processes, *cluster.worker_processes]:
             if child.alive or child.pid in reported:
@@ -256,8 +327,14 @@ def _watch(cluster: LocalCluster, stop: threading.Event) -> int:
             if child in cluster.stack.processes:
                 print("yadtq: error: the local stack cannot run without it; stopping",
                       file=sys.stderr)
-                return 1
-    return 0
+                status = 1
+        if status:
+            break
+        for worker in cluster.replace_exited_workers():
+            print(f"yadtq: restarted {worker.name} (pid {worker.pid})", file=sys.stderr)
+    if reported:
+        print(f"yadtq: logs kept in {cluster.stack.keep_data_dir()}", file=sys.stderr)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

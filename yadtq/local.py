@@ -65,17 +65,20 @@ BROKERS = (TANSU, APACHE_KAFKA)
 # A stack's Kafka nodes stop together, so the last ones lose their quorum and would wait
 # for it; their data is the stack's own, so they get this long and are then killed.
 KAFKA_STOP_GRACE = 3.0
+# replace_exited_workers: seconds before a restart, doubling per restart of one name,
+# and how long a worker must have run for its next restart to come quickly again.
+RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX, RESTART_STABLE = 1.0, 30.0, 60.0
 BROKER_BIN_VARIABLE = "YADTQ_BROKER_BIN"
 REDIS_BIN_VARIABLE = "YADTQ_REDIS_BIN"
 _INSTALL = "pip install 'yadtq[local]'"
 
 
-def _cleanup(children: list[ChildProcess], owned_dir: Path | None, timeout: float) -> None:
+def _cleanup(children: list[ChildProcess], owned: dict[str, Path], timeout: float) -> None:
     """Stop what is left and remove a temporary data dir (also run at interpreter exit)."""
     stop_all(children, timeout)
     children.clear()
-    if owned_dir is not None:
-        shutil.rmtree(owned_dir, ignore_errors=True)
+    if "dir" in owned:
+        shutil.rmtree(owned.pop("dir"), ignore_errors=True)
 
 
 def _broker_answers(port: int) -> bool:
@@ -261,12 +264,18 @@ class LocalStack:
         self._redis_port: int | None = None
         self._redis_binary: str | None = None
         self._children: list[ChildProcess] = []  # shared with the exit-time finalizer
+        self._owned_dir: dict[str, Path] = {}  # a temporary data dir, removed on stop
         self._finalizer: weakref.finalize | None = None
 
     @property
     def running(self) -> bool:
         """True between a successful :meth:`start` and :meth:`stop`."""
         return bool(self._broker_ports) and self._redis is not None
+
+    def keep_data_dir(self) -> Path | None:
+        """Keep a temporary data dir (its logs) when the stack stops; returns it."""
+        self._owned_dir.pop("dir", None)
+        return self.data_dir
 
     @property
     def bootstrap(self) -> str:
@@ -315,15 +324,14 @@ class LocalStack:
         if self.broker == APACHE_KAFKA:
             self._classpath = apache_kafka.runtime_classpath()
         self._redis_binary = resolve_redis_binary()
-        owned_dir = None
         if self._requested_dir is None:
-            owned_dir = Path(tempfile.mkdtemp(prefix="yadtq-local-"))
-            self.data_dir = owned_dir
+            self.data_dir = Path(tempfile.mkdtemp(prefix="yadtq-local-"))
+            self._owned_dir["dir"] = self.data_dir
         else:
             self.data_dir = self._requested_dir
             self.data_dir.mkdir(parents=True, exist_ok=True)
         self._finalizer = weakref.finalize(
-            self, _cleanup, self._children, owned_dir, self.stop_timeout
+            self, _cleanup, self._children, self._owned_dir, self.stop_timeout
         )
         try:
             if tansu is not None:
@@ -592,6 +600,9 @@ class LocalCluster:
         self._owns_stack = stack is None
         self._config: Config | None = None
         self._workers: list[ChildProcess] = []  # shared with the exit-time finalizer
+        self._replaced: set[int] = set()  # pids of exited workers started again
+        self._exit_noticed: dict[int, float] = {}
+        self._restart_delay: dict[str, float] = {}
         self._finalizer: weakref.finalize | None = None
 
     @property
@@ -681,6 +692,30 @@ class LocalCluster:
             self._write_record()
         return worker
 
+    def replace_exited_workers(self) -> list[ChildProcess]:
+        """Start again every worker that exited on its own, with backoff; returns the new ones.
+
+        Like a nanny: the first restart comes ``RESTART_BACKOFF_MIN`` seconds after the
+        exit is noticed, each further one of the same name twice as late (up to
+        ``RESTART_BACKOFF_MAX``), and a worker that ran ``RESTART_STABLE`` seconds
+        starts the count again. Call it periodically (``yadtq local up`` does, every second).
+        """
+        now = time.monotonic()
+        started = []
+        for worker in list(self._workers):
+            if worker.alive or worker.pid in self._replaced:
+                continue
+            noticed = self._exit_noticed.setdefault(worker.pid, now)
+            delay = self._restart_delay.get(worker.name, RESTART_BACKOFF_MIN)
+            if noticed - worker.started_at >= RESTART_STABLE:
+                delay = RESTART_BACKOFF_MIN
+            if now < noticed + delay:
+                continue
+            self._replaced.add(worker.pid)
+            self._restart_delay[worker.name] = min(2 * delay, RESTART_BACKOFF_MAX)
+            started.append(self.start_worker(worker.name))
+        return started
+
     def kill_worker(self, which: int | str, sig: int = signal.SIGKILL) -> ChildProcess:
         """Send ``sig`` to a worker chosen by index or name; SIGKILL also waits for it to die.
 
@@ -737,9 +772,9 @@ class LocalCluster:
                 raise LookupError(
                     f"no worker at index {which}; there are {len(self._workers)}"
                 ) from None
-        for worker in self._workers:
-            if worker.name == which:
-                return worker
+        named = [w for w in self._workers if w.name == which]
+        if named:
+            return next((w for w in reversed(named) if w.alive), named[-1])
         names = ", ".join(w.name for w in self._workers) or "none"
         raise LookupError(f"no worker named {which!r}; workers: {names}")
 

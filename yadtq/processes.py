@@ -13,7 +13,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
@@ -29,6 +29,7 @@ class ChildProcess:
     # The longest a clean stop may take before SIGKILL (None: the caller's timeout). A
     # KRaft node that has lost its quorum would wait for it for ever.
     stop_grace: float | None = None
+    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:
