@@ -14,6 +14,7 @@ from helpers import wait_until
 
 import yadtq
 from yadtq.config import read_local_stack_record
+from yadtq.local import LocalCluster
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -75,10 +76,15 @@ def test_cli_prints_a_failed_tasks_remote_traceback_and_exits_1(tmp_path, config
     assert "Traceback (most recent call last)" in failed.stderr
 
 
+def no_yadtq_configuration(monkeypatch) -> None:
+    """Unset every YADTQ_ variable but the broker the test run uses."""
+    for name in [k for k in os.environ if k.startswith("YADTQ_") and k != "YADTQ_LOCAL_BROKER"]:
+        monkeypatch.delenv(name)
+
+
 def test_connect_local_starts_a_stack_it_owns_and_stops_it_on_close(tmp_path, monkeypatch):
     # Given no configured servers and no running local stack
-    for name in [k for k in os.environ if k.startswith("YADTQ_")]:
-        monkeypatch.delenv(name)
+    no_yadtq_configuration(monkeypatch)
     monkeypatch.setenv("YADTQ_HOME", str(tmp_path))
     assert read_local_stack_record() is None
 
@@ -94,6 +100,37 @@ def test_connect_local_starts_a_stack_it_owns_and_stops_it_on_close(tmp_path, mo
     assert result == 256
     assert len(pids) == 1
     wait_until(lambda: not _alive(pids[0]), 30, "the owned worker to exit")
+
+
+def test_connect_local_gives_its_workers_every_setting_of_its_client(tmp_path, monkeypatch):
+    # Given no configured servers and no running local stack
+    no_yadtq_configuration(monkeypatch)
+    monkeypatch.setenv("YADTQ_HOME", str(tmp_path))
+
+    # When connect('local') starts one with a key prefix and result TTL of its own
+    q = yadtq.connect("local", workers=1, key_prefix="own-prefix", result_ttl=600)
+    try:
+        # Then its worker serves that prefix (the task runs) and agrees on every setting
+        assert q.submit("power", 2, 5).result(timeout=60) == 32
+        workers = q.workers()
+        assert list(workers["settings_differ"]) == [""]
+        finished = q.submit("add", 1, 1)
+        assert finished.result(timeout=60) == 2
+        assert 0 < q.backend.redis.ttl(q.backend.keys.task(finished.id)) <= 600
+    finally:
+        q.close()
+
+
+def test_a_worker_whose_settings_differ_from_the_clients_is_reported(client, stack, config):
+    # Given a worker of the client's queue started with a longer lease than the client's
+    with LocalCluster(workers=1, stack=stack, queue=config.queue, key_prefix=config.key_prefix,
+                      heartbeat_interval=config.heartbeat_interval,
+                      lease_seconds=config.lease_seconds + 2):
+        # When the client lists its workers
+        wait_until(lambda: len(client.workers()) == 1, 60, "the worker's first heartbeat")
+
+        # Then the worker's row names the setting that differs
+        assert list(client.workers()["settings_differ"]) == ["lease_seconds"]
 
 
 def _alive(pid: int) -> bool:

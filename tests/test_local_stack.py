@@ -42,8 +42,9 @@ def live_children() -> set[int]:
 
 
 def cli_env(home: Path) -> dict[str, str]:
-    """An environment with no yadtq configuration and an empty YADTQ_HOME."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("YADTQ_")}
+    """An environment with no yadtq configuration (but the run's broker) and an empty home."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("YADTQ_") or k == "YADTQ_LOCAL_BROKER"}
     env["YADTQ_HOME"] = str(home)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env

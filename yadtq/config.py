@@ -8,6 +8,7 @@ left in :func:`local_stack_record_path`. With none of them,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -103,6 +104,34 @@ class Config:
     def consumer_group(self) -> str:
         """Kafka consumer group shared by every worker of this queue."""
         return f"yadtq.{self.queue}.workers"
+
+    def to_environment(self) -> dict[str, str]:
+        """Every setting as the ``YADTQ_*`` variables :func:`resolve_config` reads back.
+
+        A setting that is None maps to "" (read as unset), so a variable in the
+        parent's environment cannot leak a different value into a child.
+        """
+        environment = {
+            variable: "" if getattr(self, name) is None else str(getattr(self, name))
+            for name, (variable, _) in _ENV_SETTINGS.items()
+        }
+        for option, variable in _KAFKA_OPTIONS.items():
+            environment[variable] = str(self.kafka_options.get(option, ""))
+        return environment
+
+    def shared_settings(self) -> dict[str, Any]:
+        """The settings a queue's clients and workers must agree on (no addresses).
+
+        The secret is represented by a digest of it, never the secret itself.
+        """
+        digest = hashlib.sha256(self.secret.encode()).hexdigest()[:12] if self.secret else None
+        return {
+            "key_prefix": self.key_prefix, "result_ttl": self.result_ttl,
+            "max_message_bytes": self.max_message_bytes, "lease_seconds": self.lease_seconds,
+            "heartbeat_interval": self.heartbeat_interval,
+            "default_timeout": self.default_timeout, "retry_backoff": self.retry_backoff,
+            "secret_digest": digest,
+        }
 
     def with_overrides(self, **overrides: Any) -> Config:
         """A copy with the given non-None settings replaced."""

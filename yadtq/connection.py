@@ -68,11 +68,11 @@ def _start_owned_local_stack(
 ) -> NotebookClient:
     from yadtq.local import LocalCluster
 
-    cluster = LocalCluster(workers=workers, queue=queue or "default")
+    # The settings go to the cluster, so its workers use the same ones as this client.
+    cluster = LocalCluster(workers=workers, queue=queue or "default", settings=settings)
     cluster.__enter__()
     try:
-        config = cluster.config.with_overrides(**settings)
-        return NotebookClient(config, on_close=cluster.stop)
+        return NotebookClient(cluster.config, on_close=cluster.stop)
     except BaseException:
         cluster.stop()
         raise

@@ -536,6 +536,8 @@ class LocalCluster:
     """A :class:`LocalStack` plus ``workers`` worker processes serving one queue.
 
     ``broker`` and ``kafka_nodes`` choose the stack it starts (see :class:`LocalStack`).
+    ``settings`` are further :class:`~yadtq.config.Config` fields (``result_ttl``,
+    ``secret``, ...): :attr:`config` and every worker get all of them.
     Pass ``stack=`` to run workers against a stack someone else owns (it is then
     left running on exit). With ``record=True`` the addresses are written to
     :func:`yadtq.config.local_stack_record_path`, where ``yadtq.connect()`` in
@@ -570,6 +572,7 @@ class LocalCluster:
         worker_args: Sequence[str] = (),
         worker_env: dict[str, str] | None = None,
         servers: Config | str | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         if workers < 0:
             raise ConfigurationError(f"workers must be 0 or more, got {workers}")
@@ -578,10 +581,11 @@ class LocalCluster:
         if not task_modules:
             raise ConfigurationError("task_modules is empty; name at least one module of tasks")
         # Validated now, so a bad setting fails before any process starts.
+        named = {"queue": queue, "key_prefix": key_prefix,
+                 "heartbeat_interval": heartbeat_interval, "lease_seconds": lease_seconds,
+                 "partitions": partitions}
         self._settings = Config(bootstrap="", redis_url="", source="local stack").with_overrides(
-            queue=queue, key_prefix=key_prefix, heartbeat_interval=heartbeat_interval,
-            lease_seconds=lease_seconds, partitions=partitions,
-        )
+            **{**named, **(settings or {})})
         self.initial_workers = workers
         self.concurrency = concurrency
         self.task_modules = tuple(task_modules)
@@ -680,9 +684,10 @@ class LocalCluster:
         for module in self.task_modules:
             command += ["--tasks", module]
         command += self.worker_args
-        # PYTHONUNBUFFERED: logs appear as they happen
-        # The Redis URL goes in the environment, where `ps` does not show its password.
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "YADTQ_REDIS_URL": config.redis_url,
+        # Every setting the cluster's clients use goes to the workers in the environment
+        # (where `ps` does not show the Redis password or the secret), so the two cannot
+        # drift. PYTHONUNBUFFERED: logs appear as they happen.
+        env = {**os.environ, **config.to_environment(), "PYTHONUNBUFFERED": "1",
                **self.worker_env}
         assert self._log_dir is not None
         log_path = self._log_dir / f"worker-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.log"
