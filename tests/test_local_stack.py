@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,9 +138,32 @@ def test_missing_broker_binary_raises_configuration_error_naming_the_variable(
     before = live_children()
 
     with pytest.raises(ConfigurationError, match="YADTQ_BROKER_BIN='/nonexistent'"):
-        LocalStack().start()
+        LocalStack(broker="tansu").start()
 
     assert live_children() == before
+
+
+def test_apache_kafka_without_java_or_maven_is_an_error_naming_the_missing_tool(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    # Given a PATH with neither java nor mvn
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    before = live_children()
+
+    # Then an Apache Kafka stack says java is missing, and starts nothing
+    with pytest.raises(ConfigurationError, match="needs `java`"):
+        LocalStack(broker="apache-kafka").start()
+    assert live_children() == before
+
+    # And with java but no mvn and no cached jars, it says mvn is missing
+    java = shutil.which("java", path=os.defpath + ":/usr/lib/jvm/default-java/bin")
+    if java is None:
+        pytest.skip("no java on this machine to put on the PATH")
+    (tmp_path / "java").symlink_to(java)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    with pytest.raises(ConfigurationError, match="needs `mvn`"):
+        LocalStack(broker="apache-kafka").start()
 
 
 def test_a_server_that_dies_at_startup_stops_what_was_already_started(
