@@ -162,3 +162,23 @@ def test_worker_warns_when_the_group_has_more_members_than_partitions(config, st
         return any("more members than its 1 partitions" in log for log in logs)
 
     wait_until(warned, 60, "a worker to warn about too few partitions")
+
+
+def test_connect_local_never_closed_exits_quietly_and_stops_its_stack(tmp_path, monkeypatch):
+    # Given a script that connects to a stack of its own and never closes the client
+    no_yadtq_configuration(monkeypatch)
+    monkeypatch.setenv("YADTQ_HOME", str(tmp_path))
+    script = ("import yadtq\nq = yadtq.connect('local', workers=1)\n"
+              "print(q.submit('add', 1, 2).result(60))\n"
+              "print(*q.workers()['pid'])\n")
+
+    # When it runs to the end
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+
+    # Then it printed the result, said nothing about lost connections, and left no worker
+    assert done.returncode == 0, done.stderr
+    result, pid = done.stdout.split("\n")[:2]
+    assert result == "3"
+    assert "connection lost" not in done.stderr, done.stderr
+    wait_until(lambda: not _alive(int(pid)), 30, "the stack's worker to be gone")

@@ -6,6 +6,8 @@ embedded stack and pass its addresses down as a :class:`~yadtq.config.Config`.
 
 from __future__ import annotations
 
+import atexit
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from yadtq import display
@@ -72,7 +74,18 @@ def _start_owned_local_stack(
     cluster = LocalCluster(workers=workers, queue=queue or "default", settings=settings)
     cluster.__enter__()
     try:
-        return NotebookClient(cluster.config, on_close=cluster.stop)
+        client = NotebookClient(cluster.config, on_close=cluster.stop)
     except BaseException:
         cluster.stop()
         raise
+    # A client never closed is closed at exit before the stack stops (atexit runs
+    # last-registered first, weakref finalizers after), so it does not watch its
+    # servers go away. The weak reference lets a dropped client be collected.
+    atexit.register(_close_at_exit, weakref.ref(client))
+    return client
+
+
+def _close_at_exit(reference: weakref.ref[NotebookClient]) -> None:
+    client = reference()
+    if client is not None:
+        client.close()
