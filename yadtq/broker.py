@@ -98,7 +98,9 @@ def make_consumer(
             auto_offset_reset="earliest",
             session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-            max_poll_interval_ms=300_000,
+            # Bounds a rebalance that waits for a member to rejoin; a worker polls at
+            # least every GROUP_POLL_INTERVAL (0.1 s) whatever its tasks do.
+            max_poll_interval_ms=30_000,
             fetch_max_wait_ms=config.fetch_wait_ms,
             max_partition_fetch_bytes=max(config.max_message_bytes + 4096, 1_048_576),
             bootstrap_timeout_ms=_timeout_ms(config),
