@@ -12,6 +12,7 @@ from yadtq.client import Client
 from yadtq.config import Config
 from yadtq.connection import connect
 from yadtq.errors import (
+    BackendError,
     BackendUnavailable,
     BrokerUnavailable,
     ConfigurationError,
@@ -19,8 +20,10 @@ from yadtq.errors import (
     InvalidTransition,
     MessageTooLarge,
     ProtocolError,
+    TaskCancelled,
     TaskFailed,
     TaskNotFound,
+    TaskTimeout,
     UnknownTask,
     YadtqError,
 )
@@ -29,6 +32,7 @@ from yadtq.registry import task
 from yadtq.status import TaskStatus
 
 __all__ = [
+    "BackendError",
     "BackendUnavailable",
     "BrokerUnavailable",
     "Client",
@@ -40,10 +44,12 @@ __all__ = [
     "MessageTooLarge",
     "ProtocolError",
     "TaskBatch",
+    "TaskCancelled",
     "TaskFailed",
     "TaskFuture",
     "TaskNotFound",
     "TaskStatus",
+    "TaskTimeout",
     "UnknownTask",
     "YadtqError",
     "connect",

@@ -9,19 +9,29 @@ never poll per task. Every key is built by :class:`Keys`.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    MasterDownError,
+    NoScriptError,
+    ReadOnlyError,
+    TryAgainError,
+)
+from redis.retry import Retry
 
 from yadtq.config import Config
-from yadtq.errors import BackendUnavailable
+from yadtq.errors import BackendError, BackendUnavailable
 from yadtq.protocol import TaskMessage
 from yadtq.status import TaskStatus
 
@@ -149,8 +159,54 @@ def decode_record(raw: dict[bytes, bytes]) -> dict[str, Any]:
     return record
 
 
+# Replies of a Redis that is loading its data, running a long script, read-only after
+# a failover, or without a reachable master: each passes once the server is ready.
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN")
+_TRANSIENT_TYPES = (redis.ConnectionError, redis.TimeoutError, ReadOnlyError, TryAgainError,
+                    MasterDownError)  # BusyLoadingError is a ConnectionError
+
+
+def is_transient(exc: redis.RedisError) -> bool:
+    """True for the Redis errors that trying again later cures (the one place that decides)."""
+    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+        return False  # a ConnectionError, but wrong credentials stay wrong
+    if isinstance(exc, _TRANSIENT_TYPES):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _translating(method: F) -> F:
+    @functools.wraps(method)
+    def call(self: RedisBackend, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except redis.RedisError as exc:
+            raise self._translate(exc) from None
+    return call  # type: ignore[return-value]
+
+
+def _at_the_edge(cls: type[RedisBackend]) -> type[RedisBackend]:
+    """Wrap every public method so no redis exception leaves the backend (DESIGN.md).
+
+    A class decorator rather than one per method, so a method added later cannot forget.
+    """
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and callable(member):
+            setattr(cls, name, _translating(member))
+    return cls
+
+
+@_at_the_edge
 class RedisBackend:
-    """All of yadtq's Redis traffic for one queue."""
+    """All of yadtq's Redis traffic for one queue.
+
+    Every public method raises :class:`BackendUnavailable` (try again later) or
+    :class:`BackendError` instead of a redis exception, within about
+    ``connect_timeout`` seconds: that is also each command's socket timeout.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -158,8 +214,13 @@ class RedisBackend:
         self.redis = redis.Redis.from_url(
             config.redis_url,
             socket_connect_timeout=config.connect_timeout,
+            socket_timeout=config.connect_timeout,
             socket_keepalive=True,
             health_check_interval=30,
+            # One immediate retry on a fresh connection, so a connection Redis dropped
+            # (a restart) is replaced unseen; never after a timeout, which would double
+            # the time a caller waits (redis-py's default retries three times, backing off).
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
         self._claim = _load_script(self.redis, "claim.lua")
         self._finish = _load_script(self.redis, "finish.lua")
@@ -167,6 +228,7 @@ class RedisBackend:
         self._cancel = _load_script(self.redis, "cancel.lua")
         self._due_retries = _load_script(self.redis, "due_retries.lua")
         self._renew = _load_script(self.redis, "renew.lua")
+        self._undelivered = _load_script(self.redis, "undelivered.lua")
 
     def check_connection(self) -> None:
         """Fail fast with the address when Redis does not answer.
@@ -192,6 +254,17 @@ class RedisBackend:
         if "path" in kwargs:
             return f"unix:{kwargs['path']}"
         return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
+    def _translate(self, exc: redis.RedisError) -> BackendUnavailable | BackendError:
+        """The yadtq error for a redis one, naming the server and what to do."""
+        cause = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, redis.TimeoutError):
+            cause = f"no answer within {self.config.connect_timeout:g} s ({cause})"
+        if is_transient(exc):
+            return BackendUnavailable(
+                f"Redis at {self._address()} is unavailable: {cause}; check that it is running "
+                f"and reachable (address from {self.config.source}), then try again")
+        return BackendError(f"Redis at {self._address()} refused a command: {cause}")
 
     def close(self) -> None:
         self.redis.close()
@@ -260,6 +333,39 @@ class RedisBackend:
                 if batch_id is not None and chunk:
                     pipe.rpush(self.keys.batch_tasks(batch_id), *(m.id for m in chunk))
                 pipe.execute()
+
+    def fail_undelivered(
+        self,
+        messages: Sequence[TaskMessage],
+        error: str,
+        batch_id: str | None = None,
+        unwritten: int = 0,
+    ) -> int:
+        """Fail the still-queued tasks of a submit or map whose messages Kafka did not take.
+
+        Nothing would ever run them. ``unwritten`` counts a batch's tasks that never
+        got a record (the chunks after the failed one): they leave its counters, so
+        the batch still adds up. Returns how many tasks were failed.
+        """
+        failed = 0
+        first = True
+        for chunk in list(_chunks(messages, PIPELINE_CHUNK)) or [[]]:
+            keys: list[Any] = []
+            for message in chunk:
+                batch = message.batch or "-"
+                keys += [self.keys.task(message.id), self.keys.batch(batch),
+                         self.keys.batch_tasks(batch), self.keys.task_history(message.id)]
+            args = [time.time(), self.config.result_ttl, self.keys.events, "BrokerUnavailable",
+                    error, *(m.id for m in chunk)]
+            shrink = None
+            if first and batch_id is not None and unwritten:
+                def shrink(pipe: redis.client.Pipeline) -> None:
+                    pipe.hincrby(self.keys.batch(batch_id), "total", -unwritten)
+                    pipe.hincrby(self.keys.batch(batch_id), "queued", -unwritten)
+            first = False
+            [count], _ = self._run_scripts([(self._undelivered, keys, args)], also=shrink)
+            failed += int(count)
+        return failed
 
     def ring(self, partitions: Iterable[int], task_id: str | None = None) -> None:
         """Wake the workers of these partitions: tasks were just produced to them.

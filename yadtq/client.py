@@ -13,12 +13,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import redis
-
 from yadtq import broker, protocol
 from yadtq.backend import PIPELINE_CHUNK, RedisBackend
 from yadtq.config import Config
-from yadtq.errors import BrokerUnavailable, TaskNotFound
+from yadtq.errors import BackendUnavailable, BrokerUnavailable, TaskNotFound, YadtqError
 from yadtq.events import EventListener
 from yadtq.futures import TaskBatch, TaskFuture
 from yadtq.registry import task_name
@@ -94,7 +92,10 @@ class Client:
         self._events.start()
         self._events.watch([future])
         self.backend.enqueue([message])
-        self._flush(1, self._send([message], [payload]), lone_task=message.id)
+        try:
+            self._flush(1, self._send([message], [payload]), lone_task=message.id)
+        except BrokerUnavailable as exc:
+            raise self._failed_undelivered(exc, [message]) from None
         return future
 
     def map(
@@ -137,12 +138,18 @@ class Client:
         self._events.watch_batch(batch)
         # Chunk by chunk, so Kafka sends one chunk while Redis stores the next.
         partitions: set[int] = set()
-        for start in range(0, len(messages), PIPELINE_CHUNK):
-            chunk = messages[start:start + PIPELINE_CHUNK]
-            self.backend.enqueue(chunk, batch_id=batch_id,
-                                 batch_total=len(messages) if start == 0 else None)
-            partitions |= self._send(chunk, payloads[start:start + PIPELINE_CHUNK])
-        self._flush(len(messages), partitions)
+        written = 0
+        try:
+            for start in range(0, len(messages), PIPELINE_CHUNK):
+                chunk = messages[start:start + PIPELINE_CHUNK]
+                self.backend.enqueue(chunk, batch_id=batch_id,
+                                     batch_total=len(messages) if start == 0 else None)
+                written += len(chunk)
+                partitions |= self._send(chunk, payloads[start:start + PIPELINE_CHUNK])
+            self._flush(len(messages), partitions)
+        except BrokerUnavailable as exc:
+            raise self._failed_undelivered(exc, messages[:written], batch_id,
+                                           unwritten=len(messages) - written) from None
         return batch
 
     def _future(self, message: protocol.TaskMessage) -> TaskFuture:
@@ -174,15 +181,37 @@ class Client:
             raise self._undelivered(count, exc) from exc
         try:
             self.backend.ring(partitions, task_id=lone_task)
-        except redis.RedisError as exc:  # the tasks are on their way; workers look anyway
+        except BackendUnavailable as exc:  # the tasks are on their way; workers look anyway
             logger.warning("could not ring the workers' doorbells (%s); they will find the "
                            "tasks within %.1f s", exc, self.config.idle_wait)
 
     def _undelivered(self, count: int, exc: Exception) -> BrokerUnavailable:
         return BrokerUnavailable(
-            f"could not deliver {count} task(s) to Kafka at {self.config.bootstrap}: {exc}; "
-            "their records stay 'queued' in Redis"
+            f"could not deliver {count} task(s) to Kafka at {self.config.bootstrap}: {exc}"
         )
+
+    def _failed_undelivered(
+        self,
+        exc: BrokerUnavailable,
+        written: list[protocol.TaskMessage],
+        batch_id: str | None = None,
+        unwritten: int = 0,
+    ) -> BrokerUnavailable:
+        """Fail the records a submit or map wrote for messages Kafka did not take.
+
+        Left ``queued``, nothing would ever run them. Returns the error to raise,
+        saying what became of them and what to do.
+        """
+        what = f"batch {batch_id}" if batch_id else f"task {written[0].id}"
+        try:
+            self.backend.fail_undelivered(written, str(exc), batch_id, unwritten)
+        except YadtqError as also:
+            fate = (f"and marking {what} failed in Redis failed too ({also}): its records "
+                    "may stay 'queued'")
+        else:
+            fate = f"{what} is marked failed in Redis"
+        return BrokerUnavailable(f"{exc}; {fate}; check that Kafka is running and reachable, "
+                                 "then submit again")
 
     def cancel(self, task_id: str, batch_id: str | None = None) -> bool:
         """Cancel a task that has not finished; returns False if it already had.
@@ -310,7 +339,13 @@ class Client:
             return
         self._closed = True
         self._events.close()
-        self._producer.close(timeout=5)
+        try:
+            self._producer.close(timeout=5)
+        except Exception as exc:  # kafka-python raises several unrelated types here
+            # Closing must still release Redis and a local stack; every submit already
+            # flushed (or raised BrokerUnavailable), so nothing the caller was promised is lost.
+            logger.warning("closing the producer for Kafka at %s failed: %s",
+                           self.config.bootstrap, exc)
         self.backend.close()
         if self._on_close is not None:
             self._on_close()

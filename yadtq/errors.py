@@ -7,7 +7,8 @@ value, the cause and what to do next::
     ├── ConfigurationError        settings missing or contradictory
     ├── ConnectionFailed          a server could not be reached
     │   ├── BrokerUnavailable     Kafka
-    │   └── BackendUnavailable    Redis
+    │   └── BackendUnavailable    Redis (down, stalled, restarting, failing over)
+    ├── BackendError              Redis refused a command for another reason
     ├── ProtocolError             a message that is not a valid task message
     │   └── MessageTooLarge
     ├── UnknownTask               a task name no registry knows
@@ -40,7 +41,11 @@ class BrokerUnavailable(ConnectionFailed):
 
 
 class BackendUnavailable(ConnectionFailed):
-    """The Redis server could not be reached."""
+    """Redis could not be reached or cannot serve now; trying again later may succeed."""
+
+
+class BackendError(YadtqError):
+    """Redis refused a command for a reason that trying again will not cure."""
 
 
 class ProtocolError(YadtqError, ValueError):

@@ -59,9 +59,11 @@ class EventListener:
                                                 daemon=True)
                 self._thread.start()
         if not self._subscribed.wait(self.backend.config.connect_timeout + 1):
+            config = self.backend.config
             raise BackendUnavailable(
-                f"could not subscribe to {self.backend.keys.events} on Redis within "
-                f"{self.backend.config.connect_timeout} s"
+                f"could not subscribe to {self.backend.keys.events} on Redis at "
+                f"{config.redis_address} within {config.connect_timeout:g} s; check that it is "
+                "running and reachable, then try again"
             )
 
     def watch(self, futures: Iterable[TaskFuture]) -> None:
@@ -118,7 +120,7 @@ class EventListener:
                 first = False
                 delay = 0.1
                 self._listen(pubsub)
-            except redis.RedisError as exc:
+            except (redis.RedisError, BackendUnavailable) as exc:  # pub/sub's, the backend's
                 self._subscribed.clear()
                 logger.warning("event listener: Redis connection lost (%s); retrying in %.1f s",
                                exc, delay)

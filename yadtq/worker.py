@@ -36,14 +36,13 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import redis
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from yadtq import broker, execution, protocol, registry
 from yadtq.backend import UNNAMED_RING, Claim, Outcome, RedisBackend
 from yadtq.config import Config
-from yadtq.errors import ProtocolError, UnknownTask
+from yadtq.errors import BackendUnavailable, ProtocolError, UnknownTask
 from yadtq.status import TaskStatus
 from yadtq.stealing import Stealer
 
@@ -268,7 +267,7 @@ class Worker:
                 self._poll_ms = 0  # lone tasks come by doorbell: back to it soon
             else:
                 self._poll_ms = POLL_MS  # a batch, or a task from a client that rings not
-        except redis.RedisError as exc:
+        except BackendUnavailable as exc:
             logger.warning("Worker %s: cannot wait on Redis (%s)", self.name, exc)
             self._stopping.wait(self.config.idle_wait)
 
@@ -309,7 +308,11 @@ class Worker:
             return False  # joining the group comes first
         if time.monotonic() < self._next_steal_at:
             return False
-        records = self._stealer.take(set(self._partitions), self._topic_partitions)
+        try:
+            records = self._stealer.take(set(self._partitions), self._topic_partitions)
+        except BackendUnavailable as exc:  # counts as a look that found nothing: backs off
+            logger.warning("Worker %s: cannot look for tasks to steal: %s", self.name, exc)
+            records = []
         candidates = [m for m in map(self._decode, records)  # owners dead-letter the bad ones
                       if not isinstance(m, ProtocolError)]
         started = 0
@@ -388,14 +391,15 @@ class Worker:
     ) -> list[Claim] | None:
         if not messages and not offsets:
             return []
+        # Not under the lock: while Redis is away, the heartbeat and the slots go on.
+        claims = self._retry_redis(
+            lambda: self.backend.claim_many(messages, self.name, now=self.clock(),
+                                            offsets=offsets, limit=limit),
+            "claim tasks",
+        )
+        if claims is GAVE_UP:
+            return None
         with self._lock:
-            claims = self._retry_redis(
-                lambda: self.backend.claim_many(messages, self.name, now=self.clock(),
-                                                offsets=offsets, limit=limit),
-                "claim tasks",
-            )
-            if claims is GAVE_UP:
-                return None
             for message, claim in zip(messages, claims, strict=True):
                 if claim.attempt is not None:
                     self._hold(message, claim.attempt)
@@ -419,7 +423,7 @@ class Worker:
         while True:
             try:
                 return step()
-            except redis.ConnectionError as exc:
+            except BackendUnavailable as exc:
                 out_of_time = deadline is not None and time.monotonic() > deadline
                 if out_of_time or (deadline is None and self._stopping.is_set()):
                     logger.error("Worker %s: could not %s: %s", self.name, what, exc)
@@ -636,17 +640,32 @@ class Worker:
     # --- heartbeat, leases, cancellations, retries and the reaper ----------
 
     def _heartbeat_loop(self) -> None:
+        """Beat, send due retries and reap every interval; Redis being away skips a round.
+
+        The interval is the backoff: leases need renewing the moment Redis is back.
+        One warning when Redis goes away and one line when it is back, not one a beat.
+        """
+        unavailable_since: float | None = None
         while True:
             now = self.clock()
             for step in (self._beat, self.send_due_retries, self.reap):
                 try:
                     step(now)
-                except redis.RedisError as exc:
-                    logger.warning("Worker %s: %s failed: %s", self.name,
-                                   step.__name__.strip("_"), exc)
+                except BackendUnavailable as exc:
+                    if unavailable_since is None:
+                        unavailable_since = time.monotonic()
+                        logger.warning("Worker %s: Redis unreachable, %s skipped; trying again "
+                                       "every %.1f s: %s",
+                                       self.name, step.__name__.strip("_"),
+                                       self.config.heartbeat_interval, exc)
                     break
                 except Exception:  # noqa: BLE001 - the heartbeat must outlive any one failure
                     logger.exception("Worker %s: %s failed", self.name, step.__name__)
+            else:
+                if unavailable_since is not None:
+                    logger.info("Worker %s: Redis is back after %.1f s; heartbeats resumed",
+                                self.name, time.monotonic() - unavailable_since)
+                    unavailable_since = None
             if self._heartbeat_now.wait(self.config.heartbeat_interval):
                 self._heartbeat_now.clear()
             if self._stopping.is_set() and not self._running:
@@ -749,7 +768,7 @@ class Worker:
         self._heartbeat_thread.join(timeout=5)
         try:
             self._heartbeat(self.clock(), status="stopped")
-        except redis.RedisError as exc:
+        except BackendUnavailable as exc:
             logger.warning("Worker %s: could not record the stop: %s", self.name, exc)
         self.producer.flush()
         self.producer.close()
@@ -770,7 +789,7 @@ class Worker:
                 message = self.backend.requeue(running.message.id, running.message.batch,
                                                worker_id=self.name, handback=True,
                                                now=self.clock())
-            except redis.RedisError as exc:
+            except BackendUnavailable as exc:
                 logger.error("Worker %s: could not hand back task %s (%s); its lease will "
                              "expire and another worker will run it", self.name,
                              running.message.id, exc)
