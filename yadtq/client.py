@@ -7,6 +7,7 @@ Each method delegates to one of ``protocol`` (build the message), ``backend``
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 WORKER_COLUMNS = [
     "name", "host", "pid", "status", "heartbeat_age", "in_flight", "processed", "failed",
     "concurrency", "partitions", "topic_partitions", "tasks", "started_at", "last_heartbeat",
+    "settings_differ",
 ]
 DEAD_AFTER_HEARTBEATS = 3
 
@@ -296,11 +298,16 @@ class Client:
         return future
 
     def workers(self) -> pandas.DataFrame:
-        """One row per registered worker: liveness judged from its heartbeats."""
+        """One row per registered worker: liveness judged from its heartbeats.
+
+        ``settings_differ`` names the shared settings (key prefix, lease, TTL, secret,
+        ...) in which the worker disagrees with this client; empty when they agree.
+        """
         import pandas
 
         now = time.time()
-        rows = [_worker_row(w, now) for w in self.backend.workers()
+        expected = self.config.shared_settings()
+        rows = [_worker_row(w, now, expected) for w in self.backend.workers()
                 if w.get("queue", self.config.queue) == self.config.queue]
         return pandas.DataFrame(rows, columns=WORKER_COLUMNS)
 
@@ -318,6 +325,11 @@ class Client:
             frame = self.workers()
             alive = frame[frame["status"] == "alive"]
             if _settled(alive, count):
+                for name, differ in zip(alive["name"], alive["settings_differ"], strict=True):
+                    if differ:
+                        logger.warning("worker %s of queue %r differs from this client in: %s; "
+                                       "start it with the same YADTQ_* settings", name,
+                                       self.config.queue, differ)
                 return alive
             if time.monotonic() > deadline:
                 raise TimeoutError(
@@ -391,7 +403,18 @@ def _settled(alive: pandas.DataFrame, count: int) -> bool:
         and holders >= min(count, total)
 
 
-def _worker_row(record: dict[str, str], now: float) -> dict[str, Any]:
+def _settings_differ(record: dict[str, str], expected: dict[str, Any]) -> str:
+    """The shared settings in which a worker's heartbeat record differs from ``expected``."""
+    try:
+        settings = json.loads(record.get("settings") or "null")
+    except ValueError:
+        settings = None
+    if not isinstance(settings, dict):
+        return "unknown (the worker does not report its settings)"
+    return ",".join(sorted(k for k, v in expected.items() if settings.get(k) != v))
+
+
+def _worker_row(record: dict[str, str], now: float, expected: dict[str, Any]) -> dict[str, Any]:
     last = float(record.get("last_heartbeat") or 0)
     interval = float(record.get("heartbeat_interval") or 2.0)
     if record.get("status") == "stopped":
@@ -415,4 +438,5 @@ def _worker_row(record: dict[str, str], now: float) -> dict[str, Any]:
         "tasks": record.get("tasks", ""),
         "started_at": float(record.get("started_at") or 0),
         "last_heartbeat": last,
+        "settings_differ": _settings_differ(record, expected),
     }

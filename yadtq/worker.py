@@ -54,6 +54,7 @@ MAX_BACKOFF_SECONDS = 300.0
 REDIS_RETRY_MAX_DELAY = 5.0
 COMMIT_INTERVAL = 0.5  # seconds; a claim, not the offset, is what keeps a task from running twice
 READ_AHEAD = 100  # messages polled ahead: one poll feeds many claims, oldest first
+POLL_RETRY_SECONDS = 0.5  # after a poll that failed
 POLL_MS = 20  # a poll returns as soon as records arrive; this is how long it looks when none do
 JOIN_POLL_MS = 200  # a group join completes over polls this long
 GROUP_POLL_INTERVAL = 0.1  # seconds; with every slot busy, a poll only serves the group
@@ -174,6 +175,7 @@ class Worker:
         self._heartbeat_now = threading.Event()
         self._partitions: list[int] = []
         self._topic_partitions = 0
+        self._assignment_news = False  # set by the rebalance callback, cleared by _poll
         self._paused = False
         self._runners: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for runner in execution.make_runners(mode, concurrency, task_modules):
@@ -331,8 +333,15 @@ class Worker:
 
     def _poll(self, timeout_ms: int) -> bool:
         """Poll Kafka into the read-ahead buffer; True if records came."""
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=READ_AHEAD)
+        try:
+            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=READ_AHEAD)
+        except KafkaError as exc:  # a failed rebalance or fetch: the next poll retries it
+            logger.warning("Worker %s: polling Kafka failed (%s); retrying", self.name, exc)
+            self._stopping.wait(POLL_RETRY_SECONDS)
+            return False
         self._polled_at = time.monotonic()
+        if self._assignment_news:
+            self._report_assignment()
         for partition, records in polled.items():
             self._buffer.add(partition, [(r, self._decode(r)) for r in records])
         return bool(polled)
@@ -621,9 +630,17 @@ class Worker:
 
     def _on_assign(self, assigned: set[Any]) -> None:
         self._partitions = sorted(tp.partition for tp in assigned)
+        self._assignment_news = True  # reported by _poll: no blocking call may run here
+
+    def _report_assignment(self) -> None:
+        """Log a new assignment and learn the topic's partition count (after the poll)."""
+        self._assignment_news = False
         total = broker.partition_count(self.consumer, self.config.tasks_topic)
         self._topic_partitions = total
-        if not assigned:
+        if not total:
+            logger.info("Worker %s: %s has no partitions in this worker's metadata yet; the "
+                        "group rebalances once it has", self.name, self.config.tasks_topic)
+        elif not self._partitions:
             logger.warning(
                 "Worker %s: got no partitions of %s: the group has more members than its %d "
                 "partitions, so this worker idles; create the topic with more partitions",
@@ -695,6 +712,7 @@ class Worker:
                 "partitions": ",".join(map(str, self._partitions)),
                 "topic_partitions": self._topic_partitions,
                 "heartbeat_interval": self.config.heartbeat_interval,
+                "settings": json.dumps(self.config.shared_settings(), sort_keys=True),
                 "status": status,
             }
         return self.backend.heartbeat(self.name, info, leased, now)
