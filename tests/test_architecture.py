@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "yadtq"
 LAYERS: list[set[str]] = [
     {"errors", "status", "config", "protocol", "registry"},  # bottom
     {"backend", "broker"},  # adapters
-    {"futures", "events", "client", "worker", "plots", "execution", "stealing"},  # core
+    {"futures", "events", "client", "worker", "plots", "execution", "stealing",
+     "routing"},  # core
     {"display", "local", "apache_kafka", "processes", "cli", "connection", "__init__",
      "__main__"},  # top
 ]

@@ -303,3 +303,64 @@ def test_a_map_whose_produce_fails_leaves_its_batch_failed_with_consistent_count
     assert batch.status_counts() == {"total": 1500, "queued": 0, "processing": 0,
                                      "success": 0, "failed": 1500, "cancelled": 0}
     assert set(batch.to_dataframe()["status"]) == {"failed"}
+
+
+# --- item 3: workers with different task modules on one queue --------------------------
+
+MIXED_TASKS = '''
+import yadtq
+
+@yadtq.task
+def shout(text):
+    return text.upper() + "!"
+'''
+
+
+def test_workers_with_different_task_modules_on_one_queue_run_every_task_where_it_is_served(
+    client: yadtq.Client, start_workers: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    # Given two workers of the demo tasks and, on the same queue, one of a module of its own
+    (tmp_path / "mixedtasks.py").write_text(MIXED_TASKS)
+    start_workers(2)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    own = start_workers(0, task_modules=["mixedtasks"], worker_env={"PYTHONPATH": path})
+    own.start_worker(name="shouter")
+    client.wait_for_workers(3)
+
+    # When both kinds of task are mapped over every partition
+    adds = client.map(add, [(i, i) for i in range(24)])
+    shouts = client.map("shout", [f"w{i}" for i in range(24)])
+
+    # Then every task runs, each on a worker that serves it
+    assert adds.results(timeout=60) == [2 * i for i in range(24)]
+    assert shouts.results(timeout=60) == [f"W{i}!" for i in range(24)]
+    assert set(shouts.to_dataframe()["worker"]) == {"shouter"}
+    assert "shouter" not in set(adds.to_dataframe()["worker"])
+    _histories_have_one_accepted_outcome(client, adds.ids + shouts.ids)
+
+
+def test_a_task_no_live_worker_of_the_queue_serves_fails_at_once_naming_what_it_serves(
+    client: yadtq.Client, start_workers: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    # Given workers of two different task modules on one queue
+    (tmp_path / "mixedtasks.py").write_text(MIXED_TASKS)
+    start_workers(1)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    own = start_workers(0, task_modules=["mixedtasks"], worker_env={"PYTHONPATH": path})
+    own.start_worker(name="shouter")
+    client.wait_for_workers(2)
+
+    # When a task neither serves is mapped over every partition
+    started = time.monotonic()
+    batch = client.map("shuot", [f"w{i}" for i in range(12)])
+    batch.wait(timeout=30)
+
+    # Then each fails promptly with UnknownTask naming the queue and both workers' tasks
+    assert time.monotonic() - started < 10
+    frame = batch.to_dataframe()
+    assert set(frame["status"]) == {"failed"}
+    errors = set(frame["error"])
+    assert len(errors) == 1, errors
+    [error] = errors
+    assert f"queue {client.config.queue!r}" in error and "'shuot'" in error
+    assert "shout" in error and "add" in error

@@ -389,12 +389,16 @@ class RedisBackend:
         return None if rang is None else _text(rang[1])
 
     def claim_named(
-        self, task_id: str, worker_id: str, now: float | None = None
+        self, task_id: str, worker_id: str, served: Sequence[str], now: float | None = None
     ) -> tuple[TaskMessage | None, Claim]:
-        """Claim a lone task by id, reading its message from its record: one round trip."""
+        """Claim a lone task by id, reading its message from its record: one round trip.
+
+        A task whose name is not among ``served`` is left queued ("not served here")
+        for its Kafka message to reach a worker that serves it.
+        """
         now = time.time() if now is None else now
         [[reply]], [fields] = self._run_scripts(
-            [self._claim_call([(task_id, "", "")], worker_id, now, limit=1)],
+            [self._claim_call([(task_id, "", "")], worker_id, now, limit=1, served=served)],
             also=lambda pipe: pipe.hmget(self.keys.task(task_id), *_PAYLOAD_FIELDS))
         if _text(reply[0]) != "ok":
             return None, Claim(task_id, None, _text(reply[1]))
@@ -501,12 +505,16 @@ class RedisBackend:
         return message.id, message.batch or "", fields
 
     def _claim_call(
-        self, entries: Sequence[tuple[str, str, str]], worker_id: str, now: float, limit: int
+        self, entries: Sequence[tuple[str, str, str]], worker_id: str, now: float, limit: int,
+        served: Sequence[str] | None = None,
     ) -> tuple[Script, list[Any], list[Any]]:
-        """claim.lua's keys and arguments for these (task id, batch, fields) entries."""
+        """claim.lua's keys and arguments for these (task id, batch, fields) entries.
+
+        With ``served``, only tasks of those names are claimed; without, any.
+        """
         keys: list[Any] = [self.keys.leases]
         args: list[Any] = [worker_id, now + self.config.lease_seconds, now, self.keys.events,
-                           limit]
+                           limit, "" if served is None else json.dumps(list(served))]
         for task_id, batch, fields in entries:
             keys += [self.keys.task(task_id), self.keys.batch(batch or "-"),
                      self.keys.task_history(task_id)]

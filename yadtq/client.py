@@ -21,6 +21,7 @@ from yadtq.errors import BackendUnavailable, BrokerUnavailable, TaskNotFound, Ya
 from yadtq.events import EventListener
 from yadtq.futures import TaskBatch, TaskFuture
 from yadtq.registry import task_name
+from yadtq.routing import liveness
 from yadtq.status import TaskStatus
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ WORKER_COLUMNS = [
     "concurrency", "partitions", "topic_partitions", "tasks", "started_at", "last_heartbeat",
     "settings_differ",
 ]
-DEAD_AFTER_HEARTBEATS = 3
 
 TaskRef = Callable[..., Any] | str
 
@@ -416,18 +416,11 @@ def _settings_differ(record: dict[str, str], expected: dict[str, Any]) -> str:
 
 def _worker_row(record: dict[str, str], now: float, expected: dict[str, Any]) -> dict[str, Any]:
     last = float(record.get("last_heartbeat") or 0)
-    interval = float(record.get("heartbeat_interval") or 2.0)
-    if record.get("status") == "stopped":
-        status = "stopped"
-    elif now - last > DEAD_AFTER_HEARTBEATS * interval:
-        status = "dead"
-    else:
-        status = "alive"
     return {
         "name": record.get("name"),
         "host": record.get("host"),
         "pid": int(record.get("pid") or 0),
-        "status": status,
+        "status": liveness(record, now),
         "heartbeat_age": round(now - last, 2),
         "in_flight": int(record.get("in_flight") or 0),
         "processed": int(record.get("processed") or 0),

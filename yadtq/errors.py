@@ -59,14 +59,19 @@ class MessageTooLarge(ProtocolError):
 class UnknownTask(YadtqError, LookupError):
     """A task name that is not registered."""
 
-    def __init__(self, name: str, registered: list[str] | tuple[str, ...]) -> None:
+    def __init__(self, name: str, registered: list[str] | tuple[str, ...],
+                 queue: str | None = None) -> None:
         self.name = name
         self.registered = sorted(registered)
+        self.queue = queue
         served = ", ".join(self.registered) or "none"
-        super().__init__(
-            f"unknown task {name!r}: it is not registered in this worker's task modules; "
-            f"registered: {served}"
-        )
+        if queue is None:
+            text = (f"unknown task {name!r}: it is not registered in this worker's task "
+                    f"modules; registered: {served}")
+        else:
+            text = (f"no live worker of queue {queue!r} serves task {name!r}; served: {served}; "
+                    "start a worker whose --tasks module registers it, or fix the name")
+        super().__init__(text)
 
 
 class InvalidTransition(YadtqError):

@@ -43,6 +43,7 @@ from yadtq import broker, execution, protocol, registry
 from yadtq.backend import UNNAMED_RING, Claim, Outcome, RedisBackend
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable, ProtocolError, UnknownTask
+from yadtq.routing import Routes
 from yadtq.status import TaskStatus
 from yadtq.stealing import Stealer
 
@@ -59,6 +60,8 @@ POLL_MS = 20  # a poll returns as soon as records arrive; this is how long it lo
 JOIN_POLL_MS = 200  # a group join completes over polls this long
 GROUP_POLL_INTERVAL = 0.1  # seconds; with every slot busy, a poll only serves the group
 STEAL_BACKOFF_MIN, STEAL_BACKOFF_MAX = 0.05, 5.0  # seconds between looks that find nothing
+ROUTES_MAX_AGE = 0.5  # seconds; how stale the queue's workers' tasks may be when routing
+JOINING_PEER_WAIT = 0.05  # seconds; a task handed on to a worker still joining comes back
 
 T = TypeVar("T")
 
@@ -155,6 +158,9 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.clock = clock
         self.task_names = load_task_modules(task_modules)
+        self._served = frozenset(self.task_names)
+        self._routes: Routes | None = None  # the queue's other workers, read when needed
+        self._routes_read_at = 0.0
         self.started_at = clock()
         self.processed = 0
         self.failed = 0
@@ -280,7 +286,8 @@ class Worker:
         reaches it, the claim finds the task taken and skips it.
         """
         with self._lock:
-            message, claim = self.backend.claim_named(task_id, self.name, now=self.clock())
+            message, claim = self.backend.claim_named(task_id, self.name, self.task_names,
+                                                      now=self.clock())
             if message is None or claim.attempt is None:
                 return
             self._hold(message, claim.attempt)
@@ -315,8 +322,9 @@ class Worker:
         except BackendUnavailable as exc:  # counts as a look that found nothing: backs off
             logger.warning("Worker %s: cannot look for tasks to steal: %s", self.name, exc)
             records = []
-        candidates = [m for m in map(self._decode, records)  # owners dead-letter the bad ones
-                      if not isinstance(m, ProtocolError)]
+        # Owners dead-letter the bad ones, and hand on the tasks this worker does not serve.
+        candidates = [m for m in map(self._decode, records)
+                      if not isinstance(m, ProtocolError) and m.task in self._served]
         started = 0
         if candidates:
             started = self._start_claimed(candidates,
@@ -359,9 +367,11 @@ class Worker:
                 self._dead_letter(str(decoded), record=record)
             else:
                 messages.append(decoded)
-        claims = self._claim(messages, offsets)
+        routed = self._hand_on_unserved(messages)
+        claims = None if routed is None else self._claim(routed, offsets)
         if claims is None:
             return  # stopping while Redis is down: nothing committed, so nothing is lost
+        messages = routed
         if self._start_claimed(messages, claims):
             self._poll_ms = POLL_MS  # busy: the next poll waits for more
             self._next_steal_at = self._steal_backoff = 0.0  # and steal at once when idle
@@ -371,6 +381,49 @@ class Worker:
         self._claimed_through.update(
             (TopicPartition(topic, partition), offset) for partition, offset in offsets.items())
         self._commit_due = True
+
+    def _hand_on_unserved(
+        self, messages: list[protocol.TaskMessage]
+    ) -> list[protocol.TaskMessage] | None:
+        """Hand tasks this worker does not serve to live workers that do; returns the rest.
+
+        Kafka deals partitions without regard to a worker's task modules. A task
+        that another live worker serves is produced again, unclaimed, to one of
+        that worker's partitions (flushed before its offset here can be committed,
+        so it is never lost; its claim still happens once, wherever it lands). A
+        task no live worker serves is kept: claimed, it fails at once with
+        UnknownTask naming what the queue serves. None: stopping while Redis is down.
+        """
+        unserved = [m for m in messages if m.task not in self._served]
+        if not unserved:
+            return messages
+        routes = self._current_routes()
+        if routes is None:
+            return None
+        handed_on = set()
+        for message in unserved:
+            if not routes.serves(message.task):
+                continue
+            partitions = routes.partitions_for(message.task)
+            if not partitions:  # its workers are joining the group: it comes back meanwhile
+                self._stopping.wait(JOINING_PEER_WAIT)
+            self._produce(message, partition=random.choice(partitions) if partitions else None)
+            handed_on.add(message.id)
+            logger.debug("Worker %s: handed task %s (%s) on to partition(s) %s", self.name,
+                         message.id, message.task, partitions or "any")
+        if handed_on:
+            self.producer.flush()
+        return [m for m in messages if m.id not in handed_on]
+
+    def _current_routes(self) -> Routes | None:
+        """The queue's other live workers, read from Redis at most every ROUTES_MAX_AGE."""
+        if self._routes is None or time.monotonic() - self._routes_read_at > ROUTES_MAX_AGE:
+            records = self._retry_redis(self.backend.workers, "read the queue's workers")
+            if records is GAVE_UP:
+                return None
+            self._routes = Routes(records, self.config.queue, self.clock(), exclude=self.name)
+            self._routes_read_at = time.monotonic()
+        return self._routes
 
     def _decode(self, record: Any) -> protocol.TaskMessage | ProtocolError:
         """The record's task message, or why it is not one."""
@@ -477,11 +530,12 @@ class Worker:
                            self.name, result)
 
     def _start(self, message: protocol.TaskMessage, attempt: int) -> None:
-        try:
-            registry.lookup(message.task)
-        except UnknownTask as exc:
+        if message.task not in self._served:  # and no live worker of the queue serves it
+            routes = self._routes
+            served = sorted(self._served | set(routes.served if routes else ()))
+            error = UnknownTask(message.task, served, queue=self.config.queue)
             self._ended(message, Outcome(message.id, message.batch, attempt, TaskStatus.FAILED,
-                                         error_type="UnknownTask", error=str(exc)))
+                                         error_type="UnknownTask", error=str(error)))
             return
         running = self._running[message.id]
         running.future = self.executor.submit(self._execute, message, attempt)
@@ -611,14 +665,16 @@ class Worker:
         logger.warning("Worker %s: dead-lettered %s: %s", self.name, where, reason)
         self.producer.send(self.config.dead_letter_topic, json.dumps(letter).encode(), key=key)
 
-    def _produce(self, message: protocol.TaskMessage, to_own_partition: bool = False) -> None:
-        """Produce a task again; ``to_own_partition`` keeps it away from a dead worker's."""
-        partitions = self._partitions
+    def _produce(self, message: protocol.TaskMessage, to_own_partition: bool = False,
+                 partition: int | None = None) -> None:
+        """Produce a task again, to ``partition`` if given; ``to_own_partition`` keeps it
+        away from a dead worker's."""
+        if partition is None and to_own_partition and self._partitions:
+            partition = random.choice(self._partitions)
         self.producer.send(
             self.config.tasks_topic,
             protocol.encode(message, self.config.max_message_bytes, self.config.secret),
-            key=message.id.encode(),
-            partition=random.choice(partitions) if to_own_partition and partitions else None,
+            key=message.id.encode(), partition=partition,
         )
 
     # --- group membership --------------------------------------------------

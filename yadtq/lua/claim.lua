@@ -11,6 +11,9 @@
 -- ARGV[3] now (unix seconds)
 -- ARGV[4] events channel
 -- ARGV[5] the most tasks to claim: the rest are skipped untouched ("over the limit")
+-- ARGV[6] JSON array of the task names this worker serves; a task of another name is
+--         skipped untouched ("not served here"), so it stays queued for a worker that
+--         serves it. "" claims any task (the caller has checked the names itself).
 -- then for each task 3 args:
 --   task id
 --   batch id the message names, or ""
@@ -23,10 +26,15 @@
 -- Publishes one event message: a JSON array of the claimed tasks' changes.
 local worker, expiry, now, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[5])
 local changes = {}
+local served = nil
+if ARGV[6] ~= '' then
+  served = {}
+  for _, name in ipairs(cjson.decode(ARGV[6])) do served[name] = true end
+end
 
 local function claim(i)
   local task_key, batch_key, history_key = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
-  local id, named_batch, fields = ARGV[3 * i + 3], ARGV[3 * i + 4], ARGV[3 * i + 5]
+  local id, named_batch, fields = ARGV[3 * i + 4], ARGV[3 * i + 5], ARGV[3 * i + 6]
   local status = redis.call('HGET', task_key, 'status')
   local created = false
   if not status and fields ~= '' then
@@ -43,7 +51,10 @@ local function claim(i)
   if status ~= 'queued' then
     return {'skip', status}
   end
-  local record = redis.call('HMGET', task_key, 'attempt', 'batch', 'retry_at')
+  local record = redis.call('HMGET', task_key, 'attempt', 'batch', 'retry_at', 'task')
+  if served and not served[record[4]] then
+    return {'skip', 'not served here'}
+  end
   if record[3] and tonumber(record[3]) > now then
     return {'skip', 'waiting to retry'}
   end
