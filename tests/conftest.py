@@ -99,7 +99,7 @@ def start_workers(
             key_prefix=config.key_prefix,
             heartbeat_interval=config.heartbeat_interval,
             lease_seconds=config.lease_seconds,
-            **options,
+            **{"trust_code": False, **options},  # the tests' clients sign nothing by default
         )
         clusters.append(cluster.start())
         return cluster

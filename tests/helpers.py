@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+from yadtq.config import Config
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -17,3 +22,29 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
             return last
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last saw {last!r}")
+
+
+def dead_letters(
+    config: Config,
+    expected: int = 0,
+    timeout: float = 60,
+    until: Callable[[list[dict[str, Any]]], bool] | None = None,
+) -> list[dict[str, Any]]:
+    """The queue's dead letters, read from the start by a group-less consumer.
+
+    Reads until ``expected`` letters (or ``until(letters)``) or the timeout.
+    """
+    done = until or (lambda letters: len(letters) >= expected)
+    consumer = KafkaConsumer(bootstrap_servers=config.bootstrap, enable_auto_commit=False)
+    partition = TopicPartition(config.dead_letter_topic, 0)
+    consumer.assign([partition])
+    consumer.seek_to_beginning(partition)
+    letters: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not done(letters) and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=300).values():
+                letters.extend(json.loads(r.value) for r in batch)
+    finally:
+        consumer.close()
+    return letters

@@ -12,9 +12,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "yadtq"
 
 LAYERS: list[set[str]] = [
-    {"errors", "status", "config", "protocol", "registry"},  # bottom
+    {"errors", "status", "config", "protocol", "registry", "values"},  # bottom
     {"backend", "broker"},  # adapters
-    {"futures", "events", "client", "worker", "plots", "execution", "stealing",
+    {"futures", "events", "client", "worker", "plots", "execution", "stealing", "shipping",
      "routing"},  # core
     {"display", "local", "apache_kafka", "processes", "cli", "connection", "__init__",
      "__main__"},  # top

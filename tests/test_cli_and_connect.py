@@ -125,7 +125,7 @@ def test_a_worker_whose_settings_differ_from_the_clients_is_reported(client, sta
     # Given a worker of the client's queue started with a longer lease than the client's
     with LocalCluster(workers=1, stack=stack, queue=config.queue, key_prefix=config.key_prefix,
                       heartbeat_interval=config.heartbeat_interval,
-                      lease_seconds=config.lease_seconds + 2):
+                      lease_seconds=config.lease_seconds + 2, trust_code=False):
         # When the client lists its workers
         wait_until(lambda: len(client.workers()) == 1, 60, "the worker's first heartbeat")
 

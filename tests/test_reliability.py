@@ -19,12 +19,12 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import wait_until
+from helpers import dead_letters, wait_until
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 import yadtq
@@ -71,32 +71,6 @@ def assert_one_accepted_outcome(history: list[dict[str, Any]], record: dict[str,
     assert events_of(history)[-1] in ("success", "refused"), history
     assert (successes[0]["attempt"], successes[0]["worker"]) == (
         record["attempt"], record["worker"]), (history, record)
-
-
-def dead_letters(
-    config: Config,
-    expected: int = 0,
-    timeout: float = 60,
-    until: Callable[[list[dict[str, Any]]], bool] | None = None,
-) -> list[dict[str, Any]]:
-    """The queue's dead letters, read from the start by a group-less consumer.
-
-    Reads until ``expected`` letters (or ``until(letters)``) or the timeout.
-    """
-    done = until or (lambda letters: len(letters) >= expected)
-    consumer = KafkaConsumer(bootstrap_servers=config.bootstrap, enable_auto_commit=False)
-    partition = TopicPartition(config.dead_letter_topic, 0)
-    consumer.assign([partition])
-    consumer.seek_to_beginning(partition)
-    letters: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while not done(letters) and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=300).values():
-                letters.extend(json.loads(r.value) for r in batch)
-    finally:
-        consumer.close()
-    return letters
 
 
 def produce_raw(config: Config, values: list[tuple[bytes | None, bytes | None]]) -> list[Any]:

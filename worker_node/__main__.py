@@ -36,6 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steal", action=argparse.BooleanOptionalAction, default=True,
                         help="when idle, take tasks waiting in other workers' partitions, so "
                         "long-tail batches even out (default: on)")
+    parser.add_argument("--trust-code", action="store_true", default=None,
+                        help="also run functions shipped by value (cloudpickle) and load "
+                        "pickled arguments, from messages signed with $YADTQ_SECRET only: "
+                        "anyone with the secret can run code here (default: "
+                        "$YADTQ_TRUST_CODE, else off: registered tasks only)")
     parser.add_argument("--default-timeout", type=float, metavar="SECONDS",
                         help="time limit for tasks that declare none (default: "
                         "$YADTQ_DEFAULT_TIMEOUT, else no limit)")
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap=args.bootstrap, redis_url=args.redis_url, queue=args.queue,
             key_prefix=args.key_prefix, heartbeat_interval=args.heartbeat_interval,
             lease_seconds=args.lease_seconds, partitions=args.partitions,
-            default_timeout=args.default_timeout,
+            default_timeout=args.default_timeout, trust_code=args.trust_code,
         )
         worker = Worker(config, name=args.name, concurrency=args.concurrency,
                         task_modules=args.tasks or DEFAULT_TASK_MODULES, mode=args.mode,

@@ -25,6 +25,7 @@ from yadtq.errors import (
     TaskNotFound,
     TaskTimeout,
     UnknownTask,
+    UntrustedCode,
     YadtqError,
 )
 from yadtq.futures import TaskBatch, TaskFuture
@@ -51,6 +52,7 @@ __all__ = [
     "TaskStatus",
     "TaskTimeout",
     "UnknownTask",
+    "UntrustedCode",
     "YadtqError",
     "connect",
     "task",

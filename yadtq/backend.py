@@ -34,6 +34,7 @@ from yadtq.config import Config
 from yadtq.errors import BackendError, BackendUnavailable
 from yadtq.protocol import TaskMessage
 from yadtq.status import TaskStatus
+from yadtq.values import Ref
 
 PIPELINE_CHUNK = 1000
 DOORBELL_RINGS = 16  # rings a doorbell keeps; an older one is dropped (Kafka still has the task)
@@ -85,6 +86,9 @@ class Keys:
 
     def doorbell(self, partition: int) -> str:
         return f"{self.prefix}:doorbell:{self.queue}:{partition}"
+
+    def blob(self, sha256: str) -> str:
+        return f"{self.prefix}:blob:{sha256}"
 
 
 @dataclass(frozen=True)
@@ -334,6 +338,17 @@ class RedisBackend:
                     pipe.rpush(self.keys.batch_tasks(batch_id), *(m.id for m in chunk))
                 pipe.execute()
 
+    def put_blobs(self, blobs: dict[str, bytes]) -> None:
+        """Store pickles under their digests, living as long as a finished task's record."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for sha256, data in blobs.items():
+                pipe.set(self.keys.blob(sha256), data, ex=int(self.config.result_ttl))
+            pipe.execute()
+
+    def blob(self, sha256: str) -> bytes | None:
+        """The pickle stored under ``sha256``, or None if it expired (or never was)."""
+        return self.redis.get(self.keys.blob(sha256))
+
     def fail_undelivered(
         self,
         messages: Sequence[TaskMessage],
@@ -568,11 +583,11 @@ class RedisBackend:
             keys=[self.keys.task(task_id), self.keys.leases, self.keys.batch(batch or "-"),
                   self.keys.task_history(task_id)],
             args=[task_id, "handback" if handback else "expired", now, worker_id,
-                  self.keys.events],
+                  self.keys.events, *_PAYLOAD_FIELDS],
         )
         if _text(reply[0]) != "ok":
             return None
-        return _message_from_fields(task_id, int(reply[1]), [_text(v) for v in reply[2:12]])
+        return _message_from_fields(task_id, int(reply[1]), [_text(v) for v in reply[2:]])
 
     def cancel(self, task_id: str, batch: str | None, requested_by: str) -> str | None:
         """Cancel a queued or processing task; returns the status it had, or None."""
@@ -647,12 +662,15 @@ class RedisBackend:
 
 
 _PAYLOAD_FIELDS = ("task", "args", "kwargs", "batch", "index", "max_retries", "timeout",
-                   "submitted_at", "retry_on", "retry_backoff")
+                   "submitted_at", "retry_on", "retry_backoff", "code", "pickled",
+                   "pickles_sig")
 
 
 def _message_from_fields(task_id: str, attempt: int, values: list[str]) -> TaskMessage:
     """Rebuild a task message from the stored payload fields (in ``_PAYLOAD_FIELDS`` order)."""
-    task, args, kwargs, batch, index, max_retries, timeout, submitted, retry_on, backoff = values
+    (task, args, kwargs, batch, index, max_retries, timeout, submitted, retry_on, backoff,
+     code, pickled, pickles_sig) = values
+    shipped = json.loads(code) if code else None
     return TaskMessage(
         id=task_id,
         task=task,
@@ -666,6 +684,10 @@ def _message_from_fields(task_id: str, attempt: int, values: list[str]) -> TaskM
         submitted_at=float(submitted) if submitted else None,
         retry_on=tuple(json.loads(retry_on)) if retry_on else (),
         retry_backoff=float(backoff) if backoff else None,
+        code=Ref.from_dict(shipped["ref"], "code") if shipped else None,
+        python=shipped["python"] if shipped else None,
+        pickled=Ref.from_dict(json.loads(pickled), "pickled") if pickled else None,
+        pickles_sig=pickles_sig or None,
     )
 
 
@@ -688,6 +710,11 @@ def _record_fields(message: TaskMessage, now: float) -> dict[str, str]:
         "submitted_at": message.submitted_at,
         "retry_on": json.dumps(list(message.retry_on)) if message.retry_on else None,
         "retry_backoff": message.retry_backoff,
+        # A shipped function and pickled arguments, kept to produce the task again.
+        "code": json.dumps({"ref": message.code.to_dict(), "python": message.python})
+        if message.code else None,
+        "pickled": json.dumps(message.pickled.to_dict()) if message.pickled else None,
+        "pickles_sig": message.pickles_sig,
     }
     fields.update({k: str(v) for k, v in optional.items() if v is not None})
     return fields

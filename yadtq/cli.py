@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--kafka-nodes", type=int, default=1, metavar="N",
                     help="Apache Kafka nodes in the cluster; 3 replicate every topic 3 times "
                     "(default: 1)")
+    up.add_argument("--trust-code", action=argparse.BooleanOptionalAction, default=True,
+                    help="workers also run functions shipped by value, signed with a random "
+                    "secret kept in the stack's owner-only record, where connect() finds it "
+                    "(default: on)")
     up.set_defaults(run=_local_up)
     local_status = local_commands.add_parser(
         "status", parents=[servers],
@@ -229,6 +233,7 @@ def _local_up(args: argparse.Namespace) -> int:
             args.workers, queue=getattr(args, "queue", None) or "default",
             concurrency=args.concurrency, task_modules=args.tasks or ("worker_node.tasks",),
             broker=args.broker, kafka_nodes=args.kafka_nodes, record=True,
+            trust_code=args.trust_code,
         ) as cluster:
             _print_banner(cluster)
             return _watch(cluster, stop)

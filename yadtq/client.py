@@ -14,14 +14,20 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from yadtq import broker, protocol
+from yadtq import broker, protocol, shipping
 from yadtq.backend import PIPELINE_CHUNK, RedisBackend
 from yadtq.config import Config
-from yadtq.errors import BackendUnavailable, BrokerUnavailable, TaskNotFound, YadtqError
+from yadtq.errors import (
+    BackendUnavailable,
+    BrokerUnavailable,
+    MessageTooLarge,
+    TaskNotFound,
+    YadtqError,
+)
 from yadtq.events import EventListener
 from yadtq.futures import TaskBatch, TaskFuture
-from yadtq.registry import task_name
 from yadtq.routing import liveness
+from yadtq.shipping import Shipment
 from yadtq.status import TaskStatus
 
 if TYPE_CHECKING:
@@ -57,9 +63,16 @@ class Client:
     def submit(self, task: TaskRef, /, *args: Any, **kwargs: Any) -> TaskFuture:
         """Submit ``task(*args, **kwargs)``; returns its future at once.
 
+        ``task`` is a registered task (or its name), sent by name; any other
+        function is shipped by value to workers that trust code, which needs the
+        shared secret, as do arguments that are not JSON (``yadtq.shipping``).
+
         Raises:
-            TypeError: an argument is not JSON-serialisable (nothing is sent).
-            MessageTooLarge: the message is over ``max_message_bytes``.
+            TypeError: an argument is not JSON-serialisable and there is no secret
+                to pickle it with (nothing is sent).
+            UntrustedCode: ``task`` is not registered and there is no secret.
+            MessageTooLarge: the message is over ``max_message_bytes``, or pickled
+                arguments over ``max_payload_bytes``.
         """
         return self.submit_with(task, args, kwargs)
 
@@ -86,13 +99,15 @@ class Client:
         Raises:
             TypeError: an argument is not JSON-serialisable (nothing is sent).
         """
-        name = task_name(task)
-        message = protocol.build(name, args, kwargs, **_options(
+        shipment = Shipment(task, self.config)
+        message = shipment.message(args, kwargs, **_options(
             timeout, max_retries, retry_on, retry_backoff))
         payload = protocol.encode(message, self.config.max_message_bytes, self.config.secret)
-        future = self._future(message)
+        future = self._future(message, args, kwargs or {})
         self._events.start()
         self._events.watch([future])
+        if shipment.blobs:
+            self.backend.put_blobs(shipment.blobs)
         self.backend.enqueue([message])
         try:
             self._flush(1, self._send([message], [payload]), lone_task=message.id)
@@ -119,25 +134,27 @@ class Client:
         Raises:
             TypeError: an item's argument is not JSON-serialisable; names the item.
         """
-        name = task_name(task)
+        shipment = Shipment(task, self.config)
         batch_id = protocol.new_batch_id()
         options = _options(timeout, max_retries, retry_on, retry_backoff)
-        messages, payloads = [], []
+        messages, payloads, calls = [], [], []
         for index, item in enumerate(items):
             args, kwargs = _split_item(item)
             try:
-                message = protocol.build(name, args, kwargs, batch=batch_id, index=index,
-                                         **options)
-            except TypeError as exc:
-                raise TypeError(f"item {index} of map: {exc}") from None
+                message = shipment.message(args, kwargs, batch=batch_id, index=index, **options)
+            except (TypeError, MessageTooLarge) as exc:
+                raise type(exc)(f"item {index} of map: {exc}") from None
             messages.append(message)
+            calls.append((args, kwargs))
             payloads.append(protocol.encode(message, self.config.max_message_bytes,
                                             self.config.secret))
-        batch = TaskBatch(batch_id, name, [m.id for m in messages], self,
-                          args=[m.args for m in messages],
-                          kwargs=[m.kwargs or None for m in messages])
+        batch = TaskBatch(batch_id, shipment.name, [m.id for m in messages], self,
+                          args=[args for args, _ in calls],
+                          kwargs=[kwargs or None for _, kwargs in calls])
         self._events.start()
         self._events.watch_batch(batch)
+        if shipment.blobs:  # the function and large arguments, before any message names them
+            self.backend.put_blobs(shipment.blobs)
         # Chunk by chunk, so Kafka sends one chunk while Redis stores the next.
         partitions: set[int] = set()
         written = 0
@@ -154,10 +171,20 @@ class Client:
                                            unwritten=len(messages) - written) from None
         return batch
 
-    def _future(self, message: protocol.TaskMessage) -> TaskFuture:
-        return TaskFuture(message.id, message.task, args=message.args,
-                          kwargs=message.kwargs, batch=message.batch,
-                          index=message.index, client=self)
+    def _future(self, message: protocol.TaskMessage, args: Sequence[Any],
+                kwargs: dict[str, Any]) -> TaskFuture:
+        return TaskFuture(message.id, message.task, args=tuple(args), kwargs=kwargs,
+                          batch=message.batch, index=message.index, client=self)
+
+    def load_result(self, task_id: str, value: Any) -> Any:
+        """A result as stored, made the value the task returned (pickled ones checked and
+        loaded, fetching a large one from Redis).
+
+        Raises:
+            UntrustedCode: a pickled result this client's secret does not vouch for, or
+                one that expired.
+        """
+        return shipping.load_result(task_id, value, self.config.secret, self.backend.blob)
 
     def _send(self, messages: list[protocol.TaskMessage], payloads: list[bytes]) -> set[int]:
         """Hand messages to the producer, dealing partitions round-robin; returns those used."""

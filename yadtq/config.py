@@ -56,6 +56,12 @@ class Config:
     default_timeout: float | None = None
     retry_backoff: float = 1.0
     secret: str | None = field(default=None, repr=False)
+    # A worker that trusts code runs functions shipped by value and loads pickled values,
+    # from messages signed with ``secret`` only: anyone with the secret can run code on it.
+    trust_code: bool = False
+    # Pickled arguments and results larger than this go to Redis as blobs, not inline.
+    inline_bytes: int = 64 * 1024
+    max_payload_bytes: int = 256 * 1024 * 1024  # the largest pickled argument set or result
     kafka_options: Mapping[str, str] = field(default_factory=dict, repr=False)
     source: str = "arguments"
 
@@ -78,6 +84,16 @@ class Config:
         if not 0 < self.result_ttl < float("inf"):
             raise ConfigurationError(
                 f"result_ttl must be a positive number of seconds, got {self.result_ttl}"
+            )
+        if self.trust_code and not self.secret:
+            raise ConfigurationError(
+                "trust_code needs a shared secret: set YADTQ_SECRET (the same value on clients "
+                "and workers), so that only code signed with it runs"
+            )
+        if not 0 < self.inline_bytes <= self.max_payload_bytes:
+            raise ConfigurationError(
+                f"inline_bytes ({self.inline_bytes}) must be positive and at most "
+                f"max_payload_bytes ({self.max_payload_bytes})"
             )
         if self.lease_seconds <= self.heartbeat_interval:
             raise ConfigurationError(
@@ -148,6 +164,16 @@ def redacted_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
+def boolean(text: str) -> bool:
+    """A yes/no environment value: 1/true/yes or 0/false/no."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("0", "false", "no"):
+        return False
+    raise ValueError(text)
+
+
 _ENV_SETTINGS = {
     "bootstrap": ("YADTQ_BOOTSTRAP", str),
     "redis_url": ("YADTQ_REDIS_URL", str),
@@ -163,6 +189,9 @@ _ENV_SETTINGS = {
     "fetch_wait_ms": ("YADTQ_FETCH_WAIT_MS", int),
     "retry_backoff": ("YADTQ_RETRY_BACKOFF", float),
     "secret": ("YADTQ_SECRET", str),
+    "trust_code": ("YADTQ_TRUST_CODE", boolean),
+    "inline_bytes": ("YADTQ_INLINE_BYTES", int),
+    "max_payload_bytes": ("YADTQ_MAX_PAYLOAD_BYTES", int),
 }
 
 # Passed through to every kafka-python client as they are (TLS and SASL).
@@ -265,5 +294,7 @@ def resolve_config(
             raise ConfigurationError(f"{' and '.join(missing)} not set; {NO_STACK_HELP}")
         merged.setdefault("bootstrap", record["bootstrap"])
         merged.setdefault("redis_url", record["redis_url"])
+        if record.get("secret"):  # its workers trust code signed with it
+            merged.setdefault("secret", record["secret"])
         source = f"local stack ({local_stack_record_path()})"
     return Config(**merged, source=source)

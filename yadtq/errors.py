@@ -12,6 +12,7 @@ value, the cause and what to do next::
     ├── ProtocolError             a message that is not a valid task message
     │   └── MessageTooLarge
     ├── UnknownTask               a task name no registry knows
+    ├── UntrustedCode             shipped code or a pickle the secret does not vouch for
     ├── InvalidTransition         a status change the state machine refuses
     ├── TaskFailed                the remote task raised; carries its traceback
     ├── TaskNotFound              an id the result store does not know
@@ -72,6 +73,15 @@ class UnknownTask(YadtqError, LookupError):
             text = (f"no live worker of queue {queue!r} serves task {name!r}; served: {served}; "
                     "start a worker whose --tasks module registers it, or fix the name")
         super().__init__(text)
+
+
+class UntrustedCode(YadtqError):
+    """Shipped code or a pickled value that may not run or load here; says what to do.
+
+    Raised by a client that has no shared secret to sign a function with, and
+    the error type of a task a worker refused to unpickle: it does not trust
+    shipped code, or the pickle's digest or signature did not match.
+    """
 
 
 class InvalidTransition(YadtqError):

@@ -7,25 +7,33 @@ stopped: the child is killed and a fresh one takes its place. ``thread`` mode
 runs tasks in the worker's own threads: no start-up or IPC cost, but a time
 limit can only be reported after the code returns, and a cancelled task runs
 to its end (its result is then discarded).
+
+A trusted task (``Shipped``) brings its function and arguments as pickles
+already checked against the digests its signed message names; they are loaded
+where the task runs (the child, in process mode), and its result is pickled
+there too, so a value that cannot be pickled fails the task, not the worker.
 """
 
 from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import pickle
 import signal
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from yadtq import registry
+from yadtq import registry, values
 
 MODES = ("process", "thread")
 PR_SET_PDEATHSIG = 1
+_LOADED_LIMIT = 128  # shipped functions kept loaded per process, by digest
+_loaded: dict[str, Callable[..., Any]] = {}
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,30 @@ class Attempt:
     traceback: str = ""
     retryable: bool = False
     stopped: bool = False
+    pickled: bool = False  # ``value`` is the result as :func:`yadtq.values.dumps` bytes
+    value_type: str = ""  # with ``pickled``: the result's type, for display
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A trusted task's pickles, checked against its signed message's digests."""
+
+    code_sha256: str | None  # the function by value; None: the registered task
+    code: bytes | None
+    arguments: bytes | None  # (args, kwargs); None: the message's JSON ones
+
+
+def _function(task: str, shipped: Shipped | None) -> Callable[..., Any]:
+    """The function to call: the registered one, or the shipped one (loaded once a process)."""
+    if shipped is None or shipped.code_sha256 is None:
+        return registry.lookup(task)
+    function = _loaded.get(shipped.code_sha256)
+    if function is None:
+        assert shipped.code is not None
+        if len(_loaded) >= _LOADED_LIMIT:
+            _loaded.clear()
+        function = _loaded[shipped.code_sha256] = pickle.loads(shipped.code)  # cloudpickle
+    return function
 
 
 def _is_retryable(exc: BaseException, names: Sequence[str], classes: Sequence[type]) -> bool:
@@ -49,12 +81,17 @@ def _is_retryable(exc: BaseException, names: Sequence[str], classes: Sequence[ty
     return any(cls.__name__ in names or cls.__qualname__ in names for cls in type(exc).__mro__)
 
 
-def run_registered(task: str, args: Sequence[Any], kwargs: dict[str, Any],
-                   retry_on: Sequence[str]) -> Attempt:
-    """Call the registered function and capture its outcome (never raises)."""
+def run_task(task: str, args: Sequence[Any], kwargs: dict[str, Any],
+             retry_on: Sequence[str], shipped: Shipped | None = None) -> Attempt:
+    """Call the task's function and capture its outcome (never raises)."""
     try:
-        function = registry.lookup(task)
+        function = _function(task, shipped)
+        if shipped is not None and shipped.arguments is not None:
+            args, kwargs = values.loads(shipped.arguments)
         value = function(*args, **kwargs)
+        if shipped is not None:
+            return Attempt(ok=True, value=values.dumps(value), pickled=True,
+                           value_type=values.type_name(value))
     except BaseException as exc:  # noqa: BLE001 - every failure becomes an outcome
         return Attempt(
             ok=False,
@@ -70,9 +107,10 @@ class ThreadRunner:
     """Runs tasks in the calling thread; cannot stop them."""
 
     def run(self, task: str, args: Sequence[Any], kwargs: dict[str, Any],
-            retry_on: Sequence[str], timeout: float | None) -> Attempt:
+            retry_on: Sequence[str], timeout: float | None,
+            shipped: Shipped | None = None) -> Attempt:
         started = time.monotonic()
-        attempt = run_registered(task, args, kwargs, retry_on)
+        attempt = run_task(task, args, kwargs, retry_on, shipped)
         if timeout is not None and time.monotonic() - started > timeout:
             return _timed_out(task, timeout, stopped=False)
         return attempt
@@ -113,8 +151,8 @@ def _child_main(conn: Connection, task_modules: Sequence[str]) -> None:
         __import__(module)
     while True:
         try:
-            task, args, kwargs, retry_on = conn.recv()
-            conn.send(run_registered(task, args, kwargs, retry_on))
+            task, args, kwargs, retry_on, shipped = conn.recv()
+            conn.send(run_task(task, args, kwargs, retry_on, shipped))
         except (EOFError, OSError):
             return
 
@@ -146,7 +184,8 @@ class ProcessRunner:
         self._process, self._conn = process, parent
 
     def run(self, task: str, args: Sequence[Any], kwargs: dict[str, Any],
-            retry_on: Sequence[str], timeout: float | None) -> Attempt:
+            retry_on: Sequence[str], timeout: float | None,
+            shipped: Shipped | None = None) -> Attempt:
         with self._lock:
             self._stop_requested = False
             self._busy = True
@@ -154,7 +193,7 @@ class ProcessRunner:
         assert conn is not None
         timed_out = False
         try:
-            conn.send((task, list(args), dict(kwargs), list(retry_on)))
+            conn.send((task, list(args), dict(kwargs), list(retry_on), shipped))
             if conn.poll(timeout):
                 return conn.recv()
             timed_out = True

@@ -17,7 +17,9 @@ from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from yadtq.errors import TaskCancelled, TaskFailed
+from yadtq import values
+from yadtq.errors import TaskCancelled, TaskFailed, YadtqError
+from yadtq.shipping import StoredResult
 from yadtq.status import FINISHED, TaskStatus
 
 if TYPE_CHECKING:
@@ -156,6 +158,12 @@ class TaskFuture(concurrent.futures.Future):
     def _resolve(self, record: dict[str, Any]) -> None:
         """Finish the future from a final task record."""
         status = TaskStatus(record["status"])
+        result: Any = None
+        if status is TaskStatus.SUCCESS and not self.done():
+            try:  # before taking the lock: a large pickled result is fetched from Redis
+                result = self._load_result(record.get("result"))
+            except YadtqError as exc:
+                status, result = TaskStatus.FAILED, exc
         with self._condition:
             if self.done():
                 return
@@ -165,7 +173,9 @@ class TaskFuture(concurrent.futures.Future):
             self.started_at = record.get("started_at") or self.started_at
             self.finished_at = record.get("finished_at")
             if status is TaskStatus.SUCCESS:
-                self.set_result(record.get("result"))
+                self.set_result(result)
+            elif isinstance(result, YadtqError):  # a pickled result that cannot be loaded
+                self.set_exception(result)
             elif status is TaskStatus.CANCELLED:
                 if not super().cancel():  # a running future cannot be cancelled locally
                     self.set_exception(TaskCancelled(f"task {self.id} was cancelled"))
@@ -174,6 +184,9 @@ class TaskFuture(concurrent.futures.Future):
             else:
                 self.set_exception(_failure_error(self.id, record))
         self._notify_change()
+
+    def _load_result(self, stored: Any) -> Any:
+        return stored if self._client is None else self._client.load_result(self.id, stored)
 
     def _notify_change(self) -> None:
         for callback in list(self._change_callbacks):
@@ -407,7 +420,12 @@ class TaskBatch(Sequence[TaskFuture]):
             if self._failure:
                 position = min(self._failure)
                 raise _failure_error(self.ids[position], self._failure[position])
-            return list(self._result)
+            stored = list(self._result)
+        loaded = [self._client.load_result(task_id, value)
+                  for task_id, value in zip(self.ids, stored, strict=True)]
+        with self._lock:  # keep what was loaded: a large result is fetched once
+            self._result = loaded
+        return loaded
 
     def cancel(self) -> int:
         """Cancel every unfinished task of the batch; returns how many were cancelled."""
@@ -437,10 +455,19 @@ class TaskBatch(Sequence[TaskFuture]):
         records = self._client.backend.task_records(self.ids)
         rows = [_row(self.ids[i], i, self.task, self._args[i], self._kwargs[i], record)
                 for i, record in enumerate(records)]
+        for row in rows:  # pickled results: small ones loaded, large ones left in Redis
+            if values.is_stored_result(row["result"]):
+                row["result"] = self._readable_result(row["id"], row["result"])
         frame = pandas.DataFrame(rows, columns=DATAFRAME_COLUMNS)
         for column in ("queued_at", "started_at", "finished_at"):
             frame[column] = pandas.to_datetime(frame[column], unit="s", utc=True)
         return frame
+
+    def _readable_result(self, task_id: str, stored: dict[str, Any]) -> Any:
+        ref = values.Ref.from_dict(stored[values.RESULT_MARKER], "result")
+        if ref.inline:
+            return self._client.load_result(task_id, stored)
+        return StoredResult(task_id, ref, lambda: self._client.load_result(task_id, stored))
 
     def timeline(self, title: str | None = None) -> Figure:
         """A Gantt chart: one lane per worker, one bar per task, coloured by status."""

@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -538,6 +539,10 @@ class LocalCluster:
     ``broker`` and ``kafka_nodes`` choose the stack it starts (see :class:`LocalStack`).
     ``settings`` are further :class:`~yadtq.config.Config` fields (``result_ttl``,
     ``secret``, ...): :attr:`config` and every worker get all of them.
+    With ``trust_code`` (the default) the workers also run functions shipped by
+    value from this cluster's clients: unless ``settings`` names a ``secret``, a
+    random one is made for the cluster, so only clients given :attr:`config`
+    (or, with ``record=True``, the owner-only record) can sign code for them.
     Pass ``stack=`` to run workers against a stack someone else owns (it is then
     left running on exit). With ``record=True`` the addresses are written to
     :func:`yadtq.config.local_stack_record_path`, where ``yadtq.connect()`` in
@@ -573,6 +578,7 @@ class LocalCluster:
         worker_env: dict[str, str] | None = None,
         servers: Config | str | None = None,
         settings: dict[str, Any] | None = None,
+        trust_code: bool = True,
     ) -> None:
         if workers < 0:
             raise ConfigurationError(f"workers must be 0 or more, got {workers}")
@@ -584,8 +590,12 @@ class LocalCluster:
         named = {"queue": queue, "key_prefix": key_prefix,
                  "heartbeat_interval": heartbeat_interval, "lease_seconds": lease_seconds,
                  "partitions": partitions}
+        settings = dict(settings or {})
+        if trust_code:
+            settings.setdefault("secret", secrets.token_hex(32))
+            settings["trust_code"] = True
         self._settings = Config(bootstrap="", redis_url="", source="local stack").with_overrides(
-            **{**named, **(settings or {})})
+            **{**named, **settings})
         self.initial_workers = workers
         self.concurrency = concurrency
         self.task_modules = tuple(task_modules)
@@ -801,6 +811,7 @@ class LocalCluster:
             "redis_url": config.redis_url,
             "queue": config.queue,
             "key_prefix": config.key_prefix,
+            "secret": config.secret,  # the file is the owner's only
             "workers": [w.name for w in self._workers if w.alive],
             "data_dir": str(self._log_dir),
             "started_at": time.time(),
@@ -844,4 +855,5 @@ class LocalCluster:
     def __repr__(self) -> str:
         alive = sum(w.alive for w in self._workers)
         state = f"queue={self.config.queue!r}" if self._config else "stopped"
-        return f"<LocalCluster {state} workers={alive} alive>"
+        trust = ", trusting code signed with its secret" if self._settings.trust_code else ""
+        return f"<LocalCluster {state} workers={alive} alive{trust}>"

@@ -10,6 +10,16 @@ A Kafka message value is UTF-8 JSON (DESIGN.md, "Wire format")::
 Optional ``retry_on`` (exception type names) and ``retry_backoff`` (base
 seconds) refine retries.
 
+A function shipped by value (to workers that trust signed code) adds
+``"code": {"sha256": ..., "bytes": n}`` (its cloudpickle, a blob in Redis under
+that digest) and ``"python": "3.11"``; the task name is then the function's
+qualified name, for display. Arguments that are not JSON (any picklable value)
+travel as ``"pickled": {"sha256": ..., "bytes": n, "data": "<base64>"}``, the
+pickle of ``(args, kwargs)`` (``yadtq.values``), inline when small or else a
+blob named by its digest (no ``"data"``), with ``"args": [], "kwargs": {}``.
+Such messages are always signed, and ``"pickles_sig"`` (an HMAC of the task id
+and both digests) lets a worker check the pickles however the task reached it.
+
 With a shared secret configured, ``encode`` adds ``"sig"``: the hex
 HMAC-SHA256 of the canonical payload (sorted keys, no spaces, without
 ``sig``), and ``decode`` refuses unsigned or forged messages.
@@ -33,7 +43,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from yadtq import values
 from yadtq.errors import MessageTooLarge, ProtocolError
+from yadtq.values import Ref
 
 VERSION = 1
 DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
@@ -41,6 +53,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 _PLAIN_ID_FIELDS = ("task-id", "task_id", "id")
+# What a message with a shipped function asks of a worker, in place of a task name
+# (no task name can be spelt so): workers that trust code serve it.
+SHIPPED_CODE = "<shipped code>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +74,21 @@ class TaskMessage:
     submitted_at: float | None = None
     retry_on: tuple[str, ...] = ()
     retry_backoff: float | None = None
+    code: Ref | None = None  # a function shipped by value
+    python: str | None = None  # the client's Python version, with ``code``
+    pickled: Ref | None = None  # (args, kwargs) as a pickle, instead of JSON
+    pickles_sig: str | None = None  # ``values.pickles_signature`` of code and pickled
     plain: bool = False
+
+    @property
+    def route(self) -> str:
+        """What a worker must serve to run it: the task name, or ``SHIPPED_CODE``."""
+        return SHIPPED_CODE if self.code is not None else self.task
+
+    @property
+    def needs_trust(self) -> bool:
+        """True if running it means loading a pickle (only workers trusting code do)."""
+        return self.code is not None or self.pickled is not None
 
     def to_dict(self) -> dict[str, Any]:
         """The v1 JSON object for this message."""
@@ -73,6 +102,12 @@ class TaskMessage:
             data["retry_on"] = list(self.retry_on)
         if self.retry_backoff is not None:
             data["retry_backoff"] = self.retry_backoff
+        if self.code is not None:
+            data["code"], data["python"] = self.code.to_dict(), self.python
+        if self.pickled is not None:
+            data["pickled"] = self.pickled.to_dict()
+        if self.pickles_sig is not None:
+            data["pickles_sig"] = self.pickles_sig
         return data
 
 
@@ -118,8 +153,15 @@ def build(
     timeout: float | None = None,
     retry_on: tuple[str, ...] = (),
     retry_backoff: float | None = None,
+    code: Ref | None = None,
+    python: str | None = None,
+    pickled: Ref | None = None,
+    secret: str | None = None,
 ) -> TaskMessage:
     """Build a validated message for ``task(*args, **kwargs)``.
+
+    With ``pickled``, the arguments travel in it and ``args``/``kwargs`` stay empty.
+    With ``code`` or ``pickled``, ``secret`` signs them (``pickles_sig``).
 
     Raises:
         TypeError: an argument is not JSON-serialisable; the text names it.
@@ -141,6 +183,16 @@ def build(
         payload["retry_on"] = list(retry_on)
     if retry_backoff is not None:
         payload["retry_backoff"] = retry_backoff
+    if code is not None:
+        payload["code"], payload["python"] = code.to_dict(), python
+    if pickled is not None:
+        payload["pickled"] = pickled.to_dict()
+    if code is not None or pickled is not None:
+        if not secret:
+            raise ValueError("a message with code or pickled arguments must be signed")
+        payload["pickles_sig"] = values.pickles_signature(
+            secret, payload["id"], code.sha256 if code else None,
+            pickled.sha256 if pickled else None)
     return validate(payload)
 
 
@@ -299,6 +351,12 @@ def validate(obj: Mapping[str, Any]) -> TaskMessage:
         raise ProtocolError(f"field 'index' must not be negative, got {index}")
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise ProtocolError(f"field 'timeout' must be a positive number of seconds, got {timeout}")
+    code = Ref.from_dict(obj["code"], "code") if obj.get("code") is not None else None
+    pickled = Ref.from_dict(obj["pickled"], "pickled") if obj.get("pickled") is not None else None
+    python = _field(obj, "python", (str, type(None)), None)
+    pickles_sig = _field(obj, "pickles_sig", (str, type(None)), None)
+    if code is not None and python is None:
+        raise ProtocolError("field 'python' (the client's Python version) must come with 'code'")
     return TaskMessage(
         id=task_id,
         task=task,
@@ -312,5 +370,9 @@ def validate(obj: Mapping[str, Any]) -> TaskMessage:
         submitted_at=submitted_at,
         retry_on=tuple(retry_on),
         retry_backoff=retry_backoff,
+        code=code,
+        python=python,
+        pickled=pickled,
+        pickles_sig=pickles_sig,
         plain=plain,
     )

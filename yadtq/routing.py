@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from yadtq.protocol import SHIPPED_CODE
+
 DEAD_AFTER_HEARTBEATS = 3  # a worker is dead when its heartbeat is older than this many
 
 
@@ -41,11 +43,17 @@ class Routes:
             if liveness(record, now) != "alive":
                 continue
             held = {int(p) for p in _names(record.get("partitions"))}
-            for task in _names(record.get("tasks")):
+            serves = _names(record.get("tasks"))
+            if record.get("trusts_code") == "1":
+                serves.append(SHIPPED_CODE)
+            for task in serves:
                 self._partitions.setdefault(task, set()).update(held)
 
     def serves(self, task: str) -> bool:
-        """True if some live worker (other than the excluded one) serves ``task``."""
+        """True if some live worker (other than the excluded one) serves ``task``.
+
+        ``task`` is a message's route: a task name, or ``SHIPPED_CODE``.
+        """
         return task in self._partitions
 
     def partitions_for(self, task: str) -> list[int]:
@@ -54,5 +62,5 @@ class Routes:
 
     @property
     def served(self) -> list[str]:
-        """Every task some live worker serves, sorted."""
-        return sorted(self._partitions)
+        """Every task name some live worker serves, sorted."""
+        return sorted(task for task in self._partitions if task != SHIPPED_CODE)

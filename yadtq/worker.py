@@ -19,6 +19,7 @@ ever run.
 
 from __future__ import annotations
 
+import hmac
 import importlib
 import json
 import logging
@@ -27,6 +28,7 @@ import queue
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -39,10 +41,10 @@ from typing import Any, TypeVar
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from yadtq import broker, execution, protocol, registry
+from yadtq import broker, execution, protocol, registry, values
 from yadtq.backend import UNNAMED_RING, Claim, Outcome, RedisBackend
 from yadtq.config import Config
-from yadtq.errors import BackendUnavailable, ProtocolError, UnknownTask
+from yadtq.errors import BackendUnavailable, ProtocolError, UnknownTask, UntrustedCode
 from yadtq.routing import Routes
 from yadtq.status import TaskStatus
 from yadtq.stealing import Stealer
@@ -127,6 +129,10 @@ class _ReadAhead:
         return bool(self._partitions)
 
 
+class PythonVersionMismatch(RuntimeError):
+    """Shipped code was pickled by another Python version than the worker's."""
+
+
 def load_task_modules(modules: Iterable[str]) -> list[str]:
     """Import the modules whose ``@yadtq.task`` functions this worker may run."""
     for module in modules:
@@ -158,7 +164,11 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.clock = clock
         self.task_names = load_task_modules(task_modules)
-        self._served = frozenset(self.task_names)
+        self.trust_code = config.trust_code
+        # Message routes this worker runs: its task names, and shipped code if it trusts it.
+        self._served = frozenset(self.task_names) | (
+            {protocol.SHIPPED_CODE} if self.trust_code else set())
+        self._code_cache: dict[str, bytes] = {}  # shipped functions by digest
         self._routes: Routes | None = None  # the queue's other workers, read when needed
         self._routes_read_at = 0.0
         self.started_at = clock()
@@ -286,7 +296,7 @@ class Worker:
         reaches it, the claim finds the task taken and skips it.
         """
         with self._lock:
-            message, claim = self.backend.claim_named(task_id, self.name, self.task_names,
+            message, claim = self.backend.claim_named(task_id, self.name, sorted(self._served),
                                                       now=self.clock())
             if message is None or claim.attempt is None:
                 return
@@ -324,7 +334,7 @@ class Worker:
             records = []
         # Owners dead-letter the bad ones, and hand on the tasks this worker does not serve.
         candidates = [m for m in map(self._decode, records)
-                      if not isinstance(m, ProtocolError) and m.task in self._served]
+                      if not isinstance(m, ProtocolError) and m.route in self._served]
         started = 0
         if candidates:
             started = self._start_claimed(candidates,
@@ -394,7 +404,7 @@ class Worker:
         task no live worker serves is kept: claimed, it fails at once with
         UnknownTask naming what the queue serves. None: stopping while Redis is down.
         """
-        unserved = [m for m in messages if m.task not in self._served]
+        unserved = [m for m in messages if m.route not in self._served]
         if not unserved:
             return messages
         routes = self._current_routes()
@@ -402,9 +412,9 @@ class Worker:
             return None
         handed_on = set()
         for message in unserved:
-            if not routes.serves(message.task):
+            if not routes.serves(message.route):
                 continue
-            partitions = routes.partitions_for(message.task)
+            partitions = routes.partitions_for(message.route)
             if not partitions:  # its workers are joining the group: it comes back meanwhile
                 self._stopping.wait(JOINING_PEER_WAIT)
             self._produce(message, partition=random.choice(partitions) if partitions else None)
@@ -530,17 +540,79 @@ class Worker:
                            self.name, result)
 
     def _start(self, message: protocol.TaskMessage, attempt: int) -> None:
-        if message.task not in self._served:  # and no live worker of the queue serves it
-            routes = self._routes
-            served = sorted(self._served | set(routes.served if routes else ()))
-            error = UnknownTask(message.task, served, queue=self.config.queue)
+        refusal = self._refusal(message)
+        if refusal is not None:
             self._ended(message, Outcome(message.id, message.batch, attempt, TaskStatus.FAILED,
-                                         error_type="UnknownTask", error=str(error)))
+                                         error_type=type(refusal).__name__, error=str(refusal)))
             return
         running = self._running[message.id]
         running.future = self.executor.submit(self._execute, message, attempt)
 
+    def _refusal(self, message: protocol.TaskMessage) -> Exception | None:
+        """Why this worker will not run a task it claimed (no live worker of the queue
+        serves it, or it does not trust code), or None."""
+        if message.needs_trust and not self.trust_code:
+            what = "a function shipped by value" if message.code else "called with pickled " \
+                "arguments"
+            return UntrustedCode(
+                f"this worker ({self.name}) does not trust shipped code, and task "
+                f"{message.task!r} is {what}; start workers with "
+                "--trust-code (YADTQ_TRUST_CODE=1) and the client's YADTQ_SECRET, or register "
+                "the function with @yadtq.task in the workers' task modules")
+        if message.route not in self._served:  # and no live worker of the queue serves it
+            routes = self._routes
+            served = sorted(set(self.task_names) | set(routes.served if routes else ()))
+            return UnknownTask(message.task, served, queue=self.config.queue)
+        return None
+
+    def _shipped(self, message: protocol.TaskMessage) -> execution.Shipped | None:
+        """A trusted task's function and arguments as checked pickles (None: a plain task).
+
+        Raises:
+            UntrustedCode: a pickle is gone from Redis, or does not match its digest.
+            RuntimeError: the client's Python version is not this worker's.
+        """
+        if not message.needs_trust:
+            return None
+        assert self.config.secret is not None  # a worker that trusts code has one
+        expected = values.pickles_signature(
+            self.config.secret, message.id, message.code.sha256 if message.code else None,
+            message.pickled.sha256 if message.pickled else None)
+        if not hmac.compare_digest(message.pickles_sig or "", expected):
+            raise UntrustedCode(f"the pickles of task {message.id} are not signed with this "
+                                "worker's secret; nothing was loaded")
+        code = None
+        if message.code is not None:
+            here = f"{sys.version_info.major}.{sys.version_info.minor}"
+            if message.python != here:
+                raise PythonVersionMismatch(
+                    f"task {message.task!r} was pickled by Python {message.python} on the "
+                    f"client, and this worker runs Python {here}; run both on the same "
+                    "Python version")
+            code = self._code_cache.get(message.code.sha256)
+            if code is None:
+                code = self._code_cache[message.code.sha256] = self._pickle(message.code)
+        arguments = self._pickle(message.pickled) if message.pickled else None
+        return execution.Shipped(message.code.sha256 if message.code else None, code, arguments)
+
+    def _pickle(self, ref: values.Ref) -> bytes:
+        """The bytes ``ref`` names, inline or from Redis, checked against its digest."""
+        if ref.inline:
+            return ref.inline_bytes()
+        data = self.backend.blob(ref.sha256)
+        if data is None:
+            raise UntrustedCode(f"pickled data {ref.sha256[:12]}… is no longer in Redis (it "
+                                f"lives result_ttl={self.config.result_ttl:g} s); submit again")
+        return ref.checked(data)
+
     def _execute(self, message: protocol.TaskMessage, attempt: int) -> None:
+        try:
+            shipped = self._shipped(message)
+        except (UntrustedCode, PythonVersionMismatch, BackendUnavailable) as exc:
+            self._ended(message, Outcome(message.id, message.batch, attempt, TaskStatus.FAILED,
+                                         error_type=type(exc).__name__, error=str(exc),
+                                         retryable=isinstance(exc, BackendUnavailable)))
+            return
         runner = self._runners.get()
         with self._lock:
             running = self._running.get(message.id)
@@ -549,7 +621,8 @@ class Worker:
         try:
             result = runner.run(message.task, message.args, dict(message.kwargs),
                                 message.retry_on,
-                                _option(message, "timeout", self.config.default_timeout))
+                                _option(message, "timeout", self.config.default_timeout),
+                                shipped)
         finally:
             self._runners.put(runner)
         self._ended(message, self._outcome(message, attempt, result))
@@ -584,6 +657,8 @@ class Worker:
     def _outcome(
         self, message: protocol.TaskMessage, attempt: int, result: execution.Attempt
     ) -> Outcome:
+        if result.ok and result.pickled:
+            return self._pickled_outcome(message, attempt, result.value, result.value_type)
         if result.ok:
             try:
                 encoded = json.dumps(result.value, allow_nan=False)
@@ -603,6 +678,31 @@ class Worker:
                        error_type=result.error_type, error=result.error,
                        traceback=result.traceback, retry_at=retry_at,
                        retryable=result.retryable)
+
+    def _pickled_outcome(self, message: protocol.TaskMessage, attempt: int,
+                         pickled: bytes, type_name: str) -> Outcome:
+        """A trusted task's result: signed, inline when small, else a blob stored first."""
+        if len(pickled) > self.config.max_payload_bytes:
+            return Outcome(message.id, message.batch, attempt, TaskStatus.FAILED,
+                           error_type="PayloadTooLarge",
+                           error=f"task {message.task!r} returned {len(pickled)} bytes pickled, "
+                           f"over max_payload_bytes={self.config.max_payload_bytes}; return less "
+                           "(or a reference to it), or raise YADTQ_MAX_PAYLOAD_BYTES")
+        ref = values.Ref.of(pickled, self.config.inline_bytes)
+        if not ref.inline:
+            stored = self._retry_redis(lambda: self.backend.put_blobs({ref.sha256: pickled}),
+                                       "store a result", within=FINISH_RETRY_SECONDS)
+            if stored is GAVE_UP:
+                return Outcome(message.id, message.batch, attempt, TaskStatus.FAILED,
+                               error_type="BackendUnavailable", retryable=True,
+                               error="could not store the task's result in Redis")
+        assert self.config.secret is not None  # a worker that trusts code has one
+        signed = values.Ref(ref.sha256, ref.size, ref.data, type=type_name,
+                            sig=values.result_signature(self.config.secret, message.id,
+                                                        ref.sha256))
+        encoded = json.dumps(values.stored_result(signed))
+        return Outcome(message.id, message.batch, attempt, TaskStatus.SUCCESS,
+                       result=values.stored_result(signed), result_json=encoded)
 
     def _max_retries(self, message: protocol.TaskMessage) -> int:
         return _option(message, "max_retries", 0)
@@ -769,6 +869,7 @@ class Worker:
                 "topic_partitions": self._topic_partitions,
                 "heartbeat_interval": self.config.heartbeat_interval,
                 "settings": json.dumps(self.config.shared_settings(), sort_keys=True),
+                "trusts_code": "1" if self.trust_code else "0",
                 "status": status,
             }
         return self.backend.heartbeat(self.name, info, leased, now)

@@ -11,7 +11,8 @@
 -- ARGV[3] now (unix seconds)
 -- ARGV[4] events channel
 -- ARGV[5] the most tasks to claim: the rest are skipped untouched ("over the limit")
--- ARGV[6] JSON array of the task names this worker serves; a task of another name is
+-- ARGV[6] JSON array of the task names this worker serves, with "<shipped code>" if it
+--         runs functions shipped by value (a record with a 'code' field); another task is
 --         skipped untouched ("not served here"), so it stays queued for a worker that
 --         serves it. "" claims any task (the caller has checked the names itself).
 -- then for each task 3 args:
@@ -51,8 +52,8 @@ local function claim(i)
   if status ~= 'queued' then
     return {'skip', status}
   end
-  local record = redis.call('HMGET', task_key, 'attempt', 'batch', 'retry_at', 'task')
-  if served and not served[record[4]] then
+  local record = redis.call('HMGET', task_key, 'attempt', 'batch', 'retry_at', 'task', 'code')
+  if served and not served[record[5] and '<shipped code>' or record[4]] then
     return {'skip', 'not served here'}
   end
   if record[3] and tonumber(record[3]) > now then

@@ -11,10 +11,10 @@
 -- ARGV[3] now (unix seconds)
 -- ARGV[4] worker id handing back, or the reaping worker's id
 -- ARGV[5] events channel (every event message is a JSON array of changes)
+-- ARGV[6...] the names of the task hash fields that hold the message's payload
 --
--- Returns {"ok", new attempt, task, args, kwargs, batch, index, max_retries, timeout,
--- submitted_at, retry_on, retry_backoff} so the caller can produce the message again,
--- or {"skip", reason}.
+-- Returns {"ok", new attempt, then those fields' values in that order ("" when unset)}
+-- so the caller can produce the message again, or {"skip", reason}.
 local current = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker', 'batch')
 if current[1] ~= 'processing' then
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -46,8 +46,7 @@ if batch ~= '' then
 end
 redis.call('PUBLISH', ARGV[5], cjson.encode({{id = ARGV[1], status = 'queued', worker = '',
   attempt = attempt, batch = batch, at = tonumber(ARGV[3])}}))
-local payload = redis.call('HMGET', KEYS[1], 'task', 'args', 'kwargs', 'batch', 'index',
-                           'max_retries', 'timeout', 'submitted_at', 'retry_on', 'retry_backoff')
+local payload = redis.call('HMGET', KEYS[1], unpack(ARGV, 6))
 local reply = {'ok', attempt}
 for i = 1, #payload do
   reply[#reply + 1] = payload[i] or ''
