@@ -195,10 +195,48 @@ def idle(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
             "broker_cpu_pct": round(100 * sum(used[len(pids):]) / elapsed, 2)}
 
 
+def _offset_closure(offset: int) -> Callable[[int, int], int]:
+    """A closure as a notebook would define one: shipped by value, not registered."""
+    def shifted_add(x: int, y: int) -> int:
+        return x + y + offset
+    return shifted_add
+
+
+def shipped(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
+    """map of a shipped closure vs map(add) over the same pairs, and a 16 MB round trip."""
+    import numpy
+
+    count = args.tasks
+    pairs = [(i, i) for i in range(count)]
+    figures: dict[str, Any] = {"tasks": count}
+    with _cluster(stack, args) as cluster, yadtq.connect(cluster) as q:
+        q.wait_for_workers(WORKERS, timeout=60)
+        closure = _offset_closure(0)
+        for name, task in (("registered", add), ("shipped", closure)):
+            q.map(task, pairs[:100]).results(timeout=60)  # warm-up
+            started = time.perf_counter()
+            results = q.map(task, pairs).results(timeout=600)
+            elapsed = time.perf_counter() - started
+            assert results == [2 * i for i in range(count)], "wrong results"
+            figures[f"{name}_tasks_per_second"] = round(count / elapsed)
+        figures["shipped_vs_registered"] = round(
+            figures["shipped_tasks_per_second"] / figures["registered_tasks_per_second"], 3)
+        array = numpy.random.default_rng(0).random(2 * 1024 * 1024)  # 16 MB of float64
+        samples = []
+        for _ in range(5):
+            started = time.perf_counter()
+            back = q.submit(numpy.negative, array).result(timeout=60)
+            samples.append(time.perf_counter() - started)
+            assert numpy.array_equal(back, -array), "wrong 16 MB result"
+        figures["roundtrip_16mb_seconds_median"] = round(sorted(samples)[2], 3)
+        figures["roundtrip_16mb_seconds_max"] = round(max(samples), 3)
+    return figures
+
+
 PEER_WORKLOADS = ("throughput", "latency", "balance")  # those peers.py runs too
 WORKLOADS: dict[str, Callable[[LocalStack, argparse.Namespace], dict[str, Any]]] = {
     "throughput": throughput, "latency": latency, "balance": balance, "kill": kill,
-    "scale": scale, "memory": memory, "idle": idle,
+    "scale": scale, "memory": memory, "idle": idle, "shipped": shipped,
 }
 
 

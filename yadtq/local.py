@@ -855,5 +855,6 @@ class LocalCluster:
     def __repr__(self) -> str:
         alive = sum(w.alive for w in self._workers)
         state = f"queue={self.config.queue!r}" if self._config else "stopped"
-        trust = ", trusting code signed with its secret" if self._settings.trust_code else ""
+        trust = ", trusting code signed with its secret" if self._config and \
+            self._settings.trust_code else ""
         return f"<LocalCluster {state} workers={alive} alive{trust}>"
