@@ -6,9 +6,12 @@ time is passed in as ``now`` so lease expiry needs no waiting.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +21,9 @@ from yadtq import protocol
 from yadtq.backend import Outcome, RedisBackend
 from yadtq.config import Config
 from yadtq.protocol import TaskMessage
-from yadtq.status import ALLOWED, TaskStatus
+from yadtq.status import ALLOWED, COUNTERS, TaskStatus
 
+LUA = Path(__file__).resolve().parents[1] / "yadtq" / "lua"
 WORKER = "worker-a"
 OTHER_WORKER = "worker-b"
 REAPER = "worker-reaper"
@@ -223,6 +227,29 @@ def test_finishing_a_task_whose_record_the_claim_created_leaves_batch_counters_a
 
 
 # --- finish and fencing ---------------------------------------------------------------
+
+
+def test_finished_at_is_when_the_attempt_ended_not_when_its_outcome_was_stored(
+    backend: RedisBackend,
+) -> None:
+    # Given two claimed tasks that ended at 1002 and 1003, their slots free since then
+    _, [first, second, *_] = enqueue_batch(backend)
+    attempts = [claim_one(backend, m, now=1000.0) for m in (first, second)]
+    outcomes = [dataclasses.replace(success(m, a), ended_at=ended)
+                for m, a, ended in zip((first, second), attempts, (1002.0, 1003.0), strict=True)]
+    pubsub = subscribed(backend)
+
+    # When the worker stores both outcomes later, in one round trip
+    try:
+        assert backend.finish_many(outcomes, WORKER, now=1009.0) == [None, None]
+        [changes] = collect_messages(pubsub, 1)
+    finally:
+        pubsub.close()
+
+    # Then each record and each event carry the moment its attempt ended
+    assert [backend.task_record(m.id)["finished_at"] for m in (first, second)] == [1002.0,
+                                                                                   1003.0]
+    assert [change["at"] for change in changes] == [1002.0, 1003.0]
 
 
 def test_finish_by_the_holder_stores_success_removes_the_lease_and_sets_a_ttl(
@@ -612,6 +639,56 @@ SCRIPTED_TARGETS = [TaskStatus.PROCESSING, TaskStatus.SUCCESS, TaskStatus.FAILED
                     TaskStatus.QUEUED, TaskStatus.CANCELLED]
 
 
+# What the scripts say about statuses: the literals they write, publish and compare, and
+# the batch counter fields they bump. Each pattern is (what it finds, regex).
+LUA_STATUS_PATTERNS = [
+    ("written", r"'HSET',[^)]*?'status',\s*'(\w+)'"),
+    ("published", r"\bstatus\s*=\s*'(\w+)'"),
+    ("compared", r"(?:current\[1\]|\bstatus|record\[1\])\s*[~=]=\s*'(\w+)'"),
+]
+LUA_COUNTER_PATTERN = r"'HINCRBY',\s*[^,]+,\s*'(\w+)'"
+LUA_OUTCOME_PATTERN = r"\boutcome\s*[~=]=\s*'(\w+)'"  # finish.lua: success, failed or retry
+
+
+def lua_literals(pattern: str) -> dict[str, set[str]]:
+    """The words ``pattern`` captures in each script, by script name."""
+    return {path.name: set(re.findall(pattern, path.read_text()))
+            for path in sorted(LUA.glob("*.lua"))}
+
+
+@pytest.mark.parametrize(("what", "pattern"), LUA_STATUS_PATTERNS, ids=[w for w, _ in
+                                                                       LUA_STATUS_PATTERNS])
+def test_lua_scripts_name_only_statuses_of_the_status_table(what: str, pattern: str) -> None:
+    # Given every status literal the scripts use in this role
+    found = lua_literals(pattern)
+
+    # Then each one is a TaskStatus
+    assert any(found.values()), f"no status {what} found in {LUA}: the pattern is stale"
+    unknown = {name: sorted(words - set(COUNTERS)) for name, words in found.items()
+               if words - set(COUNTERS)}
+    assert not unknown, f"statuses {what} by the Lua scripts but unknown to TaskStatus: {unknown}"
+
+
+def test_lua_scripts_bump_only_the_batch_counters_of_the_status_table() -> None:
+    # Given the batch counter fields the scripts bump by name
+    found = lua_literals(LUA_COUNTER_PATTERN)
+
+    # Then each is one of status.COUNTERS, so the counters Python reads are the ones moved
+    assert any(found.values()), f"no HINCRBY of a named counter found in {LUA}"
+    unknown = {name: sorted(words - set(COUNTERS)) for name, words in found.items()
+               if words - set(COUNTERS)}
+    assert not unknown, f"the Lua scripts bump counters that status.COUNTERS lacks: {unknown}"
+
+
+def test_every_status_is_one_some_lua_script_moves_a_task_into() -> None:
+    # Given the statuses the scripts write, and the outcomes finish.lua writes as statuses
+    written = set().union(*lua_literals(LUA_STATUS_PATTERNS[0][1]).values())
+    outcomes = lua_literals(LUA_OUTCOME_PATTERN)["finish.lua"] - {"retry"}
+
+    # Then together they are exactly the statuses of the table
+    assert written | outcomes == set(COUNTERS)
+
+
 def test_every_allowed_move_has_a_script() -> None:
     allowed_targets = {target for moves in ALLOWED.values() for target in moves}
 
@@ -623,10 +700,13 @@ def test_every_allowed_move_has_a_script() -> None:
 def test_lua_scripts_allow_exactly_the_moves_in_the_status_table(
     backend: RedisBackend, current: TaskStatus, target: TaskStatus
 ) -> None:
-    # Given a task forced into ``current``, held by WORKER at attempt 1 with an old lease
+    # Given a task forced into ``current``, held by WORKER at attempt 1 with an old lease,
+    # and its batch's counters saying so
     batch_id, [message, *_] = enqueue_batch(backend, count=1)
     key = backend.keys.task(message.id)
     backend.redis.hset(key, mapping={"status": current.value, "worker": WORKER, "attempt": "1"})
+    backend.redis.hset(backend.keys.batch(batch_id),
+                       mapping={name: int(name == current.value) for name in COUNTERS})
     backend.redis.zadd(backend.keys.leases, {message.id: time.time() - 3600})
 
     # When the script that performs ``target`` runs
@@ -639,3 +719,8 @@ def test_lua_scripts_allow_exactly_the_moves_in_the_status_table(
     )
     status = backend.redis.hget(key, "status").decode()
     assert status == (target.value if accepted else current.value)
+    # And the batch counts the task under exactly its status, in the counter named for it
+    counts = backend.batch_counts(batch_id)
+    assert {name: counts[name] for name in COUNTERS} == {
+        name: int(name == status) for name in COUNTERS
+    }

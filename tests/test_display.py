@@ -7,17 +7,61 @@ import time
 
 import nbclient
 import nbformat
+import pandas
 import pytest
 from helpers import wait_until
 
 import yadtq
 from worker_node.tasks import divide, sleep
-from yadtq import display
-from yadtq.futures import TaskBatch
+from yadtq import display, plots
+from yadtq.backend import Outcome
+from yadtq.futures import TaskBatch, TaskFuture
+from yadtq.protocol import TaskMessage
+from yadtq.status import TaskStatus
+
+SIM_WORKER = "sim-worker"
 
 
 def _percent(html: str) -> int:
     return int(re.search(r'data-percent="(\d+)"', html).group(1))
+
+
+def _headline(html: str) -> str:
+    return re.search(r"<div class='yadtq-batch-view'[^>]*><div>(.*?)</div>", html).group(1)
+
+
+def _move(client: yadtq.Client, future: TaskFuture, status: TaskStatus) -> None:
+    """Put a task no worker took into ``status`` through the real Lua scripts, as a
+    worker (claim, finish) or a client (cancel) would."""
+    if status is TaskStatus.QUEUED:
+        return
+    if status is TaskStatus.CANCELLED:
+        assert client.cancel(future.id, future.batch)
+        return
+    message = TaskMessage(id=future.id, task=future.task, args=future.args,
+                          kwargs=future.kwargs, batch=future.batch, index=future.index)
+    [claim] = client.backend.claim_many([message], SIM_WORKER)
+    assert claim.claimed, claim
+    if status is TaskStatus.PROCESSING:
+        return
+    outcome = Outcome(future.id, future.batch, claim.attempt, status, result=2,
+                      error_type="ZeroDivisionError", error="division by zero")
+    assert client.backend.finish(outcome, SIM_WORKER) is None
+
+
+def _batch_in(client: yadtq.Client, statuses: list[TaskStatus]) -> TaskBatch:
+    """A batch whose i-th task is in ``statuses[i]``, once this client has heard so."""
+    batch = client.map("add", [(i, i) for i in range(len(statuses))])
+    for future, status in zip(batch, statuses, strict=True):
+        _move(client, future, status)
+    expected = {s.value: statuses.count(s) for s in set(statuses)}
+    wait_until(lambda: batch.local_counts() == expected, 10, f"the batch to reach {expected}")
+    return batch
+
+
+def _bar_rows(axes) -> int:
+    """How many rows of bars a timeline's axes hold (each row has its own centre)."""
+    return len({round(bar.get_y() + bar.get_height() / 2, 6) for bar in axes.patches})
 
 
 def test_batch_widget_moves_while_tasks_run_and_freezes_finished(client, start_workers):
@@ -123,3 +167,115 @@ def test_batch_timeline_and_distribution_are_figures_with_a_lane_per_worker(
     assert len(timeline.axes[0].patches) == 20
     bars = distribution.axes[0].patches
     assert sum(bar.get_height() for bar in bars) == 20
+
+
+def test_batch_widget_and_text_show_every_status_in_the_bar_and_the_summary(client):
+    # Given a batch with one task in each status
+    batch = _batch_in(client, list(TaskStatus))
+
+    # When the widget renders it, and the text meter too
+    view = display.batch_view(batch)
+    html = view.widget.value
+    view.close()
+    text = display.batch_text(batch)
+
+    # Then each status has its count, its own coloured bar segment and its summary part
+    total, finished = len(TaskStatus), sum(s.is_finished for s in TaskStatus)
+    for status in TaskStatus:
+        assert f'data-{status.value}="1"' in html, status
+        assert (f'title="1 {status.label}" style="width:{100 / total:.3f}%;'
+                f'background:{status.colour}"') in html, status
+        assert f">1 {status.label}<" in html, status
+        assert f" · 1 {status.label} · " in text, status
+    assert f"{finished}/{total} done ({100 * finished / total:.0f}%)" in text
+
+
+@pytest.mark.parametrize(
+    ("statuses", "colour", "ending"),
+    [
+        ([TaskStatus.CANCELLED] * 3, TaskStatus.CANCELLED.colour, "with 3 cancelled"),
+        ([TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.CANCELLED],
+         TaskStatus.FAILED.colour, "with 1 failed, 2 cancelled"),
+        ([TaskStatus.SUCCESS] * 2, TaskStatus.SUCCESS.colour, ""),
+    ],
+    ids=["all cancelled", "failed and cancelled", "all success"],
+)
+def test_finished_batch_headline_is_green_only_when_every_task_succeeded(
+    client, statuses, colour, ending
+):
+    # Given a batch that has ended with these statuses
+    batch = _batch_in(client, statuses)
+    assert batch.done()
+
+    # When the widget renders it
+    html = display.batch_html(batch)
+
+    # Then its headline says how it ended, in the colour of the worst outcome
+    headline = _headline(html)
+    finish = re.search(r"<span style='color:([^']+)'>finished in [\d.]+ m?s ?([^<]*)</span>",
+                       headline)
+    assert finish is not None, headline
+    assert finish.group(1) == colour
+    assert finish.group(2) == ending
+
+
+def test_cancelled_tasks_that_never_ran_are_not_listed_under_a_worker(client):
+    # Given a batch cancelled before any worker took it
+    batch = _batch_in(client, [TaskStatus.CANCELLED] * 2)
+
+    # When the widget renders it, then its per-worker table is absent
+    assert batch.snapshot()["per_worker"] == {}
+    assert "<table" not in display.batch_html(batch)
+
+
+def test_future_widget_shows_a_cancelled_task(client):
+    # Given a task cancelled before any worker took it
+    future = client.submit("add", 1, 2)
+    assert future.cancel()
+
+    # When its widget renders it
+    html = display.future_view(future).widget.value
+
+    # Then it shows the cancelled badge in the cancelled colour, and no result or error
+    assert (f"<span style='background:{TaskStatus.CANCELLED.colour};color:white;"
+            "padding:1px 6px;border-radius:8px'>cancelled</span>") in html
+    assert "result:" not in html
+
+
+def test_timeline_gives_a_four_slot_worker_four_rows(client, start_workers):
+    # Given one worker with 4 slots that ran many short tasks back to back
+    start_workers(1, concurrency=4)
+    client.wait_for_workers(1, timeout=60)
+    batch = client.map(sleep, [0.02] * 200)
+    batch.results(timeout=60)
+
+    # When its timeline is drawn
+    timeline = batch.timeline()
+
+    # Then the worker's lane has one row per slot: a recorded finish is when the slot
+    # was freed, not when the outcome reached Redis after the next task had started
+    assert [label.get_text() for label in timeline.axes[0].get_yticklabels()] == [
+        "local-worker-1"]
+    assert _bar_rows(timeline.axes[0]) == 4
+
+
+def test_timeline_reuses_the_row_of_a_task_that_ended_as_the_next_began():
+    # Given one worker's tasks: A then B back to back, then R and S still running
+    def at(seconds: float) -> pandas.Timestamp:
+        return pandas.Timestamp(1_700_000_000 + seconds, unit="s", tz="UTC")
+
+    frame = pandas.DataFrame({
+        "worker": ["w"] * 4,
+        "status": ["success", "success", "processing", "processing"],
+        "started_at": [at(0), at(1), at(3), at(3)],
+        "finished_at": [at(1), at(2), pandas.NaT, pandas.NaT],
+    })
+
+    # When the timeline is drawn
+    axes = plots.timeline(frame).axes[0]
+
+    # Then B takes A's row, and the two running tasks hold a row each: two rows in all
+    assert _bar_rows(axes) == 2
+    a, b, r, s = axes.patches
+    assert a.get_y() == b.get_y()
+    assert r.get_y() != s.get_y()

@@ -286,3 +286,21 @@ def test_an_idle_worker_steals_tasks_waiting_in_another_workers_partition(
     for task_id in ids:
         events = [e["event"] for e in client.history(task_id)]
         assert events == ["claimed", "success"], (task_id, events)
+
+
+def test_lone_submits_from_fresh_clients_spread_over_the_workers(config, start_workers):
+    # Given three workers
+    start_workers(3)
+    with yadtq.Client(config) as first:
+        first.wait_for_workers(3, timeout=60)
+
+    # When ten fresh clients each submit one task, one after another
+    workers = []
+    for i in range(10):
+        with yadtq.Client(config) as fresh:
+            future = fresh.submit(add, i, i)
+            assert future.result(timeout=60) == 2 * i
+            workers.append(future.worker)
+
+    # Then they did not all run on one worker (each client starts dealing at random)
+    assert len(set(workers)) > 1, workers

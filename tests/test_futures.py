@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
+import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +22,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 import yadtq
 from yadtq import protocol
-from yadtq.backend import Outcome
+from yadtq.backend import Outcome, RedisBackend
 from yadtq.config import Config
 from yadtq.futures import DATAFRAME_COLUMNS, TaskFuture
 from yadtq.protocol import TaskMessage
@@ -133,6 +136,75 @@ def test_result_with_a_short_timeout_raises_timeout_error_naming_the_status(
     wait_until(future.running, TIMEOUT, "the future to be running")
     with pytest.raises(TimeoutError, match="still processing"):
         future.result(timeout=0.2)
+
+
+def test_result_timeout_on_a_queue_no_worker_serves_says_so(client: yadtq.Client) -> None:
+    # Given a task on a queue no worker has ever served
+    future = client.submit("add", 1, 2)
+
+    # When waiting for its result times out
+    with pytest.raises(TimeoutError) as caught:
+        future.result(timeout=1)
+
+    # Then the error names the queue, says no worker serves it and how to start one
+    message = str(caught.value)
+    assert "still queued after 1 s" in message
+    assert f"no live worker serves queue {client.config.queue!r}" in message
+    assert "none has sent a heartbeat" in message
+    assert f"python -m worker_node --queue {client.config.queue}" in message
+
+
+def test_batch_results_timeout_counts_the_dead_workers_of_a_queue_with_no_live_one(
+    client: yadtq.Client,
+) -> None:
+    # Given a batch on a queue whose only worker stopped sending heartbeats an hour ago
+    client.backend.heartbeat(WORKER, {"host": "h", "pid": 1}, [], now=time.time() - 3600)
+    batch = client.map("add", [(1, 2), (3, 4)])
+
+    # When waiting for its results times out
+    with pytest.raises(TimeoutError) as caught:
+        batch.results(timeout=1)
+
+    # Then the error says no live worker serves the queue, and that one is dead
+    assert "2 (of 2) tasks" in str(caught.value)
+    assert f"no live worker serves queue {client.config.queue!r} (1 dead)" in str(caught.value)
+
+
+def test_exception_timeout_with_a_live_worker_blames_no_missing_worker(
+    client: yadtq.Client,
+) -> None:
+    # Given a worker of the queue that is alive but has not taken the task
+    client.backend.heartbeat(WORKER, {"host": "h", "pid": 1}, [], now=time.time())
+    future = client.submit("add", 1, 2)
+
+    # When waiting for its result times out, then the error blames no missing worker
+    with pytest.raises(TimeoutError) as caught:
+        future.exception(timeout=0.5)
+    assert "still queued after 0.5 s" in str(caught.value)
+    assert "no live worker" not in str(caught.value)
+
+
+def test_result_timeout_while_redis_is_unreachable_is_still_a_plain_timeout(
+    client: yadtq.Client, config: Config
+) -> None:
+    # Given a task, and a client whose Redis has since become unreachable
+    future = client.submit("add", 1, 2)
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gone = RedisBackend(dataclasses.replace(config, redis_url=f"redis://127.0.0.1:{port}/0",
+                                            connect_timeout=1.0))
+    live, client.backend = client.backend, gone
+    try:
+        # When waiting for its result times out
+        with pytest.raises(TimeoutError) as caught:
+            future.result(timeout=0.2)
+    finally:
+        client.backend = live
+        gone.close()
+
+    # Then the timeout is raised as it is, without a hint Redis could not give
+    assert str(caught.value).endswith("still queued after 0.2 s")
 
 
 def test_cancel_of_a_queued_task_cancels_it_in_redis_and_the_future(

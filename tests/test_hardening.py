@@ -300,8 +300,13 @@ def test_a_map_whose_produce_fails_leaves_its_batch_failed_with_consistent_count
     batch_id = re.search(r"batch (b-\S+?)[;:) ]", str(raised.value))
     assert batch_id, str(raised.value)
     batch = brokerless.get_batch(batch_id.group(1))
-    assert batch.status_counts() == {"total": 1500, "queued": 0, "processing": 0,
-                                     "success": 0, "failed": 1500, "cancelled": 0}
+    # Every task that got a record is failed; chunks never written (when the producer gives
+    # up mid-map, as on Apache Kafka, rather than at the flush, as on Tansu) leave the
+    # counters, so the batch adds up either way.
+    written = len(batch)
+    assert written in (1000, 1500), written  # whole chunks of backend.PIPELINE_CHUNK
+    assert batch.status_counts() == {"total": written, "queued": 0, "processing": 0,
+                                     "success": 0, "failed": written, "cancelled": 0}
     assert set(batch.to_dataframe()["status"]) == {"failed"}
 
 

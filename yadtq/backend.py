@@ -33,7 +33,7 @@ from redis.retry import Retry
 from yadtq.config import Config
 from yadtq.errors import BackendError, BackendUnavailable
 from yadtq.protocol import TaskMessage
-from yadtq.status import TaskStatus
+from yadtq.status import COUNTERS, TaskStatus
 from yadtq.values import Ref
 
 PIPELINE_CHUNK = 1000
@@ -120,6 +120,7 @@ class Outcome:
     retry_at: float | None = None
     retryable: bool = False
     result_json: str | None = None  # the result already encoded, when the caller has it
+    ended_at: float | None = None  # when the attempt ended and freed its slot; None: now
 
     @property
     def verb(self) -> str:
@@ -327,9 +328,8 @@ class RedisBackend:
                 if batch_id is not None and batch_total is not None:
                     pipe.hset(
                         self.keys.batch(batch_id),
-                        mapping={"total": batch_total, "queued": batch_total,
-                                 "processing": 0, "success": 0, "failed": 0, "cancelled": 0,
-                                 "created_at": now},
+                        mapping={"total": batch_total, **dict.fromkeys(COUNTERS, 0),
+                                 TaskStatus.QUEUED.value: batch_total, "created_at": now},
                     )
                     batch_total = None
                 for message in chunk:
@@ -437,7 +437,7 @@ class RedisBackend:
         return records
 
     def batch_counts(self, batch_id: str) -> dict[str, int]:
-        """The batch counters: total, queued, processing, success, failed."""
+        """The batch counters: total and one per status (``status.COUNTERS``)."""
         raw = self.redis.hgetall(self.keys.batch(batch_id))
         return {
             _text(k): int(float(v)) for k, v in raw.items() if _text(k) != "created_at"
@@ -555,7 +555,7 @@ class RedisBackend:
                      self.keys.batch_tasks(batch), self.keys.task_history(outcome.task_id)]
             args += [outcome.task_id, outcome.attempt, outcome.verb,
                      "" if outcome.retry_at is None else outcome.retry_at, outcome.summary,
-                     *outcome.fields()]
+                     *outcome.fields(), now if outcome.ended_at is None else outcome.ended_at]
         [replies], _ = self._run_scripts([(self._finish, keys, args)])
         return [None if _text(reply[0]) == "ok"
                 else "task is {} (attempt {}, worker {})".format(

@@ -9,6 +9,7 @@ that a dead worker's partitions move on within seconds.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -108,8 +109,32 @@ def make_consumer(
         )
     except (KafkaError, OSError) as exc:
         raise _unavailable(config, exc) from None
+    _await_topic_metadata(consumer, config)
     consumer.subscribe([config.tasks_topic], listener=_Rebalance(on_assign, on_revoke))
     return consumer
+
+
+TOPIC_METADATA_RETRY = 0.05  # seconds between metadata requests while a new topic spreads
+
+
+def _await_topic_metadata(consumer: KafkaConsumer, config: Config) -> None:
+    """Wait until the consumer's metadata knows the tasks topic's partitions.
+
+    A member that leads a rebalance without them assigns nobody anything, and
+    kafka-python 3.0 can then hang in that member's next fetch; on Apache Kafka a
+    topic just created takes a moment to reach every broker's metadata.
+
+    Raises:
+        BrokerUnavailable: the topic did not show within the connect timeout.
+    """
+    deadline = time.monotonic() + config.connect_timeout
+    while not partition_count(consumer, config.tasks_topic):
+        if time.monotonic() > deadline:
+            consumer.close()
+            raise BrokerUnavailable(
+                f"Kafka at {config.bootstrap} does not show topic {config.tasks_topic} "
+                f"{config.connect_timeout:g} s after it was created; check the broker's logs")
+        time.sleep(TOPIC_METADATA_RETRY)  # the next metadata request, not a synchronisation
 
 
 class _Rebalance(ConsumerRebalanceListener):

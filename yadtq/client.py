@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -53,7 +54,9 @@ class Client:
         self.backend.check_connection()
         broker.create_topics(config)
         self._producer = broker.make_producer(config, linger_ms=1000, batch_size=1 << 20)
-        self._next_partition = -1
+        # Dealing starts at a random partition: lone submits from fresh processes spread
+        # over the workers instead of all landing on partition 0's.
+        self._next_partition = random.randrange(1 << 30)
         self._events = EventListener(self.backend)
         self._on_close = on_close
         self._closed = False

@@ -23,6 +23,7 @@ from typing import Any
 
 from yadtq.client import Client
 from yadtq.futures import TaskBatch, TaskFuture
+from yadtq.status import COUNTERS, TaskStatus
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +36,11 @@ NO_WIDGETS = (
     "(JupyterLab 4, Notebook 7, VS Code): pip install ipywidgets"
 )
 
-COLOURS = {
-    "success": "#2e9e44",
-    "failed": "#d62f2f",
-    "processing": "#2f7ed8",
-    "queued": "#c8c8c8",
-    "cancelled": "#8a6d3b",
-}
-LABELS = {"success": "done", "failed": "failed", "processing": "running", "queued": "waiting"}
+# The bar fills from the left with finished tasks, then those nearest to finishing.
+BAR_ORDER = [*(s for s in TaskStatus if s.is_finished),
+             *(s for s in reversed(TaskStatus) if not s.is_finished)]
+WORKER_COLOURS = {"alive": TaskStatus.SUCCESS.colour, "dead": TaskStatus.FAILED.colour,
+                  "stopped": "#888"}
 
 
 # --- formatting ------------------------------------------------------------
@@ -60,16 +58,11 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def batch_summary(snapshot: dict[str, Any]) -> str:
-    """One line of text for a batch: counts, rate, elapsed and ETA."""
+    """One line of text for a batch: the count of every status it has, rate, elapsed, ETA."""
     total, done = snapshot["total"], snapshot["done"]
     percent = 100.0 * done / total if total else 100.0
-    parts = [
-        f"{done}/{total} done ({percent:.0f}%)",
-        f"{snapshot['success']} success",
-        f"{snapshot['failed']} failed",
-    ]
-    if not snapshot["finished"]:
-        parts += [f"{snapshot['processing']} running", f"{snapshot['queued']} waiting"]
+    parts = [f"{done}/{total} done ({percent:.0f}%)"]
+    parts += [f"{snapshot[s.value]} {s.label}" for s in TaskStatus if snapshot[s.value]]
     parts += [f"{snapshot['rate']:.1f} tasks/s", f"elapsed {format_seconds(snapshot['elapsed'])}"]
     if not snapshot["finished"]:
         parts.append(f"ETA {format_seconds(snapshot['eta'])}")
@@ -97,23 +90,20 @@ def batch_html(batch: TaskBatch) -> str:
     total = snapshot["total"]
     percent = 100.0 * snapshot["done"] / total if total else 100.0
     segments = "".join(
-        f'<div title="{snapshot[s]} {LABELS[s]}" style="width:{100.0 * snapshot[s] / total:.3f}%;'
-        f'background:{COLOURS[s]}"></div>'
-        for s in ("success", "failed", "processing", "queued") if total and snapshot[s]
+        f'<div class="yadtq-{s.value}" title="{snapshot[s.value]} {s.label}" '
+        f'style="width:{100.0 * snapshot[s.value] / total:.3f}%;background:{s.colour}"></div>'
+        for s in BAR_ORDER if total and snapshot[s.value]
     )
-    data = " ".join(f'data-{s}="{snapshot[s]}"' for s in
-                    ("total", "success", "failed", "processing", "queued"))
+    data = " ".join(f'data-{name}="{snapshot[name]}"' for name in ("total", *COUNTERS))
     workers = "".join(
         f"<tr><td>{html.escape(worker)}</td><td style='text-align:right'>{count}</td>"
         f"<td><div style='width:{120 * count / max(snapshot['per_worker'].values()):.0f}px;"
-        f"height:8px;background:{COLOURS['success']}'></div></td></tr>"
+        f"height:8px;background:{TaskStatus.SUCCESS.colour}'></div></td></tr>"
         for worker, count in snapshot["per_worker"].items()
     )
     headline = f"<b>{html.escape(batch.task)}</b> × {total}"
     if snapshot["finished"]:
-        state = "failed" if snapshot["failed"] else "success"
-        headline += (f" — <span style='color:{COLOURS[state]}'>finished in "
-                     f"{format_seconds(snapshot['elapsed'])}</span>")
+        headline += f" — {_outcome(snapshot)}"
     return (
         f"<div class='yadtq-batch-view' style='font-family:var(--jp-ui-font-family,sans-serif);"
         f"font-size:13px;max-width:720px'>"
@@ -128,14 +118,25 @@ def batch_html(batch: TaskBatch) -> str:
     )
 
 
+def _outcome(snapshot: dict[str, Any]) -> str:
+    """HTML for how a finished batch ended: green only when every task succeeded."""
+    unsuccessful = [s for s in TaskStatus
+                    if s.is_finished and s is not TaskStatus.SUCCESS and snapshot[s.value]]
+    text = f"finished in {format_seconds(snapshot['elapsed'])}"
+    if unsuccessful:
+        text += " with " + ", ".join(f"{snapshot[s.value]} {s.label}" for s in unsuccessful)
+    colour = unsuccessful[0].colour if unsuccessful else TaskStatus.SUCCESS.colour
+    return f"<span style='color:{colour}'>{html.escape(text)}</span>"
+
+
 def future_html(future: TaskFuture) -> str:
     """HTML for one task: call, status badge, worker, elapsed, then result or error."""
-    status = future.status.value
+    status = future.status
     call = f"{future.task}({_call_args(future)})"
     if len(call) > 120:
         call = call[:117] + "..."
-    badge = (f"<span style='background:{COLOURS.get(status, '#888')};color:white;"
-             f"padding:1px 6px;border-radius:8px'>{status}</span>")
+    badge = (f"<span style='background:{status.colour};color:white;"
+             f"padding:1px 6px;border-radius:8px'>{status.value}</span>")
     details = [f"<code>{html.escape(call)}</code>", badge]
     if future.worker:
         details.append(f"on {html.escape(future.worker)}")
@@ -143,7 +144,7 @@ def future_html(future: TaskFuture) -> str:
     if elapsed is not None:
         details.append(format_seconds(elapsed))
     body = ""
-    if future.done():
+    if future.done() and not future.cancelled():  # a cancelled one has no outcome to show
         error = future.exception()
         if error is None:
             body = f"<div>result: <code>{html.escape(repr(future.result()))[:2000]}</code></div>"
@@ -151,7 +152,7 @@ def future_html(future: TaskFuture) -> str:
             kind = getattr(error, "error_type", type(error).__name__)
             message = getattr(error, "message", str(error))
             trace = getattr(error, "traceback", "")
-            body = (f"<div style='color:{COLOURS['failed']}'>{html.escape(kind)}: "
+            body = (f"<div style='color:{TaskStatus.FAILED.colour}'>{html.escape(kind)}: "
                     f"{html.escape(message)}</div>")
             if trace:
                 body += (f"<details><summary>traceback</summary><pre style='font-size:11px'>"
@@ -177,10 +178,9 @@ def workers_html(client: Client) -> str:
     frame = client.workers()
     if frame.empty:
         return "<div class='yadtq-workers-view'>no worker has sent a heartbeat yet</div>"
-    colours = {"alive": COLOURS["success"], "dead": COLOURS["failed"], "stopped": "#888"}
     rows = "".join(
         f"<tr><td>{html.escape(str(r.name))}</td><td>{html.escape(str(r.host))}</td>"
-        f"<td style='color:{colours.get(r.status, '#000')}'><b>{r.status}</b></td>"
+        f"<td style='color:{WORKER_COLOURS.get(r.status, '#000')}'><b>{r.status}</b></td>"
         f"<td>{r.heartbeat_age:.1f} s</td><td>{r.in_flight}</td><td>{r.processed}</td>"
         f"<td>{r.failed}</td></tr>"
         for r in frame.itertuples()

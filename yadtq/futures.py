@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from yadtq import values
 from yadtq.errors import TaskCancelled, TaskFailed, YadtqError
 from yadtq.shipping import StoredResult
-from yadtq.status import FINISHED, TaskStatus
+from yadtq.status import COUNTERS, FINISHED, TaskStatus
 
 if TYPE_CHECKING:
     import pandas
@@ -32,7 +32,7 @@ DATAFRAME_COLUMNS = [
     "id", "index", "task", "args", "kwargs", "status", "result", "error", "worker", "attempt",
     "queued_at", "started_at", "finished_at", "duration",
 ]
-BATCH_COUNTERS = ("total", "queued", "processing", "success", "failed", "cancelled")
+BATCH_COUNTERS = ("total", *COUNTERS)
 
 
 class TaskFuture(concurrent.futures.Future):
@@ -108,14 +108,28 @@ class TaskFuture(concurrent.futures.Future):
 
         Raises:
             TaskFailed: the task raised; carries the remote type, message and traceback.
-            TimeoutError: the task did not finish within ``timeout``.
+            TimeoutError: the task did not finish within ``timeout``; says so when no
+                live worker serves the queue.
         """
         try:
             return super().result(timeout)
         except concurrent.futures.TimeoutError:
-            raise TimeoutError(
-                f"task {self.id} ({self.task}) still {self._status.value} after {timeout} s"
-            ) from None
+            raise self._timed_out(timeout) from None
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait for the task and return the exception it raised, or None on success.
+
+        Raises:
+            TimeoutError: as :meth:`result`.
+        """
+        try:
+            return super().exception(timeout)
+        except concurrent.futures.TimeoutError:
+            raise self._timed_out(timeout) from None
+
+    def _timed_out(self, timeout: float | None) -> TimeoutError:
+        return TimeoutError(f"task {self.id} ({self.task}) still {self._status.value} after "
+                            f"{timeout} s{_no_worker_hint(self._client)}")
 
     def __await__(self) -> Generator[Any, None, Any]:
         return asyncio.wrap_future(self).__await__()
@@ -280,7 +294,8 @@ class TaskBatch(Sequence[TaskFuture]):
                 self._result[position] = record.get("result")
             else:
                 self._failure[position] = record
-            self._per_worker[self._worker[position] or "?"] += 1
+            if self._worker[position]:  # cancelled or undelivered before a worker took it
+                self._per_worker[self._worker[position]] += 1
             if self._done == len(self.ids):
                 self.finished_at = time.time()
                 self._all_done.notify_all()
@@ -409,12 +424,13 @@ class TaskBatch(Sequence[TaskFuture]):
         Raises:
             TaskFailed: a task failed (the first one in submission order).
             TaskCancelled: a task was cancelled (if it comes before any failure).
-            TimeoutError: not all tasks finished within ``timeout`` seconds.
+            TimeoutError: not all tasks finished within ``timeout`` seconds; says so when
+                no live worker serves the queue.
         """
         if not self._wait_all(timeout):
             raise TimeoutError(
                 f"{len(self.ids) - self._done} (of {len(self.ids)}) tasks of batch {self.id} "
-                f"unfinished after {timeout} s"
+                f"unfinished after {timeout} s{_no_worker_hint(self._client)}"
             )
         with self._lock:
             if self._failure:
@@ -486,6 +502,28 @@ class TaskBatch(Sequence[TaskFuture]):
         counts = self.local_counts()
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         return f"<TaskBatch {self.id} {self.task} × {len(self.ids)}: {summary}>"
+
+
+def _no_worker_hint(client: Client | None) -> str:
+    """The likely reason a wait timed out, when it is that no live worker serves the queue.
+
+    Asked only once a wait has timed out, so waiting costs nothing; when Redis cannot
+    say, it adds nothing rather than hide the timeout behind another error.
+    """
+    if client is None:
+        return ""
+    try:
+        statuses = client.workers()["status"]
+    except YadtqError:
+        return ""
+    if (statuses == "alive").any():
+        return ""
+    queue = client.config.queue
+    seen = ", ".join(f"{count} {status}" for status, count in
+                     sorted(statuses.value_counts().items()))
+    return (f"; no live worker serves queue {queue!r} ({seen or 'none has sent a heartbeat'}): "
+            f"start one with `python -m worker_node --queue {queue}` and the same YADTQ_* "
+            "settings as this client")
 
 
 def _failure_error(task_id: str, record: dict[str, Any]) -> Exception:

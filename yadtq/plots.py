@@ -8,7 +8,10 @@ each lane split into as many rows as the worker ran tasks at once.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
+
+from yadtq.status import TaskStatus
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -17,13 +20,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-STATUS_COLOURS = {
-    "success": "#2e9e44",
-    "failed": "#d62f2f",
-    "processing": "#2f7ed8",
-    "queued": "#b8b8b8",
-    "cancelled": "#8a6d3b",
-}
+STATUS_COLOURS = {status.value: status.colour for status in TaskStatus}
+UNKNOWN_COLOUR = "#666666"  # a row whose record expired
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -33,7 +31,11 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _rows_within_lane(starts: list[float], ends: list[float]) -> list[int]:
-    """Give each interval the lowest row free at its start, so overlapping bars stack."""
+    """Give each interval the lowest row free at its start, so overlapping bars stack.
+
+    A row is free once its last interval ended at or before the start, so a task that
+    starts as another ends takes that one's row: rows = the most tasks at once.
+    """
     row_free_at: list[float] = []
     rows = []
     for start, end in zip(starts, ends, strict=True):
@@ -58,22 +60,20 @@ def timeline(frame: pandas.DataFrame, title: str = "") -> Figure:
         axes.set_axis_off()
         return figure
     origin = started["started_at"].min()
-    # A task still running is drawn up to the latest finish seen so far.
-    ongoing_until = started["finished_at"].max()
-    if ongoing_until != ongoing_until:  # NaT: nothing has finished yet
-        ongoing_until = started["started_at"].max()
+    # A task still running holds its row for good, drawn up to the latest time seen so far.
+    drawn_until = (started[["started_at", "finished_at"]].max().max() - origin).total_seconds()
     workers = sorted(started["worker"].fillna("?").unique())
     for lane, worker in enumerate(workers):
         tasks = started[started["worker"].fillna("?") == worker]
         starts = [(t - origin).total_seconds() for t in tasks["started_at"]]
-        ends = [(ongoing_until if f != f else f) - origin for f in tasks["finished_at"]]
-        ends = [e.total_seconds() for e in ends]
+        ends = [math.inf if f != f else (f - origin).total_seconds()  # NaT: still running
+                for f in tasks["finished_at"]]
         rows = _rows_within_lane(starts, ends)
         height = 0.8 / (max(rows) + 1)
         for start, end, row, status in zip(starts, ends, rows, tasks["status"], strict=True):
-            axes.barh(lane - 0.4 + row * height + height / 2, max(end - start, 1e-3),
-                      left=start, height=height * 0.9,
-                      color=STATUS_COLOURS.get(status, "#666666"), linewidth=0)
+            axes.barh(lane - 0.4 + row * height + height / 2,
+                      max(min(end, drawn_until) - start, 1e-3), left=start, height=height * 0.9,
+                      color=STATUS_COLOURS.get(status, UNKNOWN_COLOUR), linewidth=0)
     axes.set_yticks(range(len(workers)), workers)
     axes.invert_yaxis()
     axes.set_xlabel("seconds since the first task started")

@@ -1,16 +1,25 @@
-"""Task statuses and the legal moves between them (bottom layer).
+"""Task statuses: the lifecycle's one home (bottom layer).
 
-The Lua scripts in ``yadtq/lua`` perform these moves in Redis; a test checks
-that the scripts and :data:`ALLOWED` agree.
+Everything that knows the statuses derives from here: the legal moves
+(:data:`ALLOWED`), the batch counters (:data:`COUNTERS`, one field per status
+in the ``batch:<id>`` hash), and how displays and plots show each status
+(:attr:`TaskStatus.label`, :attr:`TaskStatus.colour`). The Lua scripts in
+``yadtq/lua`` cannot import this, so tests check that they name only these
+statuses and counters and allow exactly these moves. Adding a status means
+adding it here, giving it a :data:`LOOKS` entry, and teaching the scripts.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 
 class TaskStatus(str, Enum):
-    """Where a task is in its life; compares equal to the plain string."""
+    """Where a task is in its life; compares equal to the plain string.
+
+    Members are listed in lifecycle order, which is the order counts are shown in.
+    """
 
     QUEUED = "queued"
     PROCESSING = "processing"
@@ -26,6 +35,24 @@ class TaskStatus(str, Enum):
         """True for a status no task leaves."""
         return self in FINISHED
 
+    @property
+    def label(self) -> str:
+        """The word a count of tasks in this status reads with: '3 running'."""
+        return LOOKS[self].label
+
+    @property
+    def colour(self) -> str:
+        """The CSS colour of this status in widgets and plots."""
+        return LOOKS[self].colour
+
+
+@dataclass(frozen=True)
+class Look:
+    """How a status is shown, so that the widget, its fallbacks and the plots agree."""
+
+    label: str
+    colour: str
+
 
 FINISHED = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
@@ -37,4 +64,15 @@ ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.SUCCESS: frozenset(),
     TaskStatus.FAILED: frozenset(),
     TaskStatus.CANCELLED: frozenset(),
+}
+
+COUNTERS: tuple[str, ...] = tuple(status.value for status in TaskStatus)
+"""The batch hash's counter fields, one per status and named for it, in lifecycle order."""
+
+LOOKS: dict[TaskStatus, Look] = {
+    TaskStatus.QUEUED: Look("waiting", "#c8c8c8"),
+    TaskStatus.PROCESSING: Look("running", "#2f7ed8"),
+    TaskStatus.SUCCESS: Look("success", "#2e9e44"),
+    TaskStatus.FAILED: Look("failed", "#d62f2f"),
+    TaskStatus.CANCELLED: Look("cancelled", "#8a6d3b"),
 }

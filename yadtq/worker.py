@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from kafka.errors import CommitFailedError, KafkaError
@@ -628,7 +628,12 @@ class Worker:
         self._ended(message, self._outcome(message, attempt, result))
 
     def _ended(self, message: protocol.TaskMessage, report: Outcome) -> None:
-        """Free the slot, then store the outcome with any others that ended meanwhile."""
+        """Free the slot, then store the outcome with any others that ended meanwhile.
+
+        The outcome keeps when its slot was freed as the task's finish time: storing
+        it may wait for another thread's round trip, while the slot runs the next task.
+        """
+        report = replace(report, ended_at=self.clock())
         with self._lock:
             self._executing -= 1
         self._outcomes.put((message, report))

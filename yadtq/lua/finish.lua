@@ -14,7 +14,7 @@
 -- ARGV[2] now (unix seconds)
 -- ARGV[3] seconds a record lives after it finishes
 -- ARGV[4] events channel
--- then for each task 8 args:
+-- then for each task 9 args:
 --   task id
 --   attempt the worker holds
 --   outcome: "success", "failed" or "retry"
@@ -23,6 +23,8 @@
 --   the result as JSON (success), or the error type (failed, retry)
 --   the error message ("" for success)
 --   the traceback ("" for success)
+--   when the attempt ended (unix seconds): the finished_at of a final outcome, which may
+--   be stored later than it ended
 --
 -- A success event carries the result when it is short (under 4 KB of JSON), so clients
 -- resolve their futures without reading the record back.
@@ -35,9 +37,10 @@ local replies, changes = {}, {}
 for i = 1, (#KEYS - 2) / 4 do
   local task_key, batch_key, list_key, history_key =
     KEYS[4 * i - 1], KEYS[4 * i], KEYS[4 * i + 1], KEYS[4 * i + 2]
-  local a = 8 * i - 4
+  local a = 9 * i - 5
   local id, held, outcome, retry_at, summary = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
     ARGV[a + 4], ARGV[a + 5]
+  local ended = ARGV[a + 9]
   if outcome ~= 'success' and outcome ~= 'failed' and outcome ~= 'retry' then
     return redis.error_reply('finish.lua: outcome must be success, failed or retry, got '
       .. outcome)
@@ -77,7 +80,7 @@ for i = 1, (#KEYS - 2) / 4 do
         redis.call('HINCRBY', batch_key, 'queued', 1)
       end
     else
-      redis.call('HSET', task_key, 'status', outcome, 'finished_at', now_text)
+      redis.call('HSET', task_key, 'status', outcome, 'finished_at', ended)
       redis.call('EXPIRE', task_key, ttl)
       redis.call('EXPIRE', history_key, ttl)
       if batch ~= '' then
@@ -89,7 +92,7 @@ for i = 1, (#KEYS - 2) / 4 do
     end
     redis.call('RPUSH', history_key, cjson.encode(event))
     local change = {id = id, status = new_status, worker = holder, attempt = attempt,
-      batch = batch, at = now}
+      batch = batch, at = outcome == 'retry' and now or tonumber(ended)}
     if outcome == 'success' and #ARGV[a + 6] < 4096 then
       change.result = ARGV[a + 6]
     end
