@@ -8,7 +8,7 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE MANIFEST.in ./
 COPY yadtq ./yadtq
 COPY worker_node ./worker_node
 RUN pip install . \
@@ -16,7 +16,8 @@ RUN pip install . \
 WORKDIR /home/yadtq
 
 FROM base AS jupyter
-RUN pip install "jupyterlab>=4"
+# The notebook side (pandas, matplotlib, ipywidgets) only where notebooks run.
+RUN pip install "/src[notebook]" "jupyterlab>=4"
 COPY --chown=yadtq:yadtq notebooks ./notebooks
 USER yadtq
 EXPOSE 8888

@@ -6,4 +6,6 @@ set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
 
-exec "$python" -m yadtq submit --wait "$@"
+# Waits 60 s for the result unless --timeout says otherwise (a later option wins), so a
+# queue no worker serves ends with a message saying so instead of a wait for ever.
+exec "$python" -m yadtq submit --wait --timeout 60 "$@"

@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "yadtq"
 
 LAYERS: list[set[str]] = [
-    {"errors", "status", "config", "protocol", "registry", "values"},  # bottom
+    {"errors", "status", "config", "protocol", "registry", "values", "extras"},  # bottom
     {"backend", "broker"},  # adapters
     {"futures", "events", "client", "worker", "plots", "execution", "stealing", "shipping",
      "routing"},  # core

@@ -260,7 +260,7 @@ def test_an_idle_worker_steals_tasks_waiting_in_another_workers_partition(
     # Given two workers of one slot each, and eight tasks all in one partition of the first
     start_workers(2, concurrency=1)
     workers = client.wait_for_workers(2, timeout=60)
-    owner = workers.sort_values("name").iloc[0]
+    owner = min(workers, key=lambda row: row["name"])
     partition = int(owner["partitions"].split(",")[0])
     ids = [uuid.uuid4().hex for _ in range(8)]
     producer = KafkaProducer(bootstrap_servers=client.config.bootstrap)

@@ -109,8 +109,8 @@ def make_consumer(
         )
     except (KafkaError, OSError) as exc:
         raise _unavailable(config, exc) from None
-    _await_topic_metadata(consumer, config)
     consumer.subscribe([config.tasks_topic], listener=_Rebalance(on_assign, on_revoke))
+    _await_topic_metadata(consumer, config)
     return consumer
 
 
@@ -118,17 +118,21 @@ TOPIC_METADATA_RETRY = 0.05  # seconds between metadata requests while a new top
 
 
 def _await_topic_metadata(consumer: KafkaConsumer, config: Config) -> None:
-    """Wait until the consumer's metadata knows the tasks topic's partitions.
+    """Fetch metadata until it shows the tasks topic's partitions, before the first join.
 
-    A member that leads a rebalance without them assigns nobody anything, and
-    kafka-python 3.0 can then hang in that member's next fetch; on Apache Kafka a
-    topic just created takes a moment to reach every broker's metadata.
+    kafka-python's group leader records the metadata it assigned from; joining
+    before its subscription's metadata arrived, it records none, rejoins when
+    the metadata comes, and a poll that times out during that rejoin loses its
+    outcome (kafka-python 3.0: the member then stops heartbeating and leaves the
+    group). On Apache Kafka a topic just created takes a moment to show.
 
     Raises:
         BrokerUnavailable: the topic did not show within the connect timeout.
     """
     deadline = time.monotonic() + config.connect_timeout
-    while not partition_count(consumer, config.tasks_topic):
+    # topics() always asks the broker, and the answer reaches the group coordinator.
+    while config.tasks_topic not in consumer.topics() \
+            or not partition_count(consumer, config.tasks_topic):
         if time.monotonic() > deadline:
             consumer.close()
             raise BrokerUnavailable(

@@ -15,9 +15,11 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from importlib import resources
 from types import FrameType
 from typing import Any
 
+from yadtq.client import format_rows
 from yadtq.config import local_stack_record_path, read_local_stack_record, redacted_url
 from yadtq.errors import YadtqError
 from yadtq.local import BROKERS, LocalCluster
@@ -95,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     workers = commands.add_parser("workers", parents=[servers],
                                   help="print the workers and their last heartbeats")
     workers.set_defaults(run=_workers)
+
+    unit = commands.add_parser("worker-unit",
+                               help="print the systemd unit that runs a worker on a VM")
+    unit.set_defaults(run=_worker_unit)
 
     local = commands.add_parser("local", help="run a broker, Redis and workers on this machine")
     local_commands = local.add_subparsers(dest="local_command", required=True, metavar="COMMAND")
@@ -208,13 +214,19 @@ def _cancel(args: argparse.Namespace) -> int:
 def _workers(args: argparse.Namespace) -> int:
     client = _connect(args)
     try:
-        frame = client.workers()
+        rows = client.worker_rows()
     finally:
         client.close()
-    if frame.empty:
+    if not rows:
         print("no worker has sent a heartbeat on this queue", file=sys.stderr)
     else:
-        print(frame.to_string(index=False))
+        print(format_rows(rows))
+    return 0
+
+
+def _worker_unit(args: argparse.Namespace) -> int:
+    """Print worker_node's systemd unit, shipped in the wheel (README, "Workers on VMs")."""
+    print(resources.files("worker_node").joinpath("yadtq-worker.service").read_text(), end="")
     return 0
 
 
@@ -258,15 +270,15 @@ def _local_status(args: argparse.Namespace) -> int:
         args.queue = record.get("queue")
     client = _connect(args)  # raises, naming the server, when one does not answer
     try:
-        frame = client.workers()
+        rows = client.worker_rows()
     finally:
         client.close()
-    if frame.empty:
+    if not rows:
         print("  workers none has sent a heartbeat")
     else:
-        alive = int((frame["status"] == "alive").sum()) if "status" in frame else len(frame)
-        print(f"  workers {alive} alive of {len(frame)}:")
-        print(frame.to_string(index=False))
+        alive = sum(1 for row in rows if row["status"] == "alive")
+        print(f"  workers {alive} alive of {len(rows)}:")
+        print(format_rows(rows))
     return 0
 
 

@@ -26,6 +26,7 @@ from yadtq.errors import (
     YadtqError,
 )
 from yadtq.events import EventListener
+from yadtq.extras import require
 from yadtq.futures import TaskBatch, TaskFuture
 from yadtq.routing import liveness
 from yadtq.shipping import Shipment
@@ -327,44 +328,54 @@ class Client:
         self._events.sync([future])
         return future
 
-    def workers(self) -> pandas.DataFrame:
-        """One row per registered worker: liveness judged from its heartbeats.
+    def worker_rows(self) -> list[dict[str, Any]]:
+        """The queue's workers as dicts of :data:`WORKER_COLUMNS` (no pandas needed).
 
+        ``status`` is judged from the heartbeats (alive, dead or stopped);
         ``settings_differ`` names the shared settings (key prefix, lease, TTL, secret,
-        ...) in which the worker disagrees with this client; empty when they agree.
+        ...) in which the worker disagrees with this client, empty when they agree.
         """
-        import pandas
-
         now = time.time()
         expected = self.config.shared_settings()
-        rows = [_worker_row(w, now, expected) for w in self.backend.workers()
+        return [_worker_row(w, now, expected) for w in self.backend.workers()
                 if w.get("queue", self.config.queue) == self.config.queue]
-        return pandas.DataFrame(rows, columns=WORKER_COLUMNS)
 
-    def wait_for_workers(self, count: int, timeout: float = 60.0) -> pandas.DataFrame:
+    def workers(self) -> pandas.DataFrame:
+        """One row per registered worker (see :meth:`worker_rows`), as a DataFrame.
+
+        Raises:
+            ImportError: pandas is not installed (the ``notebook`` extra).
+        """
+        pandas = require("pandas", "Client.workers()")
+        return pandas.DataFrame(self.worker_rows(), columns=WORKER_COLUMNS)
+
+    def wait_for_workers(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Wait until ``count`` live workers together hold every partition of the topic.
 
         Use before a demo or benchmark so the first worker to join does not
         take the whole batch while the others are still joining.
+
+        Returns:
+            The live workers' rows (:meth:`worker_rows`).
 
         Raises:
             TimeoutError: they did not settle within ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
         while True:
-            frame = self.workers()
-            alive = frame[frame["status"] == "alive"]
+            rows = self.worker_rows()
+            alive = [row for row in rows if row["status"] == "alive"]
             if _settled(alive, count):
-                for name, differ in zip(alive["name"], alive["settings_differ"], strict=True):
-                    if differ:
+                for row in alive:
+                    if row["settings_differ"]:
                         logger.warning("worker %s of queue %r differs from this client in: %s; "
-                                       "start it with the same YADTQ_* settings", name,
-                                       self.config.queue, differ)
+                                       "start it with the same YADTQ_* settings", row["name"],
+                                       self.config.queue, row["settings_differ"])
                 return alive
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"waited {timeout} s for {count} live workers sharing every partition of "
-                    f"{self.config.tasks_topic}; last seen:\n{frame.to_string()}"
+                    f"{self.config.tasks_topic}; last seen:\n{format_rows(rows)}"
                 )
             time.sleep(0.1)
 
@@ -422,13 +433,24 @@ def _split_item(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return (item,), {}
 
 
-def _settled(alive: pandas.DataFrame, count: int) -> bool:
+def format_rows(rows: list[dict[str, Any]],
+                columns: Sequence[str] = ("name", "host", "pid", "status", "heartbeat_age",
+                                          "in_flight", "processed", "failed", "partitions")
+                ) -> str:
+    """Worker rows as an aligned text table (for terminals, without pandas)."""
+    table = [list(columns)] + [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
+                     .rstrip() for line in table)
+
+
+def _settled(alive: list[dict[str, Any]], count: int) -> bool:
     """True when ``count`` live workers hold every partition between them, each at most once."""
     if len(alive) < count:
         return False
-    held = [p for cell in alive["partitions"] for p in cell.split(",") if p]
-    total = int(alive["topic_partitions"].max() or 0)
-    holders = int((alive["partitions"] != "").sum())
+    held = [p for row in alive for p in row["partitions"].split(",") if p]
+    total = max((row["topic_partitions"] for row in alive), default=0)
+    holders = sum(1 for row in alive if row["partitions"])
     return total > 0 and sorted(held) == sorted(set(held)) and len(held) == total \
         and holders >= min(count, total)
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from yadtq import values
 from yadtq.errors import TaskCancelled, TaskFailed, YadtqError
+from yadtq.extras import require
 from yadtq.shipping import StoredResult
 from yadtq.status import COUNTERS, FINISHED, TaskStatus
 
@@ -466,8 +467,7 @@ class TaskBatch(Sequence[TaskFuture]):
 
     def to_dataframe(self) -> pandas.DataFrame:
         """One row per task with its current status, result, worker and timings."""
-        import pandas
-
+        pandas = require("pandas", "TaskBatch.to_dataframe()")
         records = self._client.backend.task_records(self.ids)
         rows = [_row(self.ids[i], i, self.task, self._args[i], self._kwargs[i], record)
                 for i, record in enumerate(records)]
@@ -513,14 +513,13 @@ def _no_worker_hint(client: Client | None) -> str:
     if client is None:
         return ""
     try:
-        statuses = client.workers()["status"]
+        statuses = Counter(row["status"] for row in client.worker_rows())
     except YadtqError:
         return ""
-    if (statuses == "alive").any():
+    if statuses["alive"]:
         return ""
     queue = client.config.queue
-    seen = ", ".join(f"{count} {status}" for status, count in
-                     sorted(statuses.value_counts().items()))
+    seen = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
     return (f"; no live worker serves queue {queue!r} ({seen or 'none has sent a heartbeat'}): "
             f"start one with `python -m worker_node --queue {queue}` and the same YADTQ_* "
             "settings as this client")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from yadtq.extras import require
 from yadtq.status import TaskStatus
 
 if TYPE_CHECKING:
@@ -25,9 +26,8 @@ UNKNOWN_COLOUR = "#666666"  # a row whose record expired
 
 
 def _figure(width: float, height: float) -> Figure:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
+    figure = require("matplotlib.figure", "plotting a batch")
+    return figure.Figure(figsize=(width, height), layout="constrained")
 
 
 def _rows_within_lane(starts: list[float], ends: list[float]) -> list[int]:
