@@ -142,6 +142,38 @@ def test_batch_in_a_kernel_renders_a_widget_with_html_and_text_fallbacks(config,
     assert "local-worker-1" in dashboard_output["text/html"]
 
 
+def test_a_batch_shown_while_running_leaves_its_final_state_in_the_saved_output(
+        config, start_workers):
+    # Given a real Jupyter kernel that shows a batch while its tasks still run
+    start_workers(1, concurrency=2)
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell(
+            "import threading\nimport yadtq\n"
+            f"q = yadtq.connect(bootstrap={config.bootstrap!r}, redis_url={config.redis_url!r}, "
+            f"queue={config.queue!r}, key_prefix={config.key_prefix!r})\n"
+            "b = q.map('sleep', [0.3] * 8)\nb"
+        ),
+        # The view's thread ends right after it has published the final state.
+        nbformat.v4.new_code_cell(
+            "b.wait(60)\n"
+            "for t in threading.enumerate():\n"
+            "    if t.name == 'yadtq-view':\n"
+            "        t.join(10)\n"
+            "q.close()"
+        ),
+    ]
+
+    # When the notebook has run (as nbconvert or a saved JupyterLab notebook keeps it)
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+
+    # Then the first cell's snapshot and text show how the batch ended, not how it began
+    [output] = notebook.cells[0].outputs
+    assert display.WIDGET_MIME in output["data"]
+    assert 'data-percent="100"' in output["data"]["text/html"]
+    assert re.match(r"<TaskBatch b-\w+ sleep × 8: 8 success>", output["data"]["text/plain"])
+
+
 def test_dashboard_outside_a_kernel_says_what_to_install(config):
     client = yadtq.connect(config)
     try:

@@ -229,6 +229,8 @@ class LiveView:
         self._render = render
         self._finished = finished
         self._idle_refresh = idle_refresh
+        # Called with the source once its final state is rendered (not if it began final).
+        self.on_final: Callable[[Any], None] | None = None
         self._changed = threading.Event()
         self._closed = threading.Event()
         self.widget = ipywidgets.HTML(value=render(source))
@@ -262,11 +264,20 @@ class LiveView:
             except Exception:  # noqa: BLE001 - a display problem must not spam the kernel
                 logger.exception("yadtq widget refresh failed; the view stops updating")
                 return
-            del source
             if finished:
                 self.widget.add_class("yadtq-finished")
+                self._final(source)
                 return
+            del source
             time.sleep(MIN_REFRESH_SECONDS)
+
+    def _final(self, source: Any) -> None:
+        if self.on_final is None:
+            return
+        try:
+            self.on_final(source)
+        except Exception:  # noqa: BLE001 - a display problem must not spam the kernel
+            logger.exception("yadtq could not update the saved view to the final state")
 
 
 def batch_view(batch: TaskBatch) -> LiveView:
@@ -316,15 +327,28 @@ def _shell() -> Any:
     return ipython.get_ipython() if ipython is not None else None
 
 
-def _widget_bundle(make_view: Callable[[Any], LiveView]) -> Callable[..., Any]:
-    def bundle(obj: Any, include: Any = None, exclude: Any = None) -> dict[str, Any] | None:
-        if not widgets_available():
-            return None
-        view = make_view(obj)
-        data = view.widget._repr_mimebundle_()
-        return {WIDGET_MIME: data[WIDGET_MIME]} if WIDGET_MIME in data else None
+def _live_display(make_view: Callable[[Any], LiveView],
+                  render: Callable[[Any], str]) -> Callable[[Any], None]:
+    """Display an object as a live widget beside its HTML snapshot and text repr.
 
-    return bundle
+    The output gets a display id, and when the object reaches its final state the
+    snapshot and repr are replaced by final ones (``update_display``): a notebook
+    saved and opened without a kernel shows how the batch ended, not a stale
+    "120/200 done".
+    """
+    from IPython.display import display
+
+    def show(obj: Any) -> None:
+        view = make_view(obj)
+        widget = view.widget._repr_mimebundle_()[WIDGET_MIME]
+        handle = display({WIDGET_MIME: widget, "text/html": render(obj),
+                          "text/plain": repr(obj)}, raw=True, display_id=True)
+        if handle is not None:
+            view.on_final = lambda final: handle.update(
+                {WIDGET_MIME: widget, "text/html": render(final), "text/plain": repr(final)},
+                raw=True)
+
+    return show
 
 
 def register() -> bool:
@@ -336,10 +360,13 @@ def register() -> bool:
     if shell is None:
         return False
     formatters = shell.display_formatter
-    formatters.mimebundle_formatter.for_type(TaskBatch, _widget_bundle(batch_view))
-    formatters.mimebundle_formatter.for_type(TaskFuture, _widget_bundle(future_view))
     formatters.formatters["text/html"].for_type(TaskBatch, batch_html)
     formatters.formatters["text/html"].for_type(TaskFuture, future_html)
+    if widgets_available():
+        formatters.ipython_display_formatter.for_type(TaskBatch,
+                                                      _live_display(batch_view, batch_html))
+        formatters.ipython_display_formatter.for_type(TaskFuture,
+                                                      _live_display(future_view, future_html))
     return True
 
 
