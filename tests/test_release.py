@@ -169,3 +169,31 @@ def test_every_command_line_option_in_readme_exists() -> None:
 
     assert used - {"--nbval", "--nbval-sanitize-with", "--help"} <= options, \
         sorted(used - options)
+
+
+def test_the_scripts_say_what_to_do_when_no_python_has_yadtq(tmp_path: Path) -> None:
+    # Given the scripts outside a checkout with a .venv, and only a python3 without yadtq
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    for name in ("_python.sh", "run_worker.sh"):
+        (scripts / name).write_text((ROOT / "scripts" / name).read_text())
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "python3").symlink_to(sys.base_prefix + "/bin/python3")
+
+    done = subprocess.run(["bash", str(scripts / "run_worker.sh")], capture_output=True,
+                          text=True, timeout=60, env={"PATH": f"{bare}:/usr/bin:/bin"})
+
+    assert done.returncode == 1
+    assert "no Python with yadtq found" in done.stderr and "make venv" in done.stderr
+
+
+def test_run_client_ends_its_wait_saying_no_worker_serves_the_queue(config: Config) -> None:
+    env = {**os.environ, **config.to_environment(), "PYTHON": sys.executable}
+
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "run_client.sh"), "add", "1", "2",
+                           "--timeout", "1"], capture_output=True, text=True, timeout=60,
+                          env=env)
+
+    assert done.returncode != 0
+    assert "no live worker serves queue" in done.stderr, done.stderr

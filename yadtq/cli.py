@@ -19,7 +19,6 @@ from importlib import resources
 from types import FrameType
 from typing import Any
 
-from yadtq.client import format_rows
 from yadtq.config import local_stack_record_path, read_local_stack_record, redacted_url
 from yadtq.errors import YadtqError
 from yadtq.local import BROKERS, LocalCluster
@@ -151,15 +150,18 @@ def _connect(args: argparse.Namespace) -> Any:
     )
 
 
-def _print_result(future: Any, timeout: float | None) -> None:
+def _print_result(client: Any, future: Any, timeout: float | None) -> None:
+    from yadtq.futures import no_worker_hint
+
     try:
         value = future.result(timeout=timeout)
     except TimeoutError as exc:
         if isinstance(exc, YadtqError):
             raise
         raise YadtqError(
-            f"task {future.id} did not finish within {timeout:g} s; it may still be queued or "
-            f"running: check `yadtq status {future.id}` or wait with `yadtq result {future.id}`"
+            f"task {future.id} did not finish within {timeout:g} s"
+            f"{no_worker_hint(client)}; it may still be queued or running: check "
+            f"`yadtq status {future.id}` or wait with `yadtq result {future.id}`"
         ) from None
     print(json.dumps(value, default=repr))
 
@@ -169,7 +171,7 @@ def _submit(args: argparse.Namespace) -> int:
     try:
         future = client.submit(args.task, *args.args)
         if args.wait:
-            _print_result(future, args.timeout)
+            _print_result(client, future, args.timeout)
         else:
             print(future.id)
     finally:
@@ -190,7 +192,7 @@ def _status(args: argparse.Namespace) -> int:
 def _result(args: argparse.Namespace) -> int:
     client = _connect(args)
     try:
-        _print_result(client.get(args.task_id), args.timeout)
+        _print_result(client, client.get(args.task_id), args.timeout)
     finally:
         client.close()
     return 0
@@ -220,8 +222,14 @@ def _workers(args: argparse.Namespace) -> int:
     if not rows:
         print("no worker has sent a heartbeat on this queue", file=sys.stderr)
     else:
-        print(format_rows(rows))
+        print(_table(rows))
     return 0
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    from yadtq.client import format_rows
+
+    return format_rows(rows)
 
 
 def _worker_unit(args: argparse.Namespace) -> int:
@@ -278,7 +286,7 @@ def _local_status(args: argparse.Namespace) -> int:
     else:
         alive = sum(1 for row in rows if row["status"] == "alive")
         print(f"  workers {alive} alive of {len(rows)}:")
-        print(format_rows(rows))
+        print(_table(rows))
     return 0
 
 

@@ -130,7 +130,7 @@ class TaskFuture(concurrent.futures.Future):
 
     def _timed_out(self, timeout: float | None) -> TimeoutError:
         return TimeoutError(f"task {self.id} ({self.task}) still {self._status.value} after "
-                            f"{timeout} s{_no_worker_hint(self._client)}")
+                            f"{timeout} s{no_worker_hint(self._client)}")
 
     def __await__(self) -> Generator[Any, None, Any]:
         return asyncio.wrap_future(self).__await__()
@@ -431,7 +431,7 @@ class TaskBatch(Sequence[TaskFuture]):
         if not self._wait_all(timeout):
             raise TimeoutError(
                 f"{len(self.ids) - self._done} (of {len(self.ids)}) tasks of batch {self.id} "
-                f"unfinished after {timeout} s{_no_worker_hint(self._client)}"
+                f"unfinished after {timeout} s{no_worker_hint(self._client)}"
             )
         with self._lock:
             if self._failure:
@@ -504,7 +504,7 @@ class TaskBatch(Sequence[TaskFuture]):
         return f"<TaskBatch {self.id} {self.task} × {len(self.ids)}: {summary}>"
 
 
-def _no_worker_hint(client: Client | None) -> str:
+def no_worker_hint(client: Client | None) -> str:
     """The likely reason a wait timed out, when it is that no live worker serves the queue.
 
     Asked only once a wait has timed out, so waiting costs nothing; when Redis cannot
