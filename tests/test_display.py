@@ -112,16 +112,20 @@ def test_text_meter_reads_well_outside_a_notebook(client):
     assert "0/4 done (0%)" in text and "4 waiting" in text
 
 
+def _connect_cell(config) -> str:
+    """Notebook code that connects ``q`` to the test's queue."""
+    return ("import yadtq\n"
+            f"q = yadtq.connect(bootstrap={config.bootstrap!r}, redis_url={config.redis_url!r}, "
+            f"queue={config.queue!r}, key_prefix={config.key_prefix!r})\n")
+
+
 def test_batch_in_a_kernel_renders_a_widget_with_html_and_text_fallbacks(config, start_workers):
     # Given a real Jupyter kernel connected to the test's queue
     start_workers(1)
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [
         nbformat.v4.new_code_cell(
-            "import yadtq\n"
-            f"q = yadtq.connect(bootstrap={config.bootstrap!r}, redis_url={config.redis_url!r}, "
-            f"queue={config.queue!r}, key_prefix={config.key_prefix!r})\n"
-            "b = q.map('add', [(i, i) for i in range(10)])\nb.wait(60)\nb"
+            _connect_cell(config) + "b = q.map('add', [(i, i) for i in range(10)])\nb.wait(60)\nb"
         ),
         nbformat.v4.new_code_cell("d = q.dashboard(); d"),
         nbformat.v4.new_code_cell("d.stop(); q.close()"),
@@ -149,10 +153,7 @@ def test_a_batch_shown_while_running_leaves_its_final_state_in_the_saved_output(
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [
         nbformat.v4.new_code_cell(
-            "import threading\nimport yadtq\n"
-            f"q = yadtq.connect(bootstrap={config.bootstrap!r}, redis_url={config.redis_url!r}, "
-            f"queue={config.queue!r}, key_prefix={config.key_prefix!r})\n"
-            "b = q.map('sleep', [0.3] * 8)\nb"
+            "import threading\n" + _connect_cell(config) + "b = q.map('sleep', [0.3] * 8)\nb"
         ),
         # The view's thread ends right after it has published the final state.
         nbformat.v4.new_code_cell(

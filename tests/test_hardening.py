@@ -321,16 +321,23 @@ def shout(text):
 '''
 
 
+def _start_demo_and_shouting_workers(client: yadtq.Client,
+                                     start_workers: Callable[..., LocalCluster],
+                                     module_dir: Path, demo_workers: int) -> None:
+    """``demo_workers`` workers of worker_node.tasks and one, "shouter", of MIXED_TASKS."""
+    (module_dir / "mixedtasks.py").write_text(MIXED_TASKS)
+    start_workers(demo_workers)
+    path = os.pathsep.join(filter(None, [str(module_dir), os.environ.get("PYTHONPATH")]))
+    own = start_workers(0, task_modules=["mixedtasks"], worker_env={"PYTHONPATH": path})
+    own.start_worker(name="shouter")
+    client.wait_for_workers(demo_workers + 1)
+
+
 def test_workers_with_different_task_modules_on_one_queue_run_every_task_where_it_is_served(
     client: yadtq.Client, start_workers: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
     # Given two workers of the demo tasks and, on the same queue, one of a module of its own
-    (tmp_path / "mixedtasks.py").write_text(MIXED_TASKS)
-    start_workers(2)
-    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
-    own = start_workers(0, task_modules=["mixedtasks"], worker_env={"PYTHONPATH": path})
-    own.start_worker(name="shouter")
-    client.wait_for_workers(3)
+    _start_demo_and_shouting_workers(client, start_workers, tmp_path, demo_workers=2)
 
     # When both kinds of task are mapped over every partition
     adds = client.map(add, [(i, i) for i in range(24)])
@@ -348,12 +355,7 @@ def test_a_task_no_live_worker_of_the_queue_serves_fails_at_once_naming_what_it_
     client: yadtq.Client, start_workers: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
     # Given workers of two different task modules on one queue
-    (tmp_path / "mixedtasks.py").write_text(MIXED_TASKS)
-    start_workers(1)
-    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
-    own = start_workers(0, task_modules=["mixedtasks"], worker_env={"PYTHONPATH": path})
-    own.start_worker(name="shouter")
-    client.wait_for_workers(2)
+    _start_demo_and_shouting_workers(client, start_workers, tmp_path, demo_workers=1)
 
     # When a task neither serves is mapped over every partition
     started = time.monotonic()
