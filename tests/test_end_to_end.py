@@ -280,7 +280,7 @@ def test_an_idle_worker_steals_tasks_waiting_in_another_workers_partition(
     # Then the idle worker took some of them from the busy one's partition
     ran_by = [r["worker"] for r in done]
     assert ran_by.count(owner["name"]) < len(ids), ran_by
-    assert set(ran_by) == set(workers["name"]), ran_by
+    assert set(ran_by) == {row["name"] for row in workers}, ran_by
 
     # And each ran once: one claim and one success in its history, nothing refused
     for task_id in ids:

@@ -32,7 +32,7 @@ from yadtq.errors import ProtocolError, UntrustedCode
 
 MAGIC = b"YQP1"
 PROTOCOL = 5
-RESULT_MARKER = "$yadtq.pickle"  # the key a stored result's JSON object is recognised by
+RESULT_MARKER = "__yadtq_pickle__"  # the key a stored result's JSON object is recognised by
 
 
 def dumps(value: Any) -> bytes:
