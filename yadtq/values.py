@@ -24,6 +24,7 @@ import base64
 import hashlib
 import hmac
 import pickle
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from yadtq.errors import ProtocolError, UntrustedCode
 
 MAGIC = b"YQP1"
 PROTOCOL = 5
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 RESULT_MARKER = "__yadtq_pickle__"  # the key a stored result's JSON object is recognised by
 
 
@@ -129,8 +131,7 @@ class Ref:
         if not isinstance(obj, dict):
             raise ProtocolError(f"field {what!r} must be an object, got {type(obj).__name__}")
         sha, size = obj.get("sha256"), obj.get("bytes")
-        if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef"
-                                                                 for c in sha)):
+        if not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
             raise ProtocolError(f"field {what!r}: 'sha256' must be 64 lowercase hex digits")
         if type(size) is not int or size < 0:
             raise ProtocolError(f"field {what!r}: 'bytes' must be a non-negative integer")
