@@ -13,8 +13,10 @@ partitions' doorbells in Redis; a ring that names a lone task is claimed
 straight from its Redis record. A heartbeat thread records the worker in
 Redis, renews the leases of what it runs, stops tasks cancelled while running,
 sends due retries, and reaps expired leases of any worker (DESIGN.md,
-"Delivery guarantees"). Only tasks registered by the worker's own task modules
-ever run.
+"Delivery guarantees"). A task this worker does not serve is handed on to a
+partition of a live worker that does (``yadtq.routing``). Only tasks registered
+by the worker's own task modules run, and, on a worker started to trust code,
+functions shipped by value whose signed pickles check out (``yadtq.shipping``).
 """
 
 from __future__ import annotations
