@@ -656,6 +656,11 @@ def lua_literals(pattern: str) -> dict[str, set[str]]:
             for path in sorted(LUA.glob("*.lua"))}
 
 
+def words_outside(found: dict[str, set[str]], allowed: set[str]) -> dict[str, list[str]]:
+    """Per script, the words found that are not ``allowed`` (scripts with none left out)."""
+    return {name: sorted(words - allowed) for name, words in found.items() if words - allowed}
+
+
 @pytest.mark.parametrize(("what", "pattern"), LUA_STATUS_PATTERNS, ids=[w for w, _ in
                                                                        LUA_STATUS_PATTERNS])
 def test_lua_scripts_name_only_statuses_of_the_status_table(what: str, pattern: str) -> None:
@@ -664,8 +669,7 @@ def test_lua_scripts_name_only_statuses_of_the_status_table(what: str, pattern: 
 
     # Then each one is a TaskStatus
     assert any(found.values()), f"no status {what} found in {LUA}: the pattern is stale"
-    unknown = {name: sorted(words - set(COUNTERS)) for name, words in found.items()
-               if words - set(COUNTERS)}
+    unknown = words_outside(found, set(COUNTERS))
     assert not unknown, f"statuses {what} by the Lua scripts but unknown to TaskStatus: {unknown}"
 
 
@@ -675,8 +679,7 @@ def test_lua_scripts_bump_only_the_batch_counters_of_the_status_table() -> None:
 
     # Then each is one of status.COUNTERS, so the counters Python reads are the ones moved
     assert any(found.values()), f"no HINCRBY of a named counter found in {LUA}"
-    unknown = {name: sorted(words - set(COUNTERS)) for name, words in found.items()
-               if words - set(COUNTERS)}
+    unknown = words_outside(found, set(COUNTERS))
     assert not unknown, f"the Lua scripts bump counters that status.COUNTERS lacks: {unknown}"
 
 

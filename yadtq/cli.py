@@ -19,8 +19,10 @@ from importlib import resources
 from types import FrameType
 from typing import Any
 
+from yadtq.client import format_rows
 from yadtq.config import local_stack_record_path, read_local_stack_record, redacted_url
 from yadtq.errors import YadtqError
+from yadtq.futures import no_worker_hint
 from yadtq.local import BROKERS, LocalCluster
 
 
@@ -151,8 +153,6 @@ def _connect(args: argparse.Namespace) -> Any:
 
 
 def _print_result(client: Any, future: Any, timeout: float | None) -> None:
-    from yadtq.futures import no_worker_hint
-
     try:
         value = future.result(timeout=timeout)
     except TimeoutError as exc:
@@ -222,14 +222,8 @@ def _workers(args: argparse.Namespace) -> int:
     if not rows:
         print("no worker has sent a heartbeat on this queue", file=sys.stderr)
     else:
-        print(_table(rows))
+        print(format_rows(rows))
     return 0
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    from yadtq.client import format_rows
-
-    return format_rows(rows)
 
 
 def _worker_unit(args: argparse.Namespace) -> int:
@@ -286,7 +280,7 @@ def _local_status(args: argparse.Namespace) -> int:
     else:
         alive = sum(1 for row in rows if row["status"] == "alive")
         print(f"  workers {alive} alive of {len(rows)}:")
-        print(_table(rows))
+        print(format_rows(rows))
     return 0
 
 

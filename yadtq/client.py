@@ -180,15 +180,17 @@ class Client:
         return TaskFuture(message.id, message.task, args=tuple(args), kwargs=kwargs,
                           batch=message.batch, index=message.index, client=self)
 
-    def load_result(self, task_id: str, value: Any) -> Any:
+    def load_result(self, task_id: str, value: Any, leave_large: bool = False) -> Any:
         """A result as stored, made the value the task returned (pickled ones checked and
-        loaded, fetching a large one from Redis).
+        loaded, fetching a large one from Redis unless ``leave_large``: see
+        :func:`yadtq.shipping.load_result`).
 
         Raises:
             UntrustedCode: a pickled result this client's secret does not vouch for, or
                 one that expired.
         """
-        return shipping.load_result(task_id, value, self.config.secret, self.backend.blob)
+        return shipping.load_result(task_id, value, self.config.secret, self.backend.blob,
+                                    leave_large)
 
     def _send(self, messages: list[protocol.TaskMessage], payloads: list[bytes]) -> set[int]:
         """Hand messages to the producer, dealing partitions round-robin; returns those used."""

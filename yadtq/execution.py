@@ -32,7 +32,7 @@ from yadtq import registry, values
 
 MODES = ("process", "thread")
 PR_SET_PDEATHSIG = 1
-_LOADED_LIMIT = 128  # shipped functions kept loaded per process, by digest
+LOADED_CODE_LIMIT = 128  # shipped functions kept per process, by digest (then cleared)
 _loaded: dict[str, Callable[..., Any]] = {}
 
 
@@ -67,7 +67,7 @@ def _function(task: str, shipped: Shipped | None) -> Callable[..., Any]:
     function = _loaded.get(shipped.code_sha256)
     if function is None:
         assert shipped.code is not None
-        if len(_loaded) >= _LOADED_LIMIT:
+        if len(_loaded) >= LOADED_CODE_LIMIT:
             _loaded.clear()
         function = _loaded[shipped.code_sha256] = pickle.loads(shipped.code)  # cloudpickle
     return function

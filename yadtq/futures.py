@@ -17,10 +17,8 @@ from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from yadtq import values
 from yadtq.errors import TaskCancelled, TaskFailed, YadtqError
 from yadtq.extras import require
-from yadtq.shipping import StoredResult
 from yadtq.status import COUNTERS, FINISHED, TaskStatus
 
 if TYPE_CHECKING:
@@ -472,18 +470,11 @@ class TaskBatch(Sequence[TaskFuture]):
         rows = [_row(self.ids[i], i, self.task, self._args[i], self._kwargs[i], record)
                 for i, record in enumerate(records)]
         for row in rows:  # pickled results: small ones loaded, large ones left in Redis
-            if values.is_stored_result(row["result"]):
-                row["result"] = self._readable_result(row["id"], row["result"])
+            row["result"] = self._client.load_result(row["id"], row["result"], leave_large=True)
         frame = pandas.DataFrame(rows, columns=DATAFRAME_COLUMNS)
         for column in ("queued_at", "started_at", "finished_at"):
             frame[column] = pandas.to_datetime(frame[column], unit="s", utc=True)
         return frame
-
-    def _readable_result(self, task_id: str, stored: dict[str, Any]) -> Any:
-        ref = values.Ref.from_dict(stored[values.RESULT_MARKER], "result")
-        if ref.inline:
-            return self._client.load_result(task_id, stored)
-        return StoredResult(task_id, ref, lambda: self._client.load_result(task_id, stored))
 
     def timeline(self, title: str | None = None) -> Figure:
         """A Gantt chart: one lane per worker, one bar per task, coloured by status."""

@@ -190,9 +190,7 @@ def build(
     if code is not None or pickled is not None:
         if not secret:
             raise ValueError("a message with code or pickled arguments must be signed")
-        payload["pickles_sig"] = values.pickles_signature(
-            secret, payload["id"], code.sha256 if code else None,
-            pickled.sha256 if pickled else None)
+        payload["pickles_sig"] = values.pickles_signature(secret, payload["id"], code, pickled)
     return validate(payload)
 
 

@@ -34,13 +34,12 @@ def _names(cell: str | None) -> list[str]:
 class Routes:
     """The live workers of one queue: the tasks each serves and the partitions each holds."""
 
-    def __init__(self, records: Iterable[dict[str, Any]], queue: str, now: float,
+    def __init__(self, records: Iterable[dict[str, Any]], now: float,
                  exclude: str | None = None) -> None:
+        """``records``: the heartbeat records of one queue's workers (``backend.workers()``)."""
         self._partitions: dict[str, set[int]] = {}  # task -> partitions of its live servers
         for record in records:
-            if record.get("queue", queue) != queue or record.get("name") == exclude:
-                continue
-            if liveness(record, now) != "alive":
+            if record.get("name") == exclude or liveness(record, now) != "alive":
                 continue
             held = {int(p) for p in _names(record.get("partitions"))}
             serves = _names(record.get("tasks"))

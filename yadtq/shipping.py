@@ -13,7 +13,6 @@ signed. All of it needs the shared secret (``yadtq.values`` says why).
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,7 +21,6 @@ from yadtq.config import Config
 from yadtq.errors import MessageTooLarge, UntrustedCode
 from yadtq.registry import TASK_NAME_ATTRIBUTE, task_name
 
-PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 _NOT_IN_A_NAME = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
@@ -55,7 +53,6 @@ class Shipment:
             TypeError: an argument is neither JSON nor, with no secret, allowed to be pickled.
             MessageTooLarge: the pickled arguments exceed ``max_payload_bytes``.
         """
-        code = {"code": self.code, "python": PYTHON} if self.code is not None else {}
         if self.code is None:
             try:
                 return protocol.build(self.name, args, kwargs, **options)
@@ -73,6 +70,7 @@ class Shipment:
         ref = values.Ref.of(pickled, self.config.inline_bytes)
         if not ref.inline:
             self.blobs[ref.sha256] = pickled
+        code = {"code": self.code, "python": values.PYTHON} if self.code is not None else {}
         return protocol.build(self.name, (), None, pickled=ref, secret=self.config.secret,
                               **code, **options)
 
@@ -99,8 +97,11 @@ def display_name(function: Callable[..., Any]) -> str:
 
 
 def load_result(task_id: str, value: Any, secret: str | None,
-                fetch: Callable[[str], bytes | None]) -> Any:
+                fetch: Callable[[str], bytes | None], leave_large: bool = False) -> Any:
     """A task's result as the caller sees it: pickled results checked and loaded.
+
+    With ``leave_large``, a result stored as a Redis blob stays there: a
+    :class:`StoredResult` that fetches it when asked.
 
     Raises:
         UntrustedCode: no secret, a wrong signature or digest, or the blob expired.
@@ -110,6 +111,8 @@ def load_result(task_id: str, value: Any, secret: str | None,
     ref = values.result_ref(value, task_id, secret)
     if ref.inline:
         return values.loads(ref.inline_bytes())
+    if leave_large:
+        return StoredResult(task_id, ref, lambda: load_result(task_id, value, secret, fetch))
     data = fetch(ref.sha256)
     if data is None:
         raise UntrustedCode(f"the result of task {task_id} ({ref.type or 'a value'}, {ref.size} "

@@ -26,12 +26,15 @@ import hmac
 import pickle
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from yadtq.errors import ProtocolError, UntrustedCode
 
 MAGIC = b"YQP1"
+# The Python version a pickled function needs (client and worker must share it).
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 PROTOCOL = 5
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 RESULT_MARKER = "__yadtq_pickle__"  # the key a stored result's JSON object is recognised by
@@ -79,10 +82,10 @@ def digest(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def pickles_signature(secret: str, task_id: str, code_sha256: str | None,
-                      pickled_sha256: str | None) -> str:
+def pickles_signature(secret: str, task_id: str, code: Ref | None, pickled: Ref | None) -> str:
     """HMAC binding a task's shipped function and pickled arguments to its id."""
-    text = f"pickles\n{task_id}\n{code_sha256 or ''}\n{pickled_sha256 or ''}"
+    digests = [ref.sha256 if ref is not None else "" for ref in (code, pickled)]
+    text = "\n".join(["pickles", task_id, *digests])
     return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 

@@ -30,7 +30,6 @@ import queue
 import random
 import signal
 import socket
-import sys
 import threading
 import time
 from collections import deque
@@ -413,18 +412,20 @@ class Worker:
         if routes is None:
             return None
         handed_on = set()
+        to_joining = False
         for message in unserved:
             if not routes.serves(message.route):
                 continue
             partitions = routes.partitions_for(message.route)
-            if not partitions:  # its workers are joining the group: it comes back meanwhile
-                self._stopping.wait(JOINING_PEER_WAIT)
+            to_joining |= not partitions
             self._produce(message, partition=random.choice(partitions) if partitions else None)
             handed_on.add(message.id)
             logger.debug("Worker %s: handed task %s (%s) on to partition(s) %s", self.name,
                          message.id, message.task, partitions or "any")
         if handed_on:
             self.producer.flush()
+        if to_joining:  # its workers are joining the group: such a task may come back at once
+            self._stopping.wait(JOINING_PEER_WAIT)
         return [m for m in messages if m.id not in handed_on]
 
     def _current_routes(self) -> Routes | None:
@@ -433,7 +434,7 @@ class Worker:
             records = self._retry_redis(self.backend.workers, "read the queue's workers")
             if records is GAVE_UP:
                 return None
-            self._routes = Routes(records, self.config.queue, self.clock(), exclude=self.name)
+            self._routes = Routes(records, self.clock(), exclude=self.name)
             self._routes_read_at = time.monotonic()
         return self._routes
 
@@ -577,22 +578,22 @@ class Worker:
         if not message.needs_trust:
             return None
         assert self.config.secret is not None  # a worker that trusts code has one
-        expected = values.pickles_signature(
-            self.config.secret, message.id, message.code.sha256 if message.code else None,
-            message.pickled.sha256 if message.pickled else None)
+        expected = values.pickles_signature(self.config.secret, message.id, message.code,
+                                            message.pickled)
         if not hmac.compare_digest(message.pickles_sig or "", expected):
             raise UntrustedCode(f"the pickles of task {message.id} are not signed with this "
                                 "worker's secret; nothing was loaded")
         code = None
         if message.code is not None:
-            here = f"{sys.version_info.major}.{sys.version_info.minor}"
-            if message.python != here:
+            if message.python != values.PYTHON:
                 raise PythonVersionMismatch(
                     f"task {message.task!r} was pickled by Python {message.python} on the "
-                    f"client, and this worker runs Python {here}; run both on the same "
-                    "Python version")
+                    f"client, and this worker runs Python {values.PYTHON}; run both on the "
+                    "same Python version")
             code = self._code_cache.get(message.code.sha256)
             if code is None:
+                if len(self._code_cache) >= execution.LOADED_CODE_LIMIT:
+                    self._code_cache.clear()
                 code = self._code_cache[message.code.sha256] = self._pickle(message.code)
         arguments = self._pickle(message.pickled) if message.pickled else None
         return execution.Shipped(message.code.sha256 if message.code else None, code, arguments)
@@ -695,7 +696,7 @@ class Worker:
                            error=f"task {message.task!r} returned {len(pickled)} bytes pickled, "
                            f"over max_payload_bytes={self.config.max_payload_bytes}; return less "
                            "(or a reference to it), or raise YADTQ_MAX_PAYLOAD_BYTES")
-        ref = values.Ref.of(pickled, self.config.inline_bytes)
+        ref = values.Ref.of(pickled, self.config.inline_bytes, type_name)
         if not ref.inline:
             stored = self._retry_redis(lambda: self.backend.put_blobs({ref.sha256: pickled}),
                                        "store a result", within=FINISH_RETRY_SECONDS)
@@ -704,12 +705,10 @@ class Worker:
                                error_type="BackendUnavailable", retryable=True,
                                error="could not store the task's result in Redis")
         assert self.config.secret is not None  # a worker that trusts code has one
-        signed = values.Ref(ref.sha256, ref.size, ref.data, type=type_name,
-                            sig=values.result_signature(self.config.secret, message.id,
-                                                        ref.sha256))
-        encoded = json.dumps(values.stored_result(signed))
+        stored = values.stored_result(replace(
+            ref, sig=values.result_signature(self.config.secret, message.id, ref.sha256)))
         return Outcome(message.id, message.batch, attempt, TaskStatus.SUCCESS,
-                       result=values.stored_result(signed), result_json=encoded)
+                       result=stored, result_json=json.dumps(stored))
 
     def _max_retries(self, message: protocol.TaskMessage) -> int:
         return _option(message, "max_retries", 0)
