@@ -24,7 +24,7 @@ from helpers import wait_until
 
 import yadtq
 from worker_node.tasks import add, sleep
-from yadtq import broker
+from yadtq.broker import producer
 from yadtq.backend import is_transient
 from yadtq.config import Config
 from yadtq.local import LocalCluster, LocalStack
@@ -267,7 +267,7 @@ def brokerless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[yadtq.Clien
 @pytest.fixture
 def quick_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
     """Give up on delivering after 2 s rather than 30 (the wait outlasts a failover)."""
-    monkeypatch.setattr(broker, "DELIVERY_TIMEOUT", 2.0)
+    monkeypatch.setattr(producer, "DELIVERY_TIMEOUT", 2.0)
 
 
 def _record_written_by(client: yadtq.Client, task: str) -> dict[str, Any]:

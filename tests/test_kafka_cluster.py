@@ -81,7 +81,7 @@ def test_an_existing_tasks_topic_with_fewer_partitions_is_used_with_a_warning(
         broker.create_topics(config)
 
     # Then it warns with the counts and what to do, and does not fail
-    [warning] = [r.getMessage() for r in caplog.records if r.name == "yadtq.broker"]
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "yadtq.broker.topics"]
     assert "has 2 partitions, fewer than the 12 configured" in warning
     assert "kafka-topics --alter" in warning
 

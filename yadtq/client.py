@@ -1,7 +1,8 @@
 """The client (core layer): a facade that submits tasks and hands back futures.
 
 Each method delegates to one of ``protocol`` (build the message), ``backend``
-(write the ``queued`` record first, read state), ``broker`` (produce) and
+(write the ``queued`` record first, read state), ``broker`` (produce: the
+Kafka adapter's :class:`~yadtq.broker.TaskProducer`) and
 ``events``/``futures`` (resolve handles from change events).
 """
 
@@ -9,14 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from yadtq import broker, protocol, shipping
+from yadtq import protocol, shipping
 from yadtq.backend import PIPELINE_CHUNK, RedisBackend
+from yadtq.broker import TaskProducer, create_topics
 from yadtq.config import Config
 from yadtq.errors import (
     BackendUnavailable,
@@ -53,11 +54,8 @@ class Client:
         self.config = config
         self.backend = RedisBackend(config)
         self.backend.check_connection()
-        broker.create_topics(config)
-        self._producer = broker.make_producer(config, linger_ms=1000, batch_size=1 << 20)
-        # Dealing starts at a random partition: lone submits from fresh processes spread
-        # over the workers instead of all landing on partition 0's.
-        self._next_partition = random.randrange(1 << 30)
+        create_topics(config)
+        self._producer = TaskProducer(config, linger_ms=1000, batch_size=1 << 20)
         self._events = EventListener(self.backend)
         self._on_close = on_close
         self._closed = False
@@ -114,7 +112,7 @@ class Client:
             self.backend.put_blobs(shipment.blobs)
         self.backend.enqueue([message])
         try:
-            self._flush(1, self._send([message], [payload]), lone_task=message.id)
+            self._flush(self._producer.deal([message.id], [payload]), lone_task=message.id)
         except BrokerUnavailable as exc:
             raise self._failed_undelivered(exc, [message]) from None
         return future
@@ -168,8 +166,9 @@ class Client:
                 self.backend.enqueue(chunk, batch_id=batch_id,
                                      batch_total=len(messages) if start == 0 else None)
                 written += len(chunk)
-                partitions |= self._send(chunk, payloads[start:start + PIPELINE_CHUNK])
-            self._flush(len(messages), partitions)
+                partitions |= self._producer.deal([m.id for m in chunk],
+                                                  payloads[start:start + PIPELINE_CHUNK])
+            self._flush(partitions)
         except BrokerUnavailable as exc:
             raise self._failed_undelivered(exc, messages[:written], batch_id,
                                            unwritten=len(messages) - written) from None
@@ -192,38 +191,15 @@ class Client:
         return shipping.load_result(task_id, value, self.config.secret, self.backend.blob,
                                     leave_large)
 
-    def _send(self, messages: list[protocol.TaskMessage], payloads: list[bytes]) -> set[int]:
-        """Hand messages to the producer, dealing partitions round-robin; returns those used."""
-        topic = self.config.tasks_topic
-        used = set()
-        try:
-            partitions = sorted(self._producer.partitions_for(topic))
-            for message, payload in zip(messages, payloads, strict=True):
-                self._next_partition = (self._next_partition + 1) % len(partitions)
-                partition = partitions[self._next_partition]
-                self._producer.send(topic, payload, key=message.id.encode(), partition=partition)
-                used.add(partition)
-        except Exception as exc:  # kafka-python raises several unrelated types here
-            raise self._undelivered(len(messages), exc) from exc
-        return used
-
-    def _flush(self, count: int, partitions: set[int], lone_task: str | None = None) -> None:
+    def _flush(self, partitions: set[int], lone_task: str | None = None) -> None:
         """Wait until Kafka has every message (one flush per submit or map), then wake
         the workers of those partitions (naming the task of a ``submit``)."""
-        try:
-            self._producer.flush(timeout=max(self.config.connect_timeout, broker.DELIVERY_TIMEOUT))
-        except Exception as exc:  # kafka-python raises several unrelated types here
-            raise self._undelivered(count, exc) from exc
+        self._producer.flush()
         try:
             self.backend.ring(partitions, task_id=lone_task)
         except BackendUnavailable as exc:  # the tasks are on their way; workers look anyway
             logger.warning("could not ring the workers' doorbells (%s); they will find the "
                            "tasks within %.1f s", exc, self.config.idle_wait)
-
-    def _undelivered(self, count: int, exc: Exception) -> BrokerUnavailable:
-        return BrokerUnavailable(
-            f"could not deliver {count} task(s) to Kafka at {self.config.bootstrap}: {exc}"
-        )
 
     def _failed_undelivered(
         self,
@@ -396,11 +372,10 @@ class Client:
         self._events.close()
         try:
             self._producer.close(timeout=5)
-        except Exception as exc:  # kafka-python raises several unrelated types here
+        except BrokerUnavailable as exc:
             # Closing must still release Redis and a local stack; every submit already
             # flushed (or raised BrokerUnavailable), so nothing the caller was promised is lost.
-            logger.warning("closing the producer for Kafka at %s failed: %s",
-                           self.config.bootstrap, exc)
+            logger.warning("%s", exc)
         self.backend.close()
         if self._on_close is not None:
             self._on_close()

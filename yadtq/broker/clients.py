@@ -1,6 +1,6 @@
-"""The Kafka adapter (adapter layer): producer, consumer group, reader and topic admin.
+"""kafka-python clients, built with yadtq's settings (Kafka adapter).
 
-Every kafka-python client the runtime uses is built here. It turns "no broker
+Every kafka-python client the adapter uses is built here. It turns "no broker
 answers" into a :class:`BrokerUnavailable` naming the address, and holds the consumer settings
 that keep a lone task's latency low and group membership short-lived enough
 that a dead worker's partitions move on within seconds.
@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError
 
 from yadtq.config import Config
-from yadtq.errors import BrokerUnavailable, ConfigurationError
+from yadtq.errors import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -26,29 +26,15 @@ logger = logging.getLogger(__name__)
 # after the last member asks; 6 s keeps joins near 3 s and still tolerates GC pauses.
 SESSION_TIMEOUT_MS = 6000
 HEARTBEAT_INTERVAL_MS = 1000
-# Seconds a send may take to be acknowledged: longer than a leader failover after a
-# broker dies (Apache Kafka fences it after broker.session.timeout.ms, 9 s by default,
-# then elects new leaders), so a submit during a failover waits instead of failing.
-DELIVERY_TIMEOUT = 30.0
 
-__all__ = [
-    "ConsumerRebalanceListener",
-    "TopicPartition",
-    "create_topics",
-    "make_consumer",
-    "make_producer",
-    "make_reader",
-]
-
-
-def _unavailable(config: Config, exc: Exception) -> BrokerUnavailable:
+def unavailable(config: Config, exc: Exception) -> BrokerUnavailable:
     return BrokerUnavailable(
         f"cannot reach Kafka at {config.bootstrap} (from {config.source}): {exc}; start a "
         "broker or fix YADTQ_BOOTSTRAP, or use yadtq.connect('local')"
     )
 
 
-def _timeout_ms(config: Config) -> int:
+def timeout_ms(config: Config) -> int:
     return int(config.connect_timeout * 1000)
 
 
@@ -64,15 +50,15 @@ def make_producer(config: Config, **overrides: Any) -> KafkaProducer:
         "enable_idempotence": True,  # a retried send after a leader change is not duplicated
         "linger_ms": 0,
         "max_request_size": max(config.max_message_bytes + 4096, 1_048_576),
-        "bootstrap_timeout_ms": _timeout_ms(config),
-        "request_timeout_ms": max(_timeout_ms(config), 5000),
+        "bootstrap_timeout_ms": timeout_ms(config),
+        "request_timeout_ms": max(timeout_ms(config), 5000),
         **config.kafka_options,
         **overrides,
     }
     try:
         return KafkaProducer(**settings)
     except (KafkaError, OSError) as exc:
-        raise _unavailable(config, exc) from None
+        raise unavailable(config, exc) from None
 
 
 def make_consumer(
@@ -104,11 +90,11 @@ def make_consumer(
             max_poll_interval_ms=30_000,
             fetch_max_wait_ms=config.fetch_wait_ms,
             max_partition_fetch_bytes=max(config.max_message_bytes + 4096, 1_048_576),
-            bootstrap_timeout_ms=_timeout_ms(config),
+            bootstrap_timeout_ms=timeout_ms(config),
             **config.kafka_options,
         )
     except (KafkaError, OSError) as exc:
-        raise _unavailable(config, exc) from None
+        raise unavailable(config, exc) from None
     consumer.subscribe([config.tasks_topic], listener=_Rebalance(on_assign, on_revoke))
     _await_topic_metadata(consumer, config)
     return consumer
@@ -173,86 +159,10 @@ def make_reader(config: Config, *, client_id: str, fetch_wait_ms: int | None = N
             bootstrap_servers=config.bootstrap, group_id=None, enable_auto_commit=False,
             client_id=client_id,
             fetch_max_wait_ms=config.fetch_wait_ms if fetch_wait_ms is None else fetch_wait_ms,
-            bootstrap_timeout_ms=_timeout_ms(config), **config.kafka_options,
+            bootstrap_timeout_ms=timeout_ms(config), **config.kafka_options,
         )
     except (KafkaError, OSError) as exc:
-        raise _unavailable(config, exc) from None
-
-
-def create_topics(config: Config) -> None:
-    """Create the queue's tasks and dead-letter topics if they do not exist yet.
-
-    yadtq makes its own topics, because production clusters usually turn
-    auto-creation off. Replicas: ``config.replication_factor``, else min(3, brokers
-    in the cluster); with 3 or more, ``min.insync.replicas`` is 2, so with
-    ``acks=all`` a write survives the loss of any one broker. A tasks topic that
-    already has fewer partitions than configured is used as it is, with a warning.
-
-    Raises:
-        BrokerUnavailable: no broker answered within the connect timeout.
-        ConfigurationError: more replicas are asked for than the cluster has brokers.
-    """
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=config.bootstrap,
-            bootstrap_timeout_ms=_timeout_ms(config),
-            request_timeout_ms=max(_timeout_ms(config), 5000),
-            **config.kafka_options,
-        )
-    except (KafkaError, OSError) as exc:
-        raise _unavailable(config, exc) from None
-    try:
-        existing = set(admin.list_topics())
-        if config.tasks_topic in existing:
-            _warn_if_fewer_partitions(admin, config)
-        if {config.tasks_topic, config.dead_letter_topic} <= existing:
-            return
-        replicas = _replication_factor(admin, config)
-        settings = {"min.insync.replicas": "2" if replicas >= 3 else "1"}
-        wanted = {config.tasks_topic: config.partitions, config.dead_letter_topic: 1}
-        for name, partitions in wanted.items():
-            if name in existing:
-                continue
-            try:
-                # Waits until every partition has a leader: a KRaft cluster's metadata lags.
-                admin.create_topics(
-                    {name: {"num_partitions": partitions, "replication_factor": replicas,
-                            "configs": settings}},
-                    wait_for_metadata=True,
-                )
-                logger.info("created topic %s with %d partitions and %d replicas", name,
-                            partitions, replicas)
-            except TopicAlreadyExistsError:
-                pass
-    except KafkaError as exc:
-        raise _unavailable(config, exc) from None
-    finally:
-        admin.close()
-
-
-def _replication_factor(admin: KafkaAdminClient, config: Config) -> int:
-    brokers = len(admin.describe_cluster()["brokers"])
-    if config.replication_factor is None:
-        return max(1, min(3, brokers))
-    if config.replication_factor > brokers:
-        raise ConfigurationError(
-            f"replication factor {config.replication_factor} (from {config.source}) is more "
-            f"than the {brokers} broker(s) of the cluster at {config.bootstrap}; lower "
-            "YADTQ_REPLICATION_FACTOR or add brokers"
-        )
-    return config.replication_factor
-
-
-def _warn_if_fewer_partitions(admin: KafkaAdminClient, config: Config) -> None:
-    [described] = admin.describe_topics([config.tasks_topic])
-    count = len(described["partitions"])
-    if count < config.partitions:
-        logger.warning(
-            "topic %s has %d partitions, fewer than the %d configured: at most %d workers of "
-            "queue %r get tasks; add partitions with kafka-topics --alter, or configure "
-            "partitions=%d", config.tasks_topic, count, config.partitions, count, config.queue,
-            count,
-        )
+        raise unavailable(config, exc) from None
 
 
 def partition_count(consumer: KafkaConsumer, topic: str) -> int:

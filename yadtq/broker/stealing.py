@@ -1,4 +1,4 @@
-"""Work stealing (core layer): an idle worker takes tasks waiting in other workers' partitions.
+"""Work stealing's reads (Kafka adapter): tasks waiting in other workers' partitions.
 
 Kafka gives whole partitions to workers, so with long-tail tasks one worker can
 sit on a backlog while the others idle. An idle worker therefore reads ahead in
@@ -23,7 +23,7 @@ from typing import Any
 from kafka import TopicPartition
 from kafka.errors import KafkaError
 
-from yadtq import broker
+from yadtq.broker.clients import make_reader
 from yadtq.config import Config
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class Stealer:
         self.config = config
         self._claimed_up_to = claimed_up_to
         # A look must be short: while it lasts, the thief does not hear its doorbells.
-        self._reader = broker.make_reader(config, client_id=f"{client_id}-stealer",
+        self._reader = make_reader(config, client_id=f"{client_id}-stealer",
                                           fetch_wait_ms=READER_FETCH_WAIT_MS)
 
     def take(self, own: set[int], total: int) -> list[Any]:

@@ -1,0 +1,313 @@
+"""The worker's side of the tasks topic (Kafka adapter): take, mark claimed, commit.
+
+A :class:`TaskConsumer` is one member of the queue's consumer group. It polls up
+to 100 messages ahead into a local buffer, decoded once, and hands them out
+oldest first; with every slot busy it pauses its partitions and polls only to
+stay in the group. It commits, every half second, the offsets of what the
+worker marked claimed (never of what is only buffered), and it reads other
+members' partitions for the worker to steal from (``yadtq.broker.stealing``).
+The worker sees only :class:`Delivery` objects and partition numbers, so
+another consumer model (Kafka share groups, KIP-932) can be another class with
+the same methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from yadtq import protocol
+from yadtq.broker.clients import make_consumer, partition_count
+from yadtq.broker.stealing import Stealer
+from yadtq.config import Config
+from yadtq.errors import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+READ_AHEAD = 100  # messages polled ahead: one poll feeds many claims, oldest first
+POLL_MS = 20  # a poll returns as soon as records arrive; this is how long it looks when none do
+JOIN_POLL_MS = 200  # a group join completes over polls this long
+POLL_RETRY_SECONDS = 0.5  # after a poll that failed
+GROUP_POLL_INTERVAL = 0.1  # seconds; with every slot busy, a poll only serves the group
+COMMIT_INTERVAL = 0.5  # seconds; a claim, not the offset, is what keeps a task from running twice
+STEAL_BACKOFF_MIN, STEAL_BACKOFF_MAX = 0.05, 5.0  # seconds between looks that find nothing
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message read from the tasks topic: the task it holds, or why it holds none."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int  # when Kafka received it (ms)
+    key: bytes | None
+    value: bytes
+    message: protocol.TaskMessage | None  # None when ``error`` says why
+    error: ProtocolError | None = None
+
+    @property
+    def where(self) -> str:
+        """The message's place, for logs and dead letters: ``topic[partition]@offset``."""
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+    @property
+    def order(self) -> tuple[int, float]:
+        """Sorts deliveries in the order they were sent, then submitted."""
+        return self.timestamp, (self.message.submitted_at or 0.0) if self.message else 0.0
+
+
+def decode(record: Any, config: Config) -> Delivery:
+    """A polled kafka-python record as a :class:`Delivery` (decoded here, once)."""
+    try:
+        message = protocol.decode(record.value, config.max_message_bytes, config.secret)
+        error = None
+    except ProtocolError as exc:
+        message, error = None, exc
+    return Delivery(record.topic, record.partition, record.offset, record.timestamp,
+                    record.key, record.value or b"", message, error)
+
+
+class ReadAhead:
+    """Polled deliveries not yet taken, handed out oldest first across partitions.
+
+    Each partition's deliveries leave in offset order, so committing up to the
+    last one taken never skips one. Between partitions, the one whose next task
+    was submitted first goes first: tasks run in about the order they were
+    submitted, not one partition after another.
+    """
+
+    def __init__(self) -> None:
+        self._partitions: dict[int, deque[Delivery]] = {}
+
+    def add(self, partition: int, deliveries: list[Delivery]) -> None:
+        if deliveries:
+            self._partitions.setdefault(partition, deque()).extend(deliveries)
+
+    def take(self, count: int) -> list[Delivery]:
+        taken = []
+        while len(taken) < count and self._partitions:
+            oldest = min(self._partitions, key=lambda p: self._partitions[p][0].order)
+            waiting = self._partitions[oldest]
+            taken.append(waiting.popleft())
+            if not waiting:
+                del self._partitions[oldest]
+        return taken
+
+    def __bool__(self) -> bool:
+        return bool(self._partitions)
+
+
+class TaskConsumer:
+    """One worker's membership of the queue's consumer group, used from one thread.
+
+    The worker calls :meth:`take` when it has free slots, :meth:`hold` when it
+    has none, :meth:`claimed` for what it claimed in Redis, and :meth:`commit`
+    once a loop. ``on_assignment`` is called from that thread after a poll
+    that brought a new assignment (never from kafka-python's callbacks, in which
+    nothing may block).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        client_id: str,
+        on_assignment: Callable[[], None],
+        claimed_up_to: Callable[[], dict[int, int]] | None,
+        stopping: threading.Event,
+    ) -> None:
+        """``claimed_up_to``: each partition's next unclaimed offset (from Redis), for
+        stealing; None turns stealing off. ``stopping`` cuts a retry's wait short.
+
+        Raises:
+            BrokerUnavailable: no broker answered within the connect timeout.
+        """
+        self.config = config
+        self._name = client_id
+        self._on_assignment = on_assignment
+        self._stopping = stopping
+        self.partitions: list[int] = []  # this member's partitions of the tasks topic
+        self.topic_partitions = 0  # how many the topic has
+        self._assignment_news = False  # set in kafka-python's callback, reported after the poll
+        self._buffer = ReadAhead()
+        self._paused = False
+        self._polled_at = 0.0
+        self._claimed_through: dict[int, int] = {}  # partition -> next offset to commit
+        self._commit_due = False
+        self._last_commit = 0.0
+        self._consumer = make_consumer(config, client_id=client_id,
+                                       on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._stealer = None if claimed_up_to is None else Stealer(config, client_id,
+                                                                   claimed_up_to)
+        self._steal_backoff = 0.0
+        self._next_steal_at = 0.0
+
+    # --- taking ------------------------------------------------------------
+
+    def take(self, count: int, wait: bool = True) -> list[Delivery]:
+        """Up to ``count`` deliveries, oldest first; polls Kafka when none are buffered.
+
+        ``wait``: let the poll wait a moment for messages to arrive (False when
+        the caller expects them already there). While the group is forming the
+        poll is longer: a join completes only over polls.
+        """
+        self._resume()
+        if not self._buffer:
+            self._poll(POLL_MS if wait else 0) if self.partitions else self._poll(JOIN_POLL_MS)
+        return self._buffer.take(count)
+
+    def hold(self) -> None:
+        """Every slot is busy: pause the partitions and poll only to stay in the group."""
+        if not self._paused:
+            self._consumer.pause(*self._consumer.assignment())
+            self._paused = True
+        if time.monotonic() - self._polled_at > GROUP_POLL_INTERVAL:
+            self._poll(0)  # takes part in a rebalance; paused partitions return nothing
+
+    def claimed(self, deliveries: Iterable[Delivery]) -> None:
+        """Mark deliveries as claimed in Redis (or dead-lettered): their offsets may be
+        committed."""
+        for delivery in deliveries:
+            self._claimed_through[delivery.partition] = delivery.offset + 1
+            self._commit_due = True
+
+    def commit(self, now: bool = False) -> None:
+        """Commit what was claimed, at most every ``COMMIT_INTERVAL`` unless ``now``.
+
+        Only claimed deliveries count, not buffered ones: a worker that dies
+        with messages in its buffer leaves them to the partition's next owner.
+        """
+        if not self._commit_due:
+            return
+        if not now and time.monotonic() - self._last_commit < COMMIT_INTERVAL:
+            return
+        topic = self.config.tasks_topic
+        offsets = {TopicPartition(topic, p): OffsetAndMetadata(offset, "", -1)
+                   for p, offset in self._claimed_through.items() if p in self.partitions}
+        self._commit_due = False
+        if not offsets:
+            return
+        self._last_commit = time.monotonic()
+        try:
+            if now:
+                self._consumer.commit(offsets)
+            else:
+                self._consumer.commit_async(offsets, callback=self._on_commit)
+        except (CommitFailedError, KafkaError) as exc:
+            self._on_commit(None, exc)
+
+    # --- stealing ----------------------------------------------------------
+
+    def steal(self) -> list[Delivery] | None:
+        """Task messages waiting in other members' partitions, best to steal first.
+
+        None when not looking: stealing is off, the group is forming, or it is
+        the backoff after looks whose messages the worker could not claim
+        (:meth:`stole`, which the worker calls after every look).
+
+        Raises:
+            BackendUnavailable: Redis did not say how far the partitions are claimed.
+        """
+        if self._stealer is None or not self.partitions:
+            return None
+        if time.monotonic() < self._next_steal_at:
+            return None
+        return [delivery for delivery in map(self._decode, self._stealer.take(
+            set(self.partitions), self.topic_partitions)) if delivery.message is not None]
+
+    def stole(self, started: int) -> None:
+        """Report how many stolen tasks the worker started: none makes the next look
+        wait longer (up to 5 s), so an idle worker mostly sleeps on its doorbells."""
+        if started:
+            self._steal_backoff = 0.0
+        else:
+            self._steal_backoff = min(max(2 * self._steal_backoff, STEAL_BACKOFF_MIN),
+                                      STEAL_BACKOFF_MAX)
+        self._next_steal_at = time.monotonic() + self._steal_backoff
+
+    def busy(self) -> None:
+        """The worker started tasks of its own: steal at once when it is idle again."""
+        self._next_steal_at = self._steal_backoff = 0.0
+
+    # --- leaving -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Commit what was claimed and leave the group (its partitions move on at once)."""
+        self.commit(now=True)
+        try:
+            self._consumer.close()
+        except KafkaError as exc:
+            logger.warning("Worker %s: leaving the group failed: %s", self._name, exc)
+        if self._stealer is not None:
+            self._stealer.close()
+
+    # --- inside ------------------------------------------------------------
+
+    def _decode(self, record: Any) -> Delivery:
+        return decode(record, self.config)
+
+    def _poll(self, timeout_ms: int) -> None:
+        try:
+            polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=READ_AHEAD)
+        except KafkaError as exc:  # a failed rebalance or fetch: the next poll retries it
+            logger.warning("Worker %s: polling Kafka failed (%s); retrying", self._name, exc)
+            self._stopping.wait(POLL_RETRY_SECONDS)
+            return
+        self._polled_at = time.monotonic()
+        if self._assignment_news:
+            self._report_assignment()
+        for partition, records in polled.items():
+            self._buffer.add(partition.partition, [self._decode(r) for r in records])
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            # Not just what was paused then: kafka-python keeps a kept partition paused
+            # across a rebalance.
+            self._consumer.resume(*self._consumer.paused())
+
+    def _on_commit(self, _offsets: Any, result: Any) -> None:
+        if isinstance(result, Exception):
+            # A redelivered copy of a claimed task will be skipped.
+            logger.warning("Worker %s: offset commit failed (%s); claims still hold",
+                           self._name, result)
+
+    # kafka-python calls these two from its network thread, in the middle of a poll:
+    # they only note the new assignment. The read-ahead buffer is kept: a message in it
+    # from a partition now someone else's is still claimed at most once, and kafka-python
+    # keeps its position in a partition this worker keeps, so dropping it would skip it.
+
+    def _on_assign(self, assigned: set[Any]) -> None:
+        self.partitions = sorted(tp.partition for tp in assigned)
+        self._assignment_news = True
+
+    def _on_revoke(self, _revoked: set[Any]) -> None:
+        self.partitions = []
+
+    def _report_assignment(self) -> None:
+        """Log a new assignment and learn the topic's partition count (after the poll)."""
+        self._assignment_news = False
+        total = partition_count(self._consumer, self.config.tasks_topic)
+        self.topic_partitions = total
+        if not total:
+            logger.info("Worker %s: %s has no partitions in this worker's metadata yet; the "
+                        "group rebalances once it has", self._name, self.config.tasks_topic)
+        elif not self.partitions:
+            logger.warning(
+                "Worker %s: got no partitions of %s: the group has more members than its %d "
+                "partitions, so this worker idles; create the topic with more partitions",
+                self._name, self.config.tasks_topic, total,
+            )
+        else:
+            logger.info("Worker %s: assigned partitions %s of %d", self._name,
+                        self.partitions, total)
+        self._on_assignment()

@@ -1,0 +1,128 @@
+"""The task producer (Kafka adapter), shared by client and worker.
+
+It deals a batch's messages round-robin over the tasks topic's partitions,
+sends a task to one partition (a retry, a hand-on, a reaped task), sends dead
+letters, and turns kafka-python's many failure types into one
+:class:`BrokerUnavailable` that says how many tasks were not delivered. A flush
+checks every send since the last one, so a message Kafka refused is never taken
+for delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from yadtq import protocol
+from yadtq.broker.clients import make_producer
+from yadtq.broker.consumer import Delivery
+from yadtq.config import Config
+from yadtq.errors import BrokerUnavailable
+
+# Seconds a send may take to be acknowledged: longer than a leader failover after a
+# broker dies (Apache Kafka fences it after broker.session.timeout.ms, 9 s by default,
+# then elects new leaders), so a submit during a failover waits instead of failing.
+DELIVERY_TIMEOUT = 30.0
+
+
+class TaskProducer:
+    """Sends task messages (already encoded) to the tasks topic, and dead letters."""
+
+    def __init__(self, config: Config, **overrides: Any) -> None:
+        """``overrides``: kafka-python producer settings (``linger_ms``, ``batch_size``).
+
+        Raises:
+            BrokerUnavailable: no broker answered within the connect timeout.
+        """
+        self.config = config
+        self._producer = make_producer(config, **overrides)
+        # Dealing starts at a random partition: lone submits from fresh processes spread
+        # over the workers instead of all landing on partition 0's.
+        self._next_partition = random.randrange(1 << 30)
+        self._sent: list[Any] = []  # kafka-python's futures of the sends since the last flush
+        self._sent_lock = threading.Lock()  # client and worker threads share a producer
+
+    def deal(self, keys: Sequence[str], payloads: Sequence[bytes]) -> set[int]:
+        """Send each payload (keyed by its task id) to the next partition in turn; returns
+        the partitions used. Sent is not delivered: :meth:`flush` waits for that.
+
+        Raises:
+            BrokerUnavailable: the producer refused a message.
+        """
+        topic = self.config.tasks_topic
+        used = set()
+        try:
+            partitions = sorted(self._producer.partitions_for(topic))
+            for key, payload in zip(keys, payloads, strict=True):
+                self._next_partition = (self._next_partition + 1) % len(partitions)
+                partition = partitions[self._next_partition]
+                self._track(self._producer.send(topic, payload, key=key.encode(),
+                                                partition=partition))
+                used.add(partition)
+        except Exception as exc:  # kafka-python raises several unrelated types here
+            raise self._undelivered(len(payloads), exc) from exc
+        return used
+
+    def send(self, key: str, payload: bytes, partition: int | None = None) -> None:
+        """Send one task message, to ``partition`` if given, else where its key hashes."""
+        self._track(self._producer.send(self.config.tasks_topic, payload, key=key.encode(),
+                                        partition=partition))
+
+    def dead_letter(self, reason: str, *, worker: str, at: float,
+                    delivery: Delivery | None = None,
+                    message: protocol.TaskMessage | None = None) -> None:
+        """Send a message no worker can accept (a ``delivery`` that holds no task, or a
+        task ``message`` out of retries) to the dead-letter topic, with the reason."""
+        letter: dict[str, Any] = {"reason": reason, "worker": worker, "at": at}
+        if delivery is not None:
+            letter |= {"topic": delivery.topic, "partition": delivery.partition,
+                       "offset": delivery.offset,
+                       "value": delivery.value.decode("utf-8", errors="replace")[:10_000]}
+            key = delivery.key
+        else:
+            assert message is not None
+            letter |= {"task_id": message.id, "value": json.dumps(message.to_dict())[:10_000]}
+            key = message.id.encode()
+        self._track(self._producer.send(self.config.dead_letter_topic,
+                                        json.dumps(letter).encode(), key=key))
+
+    def flush(self) -> None:
+        """Wait until Kafka has every message sent so far.
+
+        Raises:
+            BrokerUnavailable: Kafka did not take them all within the delivery timeout,
+                or refused some; says how many.
+        """
+        with self._sent_lock:
+            sent, self._sent = self._sent, []
+        try:
+            self._producer.flush(timeout=max(self.config.connect_timeout, DELIVERY_TIMEOUT))
+        except Exception as exc:  # kafka-python raises several unrelated types here
+            raise self._undelivered(len(sent), exc) from exc
+        refused = [future for future in sent if future.failed()]
+        if refused:
+            raise self._undelivered(len(refused), refused[0].exception)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Send what is buffered and close.
+
+        Raises:
+            BrokerUnavailable: closing failed (what was flushed before was delivered).
+        """
+        try:
+            self._producer.close(timeout=timeout)
+        except Exception as exc:  # kafka-python raises several unrelated types here
+            raise BrokerUnavailable(f"closing the producer for Kafka at "
+                                    f"{self.config.bootstrap} failed: {exc}") from exc
+
+    def _track(self, sent: Any) -> None:
+        with self._sent_lock:
+            self._sent.append(sent)
+
+    def _undelivered(self, count: int, exc: Exception) -> BrokerUnavailable:
+        return BrokerUnavailable(
+            f"could not deliver {count} task(s) to Kafka at {self.config.bootstrap}: {exc}"
+        )

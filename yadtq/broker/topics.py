@@ -1,0 +1,90 @@
+"""The queue's topics (Kafka adapter): created by yadtq, with replicas fit for the cluster."""
+
+from __future__ import annotations
+
+import logging
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from yadtq.broker.clients import timeout_ms, unavailable
+from yadtq.config import Config
+from yadtq.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+
+def create_topics(config: Config) -> None:
+    """Create the queue's tasks and dead-letter topics if they do not exist yet.
+
+    yadtq makes its own topics, because production clusters usually turn
+    auto-creation off. Replicas: ``config.replication_factor``, else min(3, brokers
+    in the cluster); with 3 or more, ``min.insync.replicas`` is 2, so with
+    ``acks=all`` a write survives the loss of any one broker. A tasks topic that
+    already has fewer partitions than configured is used as it is, with a warning.
+
+    Raises:
+        BrokerUnavailable: no broker answered within the connect timeout.
+        ConfigurationError: more replicas are asked for than the cluster has brokers.
+    """
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=config.bootstrap,
+            bootstrap_timeout_ms=timeout_ms(config),
+            request_timeout_ms=max(timeout_ms(config), 5000),
+            **config.kafka_options,
+        )
+    except (KafkaError, OSError) as exc:
+        raise unavailable(config, exc) from None
+    try:
+        existing = set(admin.list_topics())
+        if config.tasks_topic in existing:
+            _warn_if_fewer_partitions(admin, config)
+        if {config.tasks_topic, config.dead_letter_topic} <= existing:
+            return
+        replicas = _replication_factor(admin, config)
+        settings = {"min.insync.replicas": "2" if replicas >= 3 else "1"}
+        wanted = {config.tasks_topic: config.partitions, config.dead_letter_topic: 1}
+        for name, partitions in wanted.items():
+            if name in existing:
+                continue
+            try:
+                # Waits until every partition has a leader: a KRaft cluster's metadata lags.
+                admin.create_topics(
+                    {name: {"num_partitions": partitions, "replication_factor": replicas,
+                            "configs": settings}},
+                    wait_for_metadata=True,
+                )
+                logger.info("created topic %s with %d partitions and %d replicas", name,
+                            partitions, replicas)
+            except TopicAlreadyExistsError:
+                pass
+    except KafkaError as exc:
+        raise unavailable(config, exc) from None
+    finally:
+        admin.close()
+
+
+def _replication_factor(admin: KafkaAdminClient, config: Config) -> int:
+    brokers = len(admin.describe_cluster()["brokers"])
+    if config.replication_factor is None:
+        return max(1, min(3, brokers))
+    if config.replication_factor > brokers:
+        raise ConfigurationError(
+            f"replication factor {config.replication_factor} (from {config.source}) is more "
+            f"than the {brokers} broker(s) of the cluster at {config.bootstrap}; lower "
+            "YADTQ_REPLICATION_FACTOR or add brokers"
+        )
+    return config.replication_factor
+
+
+def _warn_if_fewer_partitions(admin: KafkaAdminClient, config: Config) -> None:
+    [described] = admin.describe_topics([config.tasks_topic])
+    count = len(described["partitions"])
+    if count < config.partitions:
+        logger.warning(
+            "topic %s has %d partitions, fewer than the %d configured: at most %d workers of "
+            "queue %r get tasks; add partitions with kafka-topics --alter, or configure "
+            "partitions=%d", config.tasks_topic, count, config.partitions, count, config.queue,
+            count,
+        )

@@ -1,0 +1,181 @@
+"""A worker's background duties, on their own thread, and its hand-back (worker runtime).
+
+Every heartbeat interval, and at once when asked: record the worker in Redis
+and renew the leases of what it runs (the reply names tasks cancelled while
+running, which the worker then stops), produce again the retries whose backoff
+is over, and re-queue the tasks of any worker whose lease expired (DESIGN.md,
+"Delivery guarantees"). Like RQ's maintenance tasks, these are safe to run in
+every worker at once: each step is a compare-and-set in Redis. While Redis is
+away, only this thread waits. A stopping worker hands its unfinished tasks
+back to the queue through the same re-queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from yadtq import protocol
+from yadtq.backend import RedisBackend
+from yadtq.broker import TaskProducer
+from yadtq.config import Config
+from yadtq.errors import BackendUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+class Maintenance:
+    """Heartbeat, lease renewal, due retries and the reaper, every heartbeat interval."""
+
+    def __init__(
+        self,
+        config: Config,
+        backend: RedisBackend,
+        producer: TaskProducer,
+        *,
+        worker: str,
+        record: Callable[[str], tuple[dict[str, Any], list[str]]],
+        on_cancelled: Callable[[list[str]], None],
+        partitions: Callable[[], list[int]],
+        clock: Callable[[], float],
+    ) -> None:
+        """``record(status)``: the worker's heartbeat record and the ids it holds leases
+        for; ``partitions()``: its partitions, where retried and reaped tasks go."""
+        self.config = config
+        self._backend = backend
+        self._producer = producer
+        self._worker = worker
+        self._record = record
+        self._on_cancelled = on_cancelled
+        self._partitions = partitions
+        self._clock = clock
+        self._now = threading.Event()  # beat at once
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"{worker}-maintenance",
+                                        daemon=True)
+
+    def start(self) -> None:
+        """Start the duties' thread."""
+        self._thread.start()
+
+    def beat_now(self) -> None:
+        """Heartbeat without waiting for the interval (a new assignment, say)."""
+        self._now.set()
+
+    def stop(self, status: str = "stopped") -> None:
+        """Stop the thread, then record the worker one last time with ``status``."""
+        self._stopped.set()
+        self._now.set()
+        self._thread.join(timeout=5)
+        try:
+            self.heartbeat(self._clock(), status)
+        except BackendUnavailable as exc:
+            logger.warning("Worker %s: could not record the stop: %s", self._worker, exc)
+
+    def _run(self) -> None:
+        """Beat, send due retries and reap every interval; Redis being away skips a round.
+
+        The interval is the backoff: leases need renewing the moment Redis is back.
+        One warning when Redis goes away and one line when it is back, not one a beat.
+        """
+        unavailable_since: float | None = None
+        while not self._stopped.is_set():
+            now = self._clock()
+            for duty in (self._beat, self.send_due_retries, self.reap):
+                try:
+                    duty(now)
+                except BackendUnavailable as exc:
+                    if unavailable_since is None:
+                        unavailable_since = time.monotonic()
+                        logger.warning("Worker %s: Redis unreachable, %s skipped; trying again "
+                                       "every %.1f s: %s",
+                                       self._worker, duty.__name__.strip("_"),
+                                       self.config.heartbeat_interval, exc)
+                    break
+                except Exception:  # noqa: BLE001 - the heartbeat must outlive any one failure
+                    logger.exception("Worker %s: %s failed", self._worker, duty.__name__)
+            else:
+                if unavailable_since is not None:
+                    logger.info("Worker %s: Redis is back after %.1f s; heartbeats resumed",
+                                self._worker, time.monotonic() - unavailable_since)
+                    unavailable_since = None
+            if self._now.wait(self.config.heartbeat_interval):
+                self._now.clear()
+
+    def _beat(self, now: float) -> None:
+        """Heartbeat, then stop what was cancelled (the heartbeat's reply names it)."""
+        cancelled = self.heartbeat(now)
+        if cancelled:
+            self._on_cancelled(cancelled)
+
+    def heartbeat(self, now: float, status: str = "running") -> list[str]:
+        """Record the worker in Redis and renew its leases; returns cancelled task ids."""
+        info, leased = self._record(status)
+        return self._backend.heartbeat(self._worker, info, leased, now)
+
+    def send_due_retries(self, now: float) -> int:
+        """Produce again the tasks whose retry backoff is over; returns how many."""
+        taken = self._backend.take_due_retries(now)
+        sent = 0
+        for task_id in taken:
+            message = self._backend.retry_message(task_id)
+            if message is not None:
+                self._produce(message)
+                sent += 1
+        if taken:
+            self._producer.flush()
+            self._backend.retries_sent(taken)
+        return sent
+
+    def reap(self, now: float) -> int:
+        """Re-queue tasks whose lease expired before ``now``; returns how many.
+
+        One task's failure is logged and skipped, never stops the sweep.
+        """
+        reaped = 0
+        for task_id, batch in self._backend.expired_leases(now):
+            try:
+                message = self._backend.requeue(task_id, batch, worker_id=self._worker, now=now)
+                if message is None:
+                    continue
+                self._produce(message)
+                reaped += 1
+                logger.warning("Worker %s: lease of task %s expired; queued again as attempt %d",
+                               self._worker, task_id, message.attempt)
+            except Exception:  # noqa: BLE001
+                logger.exception("Worker %s: could not reap task %s", self._worker, task_id)
+        if reaped:
+            self._producer.flush()
+        return reaped
+
+    def hand_back(self, unfinished: list[protocol.TaskMessage]) -> None:
+        """Give a stopping worker's unfinished tasks back to the queue, so other workers
+        run them now rather than after their leases expire."""
+        for task in unfinished:
+            try:
+                message = self._backend.requeue(task.id, task.batch, worker_id=self._worker,
+                                                handback=True, now=self._clock())
+            except BackendUnavailable as exc:
+                logger.error("Worker %s: could not hand back task %s (%s); its lease will "
+                             "expire and another worker will run it", self._worker, task.id,
+                             exc)
+                continue
+            if message is not None:
+                self._producer.send(message.id, protocol.encode(
+                    message, self.config.max_message_bytes, self.config.secret))
+                logger.info("Worker %s: handed back task %s as attempt %d", self._worker,
+                            message.id, message.attempt)
+
+    def _produce(self, message: protocol.TaskMessage) -> None:
+        """Produce a task again to one of this worker's partitions: a dead worker's
+        wait for a rebalance, ours are served now."""
+        partitions = self._partitions()
+        self._producer.send(
+            message.id,
+            protocol.encode(message, self.config.max_message_bytes, self.config.secret),
+            partition=random.choice(partitions) if partitions else None,
+        )

@@ -1,0 +1,499 @@
+"""The worker's main loop (worker runtime): take tasks, claim them in Redis, start them.
+
+:meth:`Worker.run` repeats one turn of named steps until the worker stops:
+free slots → take deliveries from the Kafka adapter → accept them (undecodable
+ones to the dead-letter topic, ones only another live worker serves handed on
+to it, ``yadtq.routing``) → claim them in Redis with a lease, in one round
+trip → start what was claimed in the execution slots → mark them claimed, so
+the adapter may commit their offsets. With no free slot the adapter only keeps
+the group membership; with nothing to take the worker steals tasks waiting in
+other workers' partitions, or else sleeps until a client rings one of its
+partitions' doorbells in Redis (a ring that names a lone task is claimed
+straight from its Redis record).
+
+Threads hand work over, and none holds a lock across a Redis or Kafka call:
+
+- this loop's thread is the only one that talks to the consumer;
+- a slot thread per running task runs it (``execution``) and hands its
+  outcome to the outcome store's thread (``outcomes``), which stores whatever
+  ended meanwhile in one round trip;
+- the maintenance thread (``maintenance``) beats, renews leases, stops
+  cancelled tasks, sends due retries and reaps expired leases.
+
+Only tasks registered by the worker's own task modules run, and, on a worker
+started to trust code, functions shipped by value whose signed pickles check
+out (``shipped``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, replace
+from typing import Any
+
+from yadtq import protocol, registry
+from yadtq.backend import UNNAMED_RING, Claim, Outcome, RedisBackend
+from yadtq.broker import Delivery, TaskConsumer, TaskProducer, create_topics
+from yadtq.config import Config
+from yadtq.errors import BackendUnavailable, BrokerUnavailable, UnknownTask, UntrustedCode
+from yadtq.status import TaskStatus
+from yadtq.worker import execution, outcomes
+from yadtq.worker.handing_on import HandOn
+from yadtq.worker.maintenance import Maintenance
+from yadtq.worker.outcomes import OutcomeStore
+from yadtq.worker.redis_retry import GAVE_UP, retry_redis
+from yadtq.worker.shipped import PythonVersionMismatch, ShippedCode
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TASK_MODULES = ("worker_node.tasks",)
+SLOT_WAIT = 0.2  # seconds; with every slot busy, how long to wait for one between group polls
+
+
+@dataclass
+class _Running:
+    message: protocol.TaskMessage
+    attempt: int
+    future: Future[None] | None = None
+    runner: Any = None
+
+
+def load_task_modules(modules: Iterable[str]) -> list[str]:
+    """Import the modules whose ``@yadtq.task`` functions this worker may run."""
+    for module in modules:
+        importlib.import_module(module)
+    return registry.registered_names()
+
+
+class Worker:
+    """One worker process's runtime: a consumer-group member with N execution slots."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        name: str | None = None,
+        concurrency: int = 4,
+        task_modules: Sequence[str] = DEFAULT_TASK_MODULES,
+        mode: str = "process",
+        steal: bool = True,
+        shutdown_grace: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.config = config
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.concurrency = concurrency
+        self.mode = mode
+        self.shutdown_grace = shutdown_grace
+        self.clock = clock
+        self.task_names = load_task_modules(task_modules)
+        self.trust_code = config.trust_code
+        # Message routes this worker runs: its task names, and shipped code if it trusts it.
+        self._served = frozenset(self.task_names) | (
+            {protocol.SHIPPED_CODE} if self.trust_code else set())
+        self.started_at = clock()
+        self._identity = {  # the heartbeat record's fields that never change
+            "name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
+            "started_at": self.started_at, "concurrency": concurrency, "mode": mode,
+            "tasks": ",".join(self.task_names), "trusts_code": "1" if self.trust_code else "0",
+            "heartbeat_interval": config.heartbeat_interval,
+            "settings": json.dumps(config.shared_settings(), sort_keys=True),
+        }
+        self.processed = 0
+        self.failed = 0
+        self._lock = threading.Lock()  # guards the counts below; never held across I/O
+        self._running: dict[str, _Running] = {}  # claimed, outcome not yet stored
+        self._executing = 0  # claimed and not yet ended: the slots in use
+        self._slot_freed = threading.Event()
+        self._stopping = threading.Event()
+        self._stop_reason = "stopped"
+        self._poll_waits = True  # False when the next messages are expected already there
+        self._runners: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for runner in execution.make_runners(mode, concurrency, task_modules):
+            self._runners.put(runner)
+        self.backend = RedisBackend(config)
+        self.backend.check_connection()
+        create_topics(config)
+        self.producer = TaskProducer(config, linger_ms=2)
+        self.consumer = TaskConsumer(
+            config, client_id=self.name, on_assignment=self._on_assignment,
+            claimed_up_to=self.backend.claimed_offsets if steal else None,
+            stopping=self._stopping)
+        self._shipped = ShippedCode(config, self.backend)
+        self._hand_on = HandOn(config, self.backend, worker=self.name, served=self._served,
+                               send=self._produce, flushed=self._flushed, clock=clock,
+                               stopping=self._stopping)
+        self._outcomes = OutcomeStore(self.backend, self.name, self._finished, clock,
+                                      self._stopping)
+        self._maintenance = Maintenance(
+            config, self.backend, self.producer, worker=self.name, record=self._record,
+            on_cancelled=self._stop_cancelled, partitions=lambda: self.consumer.partitions,
+            clock=clock)
+        self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"{self.name}-slot")
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve tasks until :meth:`stop` is called or a signal stops the worker."""
+        logger.info(
+            "Worker %s: serving queue %r (topic %s) with %d %s slots; tasks: %s",
+            self.name, self.config.queue, self.config.tasks_topic, self.concurrency, self.mode,
+            ", ".join(self.task_names) or "none",
+        )
+        self._outcomes.start()
+        self._maintenance.start()
+        try:
+            while not self._stopping.is_set():
+                self._serve()
+                self.consumer.commit()
+        finally:
+            self._shutdown()
+
+    def stop(self, reason: str = "stop requested") -> None:
+        """Ask the worker to stop taking work; :meth:`run` then winds down."""
+        self._stop_reason = reason
+        self._stopping.set()
+        self._slot_freed.set()
+
+    def install_signal_handlers(self) -> None:
+        """Stop gracefully on SIGTERM and SIGINT."""
+
+        def handle(signum: int, _frame: Any) -> None:
+            self.stop(f"received {signal.Signals(signum).name}")
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    # --- the loop's steps --------------------------------------------------
+
+    def _serve(self) -> None:
+        """One turn: free slots → take → accept → claim → start → mark claimed."""
+        free = self._free_slots()
+        if not free:
+            self._wait_for_a_slot()
+            return
+        deliveries = self.consumer.take(free, wait=self._poll_waits)
+        if not deliveries:
+            if not self._steal(free):
+                self._sleep_until_rung()
+            return
+        tasks = self._accept(deliveries)
+        if tasks is None:
+            return  # the worker is stopping; nothing was committed, so nothing is lost
+        claims = self._claim(tasks, offsets={d.partition: d.offset + 1 for d in deliveries})
+        if claims is None:
+            logger.warning("Worker %s: stopping while Redis is unreachable; %d task(s) taken "
+                           "but not claimed stay uncommitted for the partition's next owner",
+                           self.name, len(tasks))
+            return
+        started = self._start_claimed(tasks, claims)
+        self.consumer.claimed(deliveries)
+        if started:
+            self.consumer.busy()  # and steal at once when idle again
+        self._poll_waits = bool(started)  # none: only copies of tasks claimed elsewhere
+
+    def _free_slots(self) -> int:
+        with self._lock:
+            return self.concurrency - self._executing
+
+    def _wait_for_a_slot(self) -> None:
+        """Every slot is busy: keep the group membership while waiting for one."""
+        self.consumer.hold()
+        self._slot_freed.wait(SLOT_WAIT)
+        self._slot_freed.clear()  # the next turn counts the free slots anyway
+
+    def _accept(self, deliveries: list[Delivery]) -> list[protocol.TaskMessage] | None:
+        """The tasks to claim here: undecodable deliveries are dead-lettered, tasks
+        another live worker serves are handed on. None: the worker is stopping, and
+        commits nothing of these."""
+        messages = []
+        for delivery in deliveries:
+            if delivery.message is None:
+                self._dead_letter(str(delivery.error), delivery=delivery)
+            else:
+                messages.append(delivery.message)
+        if len(messages) < len(deliveries) and not self._flushed("dead letters"):
+            return None
+        return self._hand_on.unserved(messages)
+
+    def _flushed(self, what: str) -> bool:
+        """Wait until Kafka has what was sent, before its offsets can be committed; if it
+        does not take it, stop the worker (its partitions' next owner reads them again)."""
+        try:
+            self.producer.flush()
+        except BrokerUnavailable as exc:
+            self.stop(f"Kafka did not take the {what}: {exc}")
+            return False
+        return True
+
+    def _claim(
+        self,
+        messages: list[protocol.TaskMessage],
+        offsets: dict[int, int] | None = None,
+        limit: int | None = None,
+    ) -> list[Claim] | None:
+        """Claim the messages' tasks with a lease (the first ``limit`` claimable ones), and
+        record how far each partition is claimed; None: stopping while Redis is down."""
+        if not messages and not offsets:
+            return []
+        claims = self._retry_redis(
+            lambda: self.backend.claim_many(messages, self.name, now=self.clock(),
+                                            offsets=offsets, limit=limit),
+            "claim tasks",
+        )
+        if claims is GAVE_UP:
+            return None
+        with self._lock:
+            for message, claim in zip(messages, claims, strict=True):
+                if claim.attempt is not None:
+                    self._hold(message, claim.attempt)
+        return claims
+
+    def _hold(self, message: protocol.TaskMessage, attempt: int) -> None:
+        """Count a claimed task as this worker's (call with the lock held)."""
+        self._running[message.id] = _Running(message, attempt)
+        self._executing += 1
+
+    def _start_claimed(self, messages: list[protocol.TaskMessage], claims: list[Claim]) -> int:
+        """Start every message this worker claimed; returns how many."""
+        started = 0
+        for message, claim in zip(messages, claims, strict=True):
+            if claim.claimed:
+                self._start(message, claim.attempt)
+                started += 1
+            else:
+                logger.debug("Worker %s: skipped task %s: %s", self.name, message.id,
+                             claim.skipped_because)
+        return started
+
+    def _steal(self, free: int) -> bool:
+        """Claim and start tasks waiting in other workers' partitions; True if any.
+
+        One claim goes through the candidates in order and takes the first ``free``
+        still queued (others may have been stolen already). Owners dead-letter the
+        bad ones and hand on the tasks this worker does not serve.
+        """
+        try:
+            deliveries = self.consumer.steal()
+        except BackendUnavailable as exc:  # counts as a look that found nothing: backs off
+            logger.warning("Worker %s: cannot look for tasks to steal: %s", self.name, exc)
+            deliveries = []
+        if deliveries is None:
+            return False  # not looking now: joining, or backing off
+        candidates = [d.message for d in deliveries
+                      if d.message is not None and d.message.route in self._served]
+        claims = self._claim(candidates, limit=free) if candidates else []
+        started = self._start_claimed(candidates, claims) if claims else 0
+        if started:
+            logger.debug("Worker %s: stole %d task(s) from other partitions", self.name,
+                         started)
+        self.consumer.stole(started)
+        return started > 0
+
+    def _sleep_until_rung(self) -> None:
+        """Nothing to do: sleep until a client rings one of our partitions' doorbells.
+
+        A poll that finds nothing is not repeated at once: the embedded broker
+        would be asked hundreds of times a second. Tasks from clients that ring
+        no doorbell are found within ``idle_wait``.
+        """
+        partitions = self.consumer.partitions
+        if not partitions:
+            return  # joining the group: the next poll waits
+        try:
+            rang = self.backend.wait_for_ring(partitions, self.config.idle_wait)
+            if rang not in (None, UNNAMED_RING):
+                self._claim_named(rang)
+                self._poll_waits = False  # lone tasks come by doorbell: back to it soon
+            else:
+                self._poll_waits = True  # a batch, or a task from a client that rings not
+        except BackendUnavailable as exc:
+            logger.warning("Worker %s: cannot wait on Redis (%s)", self.name, exc)
+            self._stopping.wait(self.config.idle_wait)
+
+    def _claim_named(self, task_id: str) -> None:
+        """Claim and start a lone task a doorbell named, straight from its Redis record.
+
+        Its Kafka message is on the topic too; when this worker (or another)
+        reaches it, the claim finds the task taken and skips it.
+        """
+        message, claim = self.backend.claim_named(task_id, self.name, sorted(self._served),
+                                                  now=self.clock())
+        if message is None or claim.attempt is None:
+            return
+        with self._lock:
+            self._hold(message, claim.attempt)
+        self._start(message, claim.attempt)
+
+    # --- running a task ----------------------------------------------------
+
+    def _start(self, message: protocol.TaskMessage, attempt: int) -> None:
+        refusal = self._refusal(message)
+        if refusal is not None:
+            self._ended(message, outcomes.failed(message, attempt, refusal))
+            return
+        future = self.executor.submit(self._execute, message, attempt)
+        with self._lock:
+            running = self._running.get(message.id)
+            if running is not None:
+                running.future = future
+
+    def _refusal(self, message: protocol.TaskMessage) -> Exception | None:
+        """Why this worker will not run a task it claimed (no live worker of the queue
+        serves it, or it does not trust code), or None."""
+        if message.needs_trust and not self.trust_code:
+            what = "a function shipped by value" if message.code else "called with pickled " \
+                "arguments"
+            return UntrustedCode(
+                f"this worker ({self.name}) does not trust shipped code, and task "
+                f"{message.task!r} is {what}; start workers with "
+                "--trust-code (YADTQ_TRUST_CODE=1) and the client's YADTQ_SECRET, or register "
+                "the function with @yadtq.task in the workers' task modules")
+        if message.route not in self._served:  # and no live worker of the queue serves it
+            served = sorted(set(self.task_names) | set(self._hand_on.served_elsewhere()))
+            return UnknownTask(message.task, served, queue=self.config.queue)
+        return None
+
+    def _execute(self, message: protocol.TaskMessage, attempt: int) -> None:
+        """Run one claimed task in a slot (on a slot thread) and hand over its outcome."""
+        try:
+            shipped = self._shipped.unpack(message)
+        except (UntrustedCode, PythonVersionMismatch, BackendUnavailable) as exc:
+            self._ended(message, outcomes.failed(
+                message, attempt, exc, retryable=isinstance(exc, BackendUnavailable)))
+            return
+        runner = self._runners.get()
+        with self._lock:
+            running = self._running.get(message.id)
+            if running is not None:
+                running.runner = runner
+        try:
+            result = runner.run(message.task, message.args, dict(message.kwargs),
+                                message.retry_on,
+                                outcomes.option(message, "timeout", self.config.default_timeout),
+                                shipped)
+        finally:
+            self._runners.put(runner)
+        self._ended(message, outcomes.outcome(
+            message, attempt, result, config=self.config, backend=self.backend,
+            now=self.clock(), stopping=self._stopping, worker=self.name))
+
+    def _ended(self, message: protocol.TaskMessage, report: Outcome) -> None:
+        """Free the slot and hand the outcome to the outcome store.
+
+        The outcome keeps when its slot was freed as the task's finish time: storing
+        it may wait for other outcomes' round trip, while the slot runs the next task.
+        """
+        report = replace(report, ended_at=self.clock())
+        with self._lock:
+            self._executing -= 1
+        self._outcomes.put(message, report)
+        self._slot_freed.set()
+
+    def _finished(self, message: protocol.TaskMessage, report: Outcome, refused: str | None
+                  ) -> None:
+        """Account for a stored outcome (on the outcome store's thread)."""
+        with self._lock:
+            self._running.pop(message.id, None)
+            if report.status is TaskStatus.SUCCESS:
+                self.processed += 1
+            else:
+                self.failed += 1
+        if refused:
+            logger.warning("Worker %s: outcome of task %s attempt %d refused: %s",
+                           self.name, message.id, report.attempt, refused)
+        elif report.retry_at is not None:
+            logger.info("Worker %s: task %s attempt %d failed (%s); retry in %.1f s",
+                        self.name, message.id, report.attempt, report.error_type,
+                        report.retry_at - self.clock())
+        elif report.retryable and 0 < outcomes.max_retries(message) < report.attempt:
+            self._dead_letter(f"retries exhausted after attempt {report.attempt}: "
+                              f"{report.error_type}: {report.error}", message=message)
+
+    # --- what the other threads ask of the worker ----------------------------
+
+    def _on_assignment(self) -> None:
+        self._maintenance.beat_now()  # the queue's clients see the new partitions at once
+
+    def _record(self, status: str) -> tuple[dict[str, Any], list[str]]:
+        """This worker's heartbeat record and the ids of the tasks it holds leases for."""
+        if status == "running" and self._stopping.is_set():
+            status = "stopping"
+        with self._lock:
+            leased = list(self._running)
+            counts = {"in_flight": len(leased), "processed": self.processed,
+                      "failed": self.failed}
+        return {**self._identity, **counts, "status": status,
+                "partitions": ",".join(map(str, self.consumer.partitions)),
+                "topic_partitions": self.consumer.topic_partitions}, leased
+
+    def _stop_cancelled(self, task_ids: list[str]) -> None:
+        """Stop running tasks that were cancelled (process mode kills their child)."""
+        for task_id in task_ids:
+            with self._lock:
+                task = self._running.get(task_id)
+            if task is None or task.runner is None:
+                continue
+            stopped = task.runner.stop()
+            logger.info("Worker %s: task %s was cancelled; %s", self.name, task_id,
+                        "stopped it" if stopped else "its result will be discarded")
+
+    # --- sending to Kafka --------------------------------------------------
+
+    def _dead_letter(self, reason: str, *, delivery: Delivery | None = None,
+                     message: protocol.TaskMessage | None = None) -> None:
+        where = delivery.where if delivery is not None else f"task {message.id}"
+        logger.warning("Worker %s: dead-lettered %s: %s", self.name, where, reason)
+        self.producer.dead_letter(reason, worker=self.name, at=self.clock(), delivery=delivery,
+                                  message=message)
+
+    def _produce(self, message: protocol.TaskMessage, partition: int | None = None) -> None:
+        """Produce a task again, to ``partition`` if given, else where its id hashes."""
+        self.producer.send(
+            message.id,
+            protocol.encode(message, self.config.max_message_bytes, self.config.secret),
+            partition=partition)
+
+    def _retry_redis(self, step: Callable[[], Any], what: str) -> Any:
+        return retry_redis(step, what, worker=self.name, stopping=self._stopping)
+
+    # --- shutdown ----------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Let running tasks finish (up to the grace), store their outcomes, hand back the
+        rest, leave the group, and record the stop."""
+        logger.info("Worker %s: stopping (%s); %d task(s) in flight", self.name,
+                    self._stop_reason, len(self._running))
+        with self._lock:
+            futures = [r.future for r in self._running.values() if r.future is not None]
+        wait_futures(futures, timeout=self.shutdown_grace)
+        self._outcomes.close(timeout=outcomes.FINISH_RETRY_SECONDS)
+        with self._lock:
+            unfinished = [running.message for running in self._running.values()]
+        self._maintenance.hand_back(unfinished)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.consumer.close()
+        self._maintenance.stop()
+        try:
+            self.producer.flush()
+            self.producer.close()
+        except BrokerUnavailable as exc:
+            logger.error("Worker %s: %s", self.name, exc)
+        self.backend.close()
+        while not self._runners.empty():
+            self._runners.get().close()
+        logger.info("Worker %s: stopped (%s); processed %d, failed %d", self.name,
+                    self._stop_reason, self.processed, self.failed)
