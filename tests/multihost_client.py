@@ -30,9 +30,9 @@ from typing import Any
 
 import yadtq
 from worker_node.tasks import sleep
+from yadtq.batch import TaskBatch
 from yadtq.config import Config
 from yadtq.errors import ConnectionFailed
-from yadtq.futures import TaskBatch
 from yadtq.status import TaskStatus
 
 ROW_COLUMNS = ["id", "index", "status", "result", "worker", "attempt", "started_at",

@@ -14,8 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "yadtq"
 LAYERS: list[set[str]] = [
     {"errors", "status", "config", "protocol", "registry", "values", "extras"},  # bottom
     {"backend", "broker"},  # adapters
-    {"futures", "events", "client", "worker", "plots", "execution", "stealing", "shipping",
-     "routing"},  # core
+    {"futures", "batch", "store", "events", "client", "worker", "plots", "execution",
+     "stealing", "shipping", "routing"},  # core
     {"display", "local", "apache_kafka", "processes", "cli", "connection", "__init__",
      "__main__"},  # top
 ]
@@ -80,6 +80,10 @@ def test_module_imports_only_its_own_layer_or_lower(module: str) -> None:
 
 def test_errors_imports_nothing_from_yadtq() -> None:
     assert yadtq_imports("errors") == set()
+
+
+def test_futures_and_batches_reach_redis_only_through_the_store_they_are_given() -> None:
+    assert not (yadtq_imports("futures") | yadtq_imports("batch")) & {"client", "store", "backend"}
 
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,8 @@ import yadtq
 from worker_node.tasks import divide, sleep
 from yadtq import display, plots
 from yadtq.backend import Outcome
-from yadtq.futures import TaskBatch, TaskFuture
+from yadtq.batch import TaskBatch
+from yadtq.futures import TaskFuture
 from yadtq.protocol import TaskMessage
 from yadtq.status import TaskStatus
 

@@ -23,10 +23,12 @@ from kafka import KafkaConsumer, TopicPartition
 import yadtq
 from yadtq import protocol
 from yadtq.backend import Outcome, RedisBackend
+from yadtq.batch import DATAFRAME_COLUMNS
 from yadtq.config import Config
-from yadtq.futures import DATAFRAME_COLUMNS, TaskFuture
+from yadtq.futures import TaskFuture
 from yadtq.protocol import TaskMessage
 from yadtq.status import TaskStatus
+from yadtq.store import RedisTaskStore
 
 WORKER = "sim-worker"
 TIMEOUT = 10.0
@@ -185,22 +187,20 @@ def test_exception_timeout_with_a_live_worker_blames_no_missing_worker(
 
 
 def test_result_timeout_while_redis_is_unreachable_is_still_a_plain_timeout(
-    client: yadtq.Client, config: Config
+    config: Config,
 ) -> None:
-    # Given a task, and a client whose Redis has since become unreachable
-    future = client.submit("add", 1, 2)
+    # Given a future whose store's Redis has become unreachable
     with socket.socket() as probe:  # a loopback port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     gone = RedisBackend(dataclasses.replace(config, redis_url=f"redis://127.0.0.1:{port}/0",
                                             connect_timeout=1.0))
-    live, client.backend = client.backend, gone
+    future = TaskFuture(protocol.new_task_id(), "add", RedisTaskStore(gone))
     try:
         # When waiting for its result times out
         with pytest.raises(TimeoutError) as caught:
             future.result(timeout=0.2)
     finally:
-        client.backend = live
         gone.close()
 
     # Then the timeout is raised as it is, without a hint Redis could not give

@@ -24,8 +24,8 @@ from helpers import wait_until
 
 import yadtq
 from worker_node.tasks import add, sleep
-from yadtq.broker import producer
 from yadtq.backend import is_transient
+from yadtq.broker import producer
 from yadtq.config import Config
 from yadtq.local import LocalCluster, LocalStack
 

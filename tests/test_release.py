@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 import yadtq
+from yadtq.batch import DATAFRAME_COLUMNS
 from yadtq.client import WORKER_COLUMNS
 from yadtq.config import Config
-from yadtq.futures import DATAFRAME_COLUMNS
 from yadtq.local import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,6 +8,7 @@
 """
 
 from yadtq import display
+from yadtq.batch import TaskBatch
 from yadtq.client import Client
 from yadtq.config import Config
 from yadtq.connection import connect
@@ -28,7 +29,7 @@ from yadtq.errors import (
     UntrustedCode,
     YadtqError,
 )
-from yadtq.futures import TaskBatch, TaskFuture
+from yadtq.futures import TaskFuture
 from yadtq.registry import task
 from yadtq.status import TaskStatus
 

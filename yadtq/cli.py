@@ -22,8 +22,8 @@ from typing import Any
 from yadtq.client import format_rows
 from yadtq.config import local_stack_record_path, read_local_stack_record, redacted_url
 from yadtq.errors import YadtqError
-from yadtq.futures import no_worker_hint
 from yadtq.local import BROKERS, LocalCluster
+from yadtq.store import no_worker_hint
 
 
 def parse_task_arg(text: str) -> Any:
@@ -160,7 +160,7 @@ def _print_result(client: Any, future: Any, timeout: float | None) -> None:
             raise
         raise YadtqError(
             f"task {future.id} did not finish within {timeout:g} s"
-            f"{no_worker_hint(client)}; it may still be queued or running: check "
+            f"{no_worker_hint(client.backend)}; it may still be queued or running: check "
             f"`yadtq status {future.id}` or wait with `yadtq result {future.id}`"
         ) from None
     print(json.dumps(value, default=repr))

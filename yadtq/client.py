@@ -3,20 +3,21 @@
 Each method delegates to one of ``protocol`` (build the message), ``backend``
 (write the ``queued`` record first, read state), ``broker`` (produce: the
 Kafka adapter's :class:`~yadtq.broker.TaskProducer`) and
-``events``/``futures`` (resolve handles from change events).
+``events``/``futures``/``batch`` (resolve handles from change events). Handles
+get a ``store.RedisTaskStore``, not the client, to read and cancel their tasks.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from yadtq import protocol, shipping
+from yadtq import protocol
 from yadtq.backend import PIPELINE_CHUNK, RedisBackend
+from yadtq.batch import TaskBatch
 from yadtq.broker import TaskProducer, create_topics
 from yadtq.config import Config
 from yadtq.errors import (
@@ -28,10 +29,11 @@ from yadtq.errors import (
 )
 from yadtq.events import EventListener
 from yadtq.extras import require
-from yadtq.futures import TaskBatch, TaskFuture
+from yadtq.futures import TaskFuture
 from yadtq.routing import liveness
 from yadtq.shipping import Shipment
 from yadtq.status import TaskStatus
+from yadtq.store import RedisTaskStore
 
 if TYPE_CHECKING:
     import pandas
@@ -57,6 +59,7 @@ class Client:
         create_topics(config)
         self._producer = TaskProducer(config, linger_ms=1000, batch_size=1 << 20)
         self._events = EventListener(self.backend)
+        self._store = RedisTaskStore(self.backend)
         self._on_close = on_close
         self._closed = False
 
@@ -150,7 +153,7 @@ class Client:
             calls.append((args, kwargs))
             payloads.append(protocol.encode(message, self.config.max_message_bytes,
                                             self.config.secret))
-        batch = TaskBatch(batch_id, shipment.name, [m.id for m in messages], self,
+        batch = TaskBatch(batch_id, shipment.name, [m.id for m in messages], self._store,
                           args=[args for args, _ in calls],
                           kwargs=[kwargs or None for _, kwargs in calls])
         self._events.start()
@@ -176,20 +179,8 @@ class Client:
 
     def _future(self, message: protocol.TaskMessage, args: Sequence[Any],
                 kwargs: dict[str, Any]) -> TaskFuture:
-        return TaskFuture(message.id, message.task, args=tuple(args), kwargs=kwargs,
-                          batch=message.batch, index=message.index, client=self)
-
-    def load_result(self, task_id: str, value: Any, leave_large: bool = False) -> Any:
-        """A result as stored, made the value the task returned (pickled ones checked and
-        loaded, fetching a large one from Redis unless ``leave_large``: see
-        :func:`yadtq.shipping.load_result`).
-
-        Raises:
-            UntrustedCode: a pickled result this client's secret does not vouch for, or
-                one that expired.
-        """
-        return shipping.load_result(task_id, value, self.config.secret, self.backend.blob,
-                                    leave_large)
+        return TaskFuture(message.id, message.task, self._store, args=tuple(args),
+                          kwargs=kwargs, batch=message.batch, index=message.index)
 
     def _flush(self, partitions: set[int], lone_task: str | None = None) -> None:
         """Wait until Kafka has every message (one flush per submit or map), then wake
@@ -231,8 +222,7 @@ class Client:
         """
         if batch_id is None:
             batch_id = self.task_record(task_id).get("batch") or None
-        return self.backend.cancel(task_id, batch_id,
-                                   requested_by=f"client on {socket.gethostname()}") is not None
+        return self._store.cancel(task_id, batch_id)
 
     # --- looking up --------------------------------------------------------
 
@@ -242,14 +232,7 @@ class Client:
         Raises:
             TaskNotFound: Redis holds no record for ``task_id``.
         """
-        record = self.backend.task_record(task_id)
-        if record is None:
-            raise TaskNotFound(
-                f"no task {task_id!r} in Redis at {self.config.redis_address} (prefix "
-                f"{self.config.key_prefix!r}): it never existed, or it finished more than "
-                f"{self.config.result_ttl:.0f} s ago and expired"
-            )
-        return record
+        return self._store.task_record(task_id)
 
     def history(self, task_id: str) -> list[dict[str, Any]]:
         """Every attempt's events (claimed, success, failed, lease expired, refused, ...)."""
@@ -283,7 +266,7 @@ class Client:
         records = self.backend.task_records(ids)
         known = [r or {} for r in records]
         batch = TaskBatch(batch_id, next((r["task"] for r in known if r.get("task")), "?"),
-                          ids, self, args=[r.get("args") or () for r in known],
+                          ids, self._store, args=[r.get("args") or () for r in known],
                           kwargs=[r.get("kwargs") or None for r in known],
                           submitted_at=self.backend.batch_created_at(batch_id))
         self._events.start()
@@ -297,9 +280,9 @@ class Client:
         the first read and the subscription is not missed.
         """
         future = self._events.watched(task_id) or TaskFuture(
-            task_id, record.get("task", "?"), args=record.get("args") or (),
+            task_id, record.get("task", "?"), self._store, args=record.get("args") or (),
             kwargs=record.get("kwargs") or {}, batch=record.get("batch") or None,
-            index=record.get("index"), client=self,
+            index=record.get("index"),
         )
         self._events.start()
         self._events.watch([future])

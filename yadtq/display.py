@@ -21,8 +21,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from yadtq.batch import TaskBatch
 from yadtq.client import Client
-from yadtq.futures import TaskBatch, TaskFuture
+from yadtq.futures import TaskFuture
 from yadtq.status import COUNTERS, TaskStatus
 
 logger = logging.getLogger(__name__)

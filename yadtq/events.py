@@ -21,8 +21,9 @@ from typing import Any
 import redis
 
 from yadtq.backend import RedisBackend
+from yadtq.batch import TaskBatch
 from yadtq.errors import BackendUnavailable
-from yadtq.futures import TaskBatch, TaskFuture
+from yadtq.futures import TaskFuture
 from yadtq.status import FINISHED, TaskStatus
 
 logger = logging.getLogger(__name__)

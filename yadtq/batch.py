@@ -1,0 +1,340 @@
+"""Batch handles (core layer): :class:`TaskBatch`, the tasks of one ``map`` call as one handle.
+
+Like a future, a batch reads and changes Redis only through the
+:class:`~yadtq.futures.TaskStore` it is given, never through the client. pandas
+and matplotlib are imported only by the calls that return a DataFrame or a figure.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from yadtq.extras import require
+from yadtq.futures import TaskFuture, TaskStore, failure_error
+from yadtq.status import COUNTERS, FINISHED, TaskStatus
+
+if TYPE_CHECKING:
+    import pandas
+    from matplotlib.figure import Figure
+
+DATAFRAME_COLUMNS = [
+    "id", "index", "task", "args", "kwargs", "status", "result", "error", "worker", "attempt",
+    "queued_at", "started_at", "finished_at", "duration",
+]
+BATCH_COUNTERS = ("total", *COUNTERS)
+
+
+class TaskBatch(Sequence[TaskFuture]):
+    """The tasks of one ``map`` call, in submission order.
+
+    The batch keeps its tasks' state in plain lists and makes a :class:`TaskFuture`
+    only when one is asked for (``batch[i]``, iteration, ``wait``, ``as_completed``):
+    100,000 tasks cost a few lists, not 100,000 futures each with its own lock.
+    The event listener moves the batch as a whole, and tells its displays once
+    per burst of events rather than once per task.
+    """
+
+    def __init__(
+        self,
+        batch_id: str,
+        task: str,
+        task_ids: Sequence[str],
+        store: TaskStore,
+        *,
+        args: Sequence[Sequence[Any]] | None = None,
+        kwargs: Sequence[dict[str, Any] | None] | None = None,
+        submitted_at: float | None = None,
+    ) -> None:
+        self.id = batch_id
+        self.task = task
+        self.ids = list(task_ids)
+        total = len(self.ids)
+        self._args = list(args) if args is not None else [()] * total
+        self._kwargs = list(kwargs) if kwargs is not None else [None] * total
+        self._store = store
+        self.submitted_at = submitted_at or time.time()
+        self.finished_at: float | None = None
+        self._lock = threading.RLock()  # re-entered when a callback reads the batch
+        self._all_done = threading.Condition(self._lock)
+        self._position = {task_id: i for i, task_id in enumerate(self.ids)}
+        self._status = [TaskStatus.QUEUED] * total
+        self._worker: list[str | None] = [None] * total
+        self._attempt = [1] * total
+        self._started_at: list[float | None] = [None] * total
+        self._finished_at: list[float | None] = [None] * total
+        self._result: list[Any] = [None] * total
+        self._failure: dict[int, dict[str, Any]] = {}  # position -> final record, if not success
+        self._futures: dict[int, TaskFuture] = {}  # made on demand
+        self._counts: Counter[str] = Counter({TaskStatus.QUEUED.value: total})
+        self._per_worker: Counter[str] = Counter()
+        self._change_callbacks: list[Callable[[TaskBatch], None]] = []
+
+    # --- for the event listener only ---------------------------------------
+
+    def _set_progress(self, task_id: str, status: TaskStatus, worker: str | None,
+                      attempt: int | None, at: float | None) -> None:
+        """Record a non-final status change of one task."""
+        position = self._position.get(task_id)
+        if position is None:
+            return
+        with self._lock:
+            old = self._status[position]
+            if old.is_finished:
+                return
+            self._move(position, old, status)
+            self._worker[position] = worker or None
+            self._attempt[position] = attempt or self._attempt[position]
+            self._started_at[position] = at if status is TaskStatus.PROCESSING else None
+            future = self._futures.get(position)
+        if future is not None:
+            future._set_progress(status, worker, attempt, at)
+
+    def _resolve(self, task_id: str, record: dict[str, Any]) -> None:
+        """Finish one task from its final record."""
+        position = self._position.get(task_id)
+        if position is None:
+            return
+        status = TaskStatus(record["status"])
+        with self._lock:
+            old = self._status[position]
+            if old.is_finished:
+                return
+            self._move(position, old, status)
+            self._worker[position] = record.get("worker") or self._worker[position]
+            self._attempt[position] = record.get("attempt") or self._attempt[position]
+            self._started_at[position] = record.get("started_at") or self._started_at[position]
+            self._finished_at[position] = record.get("finished_at")
+            if status is TaskStatus.SUCCESS:
+                self._result[position] = record.get("result")
+            else:
+                self._failure[position] = record
+            if self._worker[position]:  # cancelled or undelivered before a worker took it
+                self._per_worker[self._worker[position]] += 1
+            if self._done == len(self.ids):
+                self.finished_at = time.time()
+                self._all_done.notify_all()
+            future = self._futures.get(position)
+        if future is not None:
+            future._resolve(record)
+
+    @property
+    def _done(self) -> int:
+        """How many tasks have finished, from the counters (read with the lock held)."""
+        return sum(self._counts[status.value] for status in FINISHED)
+
+    def _move(self, position: int, old: TaskStatus, new: TaskStatus) -> None:
+        self._counts[old.value] -= 1
+        self._counts[new.value] += 1
+        self._status[position] = new
+
+    def _changed(self) -> None:
+        """Tell the displays that tasks moved (once per burst of events)."""
+        for callback in list(self._change_callbacks):
+            try:
+                callback(self)
+            except Exception:  # noqa: BLE001 - a display bug must not break the listener
+                concurrent.futures._base.LOGGER.exception("change callback of %r raised", self)
+
+    def _record(self, position: int) -> dict[str, Any]:
+        """The task's state as the listener last heard it, in the form of a record."""
+        status = self._status[position]
+        if status.is_finished and status is not TaskStatus.SUCCESS:
+            return self._failure[position]
+        return {"status": status.value, "worker": self._worker[position],
+                "attempt": self._attempt[position], "started_at": self._started_at[position],
+                "finished_at": self._finished_at[position], "result": self._result[position]}
+
+    def _pending_ids(self) -> list[str]:
+        with self._lock:
+            return [self.ids[i] for i, s in enumerate(self._status) if not s.is_finished]
+
+    # --- for callers -------------------------------------------------------
+
+    def add_change_callback(self, callback: Callable[[TaskBatch], None]) -> None:
+        """Call ``callback(batch)`` after tasks of the batch change (used by displays)."""
+        self._change_callbacks.append(callback)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Progress as plain data: counts, rate, elapsed, ETA, tasks finished per worker."""
+        with self._lock:
+            counts = dict(self._counts)
+            per_worker = dict(sorted(self._per_worker.items()))
+            finished_at = self.finished_at
+            done = self._done
+        total = len(self.ids)
+        elapsed = (finished_at or time.time()) - self.submitted_at
+        rate = done / elapsed if elapsed > 0 else 0.0
+        return {
+            "id": self.id,
+            "task": self.task,
+            "total": total,
+            **{status.value: counts.get(status.value, 0) for status in TaskStatus},
+            "done": done,
+            "finished": done == total,
+            "elapsed": elapsed,
+            "rate": rate,
+            "eta": (total - done) / rate if rate > 0 and done < total else None,
+            "per_worker": per_worker,
+        }
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self._future(i) for i in range(*index.indices(len(self.ids)))]
+        position = range(len(self.ids))[index]  # negative indices and IndexError as a list
+        return self._future(position)
+
+    def __iter__(self) -> Iterator[TaskFuture]:
+        return (self._future(i) for i in range(len(self.ids)))
+
+    def _future(self, position: int) -> TaskFuture:
+        """The future of one task, made (with the state heard so far) on first use."""
+        with self._lock:
+            future = self._futures.get(position)
+            if future is None:
+                future = TaskFuture(self.ids[position], self.task, self._store,
+                                    args=self._args[position], kwargs=self._kwargs[position],
+                                    batch=self.id, index=position)
+                future._owner = self  # the listener moves the batch, so it lives on with it
+                status = self._status[position]
+                if status.is_finished:
+                    future._resolve(self._record(position))
+                elif status is not TaskStatus.QUEUED:
+                    future._set_progress(status, self._worker[position], self._attempt[position],
+                                         self._started_at[position])
+                self._futures[position] = future
+            return future
+
+    def done(self) -> bool:
+        """True when every task has finished."""
+        with self._lock:
+            return self._done == len(self.ids)
+
+    def _wait_all(self, timeout: float | None) -> bool:
+        with self._all_done:
+            return self._all_done.wait_for(lambda: self._done == len(self.ids), timeout)
+
+    def wait(
+        self, timeout: float | None = None, return_when: str = concurrent.futures.ALL_COMPLETED
+    ) -> tuple[set[TaskFuture], set[TaskFuture]]:
+        """Wait like :func:`concurrent.futures.wait`; returns (done, not_done)."""
+        if return_when == concurrent.futures.ALL_COMPLETED:
+            self._wait_all(timeout)
+            done, not_done = set(), set()
+            for future in self:
+                (done if future.done() else not_done).add(future)
+            return done, not_done
+        return concurrent.futures.wait(list(self), timeout, return_when)
+
+    def as_completed(self, timeout: float | None = None) -> Iterator[TaskFuture]:
+        """Yield futures as they finish, like :func:`concurrent.futures.as_completed`."""
+        return concurrent.futures.as_completed(list(self), timeout)
+
+    def results(self, timeout: float | None = None) -> list[Any]:
+        """Wait for every task and return the results in submission order.
+
+        Raises:
+            TaskFailed: a task failed (the first one in submission order).
+            TaskCancelled: a task was cancelled (if it comes before any failure).
+            TimeoutError: not all tasks finished within ``timeout`` seconds; says so when
+                no live worker serves the queue.
+        """
+        if not self._wait_all(timeout):
+            raise TimeoutError(
+                f"{len(self.ids) - self._done} (of {len(self.ids)}) tasks of batch {self.id} "
+                f"unfinished after {timeout} s{self._store.no_worker_hint()}"
+            )
+        with self._lock:
+            if self._failure:
+                position = min(self._failure)
+                raise failure_error(self.ids[position], self._failure[position])
+            stored = list(self._result)
+        loaded = [self._store.load_result(task_id, value)
+                  for task_id, value in zip(self.ids, stored, strict=True)]
+        with self._lock:  # keep what was loaded: a large result is fetched once
+            self._result = loaded
+        return loaded
+
+    def cancel(self) -> int:
+        """Cancel every unfinished task of the batch; returns how many were cancelled."""
+        cancelled = 0
+        for task_id in self._pending_ids():
+            if self._store.cancel(task_id, self.id):
+                cancelled += 1
+                self._resolve(task_id, {"status": TaskStatus.CANCELLED.value})
+        if cancelled:
+            self._changed()
+        return cancelled
+
+    def status_counts(self) -> dict[str, int]:
+        """Counts per status from the batch counters in Redis."""
+        counts = self._store.batch_counts(self.id)
+        return {name: counts.get(name, 0) for name in BATCH_COUNTERS}
+
+    def local_counts(self) -> Counter[str]:
+        """Counts per status as this client last heard them (no Redis round trip)."""
+        with self._lock:
+            return +self._counts
+
+    def to_dataframe(self) -> pandas.DataFrame:
+        """One row per task with its current status, result, worker and timings."""
+        pandas = require("pandas", "TaskBatch.to_dataframe()")
+        records = self._store.task_records(self.ids)
+        rows = [_row(self.ids[i], i, self.task, self._args[i], self._kwargs[i], record)
+                for i, record in enumerate(records)]
+        for row in rows:  # pickled results: small ones loaded, large ones left in Redis
+            row["result"] = self._store.load_result(row["id"], row["result"], leave_large=True)
+        frame = pandas.DataFrame(rows, columns=DATAFRAME_COLUMNS)
+        for column in ("queued_at", "started_at", "finished_at"):
+            frame[column] = pandas.to_datetime(frame[column], unit="s", utc=True)
+        return frame
+
+    def timeline(self, title: str | None = None) -> Figure:
+        """A Gantt chart: one lane per worker, one bar per task, coloured by status."""
+        from yadtq import plots
+
+        return plots.timeline(self.to_dataframe(), title=title or f"{self.task} × {len(self)}")
+
+    def plot_distribution(self, title: str | None = None) -> Figure:
+        """A bar chart of how many tasks each worker ran, split by outcome."""
+        from yadtq import plots
+
+        return plots.distribution(self.to_dataframe(),
+                                  title=title or f"{self.task} × {len(self)}: tasks per worker")
+
+    def __repr__(self) -> str:
+        counts = self.local_counts()
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        return f"<TaskBatch {self.id} {self.task} × {len(self.ids)}: {summary}>"
+
+
+def _row(task_id: str, index: int | None, task: str, args: Sequence[Any],
+         kwargs: dict[str, Any] | None, record: dict[str, Any] | None) -> dict[str, Any]:
+    record = record or {}
+    started, finished = record.get("started_at"), record.get("finished_at")
+    error = record.get("error")
+    if error:
+        error = f"{record.get('error_type', 'Error')}: {error}"
+    return {
+        "id": task_id,
+        "index": index,
+        "task": task,
+        "args": tuple(args),
+        "kwargs": kwargs or {},
+        "status": record.get("status", "expired"),
+        "result": record.get("result"),
+        "error": error,
+        "worker": record.get("worker") or None,
+        "attempt": record.get("attempt"),
+        "queued_at": record.get("queued_at"),
+        "started_at": started,
+        "finished_at": finished,
+        "duration": finished - started if started and finished else None,
+    }
