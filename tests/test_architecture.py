@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "yadtq"
 
 LAYERS: list[set[str]] = [
     {"errors", "status", "config", "protocol", "registry", "values", "extras"},  # bottom
-    {"backend", "broker"},  # adapters
+    {"backend", "broker", "keys", "records", "redis_errors", "scripts"},  # adapters
     {"futures", "batch", "store", "events", "client", "worker", "plots", "execution",
      "stealing", "shipping", "routing"},  # core
     {"display", "local", "apache_kafka", "processes", "cli", "connection", "__init__",

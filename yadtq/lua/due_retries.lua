@@ -3,6 +3,10 @@
 -- caller that dies before producing leaves it to be taken again; the caller removes it
 -- (ZREM) once the message is produced. Safe in every worker at once.
 --
+-- Python side: yadtq/scripts.py, DueRetriesCall. They lay out
+-- these KEYS and ARGV and name the reply's fields: change the two together
+-- (tests/test_scripts.py runs the codec against this script).
+--
 -- KEYS[1] retries sorted set yadtq:retries:<queue>   (task id -> when to run again)
 -- ARGV[1] now (unix seconds)
 -- ARGV[2] seconds to hold a taken entry

@@ -2,6 +2,10 @@
 -- A worker that was frozen past its lease may still list tasks that were reaped and
 -- claimed by another worker; those leases are not its to extend, so they are left alone.
 --
+-- Python side: yadtq/scripts.py, RenewCall. They lay out
+-- these KEYS and ARGV and name the reply's fields: change the two together
+-- (tests/test_scripts.py runs the codec against this script).
+--
 -- KEYS[1]    leases sorted set  yadtq:leases:<queue>
 -- KEYS[2..]  task hashes        yadtq:task:<id>, one per task id in ARGV[3..]
 -- ARGV[1]    worker id

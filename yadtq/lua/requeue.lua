@@ -1,6 +1,10 @@
 -- requeue.lua: give a processing task back to the queue: processing -> queued, attempt + 1.
 -- Used by the reaper (lease expired) and by a worker handing back work on shutdown.
 --
+-- Python side: yadtq/scripts.py, RequeueCall and RequeueReply. They lay out
+-- these KEYS and ARGV and name the reply's fields: change the two together
+-- (tests/test_scripts.py runs the codec against this script).
+--
 -- KEYS[1] task hash          yadtq:task:<id>
 -- KEYS[2] leases sorted set  yadtq:leases:<queue>
 -- KEYS[3] batch counters     yadtq:batch:<batch>

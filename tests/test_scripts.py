@@ -1,0 +1,442 @@
+"""Each Lua script's codec (``yadtq.scripts``) against the script itself, on a real Redis.
+
+A codec lays out its script's KEYS and ARGV and names its reply. These tests run
+every script with the arguments its codec builds, for several tasks at once where
+the script takes a group per task, and check where each value landed. A codec
+whose group is one argument longer or shorter than the stride its script reads,
+or whose header arguments are in another order, would move a value to another
+task or another field, and fail here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from yadtq import protocol
+from yadtq.config import Config
+from yadtq.keys import Keys
+from yadtq.protocol import TaskMessage
+from yadtq.records import PAYLOAD_FIELDS, payload, record_fields, unbatched_fields
+from yadtq.scripts import (
+    CALLS,
+    MISSING,
+    RETRY,
+    CancelCall,
+    CancelReply,
+    ClaimCall,
+    ClaimReply,
+    ClaimTask,
+    DueRetriesCall,
+    FinishCall,
+    FinishReply,
+    FinishTask,
+    RenewCall,
+    RequeueCall,
+    RequeueReply,
+    Scripts,
+    UndeliveredCall,
+    UndeliveredTask,
+    Verdict,
+)
+from yadtq.status import COUNTERS
+
+LUA = Path(__file__).resolve().parents[1] / "yadtq" / "lua"
+NOW = 1_000_000.0
+LEASE = NOW + 60.0
+TTL = 3600.0
+WORKER = "worker-a"
+OTHER_WORKER = "worker-b"
+
+
+@pytest.fixture
+def client(config: Config) -> Iterator[redis.Redis]:
+    connected = redis.Redis.from_url(config.redis_url)
+    yield connected
+    connected.close()
+
+
+@pytest.fixture
+def keys(config: Config) -> Keys:
+    return Keys(config.key_prefix, config.queue)
+
+
+@pytest.fixture
+def scripts(client: redis.Redis, keys: Keys) -> Scripts:
+    return Scripts(client, keys)
+
+
+def queued(client: redis.Redis, keys: Keys, count: int = 1, batch: str | None = None,
+           **options: Any) -> list[TaskMessage]:
+    """Queued task records (and their batch's counters), as a client writes them."""
+    messages = [protocol.build("add", [i, 10], batch=batch, index=i, **options)
+                for i in range(count)]
+    for message in messages:
+        client.hset(keys.task(message.id), mapping=record_fields(message, NOW))
+    if batch is not None:
+        client.hset(keys.batch(batch), mapping={"total": count, **dict.fromkeys(COUNTERS, 0),
+                                                "queued": count})
+    return messages
+
+
+def claimed(scripts: Scripts, messages: list[TaskMessage], worker: str = WORKER) -> None:
+    replies, _ = scripts.run(ClaimCall(worker, LEASE, NOW, len(messages),
+                                       [ClaimTask(m.id, m.batch) for m in messages]))
+    assert all(reply.ok for reply in replies), replies
+
+
+def text_hash(client: redis.Redis, key: str) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+
+
+def counters(client: redis.Redis, keys: Keys, batch: str) -> dict[str, int]:
+    raw = text_hash(client, keys.batch(batch))
+    return {name: int(raw[name]) for name in COUNTERS}
+
+
+def events(client: redis.Redis, keys: Keys, task_id: str) -> list[str]:
+    return [json.loads(e)["event"] for e in client.lrange(keys.task_history(task_id), 0, -1)]
+
+
+def test_every_lua_script_has_one_codec_and_every_codec_a_script() -> None:
+    scripts = sorted(path.name for path in LUA.glob("*.lua"))
+
+    assert sorted(call.script for call in CALLS) == scripts
+
+
+# --- claim.lua --------------------------------------------------------------------------
+
+
+def test_claim_reads_each_tasks_keys_and_arguments_at_the_codecs_stride(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given a batched task, a task in no batch, and a message whose record is missing
+    [batched] = queued(client, keys, batch="b-1")
+    [lone] = queued(client, keys)
+    unrecorded = protocol.build("multiply", [3, 4])
+
+    # When one call claims all three, the last with the fields to create its record from
+    replies, _ = scripts.run(ClaimCall(WORKER, LEASE, NOW, 3, [
+        ClaimTask(batched.id, batched.batch), ClaimTask(lone.id, None),
+        ClaimTask(unrecorded.id, None, unbatched_fields(unrecorded, NOW))]))
+
+    # Then each reply names the attempt claimed, in order
+    assert replies == [ClaimReply(Verdict.OK, attempt=1)] * 3
+    # And each task, under its own id, is processing by this worker with a lease
+    ids = [batched.id, lone.id, unrecorded.id]
+    assert dict(client.zrange(keys.leases, 0, -1, withscores=True)) == {
+        task_id.encode(): LEASE for task_id in ids}
+    for task_id in ids:
+        record = text_hash(client, keys.task(task_id))
+        assert (record["status"], record["worker"], float(record["started_at"])) == (
+            "processing", WORKER, NOW)
+        assert events(client, keys, task_id) == ["claimed"]
+    # And the record was created from the fields the codec sent
+    assert text_hash(client, keys.task(unrecorded.id))["task"] == "multiply"
+    # And only the batched task moved its batch's counters
+    assert counters(client, keys, "b-1") == {**dict.fromkeys(COUNTERS, 0), "processing": 1}
+
+
+def test_claim_takes_the_limit_and_served_names_from_its_header_arguments(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given three queued tasks
+    first, second, third = queued(client, keys, count=3)
+
+    # When a worker serving only "multiply" may claim one of them, then one serving "add"
+    not_served, _ = scripts.run(ClaimCall(WORKER, LEASE, NOW, 1, [ClaimTask(first.id, None)],
+                                          served=["multiply"]))
+    replies, _ = scripts.run(ClaimCall(WORKER, LEASE, NOW, 1,
+                                       [ClaimTask(m.id, None) for m in (first, second, third)],
+                                       served=["add"]))
+
+    # Then the names and the limit were read where the codec put them
+    assert not_served == [ClaimReply(Verdict.SKIP, reason="not served here")]
+    assert replies == [ClaimReply(Verdict.OK, attempt=1),
+                       ClaimReply(Verdict.SKIP, reason="over the limit"),
+                       ClaimReply(Verdict.SKIP, reason="over the limit")]
+
+
+def test_claim_reply_names_why_a_task_was_skipped(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given a task already claimed, and an id with no record
+    [message] = queued(client, keys)
+    claimed(scripts, [message])
+
+    # When both are claimed again, without fields to create a record
+    replies, _ = scripts.run(ClaimCall(OTHER_WORKER, LEASE, NOW, 2,
+                                       [ClaimTask(message.id, None), ClaimTask("no-such", None)]))
+
+    # Then the replies say so by name
+    assert replies == [ClaimReply(Verdict.SKIP, reason="processing"),
+                       ClaimReply(Verdict.SKIP, reason=MISSING)]
+    assert [reply.missing for reply in replies] == [False, True]
+    assert not any(reply.ok for reply in replies)
+
+
+# --- finish.lua -------------------------------------------------------------------------
+
+
+def finish_task(message: TaskMessage, outcome: str, stored: tuple[str, str, str],
+                ended_at: float, retry_at: float | None = None) -> FinishTask:
+    return FinishTask(message.id, message.batch, 1, outcome, retry_at, summary="",
+                      result_or_error_type=stored[0], error=stored[1], traceback=stored[2],
+                      ended_at=ended_at)
+
+
+def test_finish_stores_each_tasks_outcome_from_its_own_nine_arguments(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given three tasks of a batch, claimed
+    ok, bad, again = queued(client, keys, count=3, batch="b-2")
+    claimed(scripts, [ok, bad, again])
+
+    # When one call stores a success, a failure and a retry, each with its own values
+    replies, _ = scripts.run(FinishCall(WORKER, NOW + 10, TTL, [
+        finish_task(ok, "success", ("[42]", "", ""), ended_at=NOW + 1),
+        finish_task(bad, "failed", ("ValueError", "bad input", "Traceback ..."), NOW + 2),
+        finish_task(again, RETRY, ("OSError", "flaky", "tb"), NOW + 3, retry_at=NOW + 99)]))
+
+    # Then every outcome was accepted
+    assert replies == [FinishReply(Verdict.OK)] * 3
+    # And each record holds exactly its own task's values
+    success = text_hash(client, keys.task(ok.id))
+    assert (success["status"], success["result"], float(success["finished_at"])) == (
+        "success", "[42]", NOW + 1)
+    failure = text_hash(client, keys.task(bad.id))
+    assert (failure["status"], failure["error_type"], failure["error"], failure["traceback"],
+            float(failure["finished_at"])) == (
+        "failed", "ValueError", "bad input", "Traceback ...", NOW + 2)
+    retry = text_hash(client, keys.task(again.id))
+    assert (retry["status"], retry["attempt"], float(retry["retry_at"])) == (
+        "queued", "2", NOW + 99)
+    assert client.zscore(keys.retries, again.id) == NOW + 99
+    # And the header's ttl and the batch keys reached the script
+    assert 0 < client.ttl(keys.task(ok.id)) <= TTL
+    assert client.ttl(keys.task(again.id)) == -1
+    assert counters(client, keys, "b-2") == {**dict.fromkeys(COUNTERS, 0), "queued": 1,
+                                             "success": 1, "failed": 1}
+
+
+def test_finish_reply_names_the_status_attempt_and_worker_of_a_refusal(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given a task another worker holds, and an id with no record
+    [message] = queued(client, keys)
+    claimed(scripts, [message], worker=OTHER_WORKER)
+    unknown = protocol.build("add", [1, 2])
+
+    # When this worker tries to finish both
+    replies, _ = scripts.run(FinishCall(WORKER, NOW, TTL, [
+        finish_task(message, "success", ("1", "", ""), NOW),
+        finish_task(unknown, "success", ("1", "", ""), NOW)]))
+
+    # Then each refusal says what the task was and who held it
+    assert replies == [FinishReply(Verdict.REFUSED, "processing", 1, OTHER_WORKER),
+                       FinishReply(Verdict.REFUSED, MISSING, None, "")]
+    assert events(client, keys, message.id) == ["claimed", "refused"]
+
+
+def test_a_task_group_one_argument_longer_than_the_scripts_stride_is_caught(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given a codec that sends one argument too many per task
+    class Longer(FinishTask):
+        def args(self) -> list[Any]:
+            return [*super().args(), "extra"]
+
+    first, second = queued(client, keys, count=2)
+    claimed(scripts, [first, second])
+    tasks = [Longer(**vars(finish_task(m, "success", ("1", "", ""), NOW)))
+             for m in (first, second)]
+
+    # When the script reads the second task at its own stride, Then it does not run it
+    with pytest.raises(redis.ResponseError, match="outcome must be success, failed or retry"):
+        scripts.run(FinishCall(WORKER, NOW, TTL, tasks))
+    assert client.hget(keys.task(second.id), "status") == b"processing"
+
+
+# --- requeue.lua ------------------------------------------------------------------------
+
+
+def test_requeue_answers_the_new_attempt_and_the_payload_by_field_name(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given a claimed batched task with options, whose lease has expired
+    [message] = queued(client, keys, batch="b-3", max_retries=2, timeout=5.0,
+                       retry_on=("OSError",))
+    claimed(scripts, [message])
+
+    # When a reaper requeues it
+    reply, _ = scripts.run(RequeueCall(message.id, message.batch, handback=False,
+                                       now=LEASE + 1, worker_id=OTHER_WORKER))
+
+    # Then the reply names the new attempt and every payload field, as the record holds them
+    stored = payload(client.hmget(keys.task(message.id), *PAYLOAD_FIELDS))
+    assert reply == RequeueReply(Verdict.OK, attempt=2, payload=stored)
+    assert reply.payload is not None
+    assert (reply.payload["task"], json.loads(reply.payload["args"]), reply.payload["batch"],
+            reply.payload["index"], reply.payload["max_retries"], reply.payload["timeout"],
+            reply.payload["code"]) == ("add", [0, 10], "b-3", "0", "2", "5.0", "")
+    # And the task is queued again, its lease gone, its batch counting it as queued
+    assert client.hget(keys.task(message.id), "status") == b"queued"
+    assert client.zscore(keys.leases, message.id) is None
+    assert counters(client, keys, "b-3")["queued"] == 1
+
+
+def test_requeue_reply_names_why_it_did_nothing(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given a task WORKER holds under a live lease, and a task still queued
+    held, waiting = queued(client, keys, count=2)
+    claimed(scripts, [held])
+
+    # When the lease is reaped too early, another worker hands it back, and the queued one
+    # is requeued
+    early, _ = scripts.run(RequeueCall(held.id, None, False, NOW, OTHER_WORKER))
+    not_its, _ = scripts.run(RequeueCall(held.id, None, True, NOW, OTHER_WORKER))
+    not_running, _ = scripts.run(RequeueCall(waiting.id, None, False, NOW, OTHER_WORKER))
+
+    # Then each reply says why, and the holder's handback (mode read from ARGV) succeeds
+    assert early == RequeueReply(Verdict.SKIP, reason="lease live")
+    assert not_its == RequeueReply(Verdict.SKIP, reason=f"held by {WORKER}")
+    assert not_running == RequeueReply(Verdict.SKIP, reason="queued")
+    handed, _ = scripts.run(RequeueCall(held.id, None, True, NOW, WORKER))
+    assert (handed.verdict, handed.attempt) == (Verdict.OK, 2)
+
+
+# --- cancel.lua -------------------------------------------------------------------------
+
+
+def test_cancel_answers_the_previous_status_and_holder_and_records_who_asked(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given a queued and a processing task of a batch
+    waiting, running = queued(client, keys, count=2, batch="b-4")
+    claimed(scripts, [running])
+
+    # When both are cancelled, and the first once more
+    first, _ = scripts.run(CancelCall(waiting.id, waiting.batch, NOW, TTL, "tester"))
+    second, _ = scripts.run(CancelCall(running.id, running.batch, NOW, TTL, "tester"))
+    again, _ = scripts.run(CancelCall(waiting.id, waiting.batch, NOW, TTL, "tester"))
+
+    # Then the replies name the status each had and who held it, or why nothing was done
+    assert first == CancelReply(Verdict.OK, "queued", "")
+    assert second == CancelReply(Verdict.OK, "processing", WORKER)
+    assert again == CancelReply(Verdict.SKIP, "cancelled")
+    # And the header arguments landed: who asked, the time, the ttl, the batch counters
+    record = text_hash(client, keys.task(waiting.id))
+    assert (record["status"], record["error"], float(record["finished_at"])) == (
+        "cancelled", "cancelled by tester", NOW)
+    assert 0 < client.ttl(keys.task(waiting.id)) <= TTL
+    assert client.zscore(keys.leases, running.id) is None
+    assert counters(client, keys, "b-4") == {**dict.fromkeys(COUNTERS, 0), "cancelled": 2}
+
+
+# --- undelivered.lua --------------------------------------------------------------------
+
+
+def test_undelivered_fails_each_queued_task_at_its_stride_and_counts_them(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given two queued tasks of a batch and one a worker claimed meanwhile
+    first, second, taken = queued(client, keys, count=3, batch="b-5")
+    claimed(scripts, [taken])
+
+    # When one call fails all three as undelivered
+    count, _ = scripts.run(UndeliveredCall(NOW, TTL, "BrokerUnavailable", "no broker",
+                                           [UndeliveredTask(m.id, m.batch)
+                                            for m in (first, second, taken)]))
+
+    # Then the two queued ones failed with the error the codec sent, and the claimed one ran on
+    assert count == 2
+    for message in (first, second):
+        record = text_hash(client, keys.task(message.id))
+        assert (record["status"], record["error_type"], record["error"],
+                float(record["finished_at"])) == ("failed", "BrokerUnavailable", "no broker", NOW)
+        assert 0 < client.ttl(keys.task(message.id)) <= TTL
+    assert client.hget(keys.task(taken.id), "status") == b"processing"
+    assert counters(client, keys, "b-5") == {**dict.fromkeys(COUNTERS, 0), "processing": 1,
+                                             "failed": 2}
+
+
+# --- due_retries.lua --------------------------------------------------------------------
+
+
+def test_due_retries_takes_the_due_ids_up_to_the_limit_and_holds_them(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given two retries due and one not yet
+    client.zadd(keys.retries, {"a": NOW - 2, "b": NOW - 1, "c": NOW + 10})
+
+    # When one is taken, holding it 30 s, and then the rest
+    first, _ = scripts.run(DueRetriesCall(NOW, hold=30.0, limit=1))
+    rest, _ = scripts.run(DueRetriesCall(NOW, hold=30.0, limit=10))
+
+    # Then the ids come back oldest first, each held now + hold
+    assert (first, rest) == (["a"], ["b"])
+    assert client.zscore(keys.retries, "a") == NOW + 30
+    assert client.zscore(keys.retries, "c") == NOW + 10
+
+
+# --- renew.lua --------------------------------------------------------------------------
+
+
+def test_renew_extends_this_workers_leases_and_names_the_cancelled_tasks(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given a task this worker holds, one another worker holds, and one cancelled meanwhile
+    mine, theirs, cancelled = queued(client, keys, count=3)
+    claimed(scripts, [mine, cancelled])
+    claimed(scripts, [theirs], worker=OTHER_WORKER)
+    scripts.run(CancelCall(cancelled.id, None, NOW, TTL, "tester"))
+
+    # When this worker renews all three
+    reply, _ = scripts.run(RenewCall(WORKER, NOW + 500, [mine.id, theirs.id, cancelled.id]))
+
+    # Then only its own lease moved, and the cancelled task is named
+    assert reply == [cancelled.id]
+    assert client.zscore(keys.leases, mine.id) == NOW + 500
+    assert client.zscore(keys.leases, theirs.id) == LEASE
+
+
+# --- running the scripts ----------------------------------------------------------------
+
+
+def test_a_script_redis_lost_is_loaded_again_and_the_call_run_once_more(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given a due retry, and a Redis that has forgotten every script (as after a restart)
+    client.zadd(keys.retries, {"a": NOW - 1})
+    client.script_flush()
+
+    # When a script runs with other commands in the same round trip
+    taken, also = scripts.run(DueRetriesCall(NOW, 30.0, 10),
+                              also=lambda pipe: pipe.zcard(keys.retries))
+
+    # Then the script ran (once) and the other commands' replies come back too
+    assert taken == ["a"]
+    assert also == [1]
+    assert client.zscore(keys.retries, "a") == NOW + 30
+
+
+@pytest.mark.parametrize("parse, reply", [
+    (ClaimReply.parse, [b"ok", 1, b"extra"]),
+    (ClaimReply.parse, [b"refused", b"processing"]),
+    (FinishReply.parse, [b"ok", b"extra"]),
+    (FinishReply.parse, [b"refused", b"processing", b"1"]),
+    (RequeueReply.parse, [b"ok", 2, *[b""] * (len(PAYLOAD_FIELDS) - 1)]),
+    (CancelReply.parse, [b"ok", b"queued"]),
+    (CancelReply.parse, [b"done", b"queued"]),
+], ids=["claim-longer", "claim-verdict", "finish-ok-longer", "finish-refused-shorter",
+        "requeue-payload-short", "cancel-shorter", "cancel-verdict"])
+def test_a_reply_of_another_shape_than_the_codec_knows_is_refused(parse: Any, reply: list
+                                                                  ) -> None:
+    with pytest.raises(ValueError, match="the script and its codec in yadtq/scripts.py disagree"):
+        parse(reply)

@@ -1,0 +1,60 @@
+"""Every Redis key and channel yadtq uses (adapter layer), built in this one place.
+
+Keys built by hand in several modules drift apart; here each is a method of
+:class:`Keys`, under the configurable prefix (DESIGN.md, "Redis schema").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NO_BATCH = "-"  # the batch id in the batch keys of a task in no batch (the scripts leave them)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every Redis key and channel of one queue, under one prefix."""
+
+    prefix: str
+    queue: str
+
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def task_history(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}:attempts"
+
+    def batch_tasks(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:tasks"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{self.queue}:{worker_id}"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers:{self.queue}"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.prefix}:leases:{self.queue}"
+
+    @property
+    def claimed_offsets(self) -> str:
+        return f"{self.prefix}:claimed-offsets:{self.queue}"
+
+    @property
+    def retries(self) -> str:
+        return f"{self.prefix}:retries:{self.queue}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:events:{self.queue}"
+
+    def doorbell(self, partition: int) -> str:
+        return f"{self.prefix}:doorbell:{self.queue}:{partition}"
+
+    def blob(self, sha256: str) -> str:
+        return f"{self.prefix}:blob:{sha256}"

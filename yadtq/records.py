@@ -1,0 +1,111 @@
+"""The task hash (adapter layer): what a message is stored as in Redis, and read back as.
+
+The record, not the Kafka offset, is the source of truth for a task (DESIGN.md,
+"Delivery guarantees"), and it keeps the full payload so that a task can be
+produced again (a reaped lease, a retry) without its original message. Writing
+and reading that payload live together here so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from yadtq.protocol import TaskMessage
+from yadtq.status import TaskStatus
+from yadtq.values import Ref
+
+# The fields that hold a message's payload, for an HMGET (or requeue.lua) to read back.
+PAYLOAD_FIELDS = ("task", "args", "kwargs", "batch", "index", "max_retries", "timeout",
+                  "submitted_at", "retry_on", "retry_backoff", "code", "pickled",
+                  "pickles_sig")
+
+
+def text(value: bytes | str | None) -> str:
+    """A value Redis returned, as text ("" for nil)."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def decode_record(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
+    """A task hash as Python values: JSON fields parsed, times as floats."""
+    record: dict[str, Any] = {text(k): text(v) for k, v in raw.items()}
+    for name in ("args", "kwargs", "result"):
+        if record.get(name):
+            record[name] = json.loads(record[name])
+    for name in ("queued_at", "started_at", "finished_at", "submitted_at", "requeued_at"):
+        record[name] = float(record[name]) if record.get(name) else None
+    for name in ("attempt", "index", "max_retries"):
+        record[name] = int(record[name]) if record.get(name) else None
+    return record
+
+
+def record_fields(message: TaskMessage, now: float) -> dict[str, str]:
+    """The task hash fields a message starts with (all strings, none empty)."""
+    fields = {
+        "status": TaskStatus.QUEUED.value,
+        "task": message.task,
+        "args": json.dumps(list(message.args)),
+        "kwargs": json.dumps(dict(message.kwargs)),
+        "attempt": str(message.attempt),
+        "queued_at": repr(now),
+        "format": "plain" if message.plain else "v1",
+    }
+    optional = {
+        "batch": message.batch,
+        "index": message.index,
+        "max_retries": message.max_retries,
+        "timeout": message.timeout,
+        "submitted_at": message.submitted_at,
+        "retry_on": json.dumps(list(message.retry_on)) if message.retry_on else None,
+        "retry_backoff": message.retry_backoff,
+        # A shipped function and pickled arguments, kept to produce the task again.
+        "code": json.dumps({"ref": message.code.to_dict(), "python": message.python})
+        if message.code else None,
+        "pickled": json.dumps(message.pickled.to_dict()) if message.pickled else None,
+        "pickles_sig": message.pickles_sig,
+    }
+    fields.update({k: str(v) for k, v in optional.items() if v is not None})
+    return fields
+
+
+def unbatched_fields(message: TaskMessage, now: float) -> dict[str, str]:
+    """Fields for a record a claim creates: never counted in a batch, so it names none."""
+    fields = record_fields(message, now)
+    fields.pop("batch", None)
+    return fields
+
+
+def payload(values: Sequence[bytes | str | None]) -> dict[str, str]:
+    """Values read in ``PAYLOAD_FIELDS`` order, by name ("" for an unset field).
+
+    Raises:
+        ValueError: not one value per payload field.
+    """
+    return {name: text(value) for name, value in zip(PAYLOAD_FIELDS, values, strict=True)}
+
+
+def message_from_payload(task_id: str, attempt: int, fields: Mapping[str, str]) -> TaskMessage:
+    """Rebuild a task message from its stored payload fields (see :func:`payload`)."""
+    shipped = json.loads(fields["code"]) if fields["code"] else None
+    pickled = fields["pickled"]
+    return TaskMessage(
+        id=task_id,
+        task=fields["task"],
+        args=tuple(json.loads(fields["args"] or "[]")),
+        kwargs=json.loads(fields["kwargs"] or "{}"),
+        batch=fields["batch"] or None,
+        index=int(fields["index"]) if fields["index"] else None,
+        attempt=attempt,
+        max_retries=int(fields["max_retries"]) if fields["max_retries"] else None,
+        timeout=float(fields["timeout"]) if fields["timeout"] else None,
+        submitted_at=float(fields["submitted_at"]) if fields["submitted_at"] else None,
+        retry_on=tuple(json.loads(fields["retry_on"])) if fields["retry_on"] else (),
+        retry_backoff=float(fields["retry_backoff"]) if fields["retry_backoff"] else None,
+        code=Ref.from_dict(shipped["ref"], "code") if shipped else None,
+        python=shipped["python"] if shipped else None,
+        pickled=Ref.from_dict(json.loads(pickled), "pickled") if pickled else None,
+        pickles_sig=fields["pickles_sig"] or None,
+    )

@@ -1,0 +1,450 @@
+"""Each Lua script's keys, arguments and reply, by name (adapter layer, beside the backend).
+
+The scripts in ``yadtq/lua`` take flat KEYS and ARGV lists and answer with flat
+arrays. Read by position across the backend, a field added to a script had to be
+added at several offsets; here each script has one codec instead, so it is added
+in one place: a frozen dataclass naming the call's values, whose ``keys`` and
+``args`` lay them out as the script's header comment says, and whose ``parse``
+names the reply's fields and refuses a reply of another shape. A script that
+takes a group of keys and arguments per task declares the group once
+(:class:`ClaimTask`, :class:`FinishTask`, :class:`UndeliveredTask`), with the
+stride the script reads it at beside it. :class:`Scripts` registers the scripts
+once and runs a call. ``tests/test_scripts.py`` runs every codec against its script.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from importlib import resources
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import redis
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
+
+from yadtq.keys import NO_BATCH, Keys
+from yadtq.records import PAYLOAD_FIELDS, payload, text
+
+MISSING = "missing"  # the status the scripts report for a task without a record
+RETRY = "retry"  # finish.lua's outcome that queues the next attempt after a backoff
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Verdict(str, Enum):
+    """The first field of a claim, finish, requeue or cancel reply."""
+
+    OK = "ok"
+    SKIP = "skip"  # claim, requeue, cancel: nothing done; the next field says why
+    REFUSED = "refused"  # finish: the outcome does not match the task's claim
+
+
+class ScriptCall(Protocol[R_co]):
+    """One call of a script, as the backend runs it: file name, KEYS, ARGV, reply parser."""
+
+    script: ClassVar[str]
+
+    def keys(self, keys: Keys) -> list[str]: ...
+
+    def args(self, keys: Keys) -> list[Any]: ...
+
+    def parse(self, reply: Any) -> R_co: ...
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A reply that opens with a verdict; each script's adds its own named fields."""
+
+    verdict: Verdict
+
+    @property
+    def ok(self) -> bool:
+        """True when the script did what was asked."""
+        return self.verdict is Verdict.OK
+
+
+def _split(script: str, reply: Sequence[Any], shapes: Mapping[Verdict, int]
+           ) -> tuple[Verdict, list[Any]]:
+    """A reply's verdict and the fields after it, checked against what ``script`` answers.
+
+    ``shapes`` gives, for each verdict the script may answer, how many fields follow it.
+
+    Raises:
+        ValueError: the reply has another verdict or another number of fields.
+    """
+    word = text(reply[0]) if reply else ""
+    fields = list(reply[1:])
+    if word not in {verdict.value for verdict in shapes} or len(fields) != shapes[Verdict(word)]:
+        expected = " or ".join(f"{verdict.value!r} and {count} field(s)"
+                               for verdict, count in shapes.items())
+        raise ValueError(f"{script} answered {reply!r}, expected {expected}: the script "
+                         "and its codec in yadtq/scripts.py disagree")
+    return Verdict(word), fields
+
+
+def _finishing_keys(keys: Keys, task_id: str, batch: str | None) -> list[str]:
+    """The 4 keys per task of finish.lua and undelivered.lua, in their order."""
+    batch = batch or NO_BATCH
+    return [keys.task(task_id), keys.batch(batch), keys.batch_tasks(batch),
+            keys.task_history(task_id)]
+
+
+# --- claim.lua ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimTask:
+    """One task of a claim: claim.lua reads task i's 3 KEYS from ``KEYS[3 * i - 1]`` and
+    its 3 ARGV from ``ARGV[3 * i + 4]``."""
+
+    task_id: str
+    batch: str | None  # the batch the message names
+    fields: Mapping[str, str] | None = None  # the record to create if none exists; None: skip
+
+    def keys(self, keys: Keys) -> list[str]:
+        return [keys.task(self.task_id), keys.batch(self.batch or NO_BATCH),
+                keys.task_history(self.task_id)]
+
+    def args(self) -> list[Any]:
+        return [self.task_id, self.batch or "",
+                "" if self.fields is None else json.dumps(self.fields)]
+
+
+@dataclass(frozen=True)
+class ClaimReply(_Reply):
+    """claim.lua's answer for one task: ``{"ok", attempt}`` or ``{"skip", reason}``."""
+
+    attempt: int | None = None  # the attempt this worker now holds, when ok
+    reason: str = ""  # when skipped: the task's status, MISSING, "over the limit", ...
+
+    @classmethod
+    def parse(cls, reply: Sequence[Any]) -> ClaimReply:
+        verdict, [value] = _split("claim.lua", reply, {Verdict.OK: 1, Verdict.SKIP: 1})
+        if verdict is Verdict.OK:
+            return cls(verdict, attempt=int(value))
+        return cls(verdict, reason=text(value))
+
+    @property
+    def missing(self) -> bool:
+        """True when skipped for want of a record (claim again with its fields)."""
+        return self.verdict is Verdict.SKIP and self.reason == MISSING
+
+
+@dataclass(frozen=True)
+class ClaimCall:
+    """claim.lua: queued -> processing with a lease, for each task in order, up to ``limit``."""
+
+    script: ClassVar[str] = "claim.lua"
+    worker_id: str
+    lease_expiry: float
+    now: float
+    limit: int
+    tasks: Sequence[ClaimTask]
+    served: Sequence[str] | None = None  # claim only tasks of these names; None: any
+
+    def keys(self, keys: Keys) -> list[str]:
+        return [keys.leases, *(key for task in self.tasks for key in task.keys(keys))]
+
+    def args(self, keys: Keys) -> list[Any]:
+        served = "" if self.served is None else json.dumps(list(self.served))
+        return [self.worker_id, self.lease_expiry, self.now, keys.events, self.limit, served,
+                *(arg for task in self.tasks for arg in task.args())]
+
+    def parse(self, reply: Sequence[Any]) -> list[ClaimReply]:
+        return [ClaimReply.parse(one) for one in reply]
+
+
+# --- finish.lua --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinishTask:
+    """One task's outcome: finish.lua reads task i's 4 KEYS from ``KEYS[4 * i - 1]`` and
+    its 9 ARGV from ``ARGV[9 * i - 4]``."""
+
+    task_id: str
+    batch: str | None
+    attempt: int  # the attempt the worker holds: the fence
+    outcome: str  # "success", "failed" or RETRY
+    retry_at: float | None  # for RETRY: when to run again
+    summary: str  # one line for the attempts history, or ""
+    result_or_error_type: str  # the result as JSON (success), else the error's type
+    error: str
+    traceback: str
+    ended_at: float  # when the attempt ended: a final outcome's finished_at
+
+    def keys(self, keys: Keys) -> list[str]:
+        return _finishing_keys(keys, self.task_id, self.batch)
+
+    def args(self) -> list[Any]:
+        return [self.task_id, self.attempt, self.outcome,
+                "" if self.retry_at is None else self.retry_at, self.summary,
+                self.result_or_error_type, self.error, self.traceback, self.ended_at]
+
+
+@dataclass(frozen=True)
+class FinishReply(_Reply):
+    """finish.lua's answer for one task: ``{"ok"}`` or ``{"refused", status, attempt, worker}``."""
+
+    status: str = ""  # when refused: the task's status, or MISSING
+    attempt: int | None = None  # when refused: the attempt the task is at
+    worker: str = ""  # when refused: the worker that holds it, or ""
+
+    @classmethod
+    def parse(cls, reply: Sequence[Any]) -> FinishReply:
+        verdict, fields = _split("finish.lua", reply, {Verdict.OK: 0, Verdict.REFUSED: 3})
+        if verdict is Verdict.OK:
+            return cls(verdict)
+        status, attempt, worker = map(text, fields)
+        return cls(verdict, status, int(attempt) if attempt else None, worker)
+
+
+@dataclass(frozen=True)
+class FinishCall:
+    """finish.lua: store each outcome, fenced by attempt and worker."""
+
+    script: ClassVar[str] = "finish.lua"
+    worker_id: str
+    now: float
+    ttl: float  # seconds a record lives after it finishes
+    tasks: Sequence[FinishTask]
+
+    def keys(self, keys: Keys) -> list[str]:
+        return [keys.leases, keys.retries,
+                *(key for task in self.tasks for key in task.keys(keys))]
+
+    def args(self, keys: Keys) -> list[Any]:
+        return [self.worker_id, self.now, self.ttl, keys.events,
+                *(arg for task in self.tasks for arg in task.args())]
+
+    def parse(self, reply: Sequence[Any]) -> list[FinishReply]:
+        return [FinishReply.parse(one) for one in reply]
+
+
+# --- requeue.lua -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequeueReply(_Reply):
+    """requeue.lua's answer: ``{"ok", attempt, *payload}`` or ``{"skip", reason}``."""
+
+    attempt: int | None = None  # when ok: the new attempt
+    payload: Mapping[str, str] | None = None  # when ok: the PAYLOAD_FIELDS by name
+    reason: str = ""  # when skipped: the task's status, "lease live", "held by ...", ...
+
+    @classmethod
+    def parse(cls, reply: Sequence[Any]) -> RequeueReply:
+        verdict, fields = _split("requeue.lua", reply,
+                                 {Verdict.OK: 1 + len(PAYLOAD_FIELDS), Verdict.SKIP: 1})
+        if verdict is Verdict.OK:
+            return cls(verdict, attempt=int(fields[0]), payload=payload(fields[1:]))
+        return cls(verdict, reason=text(fields[0]))
+
+
+@dataclass(frozen=True)
+class RequeueCall:
+    """requeue.lua: processing -> queued with attempt + 1 (a reaped lease, or a handback)."""
+
+    script: ClassVar[str] = "requeue.lua"
+    task_id: str
+    batch: str | None
+    handback: bool  # the holder gives it back; else a reaper takes an expired lease
+    now: float
+    worker_id: str  # the holder handing back, or the reaper
+
+    def keys(self, keys: Keys) -> list[str]:
+        return [keys.task(self.task_id), keys.leases, keys.batch(self.batch or NO_BATCH),
+                keys.task_history(self.task_id)]
+
+    def args(self, keys: Keys) -> list[Any]:
+        return [self.task_id, "handback" if self.handback else "expired", self.now,
+                self.worker_id, keys.events, *PAYLOAD_FIELDS]
+
+    def parse(self, reply: Sequence[Any]) -> RequeueReply:
+        return RequeueReply.parse(reply)
+
+
+# --- cancel.lua --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CancelReply(_Reply):
+    """cancel.lua's answer: ``{"ok", previous status, worker}`` or ``{"skip", status}``."""
+
+    status: str  # the status it had (ok) or has (skipped), or MISSING
+    worker: str = ""  # when ok: the worker that held it, or ""
+
+    @classmethod
+    def parse(cls, reply: Sequence[Any]) -> CancelReply:
+        verdict, fields = _split("cancel.lua", reply, {Verdict.OK: 2, Verdict.SKIP: 1})
+        return cls(verdict, *map(text, fields))
+
+
+@dataclass(frozen=True)
+class CancelCall:
+    """cancel.lua: queued | processing -> cancelled."""
+
+    script: ClassVar[str] = "cancel.lua"
+    task_id: str
+    batch: str | None
+    now: float
+    ttl: float  # seconds the record lives after it finishes
+    requested_by: str
+
+    def keys(self, keys: Keys) -> list[str]:
+        return [keys.task(self.task_id), keys.leases, keys.batch(self.batch or NO_BATCH),
+                keys.task_history(self.task_id), keys.retries]
+
+    def args(self, keys: Keys) -> list[Any]:
+        return [self.task_id, self.now, self.ttl, keys.events, self.requested_by]
+
+    def parse(self, reply: Sequence[Any]) -> CancelReply:
+        return CancelReply.parse(reply)
+
+
+# --- undelivered.lua ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UndeliveredTask:
+    """One task Kafka did not take: undelivered.lua reads task i's 4 KEYS from
+    ``KEYS[4 * i - 3]`` and its 1 ARGV from ``ARGV[5 + i]``."""
+
+    task_id: str
+    batch: str | None
+
+    def keys(self, keys: Keys) -> list[str]:
+        return _finishing_keys(keys, self.task_id, self.batch)
+
+    def args(self) -> list[Any]:
+        return [self.task_id]
+
+
+@dataclass(frozen=True)
+class UndeliveredCall:
+    """undelivered.lua: queued -> failed for tasks whose messages never reached Kafka."""
+
+    script: ClassVar[str] = "undelivered.lua"
+    now: float
+    ttl: float  # seconds a record lives after it finishes
+    error_type: str
+    error: str
+    tasks: Sequence[UndeliveredTask]
+
+    def keys(self, keys: Keys) -> list[str]:
+        return [key for task in self.tasks for key in task.keys(keys)]
+
+    def args(self, keys: Keys) -> list[Any]:
+        return [self.now, self.ttl, keys.events, self.error_type, self.error,
+                *(arg for task in self.tasks for arg in task.args())]
+
+    def parse(self, reply: Any) -> int:
+        """How many tasks were failed."""
+        return int(reply)
+
+
+# --- due_retries.lua ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DueRetriesCall:
+    """due_retries.lua: take the retries whose backoff is over, holding each ``hold`` s."""
+
+    script: ClassVar[str] = "due_retries.lua"
+    now: float
+    hold: float
+    limit: int
+
+    def keys(self, keys: Keys) -> list[str]:
+        return [keys.retries]
+
+    def args(self, keys: Keys) -> list[Any]:
+        return [self.now, self.hold, self.limit]
+
+    def parse(self, reply: Sequence[Any]) -> list[str]:
+        """The ids taken."""
+        return [text(task_id) for task_id in reply]
+
+
+# --- renew.lua ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenewCall:
+    """renew.lua: extend the leases this worker still holds (task i: ``KEYS[i + 1]``,
+    ``ARGV[i + 2]``)."""
+
+    script: ClassVar[str] = "renew.lua"
+    worker_id: str
+    lease_expiry: float
+    task_ids: Sequence[str]
+
+    def keys(self, keys: Keys) -> list[str]:
+        return [keys.leases, *map(keys.task, self.task_ids)]
+
+    def args(self, keys: Keys) -> list[Any]:
+        return [self.worker_id, self.lease_expiry, *self.task_ids]
+
+    def parse(self, reply: Sequence[Any]) -> list[str]:
+        """The ids among ``task_ids`` that were cancelled."""
+        return [text(task_id) for task_id in reply]
+
+
+CALLS: tuple[type[ScriptCall[Any]], ...] = (
+    ClaimCall, FinishCall, RequeueCall, CancelCall, UndeliveredCall, DueRetriesCall, RenewCall)
+
+
+class Scripts:
+    """The Lua scripts, registered once on a Redis client and run through their codecs."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self._redis = client
+        self._keys = keys
+        self._registered: dict[str, Script] = {
+            call.script: client.register_script(
+                resources.files("yadtq").joinpath("lua", call.script).read_text())
+            for call in CALLS}
+
+    def run(
+        self, call: ScriptCall[R], also: Callable[[redis.client.Pipeline], Any] | None = None
+    ) -> tuple[R, list[Any]]:
+        """Run ``also``'s commands and then ``call`` in one round trip.
+
+        Sends EVALSHA only: redis-py's pipelines would first ask SCRIPT EXISTS, a second
+        round trip. A script Redis lost (after a restart) is loaded and the call re-run.
+
+        Returns:
+            The call's parsed reply, and the replies of ``also``'s commands.
+
+        Raises:
+            redis.RedisError: a command failed (the backend translates it).
+            ValueError: the script answered in a shape its codec does not know.
+        """
+        script = self._registered[call.script]
+        keys, args = call.keys(self._keys), call.args(self._keys)
+        reply, also_replies = self._evalsha(script, keys, args, also)
+        if isinstance(reply, NoScriptError):
+            script.sha = self._redis.script_load(script.script)
+            reply, _ = self._evalsha(script, keys, args)
+        for one in [*also_replies, reply]:
+            if isinstance(one, Exception):
+                raise one
+        return call.parse(reply), also_replies
+
+    def _evalsha(
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[Any],
+        also: Callable[[redis.client.Pipeline], Any] | None = None,
+    ) -> tuple[Any, list[Any]]:
+        with self._redis.pipeline(transaction=False) as pipe:
+            if also is not None:
+                also(pipe)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            *also_replies, reply = pipe.execute(raise_on_error=False)
+        return reply, also_replies
