@@ -23,7 +23,7 @@ from yadtq.config import Config
 from yadtq.protocol import TaskMessage
 from yadtq.status import ALLOWED, COUNTERS, TaskStatus
 
-LUA = Path(__file__).resolve().parents[1] / "yadtq" / "lua"
+LUA = Path(__file__).resolve().parents[1] / "yadtq" / "backend" / "lua"
 WORKER = "worker-a"
 OTHER_WORKER = "worker-b"
 REAPER = "worker-reaper"

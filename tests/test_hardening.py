@@ -24,10 +24,10 @@ from helpers import wait_until
 
 import yadtq
 from worker_node.tasks import add, sleep
+from yadtq.backend.redis_errors import is_transient
 from yadtq.broker import producer
 from yadtq.config import Config
 from yadtq.local import LocalCluster, LocalStack
-from yadtq.redis_errors import is_transient
 
 ROOT = Path(__file__).resolve().parent.parent
 

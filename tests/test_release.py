@@ -104,8 +104,8 @@ def test_the_wheel_carries_the_license_the_lua_scripts_the_maven_file_and_the_un
     assert any(n.endswith("licenses/LICENSE") for n in names)
     assert "worker_node/yadtq-worker.service" in names
     assert "yadtq/java/pom.xml" in names
-    lua = {Path(n).name for n in names if n.startswith("yadtq/lua/")}
-    assert lua == {p.name for p in (ROOT / "yadtq" / "lua").glob("*.lua")}
+    lua = {Path(n).name for n in names if n.startswith("yadtq/backend/lua/")}
+    assert lua == {p.name for p in (ROOT / "yadtq" / "backend" / "lua").glob("*.lua")}
 
 
 def test_the_sdist_ships_no_half_test_tree_and_the_build_warns_of_nothing(

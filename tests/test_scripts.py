@@ -1,4 +1,4 @@
-"""Each Lua script's codec (``yadtq.scripts``) against the script itself, on a real Redis.
+"""Each Lua script's codec (``yadtq.backend.scripts``) against the script itself, on a real Redis.
 
 A codec lays out its script's KEYS and ARGV and names its reply. These tests run
 every script with the arguments its codec builds, for several tasks at once where
@@ -19,11 +19,9 @@ import pytest
 import redis
 
 from yadtq import protocol
-from yadtq.config import Config
-from yadtq.keys import Keys
-from yadtq.protocol import TaskMessage
-from yadtq.records import PAYLOAD_FIELDS, payload, record_fields, unbatched_fields
-from yadtq.scripts import (
+from yadtq.backend.keys import Keys
+from yadtq.backend.records import PAYLOAD_FIELDS, payload, record_fields, unbatched_fields
+from yadtq.backend.scripts import (
     CALLS,
     MISSING,
     RETRY,
@@ -44,9 +42,11 @@ from yadtq.scripts import (
     UndeliveredTask,
     Verdict,
 )
+from yadtq.config import Config
+from yadtq.protocol import TaskMessage
 from yadtq.status import COUNTERS
 
-LUA = Path(__file__).resolve().parents[1] / "yadtq" / "lua"
+LUA = Path(__file__).resolve().parents[1] / "yadtq" / "backend" / "lua"
 NOW = 1_000_000.0
 LEASE = NOW + 60.0
 TTL = 3600.0

@@ -4,7 +4,7 @@ Everything that knows the statuses derives from here: the legal moves
 (:data:`ALLOWED`), the batch counters (:data:`COUNTERS`, one field per status
 in the ``batch:<id>`` hash), and how displays and plots show each status
 (:attr:`TaskStatus.label`, :attr:`TaskStatus.colour`). The Lua scripts in
-``yadtq/lua`` cannot import this, so tests check that they name only these
+``yadtq/backend/lua`` cannot import this, so tests check that they name only these
 statuses and counters and allow exactly these moves. Adding a status means
 adding it here, giving it a :data:`LOOKS` entry, and teaching the scripts.
 """

@@ -1,6 +1,6 @@
 """Each Lua script's keys, arguments and reply, by name (adapter layer, beside the backend).
 
-The scripts in ``yadtq/lua`` take flat KEYS and ARGV lists and answer with flat
+The scripts in ``yadtq/backend/lua`` take flat KEYS and ARGV lists and answer with flat
 arrays. Read by position across the backend, a field added to a script had to be
 added at several offsets; here each script has one codec instead, so it is added
 in one place: a frozen dataclass naming the call's values, whose ``keys`` and
@@ -25,8 +25,8 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from yadtq.keys import NO_BATCH, Keys
-from yadtq.records import PAYLOAD_FIELDS, payload, text
+from yadtq.backend.keys import NO_BATCH, Keys
+from yadtq.backend.records import PAYLOAD_FIELDS, payload, text
 
 MISSING = "missing"  # the status the scripts report for a task without a record
 RETRY = "retry"  # finish.lua's outcome that queues the next attempt after a backoff
@@ -406,7 +406,7 @@ class Scripts:
         self._keys = keys
         self._registered: dict[str, Script] = {
             call.script: client.register_script(
-                resources.files("yadtq").joinpath("lua", call.script).read_text())
+                resources.files("yadtq.backend").joinpath("lua", call.script).read_text())
             for call in CALLS}
 
     def run(

@@ -1,12 +1,12 @@
-"""The Redis backend (adapter layer): task records, batch counters, leases, events, heartbeats.
+"""The Redis backend: task records, batch counters, leases, events, heartbeats.
 
 Redis, not the Kafka offset, is the source of truth for a task (DESIGN.md,
 "Delivery guarantees"). Every status change is one Lua script from
-``yadtq/lua`` that checks the move is legal, fences stale attempts, updates the
+``yadtq/backend/lua`` that checks the move is legal, fences stale attempts, updates the
 batch counters and publishes one event on the queue's channel, so clients
-never poll per task. Every key is built by :class:`~yadtq.keys.Keys`, every
-script is called through its codec in :mod:`yadtq.scripts`, and a task's hash
-is written and read by :mod:`yadtq.records`.
+never poll per task. Every key is built by :class:`~yadtq.backend.keys.Keys`, every
+script is called through its codec in :mod:`yadtq.backend.scripts`, and a task's hash
+is written and read by :mod:`yadtq.backend.records`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from yadtq.config import Config
-from yadtq.errors import BackendUnavailable
-from yadtq.keys import Keys
-from yadtq.protocol import TaskMessage
-from yadtq.records import (
+from yadtq.backend.keys import Keys
+from yadtq.backend.records import (
     PAYLOAD_FIELDS,
     decode_record,
     message_from_payload,
@@ -34,8 +31,8 @@ from yadtq.records import (
     text,
     unbatched_fields,
 )
-from yadtq.redis_errors import address, at_the_edge
-from yadtq.scripts import (
+from yadtq.backend.redis_errors import address, at_the_edge
+from yadtq.backend.scripts import (
     RETRY,
     CancelCall,
     ClaimCall,
@@ -50,6 +47,9 @@ from yadtq.scripts import (
     UndeliveredCall,
     UndeliveredTask,
 )
+from yadtq.config import Config
+from yadtq.errors import BackendUnavailable
+from yadtq.protocol import TaskMessage
 from yadtq.status import COUNTERS, TaskStatus
 
 PIPELINE_CHUNK = 1000

@@ -1,0 +1,23 @@
+"""The Redis adapter (adapter layer): the result store, the source of truth for a task.
+
+- :class:`RedisBackend` (``redis_backend``): every read and status change the
+  client and the worker make, with :class:`Claim` and :class:`Outcome`.
+- ``scripts``: one codec a Lua script (``lua/``): its KEYS and ARGV by name,
+  its reply as named fields.
+- ``keys``: every Redis key and channel, under one prefix.
+- ``records``: a task's hash, written and read.
+- ``redis_errors``: redis-py's errors turned into yadtq's at the edge.
+
+Nothing outside this package imports redis-py, except the event listener's
+subscription (``yadtq.events``).
+"""
+
+from yadtq.backend.redis_backend import (
+    PIPELINE_CHUNK,
+    UNNAMED_RING,
+    Claim,
+    Outcome,
+    RedisBackend,
+)
+
+__all__ = ["PIPELINE_CHUNK", "UNNAMED_RING", "Claim", "Outcome", "RedisBackend"]
