@@ -11,54 +11,87 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "yadtq"
 
+# A module is named by its dotted path under yadtq/ ("cli", "local.stack"); a package
+# ("local", its __init__) stands for every module in it.
 LAYERS: list[set[str]] = [
     {"errors", "status", "config", "protocol", "registry", "values", "extras"},  # bottom
-    {"backend", "broker", "keys", "records", "redis_errors", "scripts"},  # adapters
-    {"futures", "batch", "store", "events", "client", "worker", "plots", "execution",
-     "stealing", "shipping", "routing"},  # core
-    {"display", "local", "apache_kafka", "processes", "cli", "connection", "__init__",
-     "__main__"},  # top
+    {"backend", "broker"},  # adapters: Redis and Kafka
+    {"futures", "batch", "store", "events", "client", "worker", "plots", "shipping",
+     "routing"},  # core
+    {"display", "local", "cli", "connection", "__init__", "__main__"},  # top
 ]
 LAYER_NAMES = ["bottom", "adapters", "core", "top"]
 
 
 def layer_of(module: str) -> int:
     for level, members in enumerate(LAYERS):
-        if module in members:
+        if module.split(".")[0] in members:
             return level
     raise KeyError(module)
 
 
+def module_name(path: Path) -> str:
+    """``cli`` for yadtq/cli.py, ``local.stack`` for yadtq/local/stack.py, ``local`` for its
+    ``__init__.py`` (yadtq's own stays ``__init__``)."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if len(parts) > 1 and parts[-1] == "__init__" else parts)
+
+
 def modules() -> list[str]:
-    return sorted(path.stem for path in PACKAGE.glob("*.py"))
+    return sorted(module_name(path) for path in PACKAGE.rglob("*.py"))
+
+
+def source_path(module: str) -> Path:
+    base = PACKAGE.joinpath(*module.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def module_of(parts: list[str]) -> str:
+    """The module a dotted name under yadtq lives in: its longest prefix that is a module.
+
+    ``local.LocalCluster`` is in ``local``, ``connect`` (``from yadtq import connect``)
+    in ``__init__``, and ``local.apache_kafka`` is a module itself.
+    """
+    known = set(modules())
+    while parts and ".".join(parts) not in known:
+        parts = parts[:-1]
+    return ".".join(parts) or "__init__"
 
 
 def yadtq_imports(module: str) -> set[str]:
     """The yadtq modules ``module`` imports anywhere in its source (TYPE_CHECKING included)."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text(), filename=f"{module}.py")
+    path = source_path(module)
+    tree = ast.parse(path.read_text(), filename=str(path))
+    parts = module.split(".")
+    # A relative import starts from the module's package; a package's __init__ is in it.
+    package = parts if path.name == "__init__.py" and module != "__init__" else parts[:-1]
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            for alias in node.names:
-                parts = alias.name.split(".")
-                if parts[0] == "yadtq":
-                    found.add(parts[1] if len(parts) > 1 else "__init__")
+            found.update(module_of(alias.name.split(".")[1:]) for alias in node.names
+                         if alias.name.split(".")[0] == "yadtq")
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: from . import x / from .x import y
-                target = node.module.split(".")[0] if node.module else None
-                found.update([target] if target else [a.name for a in node.names])
-            elif node.module == "yadtq":
-                found.update(alias.name for alias in node.names)
-            elif node.module and node.module.startswith("yadtq."):
-                found.add(node.module.split(".")[1])
-    # ``from yadtq import X`` may name a re-exported object rather than a module
-    return {name if (PACKAGE / f"{name}.py").exists() else "__init__" for name in found}
+            named = node.module.split(".") if node.module else []
+            if node.level:  # from . import x / from ..errors import y
+                base = package[:len(package) - node.level + 1] + named
+            elif named[:1] == ["yadtq"]:
+                base = named[1:]
+            else:
+                continue
+            found.update(module_of(base + [alias.name]) for alias in node.names)
+    return found
 
 
 def test_every_module_is_assigned_a_layer() -> None:
-    unplaced = [m for m in modules() if not any(m in layer for layer in LAYERS)]
+    unplaced = [m for m in modules() if not any(m.split(".")[0] in layer for layer in LAYERS)]
 
     assert not unplaced, f"add {unplaced} to a layer in tests/test_architecture.py"
+
+
+def test_imports_are_named_by_dotted_path_inside_a_package() -> None:
+    assert {"local.processes", "local.apache_kafka", "config"} <= yadtq_imports("local.stack")
+    assert "local" in yadtq_imports("cli")
+    assert "local.cluster" in yadtq_imports("local")
 
 
 @pytest.mark.parametrize("module", modules())
@@ -73,8 +106,8 @@ def test_module_imports_only_its_own_layer_or_lower(module: str) -> None:
     )
 
     assert not upward, (
-        f"yadtq/{module}.py ({LAYER_NAMES[level]}) imports from a higher layer: "
-        f"{', '.join(upward)}"
+        f"{source_path(module).relative_to(PACKAGE.parent)} ({LAYER_NAMES[level]}) imports "
+        f"from a higher layer: {', '.join(upward)}"
     )
 
 

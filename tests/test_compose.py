@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from worker_node.__main__ import parse_args
-from yadtq import apache_kafka
 from yadtq.config import _ENV_SETTINGS, _KAFKA_OPTIONS
+from yadtq.local import apache_kafka
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSION_TAG = re.compile(r"^\d+(\.\d+){1,2}([-.][A-Za-z0-9.]+)?$")  # 3.9.1, 7.4.2-alpine
@@ -120,7 +120,7 @@ def test_kafka_runs_in_kraft_mode_as_one_combined_node(services):
 
 def test_compose_runs_the_apache_kafka_the_suite_runs_with_auto_creation_off(services):
     tested = apache_kafka.KAFKA_VERSION
-    pom = (ROOT / "yadtq" / "java" / "pom.xml").read_text()
+    pom = (ROOT / "yadtq" / "local" / "java" / "pom.xml").read_text()
 
     assert services["kafka"]["image"] == f"apache/kafka:{tested}"
     assert f"<kafka.version>{tested}</kafka.version>" in pom

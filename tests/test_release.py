@@ -96,14 +96,16 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     return wheel, sdist, done.stdout + done.stderr
 
 
-def test_the_wheel_carries_the_license_the_lua_scripts_the_maven_file_and_the_unit(
+def test_the_wheel_carries_every_module_the_license_the_lua_and_java_files_and_the_unit(
         built: tuple[Path, Path, str]) -> None:
     wheel, _, _ = built
     names = zipfile.ZipFile(wheel).namelist()
 
     assert any(n.endswith("licenses/LICENSE") for n in names)
     assert "worker_node/yadtq-worker.service" in names
-    assert "yadtq/java/pom.xml" in names
+    assert {"yadtq/local/java/pom.xml", "yadtq/local/java/log4j2.properties"} <= set(names)
+    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "yadtq").rglob("*.py")}
+    assert modules <= set(names), f"not in the wheel: {sorted(modules - set(names))}"
     lua = {Path(n).name for n in names if n.startswith("yadtq/backend/lua/")}
     assert lua == {p.name for p in (ROOT / "yadtq" / "backend" / "lua").glob("*.lua")}
 

@@ -1,4 +1,4 @@
-"""Child processes of the local stack (top layer): start, watch and stop servers and workers.
+"""Child processes of the local stack (top layer, in ``local``): start, watch and stop them.
 
 Every child runs in its own session with its output in a log file (a pipe could
 fill and block it), so a Ctrl-C in the terminal reaches only the owner, which then
@@ -59,6 +59,16 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind((LOOPBACK, 0))
         return probe.getsockname()[1]
+
+
+def distinct_free_ports(count: int) -> list[int]:
+    """``count`` different free loopback ports (a KRaft node needs two, a cluster more)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def spawn(

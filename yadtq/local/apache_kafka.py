@@ -1,4 +1,4 @@
-"""Apache Kafka for the local stack (top layer, beside ``local``): its jars and its KRaft nodes.
+"""Apache Kafka for the local stack (top layer, in ``local``): its jars and its KRaft nodes.
 
 Apache Kafka is the broker users run in production; the local stack can run it
 instead of Tansu (``LocalStack(broker="apache-kafka")``, ``yadtq local up --broker

@@ -1,0 +1,363 @@
+"""The local stack's servers as one object (top layer, in ``local``): :class:`LocalStack`.
+
+It chooses free loopback ports, starts the broker(s) and Redis as child processes,
+waits until each answers, and stops them all on exit, also when starting fails
+halfway and at interpreter exit if the owner forgot to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+from yadtq.config import local_broker, redacted_url
+from yadtq.errors import BackendUnavailable, BrokerUnavailable, ConfigurationError, ConnectionFailed
+from yadtq.local import apache_kafka
+from yadtq.local.apache_kafka import KRaftNode
+from yadtq.local.processes import (
+    LOOPBACK,
+    ChildProcess,
+    ExitedDuringStartup,
+    distinct_free_ports,
+    free_port,
+    spawn,
+    stop_all,
+    wait_until_answers,
+)
+from yadtq.local.servers import (
+    broker_answers,
+    cluster_has_brokers,
+    redis_answers,
+    redis_command,
+    resolve_broker_binary,
+    resolve_redis_binary,
+    tansu_command,
+)
+
+TANSU, APACHE_KAFKA = "tansu", "apache-kafka"
+BROKERS = (TANSU, APACHE_KAFKA)
+# A stack's Kafka nodes stop together, so the last ones lose their quorum and would wait
+# for it; their data is the stack's own, so they get this long and are then killed.
+KAFKA_STOP_GRACE = 3.0
+
+
+def _cleanup(children: list[ChildProcess], owned: dict[str, Path], timeout: float) -> None:
+    """Stop what is left and remove a temporary data dir (also run at interpreter exit)."""
+    stop_all(children, timeout)
+    children.clear()
+    if "dir" in owned:
+        shutil.rmtree(owned.pop("dir"), ignore_errors=True)
+
+
+class LocalStack:
+    """A Kafka-protocol broker and a Redis-protocol server on free loopback ports.
+
+    ``broker`` is ``"tansu"`` (the default, pip only, topics kept in memory) or
+    ``"apache-kafka"`` (Apache Kafka itself in KRaft mode, from Maven Central; see
+    :mod:`yadtq.local.apache_kafka`), of ``nodes`` brokers (more than one needs Apache
+    Kafka; three give replication factor 3 with ``min.insync.replicas`` 2). With no
+    ``broker``, ``$YADTQ_LOCAL_BROKER`` chooses. Redis writes an append-only file to
+    the data dir, so :meth:`restart_redis` keeps its data. ``data_dir`` defaults to a
+    temporary directory that is removed on stop; a given one is kept (logs stay in
+    it as ``broker.log`` or ``kafka-<n>.log``, and ``redis.log``).
+
+    Example::
+
+        with LocalStack() as stack:
+            q = yadtq.connect(bootstrap=stack.bootstrap, redis_url=stack.redis_url)
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        broker: str | None = None,
+        nodes: int = 1,
+        startup_timeout: float | None = None,
+        stop_timeout: float = 10.0,
+        redis_password: str | None = None,
+    ) -> None:
+        self.broker = broker or local_broker()
+        if self.broker not in BROKERS:
+            raise ConfigurationError(
+                f"broker must be one of {', '.join(BROKERS)}, got {self.broker!r}"
+            )
+        if nodes < 1 or (nodes > 1 and self.broker != APACHE_KAFKA):
+            raise ConfigurationError(
+                f"nodes={nodes}: a local stack runs 1 Tansu broker, or 1 or more Apache Kafka "
+                "nodes (broker='apache-kafka')"
+            )
+        self.nodes = nodes
+        self._requested_dir = Path(data_dir) if data_dir is not None else None
+        self.redis_password = redis_password
+        # A JVM on a busy 2-core machine can take half a minute to answer.
+        self.startup_timeout = startup_timeout or (30.0 if self.broker == TANSU else 120.0)
+        self.stop_timeout = stop_timeout
+        self.data_dir: Path | None = None
+        self._brokers: dict[str, ChildProcess] = {}  # running broker processes by name
+        self._broker_ports: dict[str, int] = {}  # every broker's port, running or stopped
+        self._kafka_nodes: dict[str, KRaftNode] = {}
+        self._classpath: str | None = None
+        self._redis: ChildProcess | None = None
+        self._redis_port: int | None = None
+        self._redis_binary: str | None = None
+        self._children: list[ChildProcess] = []  # shared with the exit-time finalizer
+        self._owned_dir: dict[str, Path] = {}  # a temporary data dir, removed on stop
+        self._finalizer: weakref.finalize | None = None
+
+    @property
+    def running(self) -> bool:
+        """True between a successful :meth:`start` and :meth:`stop`."""
+        return bool(self._broker_ports) and self._redis is not None
+
+    def keep_data_dir(self) -> Path | None:
+        """Keep a temporary data dir (its logs) when the stack stops; returns it."""
+        self._owned_dir.pop("dir", None)
+        return self.data_dir
+
+    @property
+    def bootstrap(self) -> str:
+        """Kafka bootstrap addresses, ``127.0.0.1:PORT[,127.0.0.1:PORT...]``."""
+        self._require_running()
+        return ",".join(f"{LOOPBACK}:{port}" for port in self._broker_ports.values())
+
+    @property
+    def redis_url(self) -> str:
+        """Redis URL, ``redis://[:password@]127.0.0.1:PORT/0``."""
+        self._require_running()
+        auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{auth}{LOOPBACK}:{self._redis_port}/0"
+
+    @property
+    def broker_names(self) -> list[str]:
+        """Every broker process's name (``broker``, or ``kafka-1`` ...), running or stopped."""
+        return list(self._broker_ports)
+
+    def broker_port(self, name: str) -> int:
+        """The port broker ``name`` listens on (it keeps it across a restart)."""
+        return self._broker_ports[name]
+
+    @property
+    def processes(self) -> list[ChildProcess]:
+        """The server processes started and not yet stopped (brokers, ``redis``)."""
+        return list(self._children)
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process id of each server started and not yet stopped, by name."""
+        return {child.name: child.pid for child in self._children}
+
+    def start(self) -> LocalStack:
+        """Start the broker(s) and Redis and wait until each answers a real request.
+
+        Raises:
+            ConfigurationError: a server binary, ``java`` or ``mvn`` is missing.
+            BrokerUnavailable, BackendUnavailable: a server exited or did not answer
+                in time; the message quotes its log. Anything started is stopped.
+        """
+        if self._finalizer is not None and self._finalizer.alive:
+            raise RuntimeError("this LocalStack is already started")
+        # Everything needed is checked (and Apache Kafka's jars resolved) before anything starts.
+        tansu = resolve_broker_binary() if self.broker == TANSU else None
+        if self.broker == APACHE_KAFKA:
+            self._classpath = apache_kafka.runtime_classpath()
+        self._redis_binary = resolve_redis_binary()
+        if self._requested_dir is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="yadtq-local-"))
+            self._owned_dir["dir"] = self.data_dir
+        else:
+            self.data_dir = self._requested_dir
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._finalizer = weakref.finalize(
+            self, _cleanup, self._children, self._owned_dir, self.stop_timeout
+        )
+        try:
+            if tansu is not None:
+                child, port = self._launch(
+                    "broker", functools.partial(tansu_command, tansu),
+                    broker_answers, BrokerUnavailable, "embedded Kafka broker",
+                )
+                self._brokers["broker"], self._broker_ports["broker"] = child, port
+            else:
+                self._start_kafka_cluster()
+            self._launch_redis(port=None)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every server (SIGTERM, then SIGKILL after ``stop_timeout``); safe to repeat."""
+        if self._finalizer is not None:
+            self._finalizer()  # runs _cleanup once
+        self._brokers.clear()
+        self._broker_ports.clear()
+        self._redis = None
+
+    def restart_redis(self) -> None:
+        """Stop Redis and start it again on the same port and data dir.
+
+        Clean shutdown flushes the append-only file, which the new server loads, so
+        this simulates a Redis outage without losing data.
+        """
+        self._require_running()
+        assert self._redis is not None
+        stop_all([self._redis], self.stop_timeout)
+        self._children.remove(self._redis)
+        self._redis = None
+        self._launch_redis(port=self._redis_port)
+
+    def kill_broker(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to broker ``name`` and wait for it to exit (a broker failure)."""
+        child = self._brokers.pop(name, None)
+        if child is None:
+            raise LookupError(f"no running broker named {name!r}; running: "
+                              f"{', '.join(self._brokers) or 'none'}")
+        with contextlib.suppress(ProcessLookupError):
+            child.popen.send_signal(sig)
+        try:
+            child.popen.wait(child.stop_grace or self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            child.popen.kill()
+            child.popen.wait()
+        self._children.remove(child)
+
+    def start_broker(self, name: str) -> None:
+        """Start a killed Apache Kafka node again on its ports and data, and wait for it."""
+        node = self._kafka_nodes.get(name)
+        if node is None or name in self._brokers:
+            raise LookupError(f"{name!r} is not a stopped Apache Kafka node of this stack")
+        child = self._spawn_kafka_node(node)
+        self._wait_for_broker(child, node.port)
+
+    def _start_kafka_cluster(self) -> None:
+        """Format and start ``nodes`` KRaft nodes; retry on fresh ports if one was taken."""
+        assert self.data_dir is not None and self._classpath is not None
+        for attempt in range(1, 4):
+            ports = distinct_free_ports(2 * self.nodes)
+            nodes = [
+                KRaftNode(i + 1, ports[2 * i], ports[2 * i + 1], self.data_dir / f"kafka-{i + 1}")
+                for i in range(self.nodes)
+            ]
+            for node in nodes:
+                shutil.rmtree(node.data_dir, ignore_errors=True)
+                apache_kafka.write_properties(node, nodes)
+            self._format(nodes)
+            children = [self._spawn_kafka_node(node) for node in nodes]
+            try:
+                for child, node in zip(children, nodes, strict=True):
+                    self._wait_for_broker(child, node.port)
+                wait_until_answers(
+                    children[0],
+                    functools.partial(cluster_has_brokers, nodes[0].port, len(nodes)),
+                    self.startup_timeout, f"Apache Kafka cluster of {len(nodes)} nodes",
+                )
+                return
+            except (ExitedDuringStartup, BrokerUnavailable):
+                stop_all(children, self.stop_timeout)
+                for child in children:
+                    self._children.remove(child)
+                self._brokers.clear()
+                self._kafka_nodes.clear()
+                if attempt == 3:
+                    raise
+            except TimeoutError as exc:
+                raise BrokerUnavailable(str(exc)) from None
+
+    def _format(self, nodes: Sequence[KRaftNode]) -> None:
+        """Format every node's log dir for one new cluster id, all at once."""
+        assert self.data_dir is not None and self._classpath is not None
+        cluster_id = apache_kafka.new_cluster_id()
+        formats = [
+            spawn(f"format-kafka-{node.node_id}",
+                  apache_kafka.format_command(self._classpath, node, cluster_id),
+                  self.data_dir / f"kafka-{node.node_id}.log")
+            for node in nodes
+        ]
+        for child in formats:
+            if child.popen.wait(self.startup_timeout) != 0:
+                raise BrokerUnavailable(
+                    f"formatting Apache Kafka's log dir failed; its log ({child.log_path}) ends "
+                    f"with:\n{child.log_tail()}"
+                )
+
+    def _spawn_kafka_node(self, node: KRaftNode) -> ChildProcess:
+        assert self.data_dir is not None and self._classpath is not None
+        name = f"kafka-{node.node_id}"
+        child = spawn(name, apache_kafka.server_command(self._classpath, node),
+                      self.data_dir / f"{name}.log", stop_grace=KAFKA_STOP_GRACE)
+        self._children.append(child)
+        self._brokers[name], self._broker_ports[name] = child, node.port
+        self._kafka_nodes[name] = node
+        return child
+
+    def _wait_for_broker(self, child: ChildProcess, port: int) -> None:
+        try:
+            wait_until_answers(child, functools.partial(broker_answers, port),
+                               self.startup_timeout, f"{child.name} at {LOOPBACK}:{port}")
+        except TimeoutError as exc:
+            raise BrokerUnavailable(str(exc)) from None
+
+    def _launch_redis(self, port: int | None) -> None:
+        binary, data_dir, password = self._redis_binary, self.data_dir, self.redis_password
+        assert binary is not None and data_dir is not None
+        self._redis, self._redis_port = self._launch(
+            "redis", lambda p: redis_command(binary, p, data_dir, password),
+            functools.partial(redis_answers, password=password), BackendUnavailable,
+            "embedded Redis server", port=port,
+        )
+
+    def _launch(
+        self,
+        name: str,
+        command_for: Callable[[int], list[str]],
+        answers: Callable[[int], bool],
+        error: type[ConnectionFailed],
+        what: str,
+        port: int | None = None,
+    ) -> tuple[ChildProcess, int]:
+        """Start a server and wait for it; retry on a fresh port if another process took it."""
+        assert self.data_dir is not None
+        attempts = 1 if port is not None else 3
+        for attempt in range(1, attempts + 1):
+            chosen = port if port is not None else free_port()
+            child = spawn(name, command_for(chosen), self.data_dir / f"{name}.log")
+            self._children.append(child)
+            try:
+                wait_until_answers(
+                    child, functools.partial(answers, chosen), self.startup_timeout,
+                    f"{what} at {LOOPBACK}:{chosen}",
+                )
+                return child, chosen
+            except ExitedDuringStartup as exc:
+                self._children.remove(child)
+                if attempt == attempts:
+                    raise error(str(exc)) from None
+            except TimeoutError as exc:
+                raise error(str(exc)) from None
+        raise AssertionError("unreachable")
+
+    def _require_running(self) -> None:
+        if not self.running:
+            raise RuntimeError("the local stack is not running; call start() or use `with`")
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        if not self.running:
+            return "<LocalStack stopped>"
+        redis_address = redacted_url(self.redis_url)
+        return f"<LocalStack bootstrap={self.bootstrap!r} redis={redis_address!r}>"
