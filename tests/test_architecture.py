@@ -115,6 +115,32 @@ def test_errors_imports_nothing_from_yadtq() -> None:
     assert yadtq_imports("errors") == set()
 
 
+def third_party_imports(module: str) -> set[str]:
+    """The top-level names of the packages outside yadtq that ``module`` imports."""
+    path = source_path(module)
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found - {"yadtq"}
+
+
+def test_only_the_kafka_adapter_imports_kafka_python() -> None:
+    importers = [m for m in modules() if "kafka" in third_party_imports(m)]
+
+    assert importers and all(m.split(".")[0] == "broker" for m in importers), importers
+
+
+def test_the_worker_runtime_reaches_kafka_only_through_the_adapters_interface() -> None:
+    worker = [m for m in modules() if m.split(".")[0] == "worker"]
+    reaching_in = {m: sorted(n for n in yadtq_imports(m) if n.startswith("broker."))
+                   for m in worker}
+
+    assert len(worker) > 3 and not any(reaching_in.values()), reaching_in
+
+
 def test_futures_and_batches_reach_redis_only_through_the_store_they_are_given() -> None:
     assert not (yadtq_imports("futures") | yadtq_imports("batch")) & {"client", "store", "backend"}
 

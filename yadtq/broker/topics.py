@@ -88,3 +88,38 @@ def _warn_if_fewer_partitions(admin: KafkaAdminClient, config: Config) -> None:
             "partitions=%d", config.tasks_topic, count, config.partitions, count, config.queue,
             count,
         )
+
+
+def _probe_admin(bootstrap: str) -> KafkaAdminClient | None:
+    try:
+        return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="yadtq-probe",
+                                request_timeout_ms=2000, bootstrap_timeout_ms=2000)
+    except KafkaError:
+        return None
+
+
+def serves_metadata(bootstrap: str) -> bool:
+    """True if the broker at ``bootstrap`` answers a metadata request (one try, ~2 s at most)."""
+    admin = _probe_admin(bootstrap)
+    if admin is None:
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+def broker_count(bootstrap: str) -> int:
+    """How many brokers the cluster's metadata lists (0 when none answers; one try)."""
+    admin = _probe_admin(bootstrap)
+    if admin is None:
+        return 0
+    try:
+        return len(admin.describe_cluster().get("brokers", ()))
+    except KafkaError:
+        return 0
+    finally:
+        admin.close()

@@ -16,11 +16,10 @@ import socket
 from pathlib import Path
 
 import redis
-from kafka import KafkaAdminClient
-from kafka.errors import KafkaError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from yadtq.broker.topics import broker_count, serves_metadata
 from yadtq.config import binary_override
 from yadtq.errors import ConfigurationError
 from yadtq.local.processes import LOOPBACK
@@ -101,39 +100,12 @@ def broker_answers(port: int) -> bool:
         socket.create_connection((LOOPBACK, port), timeout=0.5).close()
     except OSError:
         return False
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=f"{LOOPBACK}:{port}",
-            client_id="yadtq-local-probe",
-            request_timeout_ms=2000,
-            bootstrap_timeout_ms=2000,
-        )
-    except KafkaError:
-        return False
-    try:
-        admin.list_topics()
-        return True
-    except KafkaError:
-        return False
-    finally:
-        admin.close()
+    return serves_metadata(f"{LOOPBACK}:{port}")
 
 
 def cluster_has_brokers(port: int, count: int) -> bool:
     """True once the cluster's metadata lists ``count`` brokers (so replicas can be placed)."""
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=f"{LOOPBACK}:{port}", client_id="yadtq-local-probe",
-            request_timeout_ms=2000, bootstrap_timeout_ms=2000,
-        )
-    except KafkaError:
-        return False
-    try:
-        return len(admin.describe_cluster().get("brokers", ())) >= count
-    except KafkaError:
-        return False
-    finally:
-        admin.close()
+    return broker_count(f"{LOOPBACK}:{port}") >= count
 
 
 def redis_answers(port: int, password: str | None = None) -> bool:

@@ -250,5 +250,5 @@ def make_runners(mode: str, count: int, task_modules: Sequence[str]) -> list[Any
     if mode != "process":
         raise ValueError(f"execution mode must be one of {', '.join(MODES)}, got {mode!r}")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["yadtq.execution", *task_modules])
+    context.set_forkserver_preload([__name__, *task_modules])
     return [ProcessRunner(task_modules, context) for _ in range(count)]
