@@ -132,16 +132,18 @@ def kill(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
         deadline = time.monotonic() + args.kill_after
         while time.monotonic() < deadline:  # the fault's timing, not a synchronisation
             time.sleep(0.05)
-        unfinished = len(batch) - batch.snapshot()["done"]
+        unfinished = len(batch) - len(batch.finished())
         cluster.kill_worker(0, signal.SIGKILL)
+        killed = time.perf_counter()
         batch.wait(timeout=120)
-        last = time.perf_counter() - started
+        last = time.perf_counter()
         frame = batch.to_dataframe()
     return {"unfinished_at_kill": unfinished,
             "succeeded": int((frame["status"] == "success").sum()),
             "lost": int((frame["status"] != "success").sum()),
             "ran_more_than_once": int((frame["attempt"] > 1).sum()),
-            "seconds_to_last_outcome": round(last, 2)}
+            "seconds_to_last_outcome": round(last - started, 2),
+            "last_outcome_after_kill_s": round(last - killed, 2)}
 
 
 def scale(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:

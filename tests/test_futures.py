@@ -266,6 +266,22 @@ def test_wait_and_as_completed_follow_the_order_tasks_finish_in(client: yadtq.Cl
     assert len(done) == 3 and not pending
 
 
+def test_batch_finished_names_the_finished_indices_at_once(
+    client: yadtq.Client,
+) -> None:
+    batch = client.map("add", [(0, 0), (1, 1), (2, 2), (3, 3)])
+    assert batch.finished() == []
+    first, _, third, _ = list(batch)
+    claim(client, first, third)
+
+    # When the first and third finish, finished() names them as soon as the events arrive
+    succeed(client, third, 4)
+    succeed(client, first, 0)
+
+    wait_until(lambda: batch.finished() == [0, 2], TIMEOUT, "the finished indices")
+    assert not batch.done()
+
+
 def test_done_callback_fires_when_the_task_finishes_and_at_once_when_already_done(
     client: yadtq.Client,
 ) -> None:

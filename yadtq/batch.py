@@ -212,6 +212,12 @@ class TaskBatch(Sequence[TaskFuture]):
                 self._futures[position] = future
             return future
 
+    def finished(self) -> list[int]:
+        """The indices of the tasks that have finished (any final status), at once: no
+        future is made and Redis is not asked (the listener keeps the statuses)."""
+        with self._lock:
+            return [i for i, status in enumerate(self._status) if status.is_finished]
+
     def done(self) -> bool:
         """True when every task has finished."""
         with self._lock:

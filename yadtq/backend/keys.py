@@ -1,4 +1,4 @@
-"""Every Redis key and channel yadtq uses (adapter layer), built in this one place.
+"""Every Redis key, channel and connection name yadtq uses (adapter layer), built here.
 
 Keys built by hand in several modules drift apart; here each is a method of
 :class:`Keys`, under the configurable prefix (DESIGN.md, "Redis schema").
@@ -6,8 +6,10 @@ Keys built by hand in several modules drift apart; here each is a method of
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+_NOT_IN_A_CONNECTION_NAME = re.compile(r"[^\w.:@/-]")  # Redis refuses spaces and newlines
 NO_BATCH = "-"  # the batch id in the batch keys of a task in no batch (the scripts leave them)
 
 
@@ -58,3 +60,9 @@ class Keys:
 
     def blob(self, sha256: str) -> str:
         return f"{self.prefix}:blob:{sha256}"
+
+    def connection(self, worker_id: str) -> str:
+        """The name a worker gives its Redis connections (CLIENT SETNAME): while Redis
+        lists one, the worker's process is alive."""
+        return _NOT_IN_A_CONNECTION_NAME.sub(
+            "_", f"yadtq-worker:{self.prefix}:{self.queue}:{worker_id}")

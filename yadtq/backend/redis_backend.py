@@ -119,11 +119,14 @@ class RedisBackend:
     ``connect_timeout`` seconds: that is also each command's socket timeout.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, worker_id: str | None = None) -> None:
+        """``worker_id``: name every connection after this worker, so that other workers
+        see at once when its process is gone (:meth:`dead_holders`)."""
         self.config = config
         self.keys = Keys(config.key_prefix, config.queue)
         self.redis = redis.Redis.from_url(
             config.redis_url,
+            client_name=None if worker_id is None else self.keys.connection(worker_id),
             socket_connect_timeout=config.connect_timeout,
             socket_timeout=config.connect_timeout,
             socket_keepalive=True,
@@ -385,17 +388,20 @@ class RedisBackend:
         *,
         worker_id: str,
         handback: bool = False,
+        dead_holder: str = "",
         now: float | None = None,
     ) -> TaskMessage | None:
         """Move a processing task back to queued with attempt + 1.
 
-        With ``handback`` it gives back ``worker_id``'s own task; without, the
-        reaper ``worker_id`` takes a task whose lease has expired. Returns the
-        message to produce again, or None when the compare-and-set found
-        nothing to do.
+        With ``handback`` it gives back ``worker_id``'s own task; with
+        ``dead_holder``, the reaper ``worker_id`` takes a task that worker held
+        when it died; else the reaper takes a task whose lease has expired.
+        Returns the message to produce again, or None when the compare-and-set
+        found nothing to do.
         """
         now = time.time() if now is None else now
-        reply, _ = self._scripts.run(RequeueCall(task_id, batch, handback, now, worker_id))
+        reply, _ = self._scripts.run(RequeueCall(task_id, batch, handback, now, worker_id,
+                                                 dead_holder))
         if reply.attempt is None or reply.payload is None:
             return None
         return message_from_payload(task_id, reply.attempt, reply.payload)
@@ -447,6 +453,34 @@ class RedisBackend:
                 pipe.hget(self.keys.task(task_id), "batch")
             batches = pipe.execute()
         return [(task_id, text(b) or None) for task_id, b in zip(ids, batches, strict=True)]
+
+    def dead_holders(self, me: str, restarted_within: float
+                     ) -> list[tuple[str, str | None, str]] | None:
+        """(task id, batch id, worker) of leased tasks whose worker has no connection
+        to Redis: its process died (the kernel closes a dead process's sockets at once).
+
+        A live worker without a connection for a moment is taken for dead only after
+        Redis restarted, so none is answered while Redis is younger than
+        ``restarted_within`` seconds. None: Redis refuses CLIENT LIST (no answer).
+        """
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.client_list().info("server").zrange(self.keys.leases, 0, -1)
+                clients, server, leased = pipe.execute()
+        except redis.ResponseError:
+            return None
+        if float(server.get("uptime_in_seconds", 0)) < restarted_within:
+            return []
+        connected = {client.get("name") for client in clients}
+        ids = [text(i) for i in leased]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hmget(self.keys.task(task_id), "worker", "batch")
+            holders = pipe.execute()
+        return [(task_id, text(batch) or None, text(worker))
+                for task_id, (worker, batch) in zip(ids, holders, strict=True)
+                if worker and text(worker) != me
+                and self.keys.connection(text(worker)) not in connected]
 
     def heartbeat(
         self, worker_id: str, info: dict[str, Any], leased: Iterable[str], now: float

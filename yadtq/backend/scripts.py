@@ -247,7 +247,8 @@ class RequeueReply(_Reply):
 
 @dataclass(frozen=True)
 class RequeueCall:
-    """requeue.lua: processing -> queued with attempt + 1 (a reaped lease, or a handback)."""
+    """requeue.lua: processing -> queued with attempt + 1 (a reaped lease, a dead worker's
+    task, or a handback)."""
 
     script: ClassVar[str] = "requeue.lua"
     task_id: str
@@ -255,14 +256,16 @@ class RequeueCall:
     handback: bool  # the holder gives it back; else a reaper takes an expired lease
     now: float
     worker_id: str  # the holder handing back, or the reaper
+    dead_holder: str = ""  # a reaper takes the live lease of this worker, found dead
 
     def keys(self, keys: Keys) -> list[str]:
         return [keys.task(self.task_id), keys.leases, keys.batch(self.batch or NO_BATCH),
                 keys.task_history(self.task_id)]
 
     def args(self, keys: Keys) -> list[Any]:
-        return [self.task_id, "handback" if self.handback else "expired", self.now,
-                self.worker_id, keys.events, *PAYLOAD_FIELDS]
+        mode = "handback" if self.handback else "orphaned" if self.dead_holder else "expired"
+        return [self.task_id, mode, self.now, self.worker_id, keys.events, self.dead_holder,
+                *PAYLOAD_FIELDS]
 
     def parse(self, reply: Sequence[Any]) -> RequeueReply:
         return RequeueReply.parse(reply)

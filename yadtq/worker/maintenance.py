@@ -3,11 +3,12 @@
 Every heartbeat interval, and at once when asked: record the worker in Redis
 and renew the leases of what it runs (the reply names tasks cancelled while
 running, which the worker then stops), produce again the retries whose backoff
-is over, and re-queue the tasks of any worker whose lease expired (DESIGN.md,
-"Delivery guarantees"). Like RQ's maintenance tasks, these are safe to run in
-every worker at once: each step is a compare-and-set in Redis. While Redis is
-away, only this thread waits. A stopping worker hands its unfinished tasks
-back to the queue through the same re-queue.
+is over, and re-queue the tasks of any worker that died (its Redis connections
+are gone) or whose lease expired (DESIGN.md, "Delivery guarantees"). Like RQ's
+maintenance tasks, these are safe to run in every worker at once: each step is
+a compare-and-set in Redis. While Redis is away, only this thread waits. A
+stopping worker hands its unfinished tasks back to the queue through the same
+re-queue.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Maintenance:
         self._on_cancelled = on_cancelled
         self._partitions = partitions
         self._clock = clock
+        self._detect_deaths = True  # off when Redis refuses CLIENT LIST
         self._now = threading.Event()  # beat at once
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"{worker}-maintenance",
@@ -132,25 +134,52 @@ class Maintenance:
         return sent
 
     def reap(self, now: float) -> int:
-        """Re-queue tasks whose lease expired before ``now``; returns how many.
+        """Re-queue the tasks of workers that died, and tasks whose lease expired before
+        ``now``; returns how many.
 
-        One task's failure is logged and skipped, never stops the sweep.
+        A worker whose process died has no connection left to Redis, so its tasks
+        are re-queued at the next sweep rather than after the whole lease; a
+        worker that hangs keeps its connections, and its leases cover it. Either
+        way the attempt number moves on, so a late outcome of the old attempt is
+        refused: a task never has two results. One task's failure is logged and
+        skipped, never stops the sweep.
         """
-        reaped = 0
-        for task_id, batch in self._backend.expired_leases(now):
-            try:
-                message = self._backend.requeue(task_id, batch, worker_id=self._worker, now=now)
-                if message is None:
-                    continue
-                self._produce(message)
-                reaped += 1
-                logger.warning("Worker %s: lease of task %s expired; queued again as attempt %d",
-                               self._worker, task_id, message.attempt)
-            except Exception:  # noqa: BLE001
-                logger.exception("Worker %s: could not reap task %s", self._worker, task_id)
+        dead = self._dead_holders()
+        reaped = sum(self._requeue(task_id, batch, now, f"its worker {holder} died", holder)
+                     for task_id, batch, holder in dead)
+        reaped += sum(self._requeue(task_id, batch, now, "its lease expired")
+                      for task_id, batch in self._backend.expired_leases(now))
         if reaped:
             self._producer.flush()
         return reaped
+
+    def _dead_holders(self) -> list[tuple[str, str | None, str]]:
+        if not self._detect_deaths:
+            return []
+        dead = self._backend.dead_holders(self._worker,
+                                          restarted_within=2 * self.config.heartbeat_interval)
+        if dead is None:
+            self._detect_deaths = False
+            logger.info("Worker %s: Redis refuses CLIENT LIST, so a dead worker's tasks run "
+                        "again when their leases expire (lease %.0f s)", self._worker,
+                        self.config.lease_seconds)
+            return []
+        return dead
+
+    def _requeue(self, task_id: str, batch: str | None, now: float, why: str,
+                 dead_holder: str = "") -> bool:
+        try:
+            message = self._backend.requeue(task_id, batch, worker_id=self._worker,
+                                            dead_holder=dead_holder, now=now)
+            if message is None:
+                return False
+            self._produce(message)
+        except Exception:  # noqa: BLE001
+            logger.exception("Worker %s: could not reap task %s", self._worker, task_id)
+            return False
+        logger.warning("Worker %s: task %s queued again as attempt %d: %s", self._worker,
+                       task_id, message.attempt, why)
+        return True
 
     def hand_back(self, unfinished: list[protocol.TaskMessage]) -> None:
         """Give a stopping worker's unfinished tasks back to the queue, so other workers

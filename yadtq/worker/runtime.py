@@ -124,7 +124,7 @@ class Worker:
         self._runners: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for runner in execution.make_runners(mode, concurrency, task_modules):
             self._runners.put(runner)
-        self.backend = RedisBackend(config)
+        self.backend = RedisBackend(config, worker_id=self.name)
         self.backend.check_connection()
         create_topics(config)
         self.producer = TaskProducer(config, linger_ms=2)

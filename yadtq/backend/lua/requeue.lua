@@ -10,12 +10,13 @@
 -- KEYS[3] batch counters     yadtq:batch:<batch>
 -- KEYS[4] attempts history   yadtq:task:<id>:attempts
 -- ARGV[1] task id
--- ARGV[2] mode: "expired" (only if the lease is past ARGV[3]) or "handback" (only if
---         ARGV[4] holds it)
+-- ARGV[2] mode: "expired" (only if the lease is past ARGV[3]), "handback" (only if
+--         ARGV[4] holds it) or "orphaned" (only if ARGV[6], a worker found dead, holds it)
 -- ARGV[3] now (unix seconds)
 -- ARGV[4] worker id handing back, or the reaping worker's id
 -- ARGV[5] events channel (every event message is a JSON array of changes)
--- ARGV[6...] the names of the task hash fields that hold the message's payload
+-- ARGV[6] with "orphaned": the dead worker's id; else ""
+-- ARGV[7...] the names of the task hash fields that hold the message's payload
 --
 -- Returns {"ok", new attempt, then those fields' values in that order ("" when unset)}
 -- so the caller can produce the message again, or {"skip", reason}.
@@ -31,6 +32,11 @@ if ARGV[2] == 'expired' then
     return {'skip', 'lease live'}
   end
   detail = 'lease of ' .. (current[3] or '?') .. ' expired; reaped by ' .. ARGV[4]
+elseif ARGV[2] == 'orphaned' then
+  if current[3] ~= ARGV[6] then
+    return {'skip', 'held by ' .. (current[3] or 'nobody')}
+  end
+  detail = ARGV[6] .. ' lost its Redis connections (it died); reaped by ' .. ARGV[4]
 elseif current[3] ~= ARGV[4] then
   return {'skip', 'held by ' .. (current[3] or 'nobody')}
 else
@@ -41,7 +47,8 @@ redis.call('HSET', KEYS[1], 'status', 'queued', 'attempt', tostring(attempt), 'w
            'requeued_at', ARGV[3], 'requeue_reason', detail)
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('RPUSH', KEYS[4], cjson.encode({attempt = tonumber(current[2]), worker = current[3],
-  event = ARGV[2] == 'expired' and 'lease expired' or 'handed back', detail = detail,
+  event = ({expired = 'lease expired', orphaned = 'worker died',
+            handback = 'handed back'})[ARGV[2]], detail = detail,
   at = tonumber(ARGV[3])}))
 local batch = current[4] or ''
 if batch ~= '' then
@@ -50,7 +57,7 @@ if batch ~= '' then
 end
 redis.call('PUBLISH', ARGV[5], cjson.encode({{id = ARGV[1], status = 'queued', worker = '',
   attempt = attempt, batch = batch, at = tonumber(ARGV[3])}}))
-local payload = redis.call('HMGET', KEYS[1], unpack(ARGV, 6))
+local payload = redis.call('HMGET', KEYS[1], unpack(ARGV, 7))
 local reply = {'ok', attempt}
 for i = 1, #payload do
   reply[#reply + 1] = payload[i] or ''
