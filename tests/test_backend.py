@@ -328,6 +328,32 @@ def test_finish_of_an_unknown_task_is_refused_as_missing(backend: RedisBackend) 
 # --- requeue: reaper and handback ------------------------------------------------------
 
 
+def test_a_worker_with_no_redis_connection_left_is_a_dead_holder_of_its_leases(
+    backend: RedisBackend, config: Config
+) -> None:
+    # Given two tasks claimed through the named connections of two workers
+    batch_id, messages = enqueue_batch(backend, count=2)
+    workers = {name: RedisBackend(config, worker_id=name) for name in (WORKER, OTHER_WORKER)}
+    claim_one(workers[WORKER], messages[0], worker=WORKER)
+    claim_one(workers[OTHER_WORKER], messages[1], worker=OTHER_WORKER)
+    reaper = RedisBackend(config, worker_id=REAPER)
+    try:
+        # While both are connected, neither is dead
+        assert reaper.dead_holders(REAPER, restarted_within=0) == []
+
+        # When OTHER_WORKER's connections close, as a killed process's do
+        workers[OTHER_WORKER].close()
+
+        # Then its task, and only its, has a dead holder; a young Redis names none
+        assert reaper.dead_holders(REAPER, restarted_within=0) == [
+            (messages[1].id, batch_id, OTHER_WORKER)]
+        assert reaper.dead_holders(REAPER, restarted_within=10**9) == []
+        assert reaper.dead_holders(OTHER_WORKER, restarted_within=0) == []  # never itself
+    finally:
+        workers[WORKER].close()
+        reaper.close()
+
+
 def test_expired_lease_is_requeued_with_the_next_attempt_and_the_original_payload(
     backend: RedisBackend, config: Config
 ) -> None:

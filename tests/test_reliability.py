@@ -186,15 +186,17 @@ def test_sigkill_of_one_of_three_workers_mid_batch_loses_no_task_and_overwrites_
     for history, record in zip(task_histories, records, strict=True):
         assert_one_accepted_outcome(history, record)
 
-    # And the victim's in-flight tasks were reaped and finished elsewhere within 15 s
+    # And the victim's in-flight tasks were reaped as soon as its Redis connections were
+    # gone, well before its lease would have expired, and finished elsewhere
     in_flight = [(h, r) for h, r in zip(task_histories, records, strict=True)
                  if unfinished_attempts(h, victim.name)]
     assert in_flight, "the victim held no task when it was killed; the test proved nothing"
     recovery = []
     for history, record in in_flight:
         assert record["worker"] != victim.name
-        assert any(e["event"] == "lease expired" and e["worker"] == victim.name
-                   for e in history), history
+        [died] = [e for e in history if e["event"] == "worker died"]
+        assert died["worker"] == victim.name, history
+        assert died["at"] - killed_at < client.config.lease_seconds, history
         recovery.append(record["finished_at"] - killed_at)
     run_twice = sum(1 for h in task_histories if events_of(h).count("claimed") > 1)
     report(f"SIGKILL: {len(in_flight)} in-flight task(s) of {victim.name} finished elsewhere "

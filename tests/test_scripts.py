@@ -311,6 +311,26 @@ def test_requeue_reply_names_why_it_did_nothing(
     assert (handed.verdict, handed.attempt) == (Verdict.OK, 2)
 
 
+def test_requeue_of_a_dead_workers_task_needs_that_worker_to_hold_it_not_an_expired_lease(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given a task WORKER holds under a live lease
+    [held] = queued(client, keys)
+    claimed(scripts, [held])
+
+    # When a reaper takes it for a dead OTHER_WORKER, then for a dead WORKER
+    wrong, _ = scripts.run(RequeueCall(held.id, None, False, NOW, "reaper",
+                                       dead_holder=OTHER_WORKER))
+    taken, _ = scripts.run(RequeueCall(held.id, None, False, NOW, "reaper", dead_holder=WORKER))
+
+    # Then only the holder's death moves it, before its lease ran out, and the history says so
+    assert wrong == RequeueReply(Verdict.SKIP, reason=f"held by {WORKER}")
+    assert (taken.verdict, taken.attempt) == (Verdict.OK, 2)
+    last = json.loads(client.lrange(keys.task_history(held.id), -1, -1)[0])
+    assert (last["event"], last["worker"], last["attempt"]) == ("worker died", WORKER, 1)
+    assert "reaper" in last["detail"]
+
+
 # --- cancel.lua -------------------------------------------------------------------------
 
 
