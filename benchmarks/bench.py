@@ -109,18 +109,20 @@ def latency(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def balance(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
-    """60 long-tailed sleeps (~9 s in all), 3 workers of concurrency 1."""
+    """60 long-tailed sleeps (~9 s in all), 3 workers of concurrency 1, ``--runs`` times."""
     durations = workloads.long_tail_durations()
+    ideal = workloads.ideal_makespan(durations, WORKERS)
+    makespans = []
     with _cluster(stack, args, concurrency=1) as cluster, yadtq.connect(cluster) as q:
         q.wait_for_workers(WORKERS, timeout=60)
-        started = time.perf_counter()
-        batch = q.map(sleep, durations)
-        batch.results(timeout=120)
-        makespan = time.perf_counter() - started
-        per_worker = batch.snapshot()["per_worker"]
-    ideal = workloads.ideal_makespan(durations, WORKERS)
-    return {"makespan_s": round(makespan, 3), "ideal_s": round(ideal, 3),
-            "efficiency": round(ideal / makespan, 3), "per_worker": per_worker}
+        for _ in range(args.runs):
+            started = time.perf_counter()
+            q.map(sleep, durations).results(timeout=120)
+            makespans.append(time.perf_counter() - started)
+    efficiencies = [round(ideal / makespan, 3) for makespan in makespans]
+    return {"runs": args.runs, "ideal_s": round(ideal, 3),
+            "makespan_s_max": round(max(makespans), 3), "efficiency_min": min(efficiencies),
+            "efficiency": efficiencies}
 
 
 def kill(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
@@ -186,14 +188,17 @@ def idle(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
         pids = [w.pid for w in cluster.worker_processes]
         brokers = [pid for name, pid in stack.pids.items() if name != "redis"]
         before = [_cpu_seconds(p) for p in pids + brokers]
+        client_before = time.process_time()  # this process: the connected client's threads
         started = time.perf_counter()
         stop = time.monotonic() + args.idle_seconds
         while time.monotonic() < stop:  # the measured interval, not a synchronisation
             time.sleep(0.5)
         elapsed = time.perf_counter() - started
         used = [_cpu_seconds(p) - b for p, b in zip(pids + brokers, before, strict=True)]
+        client = time.process_time() - client_before
     workers_pct = [100 * u / elapsed for u in used[:len(pids)]]
     return {"seconds": round(elapsed, 1), "worker_cpu_pct_max": round(max(workers_pct), 2),
+            "client_cpu_pct": round(100 * client / elapsed, 2),
             "broker_cpu_pct": round(100 * sum(used[len(pids):]) / elapsed, 2)}
 
 
@@ -252,6 +257,7 @@ def main() -> int:
     parser.add_argument("--steal", action=argparse.BooleanOptionalAction, default=True,
                         help="workers steal when idle (default: on)")
     parser.add_argument("--tasks", type=int, default=5000, help="throughput batch size")
+    parser.add_argument("--runs", type=int, default=5, help="balance runs (default: 5)")
     parser.add_argument("--kill-after", type=float, default=1.0, metavar="SECONDS",
                         help="when the kill workload kills a worker (default: 1)")
     parser.add_argument("--tuned", action="store_true",

@@ -14,9 +14,13 @@ straight from its Redis record).
 Threads hand work over, and none holds a lock across a Redis or Kafka call:
 
 - this loop's thread is the only one that talks to the consumer;
-- a slot thread per running task runs it (``execution``) and hands its
-  outcome to the outcome store's thread (``outcomes``), which stores whatever
-  ended meanwhile in one round trip;
+- each of the N slot threads takes the next claimed task from a queue, runs it
+  (``execution``) and hands its outcome to the outcome store's thread
+  (``outcomes``), which stores whatever ended meanwhile in one round trip.
+  While tasks are short (under 5 ms on average), the loop claims a slot's worth
+  of tasks ahead, N at a time, so a slot goes from one task to the next
+  without waiting for a claim; long tasks are claimed only for free slots, so
+  idle workers can still steal the rest;
 - the maintenance thread (``maintenance``) beats, renews leases, stops
   cancelled tasks, sends due retries and reaps expired leases.
 
@@ -27,6 +31,7 @@ out (``shipped``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -37,8 +42,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -59,14 +62,14 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TASK_MODULES = ("worker_node.tasks",)
 SLOT_WAIT = 0.2  # seconds; with every slot busy, how long to wait for one between group polls
+SHORT_TASK = 0.005  # seconds; tasks this short on average are claimed a slot's worth ahead
 
 
 @dataclass
 class _Running:
     message: protocol.TaskMessage
     attempt: int
-    future: Future[None] | None = None
-    runner: Any = None
+    runner: Any = None  # while it runs
 
 
 def load_task_modules(modules: Iterable[str]) -> list[str]:
@@ -116,7 +119,11 @@ class Worker:
         self.failed = 0
         self._lock = threading.Lock()  # guards the counts below; never held across I/O
         self._running: dict[str, _Running] = {}  # claimed, outcome not yet stored
-        self._executing = 0  # claimed and not yet ended: the slots in use
+        self._executing = 0  # claimed and not yet ended: waiting for a slot or in one
+        self._ahead = 0  # how many claimed tasks may wait for a slot (0 while tasks are long)
+        self._mean_run = SHORT_TASK * 10  # seconds a task ran, on average of the recent ones
+        self._claimed: queue.SimpleQueue[tuple[protocol.TaskMessage, int] | None] = (
+            queue.SimpleQueue())  # what the slots take their next task from
         self._slot_freed = threading.Event()
         self._stopping = threading.Event()
         self._stop_reason = "stopped"
@@ -142,7 +149,8 @@ class Worker:
             config, self.backend, self.producer, worker=self.name, record=self._record,
             on_cancelled=self._stop_cancelled, partitions=lambda: self.consumer.partitions,
             clock=clock)
-        self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix=f"{self.name}-slot")
+        self._slots = [threading.Thread(target=self._slot, name=f"{self.name}-slot-{i}",
+                                        daemon=True) for i in range(concurrency)]
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -155,6 +163,8 @@ class Worker:
         )
         self._outcomes.start()
         self._maintenance.start()
+        for slot in self._slots:
+            slot.start()
         try:
             while not self._stopping.is_set():
                 self._serve()
@@ -182,7 +192,7 @@ class Worker:
     def _serve(self) -> None:
         """One turn: free slots → take → accept → claim → start → mark claimed."""
         free = self._free_slots()
-        if not free:
+        if free <= 0:
             self._wait_for_a_slot()
             return
         deliveries = self.consumer.take(free, wait=self._poll_waits)
@@ -206,8 +216,10 @@ class Worker:
         self._poll_waits = bool(started)  # none: only copies of tasks claimed elsewhere
 
     def _free_slots(self) -> int:
+        """How many tasks to claim now: one a free slot, and while tasks are short, a
+        slot's worth more, so a slot that ends one starts the next without a claim."""
         with self._lock:
-            return self.concurrency - self._executing
+            return self.concurrency + self._ahead - self._executing
 
     def _wait_for_a_slot(self) -> None:
         """Every slot is busy: keep the group membership while waiting for one."""
@@ -345,11 +357,7 @@ class Worker:
         if refusal is not None:
             self._ended(message, outcomes.failed(message, attempt, refusal))
             return
-        future = self.executor.submit(self._execute, message, attempt)
-        with self._lock:
-            running = self._running.get(message.id)
-            if running is not None:
-                running.future = future
+        self._claimed.put((message, attempt))
 
     def _refusal(self, message: protocol.TaskMessage) -> Exception | None:
         """Why this worker will not run a task it claimed (no live worker of the queue
@@ -367,6 +375,11 @@ class Worker:
             return UnknownTask(message.task, served, queue=self.config.queue)
         return None
 
+    def _slot(self) -> None:
+        """A slot's thread: run claimed tasks one after another until handed None."""
+        while (claimed := self._claimed.get()) is not None:
+            self._execute(*claimed)
+
     def _execute(self, message: protocol.TaskMessage, attempt: int) -> None:
         """Run one claimed task in a slot (on a slot thread) and hand over its outcome."""
         try:
@@ -380,6 +393,7 @@ class Worker:
             running = self._running.get(message.id)
             if running is not None:
                 running.runner = runner
+        started = time.monotonic()
         try:
             result = runner.run(message.task, message.args, dict(message.kwargs),
                                 message.retry_on,
@@ -387,6 +401,7 @@ class Worker:
                                 shipped)
         finally:
             self._runners.put(runner)
+        self._mean_run = 0.8 * self._mean_run + 0.2 * (time.monotonic() - started)
         self._ended(message, outcomes.outcome(
             message, attempt, result, config=self.config, backend=self.backend,
             now=self.clock(), stopping=self._stopping, worker=self.name))
@@ -400,8 +415,11 @@ class Worker:
         report = replace(report, ended_at=self.clock())
         with self._lock:
             self._executing -= 1
+            self._ahead = self.concurrency if self._mean_run < SHORT_TASK else 0
+            refill = self.concurrency + self._ahead - self._executing >= max(self._ahead, 1)
         self._outcomes.put(message, report)
-        self._slot_freed.set()
+        if refill:  # short tasks: once a slot's worth ended, claim that many in one go
+            self._slot_freed.set()
 
     def _finished(self, message: protocol.TaskMessage, report: Outcome, refused: str | None
                   ) -> None:
@@ -477,14 +495,18 @@ class Worker:
         rest, leave the group, and record the stop."""
         logger.info("Worker %s: stopping (%s); %d task(s) in flight", self.name,
                     self._stop_reason, len(self._running))
-        with self._lock:
-            futures = [r.future for r in self._running.values() if r.future is not None]
-        wait_futures(futures, timeout=self.shutdown_grace)
+        with contextlib.suppress(queue.Empty):  # claimed tasks no slot has begun go back
+            while True:
+                self._claimed.get_nowait()
+        for _ in self._slots:
+            self._claimed.put(None)
+        deadline = time.monotonic() + self.shutdown_grace
+        for slot in self._slots:
+            slot.join(max(0.0, deadline - time.monotonic()))
         self._outcomes.close(timeout=outcomes.FINISH_RETRY_SECONDS)
         with self._lock:
             unfinished = [running.message for running in self._running.values()]
         self._maintenance.hand_back(unfinished)
-        self.executor.shutdown(wait=False, cancel_futures=True)
         self.consumer.close()
         self._maintenance.stop()
         try:
