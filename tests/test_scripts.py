@@ -458,5 +458,6 @@ def test_a_script_redis_lost_is_loaded_again_and_the_call_run_once_more(
         "requeue-payload-short", "cancel-shorter", "cancel-verdict"])
 def test_a_reply_of_another_shape_than_the_codec_knows_is_refused(parse: Any, reply: list
                                                                   ) -> None:
-    with pytest.raises(ValueError, match="the script and its codec in yadtq/scripts.py disagree"):
+    with pytest.raises(ValueError,
+                       match="the script and its codec in yadtq/backend/scripts.py disagree"):
         parse(reply)

@@ -113,11 +113,17 @@ class Client:
         self._events.watch([future])
         if shipment.blobs:
             self.backend.put_blobs(shipment.blobs)
-        self.backend.enqueue([message])
+        # A worker claims the task from its record as soon as the doorbell rings, while
+        # Kafka takes its message (which the worker then skips, the task being taken).
+        partition = self._producer.next_partition()
+        self.backend.enqueue([message], ring=partition)
         try:
-            self._flush(self._producer.deal([message.id], [payload]), lone_task=message.id)
+            self._producer.send(message.id, payload, partition)
+            self._producer.flush()
         except BrokerUnavailable as exc:
-            raise self._failed_undelivered(exc, [message]) from None
+            error = self._failed_undelivered(exc, [message])
+            if error is not None:
+                raise error from None
         return future
 
     def map(
@@ -173,8 +179,10 @@ class Client:
                                                   payloads[start:start + PIPELINE_CHUNK])
             self._flush(partitions)
         except BrokerUnavailable as exc:
-            raise self._failed_undelivered(exc, messages[:written], batch_id,
-                                           unwritten=len(messages) - written) from None
+            error = self._failed_undelivered(exc, messages[:written], batch_id,
+                                             unwritten=len(messages) - written)
+            if error is not None:
+                raise error from None
         return batch
 
     def _future(self, message: protocol.TaskMessage, args: Sequence[Any],
@@ -182,12 +190,12 @@ class Client:
         return TaskFuture(message.id, message.task, self._store, args=tuple(args),
                           kwargs=kwargs, batch=message.batch, index=message.index)
 
-    def _flush(self, partitions: set[int], lone_task: str | None = None) -> None:
-        """Wait until Kafka has every message (one flush per submit or map), then wake
-        the workers of those partitions (naming the task of a ``submit``)."""
+    def _flush(self, partitions: set[int]) -> None:
+        """Wait until Kafka has a map's messages (one flush), then wake the workers of
+        those partitions."""
         self._producer.flush()
         try:
-            self.backend.ring(partitions, task_id=lone_task)
+            self.backend.ring(partitions)
         except BackendUnavailable as exc:  # the tasks are on their way; workers look anyway
             logger.warning("could not ring the workers' doorbells (%s); they will find the "
                            "tasks within %.1f s", exc, self.config.idle_wait)
@@ -198,19 +206,24 @@ class Client:
         written: list[protocol.TaskMessage],
         batch_id: str | None = None,
         unwritten: int = 0,
-    ) -> BrokerUnavailable:
+    ) -> BrokerUnavailable | None:
         """Fail the records a submit or map wrote for messages Kafka did not take.
 
         Left ``queued``, nothing would ever run them. Returns the error to raise,
-        saying what became of them and what to do.
+        saying what became of them and what to do; None when workers had taken
+        every task already (a lone task by its doorbell), so nothing was lost.
         """
         what = f"batch {batch_id}" if batch_id else f"task {written[0].id}"
         try:
-            self.backend.fail_undelivered(written, str(exc), batch_id, unwritten)
+            failed = self.backend.fail_undelivered(written, str(exc), batch_id, unwritten)
         except YadtqError as also:
             fate = (f"and marking {what} failed in Redis failed too ({also}): its records "
                     "may stay 'queued'")
         else:
+            if not failed and not unwritten:
+                logger.warning("%s; workers had taken %s already, so it runs all the same",
+                               exc, what)
+                return None
             fate = f"{what} is marked failed in Redis"
         return BrokerUnavailable(f"{exc}; {fate}; check that Kafka is running and reachable, "
                                  "then submit again")

@@ -167,10 +167,14 @@ class RedisBackend:
         messages: Sequence[TaskMessage],
         batch_id: str | None = None,
         batch_total: int | None = None,
+        ring: int | None = None,
     ) -> None:
         """Write ``queued`` records before anything is produced.
 
         ``batch_total`` starts the batch's counters: pass it with a batch's first chunk.
+        ``ring``: a lone task's partition, whose doorbell is rung naming the task in the
+        same round trip, so a worker claims it from its record while Kafka takes the
+        message (see :meth:`ring`).
         """
         now = time.time()
         for chunk in list(_chunks(messages, PIPELINE_CHUNK)) or [[]]:
@@ -186,6 +190,8 @@ class RedisBackend:
                     pipe.hset(self.keys.task(message.id), mapping=record_fields(message, now))
                 if batch_id is not None and chunk:
                     pipe.rpush(self.keys.batch_tasks(batch_id), *(m.id for m in chunk))
+                if ring is not None:
+                    self._ring(pipe, ring, messages[0].id)
                 pipe.execute()
 
     def put_blobs(self, blobs: dict[str, bytes]) -> None:
@@ -236,9 +242,12 @@ class RedisBackend:
         """
         with self.redis.pipeline(transaction=False) as pipe:
             for partition in partitions:
-                pipe.lpush(self.keys.doorbell(partition), task_id or UNNAMED_RING)
-                pipe.ltrim(self.keys.doorbell(partition), 0, DOORBELL_RINGS - 1)
+                self._ring(pipe, partition, task_id or UNNAMED_RING)
             pipe.execute()
+
+    def _ring(self, pipe: redis.client.Pipeline, partition: int, ring: str) -> None:
+        pipe.lpush(self.keys.doorbell(partition), ring)
+        pipe.ltrim(self.keys.doorbell(partition), 0, DOORBELL_RINGS - 1)
 
     def wait_for_ring(self, partitions: Sequence[int], timeout: float) -> str | None:
         """Sleep until one of these partitions' doorbells rings, or ``timeout`` seconds.

@@ -43,6 +43,9 @@ class Verdict(str, Enum):
     REFUSED = "refused"  # finish: the outcome does not match the task's claim
 
 
+_VERDICTS = {verdict.value: verdict for verdict in Verdict}
+
+
 class ScriptCall(Protocol[R_co]):
     """One call of a script, as the backend runs it: file name, KEYS, ARGV, reply parser."""
 
@@ -76,14 +79,13 @@ def _split(script: str, reply: Sequence[Any], shapes: Mapping[Verdict, int]
     Raises:
         ValueError: the reply has another verdict or another number of fields.
     """
-    word = text(reply[0]) if reply else ""
-    fields = list(reply[1:])
-    if word not in {verdict.value for verdict in shapes} or len(fields) != shapes[Verdict(word)]:
+    verdict = _VERDICTS.get(text(reply[0])) if reply else None  # per task: kept cheap
+    if verdict is None or shapes.get(verdict) != len(reply) - 1:
         expected = " or ".join(f"{verdict.value!r} and {count} field(s)"
                                for verdict, count in shapes.items())
         raise ValueError(f"{script} answered {reply!r}, expected {expected}: the script "
-                         "and its codec in yadtq/scripts.py disagree")
-    return Verdict(word), fields
+                         "and its codec in yadtq/backend/scripts.py disagree")
+    return verdict, list(reply[1:])
 
 
 def _finishing_keys(keys: Keys, task_id: str, batch: str | None) -> list[str]:

@@ -57,14 +57,29 @@ class TaskProducer:
         try:
             partitions = sorted(self._producer.partitions_for(topic))
             for key, payload in zip(keys, payloads, strict=True):
-                self._next_partition = (self._next_partition + 1) % len(partitions)
-                partition = partitions[self._next_partition]
+                partition = self._deal(partitions)
                 self._track(self._producer.send(topic, payload, key=key.encode(),
                                                 partition=partition))
                 used.add(partition)
         except Exception as exc:  # kafka-python raises several unrelated types here
             raise self._undelivered(len(payloads), exc) from exc
         return used
+
+    def next_partition(self) -> int:
+        """The partition the next dealt message goes to, taken now: a lone task's
+        doorbell is rung before its message is sent.
+
+        Raises:
+            BrokerUnavailable: the topic's partitions are unknown and no broker answers.
+        """
+        try:
+            return self._deal(sorted(self._producer.partitions_for(self.config.tasks_topic)))
+        except Exception as exc:  # kafka-python raises several unrelated types here
+            raise self._undelivered(1, exc) from exc
+
+    def _deal(self, partitions: list[int]) -> int:
+        self._next_partition = (self._next_partition + 1) % len(partitions)
+        return partitions[self._next_partition]
 
     def send(self, key: str, payload: bytes, partition: int | None = None) -> None:
         """Send one task message, to ``partition`` if given, else where its key hashes."""

@@ -2,7 +2,7 @@
 -- A worker that later receives it skips it; one running it stops it where it can, and its
 -- result is refused by finish.lua because the task is no longer processing.
 --
--- Python side: yadtq/scripts.py, CancelCall and CancelReply. They lay out
+-- Python side: yadtq/backend/scripts.py, CancelCall and CancelReply. They lay out
 -- these KEYS and ARGV and name the reply's fields: change the two together
 -- (tests/test_scripts.py runs the codec against this script).
 --

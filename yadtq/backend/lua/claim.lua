@@ -1,8 +1,9 @@
 -- claim.lua: a worker takes queued tasks: queued -> processing, each with a lease.
 -- Any number of tasks in one call, so a worker claims what it polled in one round trip.
 --
--- Python side: yadtq/scripts.py, ClaimCall with a ClaimTask per task, and ClaimReply. They lay out
--- these KEYS and ARGV and name the reply's fields: change the two together
+-- Python side: yadtq/backend/scripts.py, ClaimCall with a ClaimTask per task, and
+-- ClaimReply. They lay out these KEYS and ARGV and name the reply's fields: change the
+-- two together
 -- (tests/test_scripts.py runs the codec against this script).
 --
 -- KEYS[1] leases sorted set  yadtq:leases:<queue>   (task id -> lease expiry)

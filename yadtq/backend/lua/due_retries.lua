@@ -3,7 +3,7 @@
 -- caller that dies before producing leaves it to be taken again; the caller removes it
 -- (ZREM) once the message is produced. Safe in every worker at once.
 --
--- Python side: yadtq/scripts.py, DueRetriesCall. They lay out
+-- Python side: yadtq/backend/scripts.py, DueRetriesCall. They lay out
 -- these KEYS and ARGV and name the reply's fields: change the two together
 -- (tests/test_scripts.py runs the codec against this script).
 --

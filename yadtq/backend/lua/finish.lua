@@ -3,7 +3,7 @@
 -- ended meanwhile in one round trip. Fenced: an outcome is refused unless its task is
 -- processing under this attempt and worker; a refusal is written to the attempts history.
 --
--- Python side: yadtq/scripts.py, FinishCall with a FinishTask per task, and FinishReply.
+-- Python side: yadtq/backend/scripts.py, FinishCall with a FinishTask per task, and FinishReply.
 -- They lay out these KEYS and ARGV and name the reply's fields: change the two together
 -- (tests/test_scripts.py runs the codec against this script).
 --

@@ -2,7 +2,7 @@
 -- A worker that was frozen past its lease may still list tasks that were reaped and
 -- claimed by another worker; those leases are not its to extend, so they are left alone.
 --
--- Python side: yadtq/scripts.py, RenewCall. They lay out
+-- Python side: yadtq/backend/scripts.py, RenewCall. They lay out
 -- these KEYS and ARGV and name the reply's fields: change the two together
 -- (tests/test_scripts.py runs the codec against this script).
 --

@@ -1,7 +1,7 @@
 -- requeue.lua: give a processing task back to the queue: processing -> queued, attempt + 1.
 -- Used by the reaper (lease expired) and by a worker handing back work on shutdown.
 --
--- Python side: yadtq/scripts.py, RequeueCall and RequeueReply. They lay out
+-- Python side: yadtq/backend/scripts.py, RequeueCall and RequeueReply. They lay out
 -- these KEYS and ARGV and name the reply's fields: change the two together
 -- (tests/test_scripts.py runs the codec against this script).
 --

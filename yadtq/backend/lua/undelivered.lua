@@ -3,8 +3,8 @@
 -- A task a worker claimed meanwhile (its message got through after all) is left alone,
 -- and a worker that receives a failed one later skips it: one outcome either way.
 --
--- Python side: yadtq/scripts.py, UndeliveredCall with an UndeliveredTask per task. They lay out
--- these KEYS and ARGV and name the reply's fields: change the two together
+-- Python side: yadtq/backend/scripts.py, UndeliveredCall with an UndeliveredTask per
+-- task. They lay out these KEYS and ARGV and name the reply's fields: change the two together
 -- (tests/test_scripts.py runs the codec against this script).
 --
 -- then for each task 4 keys:
