@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -57,7 +58,8 @@ class Client:
         self.backend = RedisBackend(config)
         self.backend.check_connection()
         create_topics(config)
-        self._producer = TaskProducer(config, linger_ms=1000, batch_size=1 << 20)
+        self._producer = TaskProducer(config, linger_ms=1000, batch_size=1 << 20)  # maps
+        self._lone_producer = TaskProducer(config)  # submits: each message sent at once
         self._events = EventListener(self.backend)
         self._store = RedisTaskStore(self.backend)
         self._on_close = on_close
@@ -115,11 +117,14 @@ class Client:
             self.backend.put_blobs(shipment.blobs)
         # A worker claims the task from its record as soon as the doorbell rings, while
         # Kafka takes its message (which the worker then skips, the task being taken).
-        partition = self._producer.next_partition()
+        # Submit returns once either has happened: a claimed task is safe in Redis
+        # (should its worker die, the reaper produces it again).
+        taken = threading.Event()
+        future.add_change_callback(lambda _: taken.set())
+        partition = self._lone_producer.next_partition()
         self.backend.enqueue([message], ring=partition)
         try:
-            self._producer.send(message.id, payload, partition)
-            self._producer.flush()
+            self._lone_producer.send_until(message.id, payload, partition, taken)
         except BrokerUnavailable as exc:
             error = self._failed_undelivered(exc, [message])
             if error is not None:
@@ -366,12 +371,13 @@ class Client:
             return
         self._closed = True
         self._events.close()
-        try:
-            self._producer.close(timeout=5)
-        except BrokerUnavailable as exc:
-            # Closing must still release Redis and a local stack; every submit already
-            # flushed (or raised BrokerUnavailable), so nothing the caller was promised is lost.
-            logger.warning("%s", exc)
+        for producer in (self._producer, self._lone_producer):
+            try:
+                producer.close(timeout=5)
+            except BrokerUnavailable as exc:
+                # Closing must still release Redis and a local stack; every submit was
+                # delivered or claimed (or raised), so nothing the caller was promised is lost.
+                logger.warning("%s", exc)
         self.backend.close()
         if self._on_close is not None:
             self._on_close()

@@ -86,6 +86,27 @@ class TaskProducer:
         self._track(self._producer.send(self.config.tasks_topic, payload, key=key.encode(),
                                         partition=partition))
 
+    def send_until(self, key: str, payload: bytes, partition: int,
+                   done: threading.Event) -> None:
+        """Send one message now (untracked) and wait until Kafka has it or the caller sets
+        ``done``: a lone task a worker took from its Redis record needs no copy, which
+        then goes on unchecked.
+
+        Raises:
+            BrokerUnavailable: Kafka refused it, or neither came within the delivery timeout.
+        """
+        timeout = max(self.config.connect_timeout, DELIVERY_TIMEOUT)
+        try:
+            sent = self._producer.send(self.config.tasks_topic, payload, key=key.encode(),
+                                       partition=partition)
+        except Exception as exc:  # kafka-python raises several unrelated types here
+            raise self._undelivered(1, exc) from exc
+        sent.add_both(lambda _: done.set())
+        if not done.wait(timeout):
+            raise self._undelivered(1, TimeoutError(f"no answer within {timeout:g} s"))
+        if sent.is_done and sent.failed():
+            raise self._undelivered(1, sent.exception)
+
     def dead_letter(self, reason: str, *, worker: str, at: float,
                     delivery: Delivery | None = None,
                     message: protocol.TaskMessage | None = None) -> None:

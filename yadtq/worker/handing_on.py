@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from yadtq import protocol
 from yadtq.backend import RedisBackend
 from yadtq.config import Config
+from yadtq.errors import BackendUnavailable
 from yadtq.routing import Routes
 from yadtq.worker.redis_retry import GAVE_UP, retry_redis
 
@@ -73,20 +74,31 @@ class HandOn:
             return None
         handed_on = set()
         to_joining = False
+        rings = set()
         for message in unserved:
             if not routes.serves(message.route):
                 continue
             partitions = routes.partitions_for(message.route)
             to_joining |= not partitions
-            self._send(message, random.choice(partitions) if partitions else None)
+            partition = random.choice(partitions) if partitions else None
+            self._send(message, partition)
+            rings |= {partition} - {None}
             handed_on.add(message.id)
             logger.debug("Worker %s: handed task %s (%s) on to partition(s) %s", self._worker,
                          message.id, message.task, partitions or "any")
         if handed_on and not self._flushed("handed-on tasks"):
             return None
+        if rings:
+            self._ring(rings)
         if to_joining:  # its workers are joining the group: such a task may come back at once
             self._stopping.wait(JOINING_PEER_WAIT)
         return [m for m in messages if m.id not in handed_on]
+
+    def _ring(self, partitions: set[int]) -> None:
+        try:
+            self._backend.ring(partitions)
+        except BackendUnavailable as exc:  # they are on their way; the workers look anyway
+            logger.warning("Worker %s: could not ring doorbells (%s)", self._worker, exc)
 
     def served_elsewhere(self) -> list[str]:
         """The task names the queue's other live workers serve, as last read."""

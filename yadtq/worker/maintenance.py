@@ -24,7 +24,7 @@ from yadtq import protocol
 from yadtq.backend import RedisBackend
 from yadtq.broker import TaskProducer
 from yadtq.config import Config
-from yadtq.errors import BackendUnavailable
+from yadtq.errors import BackendUnavailable, BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -122,16 +122,15 @@ class Maintenance:
     def send_due_retries(self, now: float) -> int:
         """Produce again the tasks whose retry backoff is over; returns how many."""
         taken = self._backend.take_due_retries(now)
-        sent = 0
+        sent_to = []
         for task_id in taken:
             message = self._backend.retry_message(task_id)
             if message is not None:
-                self._produce(message)
-                sent += 1
+                sent_to.append(self._produce(message, self._partitions()))
         if taken:
-            self._producer.flush()
+            self._flush_and_ring(sent_to)
             self._backend.retries_sent(taken)
-        return sent
+        return len(sent_to)
 
     def reap(self, now: float) -> int:
         """Re-queue the tasks of workers that died, and tasks whose lease expired before
@@ -144,14 +143,14 @@ class Maintenance:
         refused: a task never has two results. One task's failure is logged and
         skipped, never stops the sweep.
         """
-        dead = self._dead_holders()
-        reaped = sum(self._requeue(task_id, batch, now, f"its worker {holder} died", holder)
-                     for task_id, batch, holder in dead)
-        reaped += sum(self._requeue(task_id, batch, now, "its lease expired")
-                      for task_id, batch in self._backend.expired_leases(now))
+        sent_to = [self._requeue(task_id, batch, now, f"its worker {holder} died", holder)
+                   for task_id, batch, holder in self._dead_holders()]
+        sent_to += [self._requeue(task_id, batch, now, "its lease expired")
+                    for task_id, batch in self._backend.expired_leases(now)]
+        reaped = [partition for partition in sent_to if partition is not None]
         if reaped:
-            self._producer.flush()
-        return reaped
+            self._flush_and_ring(reaped)
+        return len(reaped)
 
     def _dead_holders(self) -> list[tuple[str, str | None, str]]:
         if not self._detect_deaths:
@@ -167,23 +166,25 @@ class Maintenance:
         return dead
 
     def _requeue(self, task_id: str, batch: str | None, now: float, why: str,
-                 dead_holder: str = "") -> bool:
+                 dead_holder: str = "") -> int | None:
+        """Re-queue a reaped task and produce it again; returns its partition, or None."""
         try:
             message = self._backend.requeue(task_id, batch, worker_id=self._worker,
                                             dead_holder=dead_holder, now=now)
             if message is None:
-                return False
-            self._produce(message)
+                return None
+            partition = self._produce(message, self._partitions())
         except Exception:  # noqa: BLE001
             logger.exception("Worker %s: could not reap task %s", self._worker, task_id)
-            return False
+            return None
         logger.warning("Worker %s: task %s queued again as attempt %d: %s", self._worker,
                        task_id, message.attempt, why)
-        return True
+        return partition
 
     def hand_back(self, unfinished: list[protocol.TaskMessage]) -> None:
         """Give a stopping worker's unfinished tasks back to the queue, so other workers
         run them now rather than after their leases expire."""
+        sent_to = []
         for task in unfinished:
             try:
                 message = self._backend.requeue(task.id, task.batch, worker_id=self._worker,
@@ -194,17 +195,29 @@ class Maintenance:
                              exc)
                 continue
             if message is not None:
-                self._producer.send(message.id, protocol.encode(
-                    message, self.config.max_message_bytes, self.config.secret))
+                sent_to.append(self._produce(message, []))  # ours are about to go
                 logger.info("Worker %s: handed back task %s as attempt %d", self._worker,
                             message.id, message.attempt)
+        if sent_to:
+            try:
+                self._flush_and_ring(sent_to)
+            except (BrokerUnavailable, BackendUnavailable) as exc:
+                logger.error("Worker %s: handed-back tasks may wait for their leases to "
+                             "expire: %s", self._worker, exc)
 
-    def _produce(self, message: protocol.TaskMessage) -> None:
-        """Produce a task again to one of this worker's partitions: a dead worker's
-        wait for a rebalance, ours are served now."""
-        partitions = self._partitions()
+    def _produce(self, message: protocol.TaskMessage, partitions: list[int]) -> int:
+        """Produce a task again, to one of ``partitions`` (this worker's: a dead worker's
+        wait for a rebalance, ours are served now), else to the next one dealt; returns
+        the partition."""
+        partition = random.choice(partitions) if partitions else self._producer.next_partition()
         self._producer.send(
             message.id,
             protocol.encode(message, self.config.max_message_bytes, self.config.secret),
-            partition=random.choice(partitions) if partitions else None,
+            partition=partition,
         )
+        return partition
+
+    def _flush_and_ring(self, partitions: list[int]) -> None:
+        """Wait until Kafka has what was produced, then wake those partitions' workers."""
+        self._producer.flush()
+        self._backend.ring(set(partitions))

@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TASK_MODULES = ("worker_node.tasks",)
 SLOT_WAIT = 0.2  # seconds; with every slot busy, how long to wait for one between group polls
+IDLE_WAIT_MAX = 1.0  # seconds; the longest sleep on the doorbells, once idle for a while
 SHORT_TASK = 0.005  # seconds; tasks this short on average are claimed a slot's worth ahead
 
 
@@ -128,6 +129,8 @@ class Worker:
         self._stopping = threading.Event()
         self._stop_reason = "stopped"
         self._poll_waits = True  # False when the next messages are expected already there
+        self._idle_wait = config.idle_wait  # how long the next sleep on the doorbells lasts
+        self._rung_for_one = False  # the last ring named a task: wait for the next ring first
         self._runners: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for runner in execution.make_runners(mode, concurrency, task_modules):
             self._runners.put(runner)
@@ -195,6 +198,10 @@ class Worker:
         if free <= 0:
             self._wait_for_a_slot()
             return
+        if self._rung_for_one:  # a lone task came by doorbell: so, likely, does the next
+            self._rung_for_one = False
+            self._sleep_until_rung()  # its Kafka copy waits for the next poll, to be skipped
+            return
         deliveries = self.consumer.take(free, wait=self._poll_waits)
         if not deliveries:
             if not self._steal(free):
@@ -211,6 +218,7 @@ class Worker:
             return
         started = self._start_claimed(tasks, claims)
         self.consumer.claimed(deliveries)
+        self._idle_wait = self.config.idle_wait
         if started:
             self.consumer.busy()  # and steal at once when idle again
         self._poll_waits = bool(started)  # none: only copies of tasks claimed elsewhere
@@ -319,19 +327,27 @@ class Worker:
         """Nothing to do: sleep until a client rings one of our partitions' doorbells.
 
         A poll that finds nothing is not repeated at once: the embedded broker
-        would be asked hundreds of times a second. Tasks from clients that ring
-        no doorbell are found within ``idle_wait``.
+        would be asked hundreds of times a second. yadtq's clients and workers ring
+        for every task they produce; a task from a producer that rings no doorbell
+        is found within ``idle_wait`` (0.2 s) of a busy spell, and within a second
+        once the worker has idled: each silent wait is twice the last, up to 1 s,
+        so an idle worker costs next to no CPU.
         """
         partitions = self.consumer.partitions
         if not partitions:
             return  # joining the group: the next poll waits
         try:
-            rang = self.backend.wait_for_ring(partitions, self.config.idle_wait)
+            rang = self.backend.wait_for_ring(partitions, self._idle_wait)
+            self._idle_wait = self.config.idle_wait if rang else min(
+                2 * self._idle_wait, max(IDLE_WAIT_MAX, self.config.idle_wait))
             if rang not in (None, UNNAMED_RING):
                 self._claim_named(rang)
-                self._poll_waits = False  # lone tasks come by doorbell: back to it soon
-            else:
-                self._poll_waits = True  # a batch, or a task from a client that rings not
+                self._rung_for_one = True
+            # Only a batch's ring is worth a poll that waits for messages to arrive; after
+            # a lone task or no ring at all, a quick look (its fetch answered by the next)
+            # keeps an idle worker near no CPU and still finds a task from a client that
+            # rings no doorbell within two idle waits.
+            self._poll_waits = rang == UNNAMED_RING
         except BackendUnavailable as exc:
             logger.warning("Worker %s: cannot wait on Redis (%s)", self.name, exc)
             self._stopping.wait(self.config.idle_wait)
