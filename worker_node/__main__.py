@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from yadtq.config import resolve_config
@@ -81,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except (YadtqError, ImportError) as exc:
         print(f"worker_node: error: {exc}", file=sys.stderr)
         return 1
-    worker.install_signal_handlers()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # stop gracefully: finish, hand back
+        signal.signal(signum, lambda number, _frame: worker.stop(
+            f"received {signal.Signals(number).name}"))
     worker.run()
     return 0
 

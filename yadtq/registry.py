@@ -7,7 +7,8 @@ decorator to turn a function into the name it sends.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -119,3 +120,11 @@ def options(name: str) -> TaskOptions:
 def registered_names() -> list[str]:
     """Every registered task name, sorted."""
     return sorted(_TASKS)
+
+
+def load_modules(modules: Iterable[str]) -> list[str]:
+    """Import the modules whose ``@yadtq.task`` functions a worker may run; returns every
+    registered task name, sorted."""
+    for module in modules:
+        importlib.import_module(module)
+    return registered_names()

@@ -32,16 +32,14 @@ out (``shipped``).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import os
 import queue
-import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -73,13 +71,6 @@ class _Running:
     runner: Any = None  # while it runs
 
 
-def load_task_modules(modules: Iterable[str]) -> list[str]:
-    """Import the modules whose ``@yadtq.task`` functions this worker may run."""
-    for module in modules:
-        importlib.import_module(module)
-    return registry.registered_names()
-
-
 class Worker:
     """One worker process's runtime: a consumer-group member with N execution slots."""
 
@@ -103,7 +94,7 @@ class Worker:
         self.mode = mode
         self.shutdown_grace = shutdown_grace
         self.clock = clock
-        self.task_names = load_task_modules(task_modules)
+        self.task_names = registry.load_modules(task_modules)
         self.trust_code = config.trust_code
         # Message routes this worker runs: its task names, and shipped code if it trusts it.
         self._served = frozenset(self.task_names) | (
@@ -131,6 +122,7 @@ class Worker:
         self._poll_waits = True  # False when the next messages are expected already there
         self._idle_wait = config.idle_wait  # how long the next sleep on the doorbells lasts
         self._rung_for_one = False  # the last ring named a task: wait for the next ring first
+        self._taken_at = 0.0  # when the consumer was last asked for deliveries (monotonic)
         self._runners: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for runner in execution.make_runners(mode, concurrency, task_modules):
             self._runners.put(runner)
@@ -181,15 +173,6 @@ class Worker:
         self._stopping.set()
         self._slot_freed.set()
 
-    def install_signal_handlers(self) -> None:
-        """Stop gracefully on SIGTERM and SIGINT."""
-
-        def handle(signum: int, _frame: Any) -> None:
-            self.stop(f"received {signal.Signals(signum).name}")
-
-        signal.signal(signal.SIGTERM, handle)
-        signal.signal(signal.SIGINT, handle)
-
     # --- the loop's steps --------------------------------------------------
 
     def _serve(self) -> None:
@@ -198,10 +181,14 @@ class Worker:
         if free <= 0:
             self._wait_for_a_slot()
             return
-        if self._rung_for_one:  # a lone task came by doorbell: so, likely, does the next
+        if self._rung_for_one and time.monotonic() - self._taken_at < self.config.idle_wait:
+            # A lone task came by doorbell: so, likely, does the next. Its Kafka copy (to
+            # be skipped) waits for a poll, at most an idle wait after the last.
             self._rung_for_one = False
-            self._sleep_until_rung()  # its Kafka copy waits for the next poll, to be skipped
+            self._sleep_until_rung()
             return
+        self._rung_for_one = False
+        self._taken_at = time.monotonic()
         deliveries = self.consumer.take(free, wait=self._poll_waits)
         if not deliveries:
             if not self._steal(free):
