@@ -224,6 +224,12 @@ class TaskConsumer:
         return [delivery for delivery in map(self._decode, self._stealer.take(
             set(self.partitions), self.topic_partitions)) if delivery.message is not None]
 
+    def steal_due_in(self) -> float | None:
+        """Seconds until stealing may look again (0: now); None while it does not look."""
+        if self._stealer is None or not self.partitions:
+            return None
+        return max(0.0, self._next_steal_at - time.monotonic())
+
     def stole(self, started: int) -> None:
         """Report how many stolen tasks the worker started: none makes the next look
         wait longer (up to 5 s), so an idle worker mostly sleeps on its doorbells."""

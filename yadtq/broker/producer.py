@@ -42,7 +42,10 @@ class TaskProducer:
         # Dealing starts at a random partition: lone submits from fresh processes spread
         # over the workers instead of all landing on partition 0's.
         self._next_partition = random.randrange(1 << 30)
-        self._sent: list[Any] = []  # kafka-python's futures of the sends since the last flush
+        # Since the last flush: how many sends, and what Kafka refused (filled by the
+        # sends' errbacks; holding no future keeps a 100,000-task map's memory down).
+        self._sent = 0
+        self._refusals: list[Exception] = []
         self._sent_lock = threading.Lock()  # client and worker threads share a producer
 
     def deal(self, keys: Sequence[str], payloads: Sequence[bytes]) -> set[int]:
@@ -133,14 +136,14 @@ class TaskProducer:
                 or refused some; says how many.
         """
         with self._sent_lock:
-            sent, self._sent = self._sent, []
+            sent, refusals = self._sent, self._refusals
+            self._sent, self._refusals = 0, []
         try:
             self._producer.flush(timeout=max(self.config.connect_timeout, DELIVERY_TIMEOUT))
         except Exception as exc:  # kafka-python raises several unrelated types here
-            raise self._undelivered(len(sent), exc) from exc
-        refused = [future for future in sent if future.failed()]
-        if refused:
-            raise self._undelivered(len(refused), refused[0].exception)
+            raise self._undelivered(sent, exc) from exc
+        if refusals:
+            raise self._undelivered(len(refusals), refusals[0])
 
     def close(self, timeout: float | None = None) -> None:
         """Send what is buffered and close.
@@ -156,7 +159,9 @@ class TaskProducer:
 
     def _track(self, sent: Any) -> None:
         with self._sent_lock:
-            self._sent.append(sent)
+            self._sent += 1
+            refusals = self._refusals  # this flush's list, even if the errback comes late
+        sent.add_errback(refusals.append)
 
     def _undelivered(self, count: int, exc: Exception) -> BrokerUnavailable:
         return BrokerUnavailable(

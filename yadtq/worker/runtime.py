@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TASK_MODULES = ("worker_node.tasks",)
 SLOT_WAIT = 0.2  # seconds; with every slot busy, how long to wait for one between group polls
 IDLE_WAIT_MAX = 1.0  # seconds; the longest sleep on the doorbells, once idle for a while
+MIN_WAIT = 0.01  # seconds; the shortest (a wait of 0 on the doorbells would never end)
 SHORT_TASK = 0.005  # seconds; tasks this short on average are claimed a slot's worth ahead
 
 
@@ -318,13 +319,17 @@ class Worker:
         for every task they produce; a task from a producer that rings no doorbell
         is found within ``idle_wait`` (0.2 s) of a busy spell, and within a second
         once the worker has idled: each silent wait is twice the last, up to 1 s,
-        so an idle worker costs next to no CPU.
+        so an idle worker costs next to no CPU. A wait never outlasts the next look
+        for tasks to steal.
         """
         partitions = self.consumer.partitions
         if not partitions:
             return  # joining the group: the next poll waits
+        steal_due = self.consumer.steal_due_in()  # an idle worker looks to steal in time
+        wait = self._idle_wait if steal_due is None else min(self._idle_wait,
+                                                             max(steal_due, MIN_WAIT))
         try:
-            rang = self.backend.wait_for_ring(partitions, self._idle_wait)
+            rang = self.backend.wait_for_ring(partitions, wait)
             self._idle_wait = self.config.idle_wait if rang else min(
                 2 * self._idle_wait, max(IDLE_WAIT_MAX, self.config.idle_wait))
             if rang not in (None, UNNAMED_RING):
