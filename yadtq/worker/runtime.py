@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TASK_MODULES = ("worker_node.tasks",)
 SLOT_WAIT = 0.2  # seconds; with every slot busy, how long to wait for one between group polls
 IDLE_WAIT_MAX = 1.0  # seconds; the longest sleep on the doorbells, once idle for a while
+RUNG_IDS_KEPT = 10_000  # ids of doorbell-claimed tasks remembered until their copy is read
 MIN_WAIT = 0.01  # seconds; the shortest (a wait of 0 on the doorbells would never end)
 SHORT_TASK = 0.005  # seconds; tasks this short on average are claimed a slot's worth ahead
 
@@ -123,6 +124,7 @@ class Worker:
         self._poll_waits = True  # False when the next messages are expected already there
         self._idle_wait = config.idle_wait  # how long the next sleep on the doorbells lasts
         self._rung_for_one = False  # the last ring named a task: wait for the next ring first
+        self._rung_ids: dict[str, int] = {}  # claimed by doorbell, copy unread: id -> attempt
         self._taken_at = 0.0  # when the consumer was last asked for deliveries (monotonic)
         self._runners: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for runner in execution.make_runners(mode, concurrency, task_modules):
@@ -182,9 +184,9 @@ class Worker:
         if free <= 0:
             self._wait_for_a_slot()
             return
-        if self._rung_for_one and time.monotonic() - self._taken_at < self.config.idle_wait:
+        if self._rung_for_one and time.monotonic() - self._taken_at < IDLE_WAIT_MAX:
             # A lone task came by doorbell: so, likely, does the next. Its Kafka copy (to
-            # be skipped) waits for a poll, at most an idle wait after the last.
+            # be skipped) waits for a poll, at most a second after the last.
             self._rung_for_one = False
             self._sleep_until_rung()
             return
@@ -198,6 +200,7 @@ class Worker:
         tasks = self._accept(deliveries)
         if tasks is None:
             return  # the worker is stopping; nothing was committed, so nothing is lost
+        tasks = self._without_copies_of_rung(tasks)
         claims = self._claim(tasks, offsets={d.partition: d.offset + 1 for d in deliveries})
         if claims is None:
             logger.warning("Worker %s: stopping while Redis is unreachable; %d task(s) taken "
@@ -246,6 +249,18 @@ class Worker:
             self.stop(f"Kafka did not take the {what}: {exc}")
             return False
         return True
+
+    def _without_copies_of_rung(self, tasks: list[protocol.TaskMessage]
+                                ) -> list[protocol.TaskMessage]:
+        """Drop the Kafka copies of tasks this worker claimed by doorbell: no claim of
+        theirs is needed to skip them (their offsets are still committed). A message
+        of another attempt (a retry, a reaped task) is no copy, and is claimed."""
+        copies = {m.id for m in tasks if self._rung_ids.get(m.id) == m.attempt}
+        if not copies:
+            return tasks
+        for task_id in copies:
+            del self._rung_ids[task_id]
+        return [m for m in tasks if m.id not in copies]
 
     def _claim(
         self,
@@ -354,6 +369,9 @@ class Worker:
                                                   now=self.clock())
         if message is None or claim.attempt is None:
             return
+        if len(self._rung_ids) >= RUNG_IDS_KEPT:  # copies Kafka never took: forget them
+            self._rung_ids.clear()  # (a copy read later is claimed, and skipped, as before)
+        self._rung_ids[message.id] = message.attempt
         with self._lock:
             self._hold(message, claim.attempt)
         self._start(message, claim.attempt)
