@@ -6,6 +6,7 @@ import json
 import random
 from typing import Any
 
+import hypothesis.internal.conjecture.optimiser  # noqa: F401 - see below
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -340,6 +341,9 @@ def decode_or_refuse(data: bytes, secret: str | None) -> protocol.TaskMessage | 
     return message
 
 
+# Hypothesis imports its optimiser in the middle of a run. On CPython 3.11.7, compiling a
+# module after a RecursionError (deeply nested JSON, which decode refuses) can fail with
+# "SystemError: AST constructor recursion depth mismatch"; it is imported above instead.
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
