@@ -39,6 +39,12 @@ class TaskProducer:
         """
         self.config = config
         self._producer = make_producer(config, **overrides)
+        try:  # the tasks topic's partitions, known from the start: dealing needs no broker
+            self._producer.partitions_for(config.tasks_topic)
+        except Exception as exc:  # kafka-python raises several unrelated types here
+            self._producer.close(timeout=0)
+            raise BrokerUnavailable(f"Kafka at {config.bootstrap} does not show topic "
+                                    f"{config.tasks_topic}: {exc}") from exc
         # Dealing starts at a random partition: lone submits from fresh processes spread
         # over the workers instead of all landing on partition 0's.
         self._next_partition = random.randrange(1 << 30)
