@@ -165,12 +165,17 @@ class TaskConsumer:
             self._poll(POLL_MS if wait else 0) if self.partitions else self._poll(JOIN_POLL_MS)
         return self._buffer.take(count)
 
+    @property
+    def since_poll(self) -> float:
+        """Seconds since Kafka was last polled."""
+        return time.monotonic() - self._polled_at
+
     def hold(self) -> None:
         """Every slot is busy: pause the partitions and poll only to stay in the group."""
         if not self._paused:
             self._consumer.pause(*self._consumer.assignment())
             self._paused = True
-        if time.monotonic() - self._polled_at > GROUP_POLL_INTERVAL:
+        if self.since_poll > GROUP_POLL_INTERVAL:
             self._poll(0)  # takes part in a rebalance; paused partitions return nothing
 
     def claimed(self, deliveries: Iterable[Delivery]) -> None:

@@ -125,7 +125,6 @@ class Worker:
         self._idle_wait = config.idle_wait  # how long the next sleep on the doorbells lasts
         self._rung_for_one = False  # the last ring named a task: wait for the next ring first
         self._rung_ids: dict[str, int] = {}  # claimed by doorbell, copy unread: id -> attempt
-        self._taken_at = 0.0  # when the consumer was last asked for deliveries (monotonic)
         self._runners: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for runner in execution.make_runners(mode, concurrency, task_modules):
             self._runners.put(runner)
@@ -184,14 +183,13 @@ class Worker:
         if free <= 0:
             self._wait_for_a_slot()
             return
-        if self._rung_for_one and time.monotonic() - self._taken_at < IDLE_WAIT_MAX:
+        if self._rung_for_one and self.consumer.since_poll < IDLE_WAIT_MAX:
             # A lone task came by doorbell: so, likely, does the next. Its Kafka copy (to
             # be skipped) waits for a poll, at most a second after the last.
             self._rung_for_one = False
             self._sleep_until_rung()
             return
         self._rung_for_one = False
-        self._taken_at = time.monotonic()
         deliveries = self.consumer.take(free, wait=self._poll_waits)
         if not deliveries:
             if not self._steal(free):
