@@ -3,8 +3,10 @@
 Every heartbeat interval, and at once when asked: record the worker in Redis
 and renew the leases of what it runs (the reply names tasks cancelled while
 running, which the worker then stops), produce again the retries whose backoff
-is over, and re-queue the tasks of any worker that died (its Redis connections
-are gone) or whose lease expired (DESIGN.md, "Delivery guarantees"). Like RQ's
+is over, and re-queue the tasks whose lease expired (DESIGN.md, "Delivery
+guarantees"). More often, every ``DEATH_CHECK_INTERVAL``: re-queue the tasks of
+any worker that died (its Redis connections are gone), so they run again within
+a second of its death. Like RQ's
 maintenance tasks, these are safe to run in every worker at once: each step is
 a compare-and-set in Redis. While Redis is away, only this thread waits. A
 stopping worker hands its unfinished tasks back to the queue through the same
@@ -28,9 +30,12 @@ from yadtq.errors import BackendUnavailable, BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 
+DEATH_CHECK_INTERVAL = 0.5  # seconds between looks for workers whose connections are gone
+
 
 class Maintenance:
-    """Heartbeat, lease renewal, due retries and the reaper, every heartbeat interval."""
+    """Heartbeat, lease renewal, due retries and the reaper, every heartbeat interval;
+    dead workers' tasks, every death check."""
 
     def __init__(
         self,
@@ -79,15 +84,22 @@ class Maintenance:
             logger.warning("Worker %s: could not record the stop: %s", self._worker, exc)
 
     def _run(self) -> None:
-        """Beat, send due retries and reap every interval; Redis being away skips a round.
+        """Beat, send due retries and reap every interval, and look for dead workers in
+        between; Redis being away skips a round.
 
         The interval is the backoff: leases need renewing the moment Redis is back.
         One warning when Redis goes away and one line when it is back, not one a beat.
         """
         unavailable_since: float | None = None
+        next_beat = time.monotonic()
         while not self._stopped.is_set():
             now = self._clock()
-            for duty in (self._beat, self.send_due_retries, self.reap):
+            if time.monotonic() >= next_beat:
+                duties = (self._beat, self.send_due_retries, self.reap)
+                next_beat = time.monotonic() + self.config.heartbeat_interval
+            else:
+                duties = (self.reap_dead,)
+            for duty in duties:
                 try:
                     duty(now)
                 except BackendUnavailable as exc:
@@ -105,8 +117,13 @@ class Maintenance:
                     logger.info("Worker %s: Redis is back after %.1f s; heartbeats resumed",
                                 self._worker, time.monotonic() - unavailable_since)
                     unavailable_since = None
-            if self._now.wait(self.config.heartbeat_interval):
+            if unavailable_since is not None:  # only the full round tries Redis again
+                wait = max(0.0, next_beat - time.monotonic())
+            else:
+                wait = min(DEATH_CHECK_INTERVAL, max(0.0, next_beat - time.monotonic()))
+            if self._now.wait(wait):
                 self._now.clear()
+                next_beat = time.monotonic()
 
     def _beat(self, now: float) -> None:
         """Heartbeat, then stop what was cancelled (the heartbeat's reply names it)."""
@@ -136,17 +153,31 @@ class Maintenance:
         """Re-queue the tasks of workers that died, and tasks whose lease expired before
         ``now``; returns how many.
 
-        A worker whose process died has no connection left to Redis, so its tasks
-        are re-queued at the next sweep rather than after the whole lease; a
-        worker that hangs keeps its connections, and its leases cover it. Either
-        way the attempt number moves on, so a late outcome of the old attempt is
-        refused: a task never has two results. One task's failure is logged and
-        skipped, never stops the sweep.
+        A worker that hangs keeps its connections, and its leases cover it.
+        Either way the attempt number moves on, so a late outcome of the old
+        attempt is refused: a task never has two results. One task's failure is
+        logged and skipped, never stops the sweep.
         """
-        sent_to = [self._requeue(task_id, batch, now, f"its worker {holder} died", holder)
-                   for task_id, batch, holder in self._dead_holders()]
+        sent_to = self._requeue_dead(now)
         sent_to += [self._requeue(task_id, batch, now, "its lease expired")
                     for task_id, batch in self._backend.expired_leases(now)]
+        return self._produced(sent_to)
+
+    def reap_dead(self, now: float) -> int:
+        """Re-queue the tasks of workers whose process died; returns how many.
+
+        A dead process has no connection left to Redis (the kernel closes its
+        sockets at once), so its tasks run again within a death check, rather
+        than after their whole lease.
+        """
+        return self._produced(self._requeue_dead(now))
+
+    def _requeue_dead(self, now: float) -> list[int | None]:
+        return [self._requeue(task_id, batch, now, f"its worker {holder} died", holder)
+                for task_id, batch, holder in self._dead_holders()]
+
+    def _produced(self, sent_to: list[int | None]) -> int:
+        """Wake the partitions re-queued tasks went to; returns how many tasks."""
         reaped = [partition for partition in sent_to if partition is not None]
         if reaped:
             self._flush_and_ring(reaped)
