@@ -383,3 +383,39 @@ def test_a_signature_with_a_non_ascii_character_is_refused_as_forged() -> None:
 
     with pytest.raises(ProtocolError, match="signature"):
         protocol.decode(data, secret=SECRET)
+
+
+# --- signed messages ----------------------------------------------------------------
+
+
+def test_encode_signs_the_canonical_payload_and_appends_the_signature_last() -> None:
+    message = protocol.build("add", [1, 2], task_id="abc-1", batch="b-1", index=0)
+
+    data = protocol.encode(message, secret=SECRET)
+
+    # The signature is the wire format's: the HMAC of the canonical payload without "sig"
+    obj = json.loads(data)
+    assert obj["sig"] == protocol.signature(obj, SECRET)
+    assert data.endswith(b',"sig":"%s"}' % obj["sig"].encode())
+    assert protocol.decode(data, secret=SECRET) == message
+
+
+def test_a_signed_message_laid_out_otherwise_is_still_accepted() -> None:
+    # Given a message signed by hand: the same payload, "sig" first and spaces between
+    signed = json.loads(protocol.encode(protocol.build("add", [1, 2], task_id="abc-1"),
+                                        secret=SECRET))
+    data = json.dumps({"sig": signed.pop("sig"), **signed}, indent=2).encode()
+
+    assert protocol.decode(data, secret=SECRET).args == (1, 2)
+
+
+@pytest.mark.parametrize("tamper", [
+    lambda data: data.replace(b'"args":[1,2]', b'"args":[1,3]'),
+    lambda data: data.replace(b',"sig":', b',"args":[9],"sig":'),
+    lambda data: data[:-3] + b'00"}',
+], ids=["value", "field-added", "signature"])
+def test_an_altered_signed_message_is_refused(tamper: Any) -> None:
+    data = protocol.encode(protocol.build("add", [1, 2], task_id="abc-1"), secret=SECRET)
+
+    with pytest.raises(ProtocolError, match="signature"):
+        protocol.decode(tamper(data), secret=SECRET)

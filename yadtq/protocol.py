@@ -22,7 +22,11 @@ and both digests) lets a worker check the pickles however the task reached it.
 
 With a shared secret configured, ``encode`` adds ``"sig"``: the hex
 HMAC-SHA256 of the canonical payload (sorted keys, no spaces, without
-``sig``), and ``decode`` refuses unsigned or forged messages.
+``sig``), and ``decode`` refuses unsigned or forged messages. yadtq writes a
+signed message as its canonical text with ``"sig"`` appended last, so a worker
+checks the HMAC over the bytes it received, without writing the payload out
+again; a message laid out otherwise (signed by hand, say) is put in canonical
+form to check it.
 
 Workers also accept the plain format older YADTQ clients send,
 ``{"task-id": "...", "task": "add", "args": [1, 2]}`` (``task_id`` or ``id``
@@ -53,6 +57,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 _PLAIN_ID_FIELDS = ("task-id", "task_id", "id")
+_SIG_LAST = re.compile(rb',"sig":"([0-9a-f]{64})"}$')  # how encode appends the signature
 # What a message with a shipped function asks of a worker, in place of a task name
 # (no task name can be spelt so): workers that trust code serve it.
 SHIPPED_CODE = "<shipped code>"
@@ -197,8 +202,15 @@ def build(
 def signature(payload: dict[str, Any], secret: str) -> str:
     """Hex HMAC-SHA256 of the canonical form of ``payload`` (its ``sig`` left out)."""
     unsigned = {k: v for k, v in payload.items() if k != "sig"}
-    canonical = json.dumps(unsigned, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hmac.new(secret.encode(), canonical.encode(), hashlib.sha256).hexdigest()
+    return _hmac(secret, _canonical(unsigned).encode())
+
+
+def _canonical(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _hmac(secret: str, data: bytes) -> str:
+    return hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
 
 
 def encode(
@@ -206,15 +218,18 @@ def encode(
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     secret: str | None = None,
 ) -> bytes:
-    """The UTF-8 JSON bytes for ``message``, signed when a ``secret`` is given.
+    """The UTF-8 JSON bytes for ``message``, signed when a ``secret`` is given (its
+    canonical text with ``"sig"`` appended).
 
     Raises:
         MessageTooLarge: the encoding is longer than ``max_bytes``.
     """
     payload = message.to_dict()
     if secret:
-        payload["sig"] = signature(payload, secret)
-    data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+        canonical = _canonical(payload).encode()
+        data = b'%s,"sig":"%s"}' % (canonical[:-1], _hmac(secret, canonical).encode())
+    else:
+        data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
     if len(data) > max_bytes:
         raise MessageTooLarge(
             f"task {message.task!r} message is {len(data)} bytes, over the {max_bytes}-byte "
@@ -251,15 +266,25 @@ def decode(
     if not isinstance(obj, dict):
         raise ProtocolError(f"message must be a JSON object, got {type(obj).__name__}")
     if secret:
-        _check_signature(obj, secret)
+        _check_signature(obj, data, secret)
     return validate(obj)
 
 
-def _check_signature(obj: dict[str, Any], secret: str) -> None:
+def _check_signature(obj: dict[str, Any], data: bytes, secret: str) -> None:
+    """Refuse a message unless its ``sig`` is the HMAC of its canonical payload.
+
+    A message as ``encode`` writes it is checked over its own bytes: with the
+    appended ``"sig"`` cut off, they are the canonical text that was signed, and
+    ``obj`` is what they parse to (plus ``sig``).
+    """
     claimed = obj.get("sig")
     if not isinstance(claimed, str):
         raise ProtocolError("message is not signed, and this worker requires signed messages "
                             "(YADTQ_SECRET is set); sign it with the shared secret")
+    last = _SIG_LAST.search(data)
+    if last is not None and hmac.compare_digest(
+            last.group(1), _hmac(secret, data[:last.start()] + b"}").encode()):
+        return
     try:
         expected = signature(obj, secret)
     except (TypeError, ValueError) as exc:
