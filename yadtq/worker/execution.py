@@ -8,6 +8,10 @@ runs tasks in the worker's own threads: no start-up or IPC cost, but a time
 limit can only be reported after the code returns, and a cancelled task runs
 to its end (its result is then discarded).
 
+Short tasks waiting together go to a child in one round trip (``run_group``):
+one pipe message there and one back for the lot, where each task alone would
+cost a round trip and two process wake-ups, most of a trivial task's cost.
+
 A trusted task (``Shipped``) brings its function and arguments as pickles
 already checked against the digests its signed message names; they are loaded
 where the task runs (the child, in process mode), and its result is pickled
@@ -81,6 +85,17 @@ def _is_retryable(exc: BaseException, names: Sequence[str], classes: Sequence[ty
     return any(cls.__name__ in names or cls.__qualname__ in names for cls in type(exc).__mro__)
 
 
+@dataclass(frozen=True)
+class Call:
+    """One task to run, as a runner needs it."""
+
+    task: str
+    args: Sequence[Any]
+    kwargs: dict[str, Any]
+    retry_on: Sequence[str]
+    shipped: Shipped | None = None
+
+
 def run_task(task: str, args: Sequence[Any], kwargs: dict[str, Any],
              retry_on: Sequence[str], shipped: Shipped | None = None) -> Attempt:
     """Call the task's function and capture its outcome (never raises)."""
@@ -115,6 +130,10 @@ class ThreadRunner:
             return _timed_out(task, timeout, stopped=False)
         return attempt
 
+    def run_group(self, calls: Sequence[Call]) -> list[Attempt] | None:
+        """Run untimed tasks one after another; never None (nothing stops them)."""
+        return [run_task(c.task, c.args, c.kwargs, c.retry_on, c.shipped) for c in calls]
+
     def stop(self) -> bool:
         """Threads cannot be stopped; returns False."""
         return False
@@ -140,7 +159,8 @@ def _die_with_parent() -> None:
 
 
 def _child_main(conn: Connection, task_modules: Sequence[str]) -> None:
-    """Serve tasks sent over ``conn`` until it closes (runs in the child).
+    """Serve groups of calls sent over ``conn``, each answered by their attempts in one
+    message, until it closes (runs in the child).
 
     Its parent is the fork server, which exits when the worker dies; the
     death signal then stops any task still running here.
@@ -151,8 +171,9 @@ def _child_main(conn: Connection, task_modules: Sequence[str]) -> None:
         __import__(module)
     while True:
         try:
-            task, args, kwargs, retry_on, shipped = conn.recv()
-            conn.send(run_task(task, args, kwargs, retry_on, shipped))
+            calls = conn.recv()
+            conn.send([run_task(c.task, c.args, c.kwargs, c.retry_on, c.shipped)
+                       for c in calls])
         except (EOFError, OSError):
             return
 
@@ -186,6 +207,34 @@ class ProcessRunner:
     def run(self, task: str, args: Sequence[Any], kwargs: dict[str, Any],
             retry_on: Sequence[str], timeout: float | None,
             shipped: Shipped | None = None) -> Attempt:
+        attempts, stopped, code = self._round_trip(
+            [Call(task, list(args), dict(kwargs), list(retry_on), shipped)], timeout)
+        if attempts is not None:
+            return attempts[0]
+        if stopped:
+            return Attempt(ok=False, error_type="TaskCancelled", error="stopped on request",
+                           stopped=True)
+        if code is None:
+            return _timed_out(task, timeout or 0, stopped=True)
+        return Attempt(ok=False, error_type="WorkerProcessDied",
+                       error=f"the process running task {task!r} exited with code {code}",
+                       retryable=True)
+
+    def run_group(self, calls: Sequence[Call]) -> list[Attempt] | None:
+        """Run untimed tasks in one round trip to the child; their attempts in order.
+
+        None: they did not all finish (one was stopped on request, or one ended
+        the child); which ones ran is unknown, so the caller runs each again alone.
+        """
+        return self._round_trip(calls, None)[0]
+
+    def _round_trip(self, calls: Sequence[Call], timeout: float | None
+                    ) -> tuple[list[Attempt] | None, bool, int | None]:
+        """Send ``calls`` to the child and wait for their attempts, up to ``timeout``.
+
+        Returns (attempts, stopped on request, the child's exit code); without
+        attempts the child is replaced, and an exit code of None means it timed out.
+        """
         with self._lock:
             self._stop_requested = False
             self._busy = True
@@ -193,9 +242,9 @@ class ProcessRunner:
         assert conn is not None
         timed_out = False
         try:
-            conn.send((task, list(args), dict(kwargs), list(retry_on), shipped))
+            conn.send(list(calls))
             if conn.poll(timeout):
-                return conn.recv()
+                return conn.recv(), False, None
             timed_out = True
         except (EOFError, OSError):
             pass
@@ -206,14 +255,7 @@ class ProcessRunner:
         # Timed out, stopped on request, or the child died: replace it.
         code = self._kill()
         self._spawn()
-        if stopped:
-            return Attempt(ok=False, error_type="TaskCancelled", error="stopped on request",
-                           stopped=True)
-        if timed_out:
-            return _timed_out(task, timeout or 0, stopped=True)
-        return Attempt(ok=False, error_type="WorkerProcessDied",
-                       error=f"the process running task {task!r} exited with code {code}",
-                       retryable=True)
+        return None, stopped, None if timed_out else (code if code is not None else -1)
 
     def stop(self) -> bool:
         """Kill the child if it is running a task; that task ends as stopped."""

@@ -17,10 +17,11 @@ Threads hand work over, and none holds a lock across a Redis or Kafka call:
 - each of the N slot threads takes the next claimed task from a queue, runs it
   (``execution``) and hands its outcome to the outcome store's thread
   (``outcomes``), which stores whatever ended meanwhile in one round trip.
-  While tasks are short (under 5 ms on average), the loop claims a slot's worth
-  of tasks ahead, N at a time, so a slot goes from one task to the next
-  without waiting for a claim; long tasks are claimed only for free slots, so
-  idle workers can still steal the rest;
+  While tasks are short (under 5 ms on average), the loop claims ahead, a group
+  of tasks a slot, so a slot goes from one task to the next without waiting for
+  a claim, and hands the claimed tasks waiting together (up to ``GROUP``) to its
+  task process in one round trip; long tasks are claimed only for free slots,
+  so idle workers can still steal the rest;
 - the maintenance thread (``maintenance``) beats, renews leases, stops
   cancelled tasks, sends due retries and reaps expired leases.
 
@@ -63,7 +64,8 @@ SLOT_WAIT = 0.2  # seconds; with every slot busy, how long to wait for one betwe
 IDLE_WAIT_MAX = 1.0  # seconds; the longest sleep on the doorbells, once idle for a while
 RUNG_IDS_KEPT = 10_000  # ids of doorbell-claimed tasks remembered until their copy is read
 MIN_WAIT = 0.01  # seconds; the shortest (a wait of 0 on the doorbells would never end)
-SHORT_TASK = 0.005  # seconds; tasks this short on average are claimed a slot's worth ahead
+SHORT_TASK = 0.005  # seconds; tasks this short on average are claimed ahead and grouped
+GROUP = 8  # short untimed tasks a slot hands its task process in one round trip, at most
 
 
 @dataclass
@@ -71,6 +73,17 @@ class _Running:
     message: protocol.TaskMessage
     attempt: int
     runner: Any = None  # while it runs
+    cancelled: bool = False  # stopped on request (its group, if any, runs again without it)
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A claimed task about to run in a slot."""
+
+    message: protocol.TaskMessage
+    attempt: int
+    call: execution.Call
+    timeout: float | None
 
 
 class Worker:
@@ -214,7 +227,7 @@ class Worker:
 
     def _free_slots(self) -> int:
         """How many tasks to claim now: one a free slot, and while tasks are short, a
-        slot's worth more, so a slot that ends one starts the next without a claim."""
+        group a slot more, so a slot that ends one starts the next without a claim."""
         with self._lock:
             return self.concurrency + self._ahead - self._executing
 
@@ -400,35 +413,98 @@ class Worker:
         return None
 
     def _slot(self) -> None:
-        """A slot's thread: run claimed tasks one after another until handed None."""
+        """A slot's thread: run claimed tasks until handed None; short untimed ones that
+        wait together go to the task process in one round trip."""
         while (claimed := self._claimed.get()) is not None:
-            self._execute(*claimed)
+            ready = [r for r in map(self._ready, [claimed, *self._waiting()]) if r is not None]
+            together = [r for r in ready if r.timeout is None]
+            alone = [r for r in ready if r.timeout is not None]
+            if len(together) == 1:
+                together, alone = [], ready
+            if together:
+                self._run_together(together)
+            for task in alone:
+                self._run_alone(task)
 
-    def _execute(self, message: protocol.TaskMessage, attempt: int) -> None:
-        """Run one claimed task in a slot (on a slot thread) and hand over its outcome."""
+    def _waiting(self) -> list[tuple[protocol.TaskMessage, int]]:
+        """Claimed tasks waiting for a slot, up to a group's worth less one, while tasks
+        are short (a long one waits for the next free slot)."""
+        waiting: list[tuple[protocol.TaskMessage, int]] = []
+        while self._ahead and len(waiting) < GROUP - 1:
+            try:
+                claimed = self._claimed.get_nowait()
+            except queue.Empty:
+                break
+            if claimed is None:  # the worker is stopping: leave that to the next slot
+                self._claimed.put(None)
+                break
+            waiting.append(claimed)
+        return waiting
+
+    def _ready(self, claimed: tuple[protocol.TaskMessage, int]) -> _Ready | None:
+        """What a slot needs to run a claimed task; None: it cannot run here, and has
+        ended (shipped code that does not check out, say)."""
+        message, attempt = claimed
         try:
             shipped = self._shipped.unpack(message)
         except (UntrustedCode, PythonVersionMismatch, BackendUnavailable) as exc:
             self._ended(message, outcomes.failed(
                 message, attempt, exc, retryable=isinstance(exc, BackendUnavailable)))
+            return None
+        call = execution.Call(message.task, message.args, dict(message.kwargs),
+                              message.retry_on, shipped)
+        return _Ready(message, attempt, call,
+                      outcomes.option(message, "timeout", self.config.default_timeout))
+
+    def _run_alone(self, ready: _Ready) -> None:
+        """Run one claimed task in a slot and hand over its outcome."""
+        call = ready.call
+        attempts = self._run([ready], lambda runner: [runner.run(
+            call.task, call.args, call.kwargs, call.retry_on, ready.timeout, call.shipped)])
+        self._ended_all([ready], attempts)
+
+    def _run_together(self, group: list[_Ready]) -> None:
+        """Run untimed claimed tasks in one round trip and hand over their outcomes. If
+        the task process did not finish them all (one was cancelled, or one ended the
+        process), each runs again alone, but for the cancelled ones."""
+        attempts = self._run(group, lambda runner: runner.run_group([r.call for r in group]))
+        if attempts is not None:
+            self._ended_all(group, attempts)
             return
+        for ready in group:
+            with self._lock:
+                running = self._running.get(ready.message.id)
+                cancelled = running is not None and running.cancelled
+            if cancelled:
+                self._ended_all([ready], [execution.Attempt(
+                    ok=False, error_type="TaskCancelled", error="stopped on request",
+                    stopped=True)])
+            else:
+                self._run_alone(ready)
+
+    def _run(self, group: list[_Ready], run: Callable[[Any], list[execution.Attempt] | None]
+             ) -> list[execution.Attempt] | None:
+        """Run tasks on a free runner (which cancelling them stops), timing them."""
         runner = self._runners.get()
         with self._lock:
-            running = self._running.get(message.id)
-            if running is not None:
-                running.runner = runner
+            for ready in group:
+                running = self._running.get(ready.message.id)
+                if running is not None:
+                    running.runner = runner
         started = time.monotonic()
         try:
-            result = runner.run(message.task, message.args, dict(message.kwargs),
-                                message.retry_on,
-                                outcomes.option(message, "timeout", self.config.default_timeout),
-                                shipped)
+            return run(runner)
         finally:
             self._runners.put(runner)
-        self._mean_run = 0.8 * self._mean_run + 0.2 * (time.monotonic() - started)
-        self._ended(message, outcomes.outcome(
-            message, attempt, result, config=self.config, backend=self.backend,
-            now=self.clock(), stopping=self._stopping, worker=self.name))
+            self._mean_run = 0.8 * self._mean_run + 0.2 * (
+                (time.monotonic() - started) / len(group))
+
+    def _ended_all(self, group: list[_Ready], attempts: list[execution.Attempt]) -> None:
+        for ready, result in zip(group, attempts, strict=True):
+            self._ended(ready.message, outcomes.outcome(
+                ready.message, ready.attempt, result, config=self.config,
+                backend=self.backend, now=self.clock(), stopping=self._stopping,
+                worker=self.name))
 
     def _ended(self, message: protocol.TaskMessage, report: Outcome) -> None:
         """Free the slot and hand the outcome to the outcome store.
@@ -439,10 +515,12 @@ class Worker:
         report = replace(report, ended_at=self.clock())
         with self._lock:
             self._executing -= 1
-            self._ahead = self.concurrency if self._mean_run < SHORT_TASK else 0
-            refill = self.concurrency + self._ahead - self._executing >= max(self._ahead, 1)
+            self._ahead = self.concurrency * GROUP if self._mean_run < SHORT_TASK else 0
+            # short tasks: once half the claimed-ahead ended, claim that many in one go
+            refill = self.concurrency + self._ahead - self._executing >= max(
+                self._ahead // 2, 1)
         self._outcomes.put(message, report)
-        if refill:  # short tasks: once a slot's worth ended, claim that many in one go
+        if refill:
             self._slot_freed.set()
 
     def _finished(self, message: protocol.TaskMessage, report: Outcome, refused: str | None
@@ -487,6 +565,8 @@ class Worker:
         for task_id in task_ids:
             with self._lock:
                 task = self._running.get(task_id)
+                if task is not None:
+                    task.cancelled = True
             if task is None or task.runner is None:
                 continue
             stopped = task.runner.stop()
