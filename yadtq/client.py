@@ -171,18 +171,21 @@ class Client:
         self._events.watch_batch(batch)
         if shipment.blobs:  # the function and large arguments, before any message names them
             self.backend.put_blobs(shipment.blobs)
-        # Chunk by chunk, so Kafka sends one chunk while Redis stores the next.
+        # Chunk by chunk, so Kafka sends one chunk while Redis stores the next. After
+        # chunks 1, 2, 4, 8, ... the workers are woken to what Kafka has so far: they
+        # start on a large map while the rest is still being sent.
         partitions: set[int] = set()
         written = 0
         try:
-            for start in range(0, len(messages), PIPELINE_CHUNK):
+            for number, start in enumerate(range(0, len(messages), PIPELINE_CHUNK), 1):
                 chunk = messages[start:start + PIPELINE_CHUNK]
                 self.backend.enqueue(chunk, batch_id=batch_id,
                                      batch_total=len(messages) if start == 0 else None)
                 written += len(chunk)
                 partitions |= self._producer.deal([m.id for m in chunk],
                                                   payloads[start:start + PIPELINE_CHUNK])
-            self._flush(partitions)
+                if number & (number - 1) == 0 or written == len(messages):
+                    self._flush(partitions)
         except BrokerUnavailable as exc:
             error = self._failed_undelivered(exc, messages[:written], batch_id,
                                              unwritten=len(messages) - written)
@@ -196,7 +199,7 @@ class Client:
                           kwargs=kwargs, batch=message.batch, index=message.index)
 
     def _flush(self, partitions: set[int]) -> None:
-        """Wait until Kafka has a map's messages (one flush), then wake the workers of
+        """Wait until Kafka has the messages sent so far, then wake the workers of
         those partitions."""
         self._producer.flush()
         try:
