@@ -243,7 +243,7 @@ class ProcessRunner:
         timed_out = False
         try:
             conn.send(list(calls))
-            if conn.poll(timeout):
+            if timeout is None or conn.poll(timeout):  # (a poll builds a selector each time)
                 return conn.recv(), False, None
             timed_out = True
         except (EOFError, OSError):
