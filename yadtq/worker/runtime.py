@@ -205,6 +205,9 @@ class Worker:
         self._rung_for_one = False
         deliveries = self.consumer.take(free, wait=self._poll_waits)
         if not deliveries:
+            # Our partitions are drained: look again without waiting (a ring, or tasks
+            # started, say when more may be on their way).
+            self._poll_waits = False
             if not self._steal(free):
                 self._sleep_until_rung()
             return
