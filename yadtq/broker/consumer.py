@@ -141,6 +141,7 @@ class TaskConsumer:
         self._buffer = ReadAhead()
         self._paused = False
         self._polled_at = 0.0
+        self._drained = False  # the last poll brought less than it could: Kafka had no more
         self._claimed_through: dict[int, int] = {}  # partition -> next offset to commit
         self._commit_due = False
         self._last_commit = 0.0
@@ -164,6 +165,12 @@ class TaskConsumer:
         if not self._buffer:
             self._poll(POLL_MS if wait else 0) if self.partitions else self._poll(JOIN_POLL_MS)
         return self._buffer.take(count)
+
+    @property
+    def drained(self) -> bool:
+        """The last poll brought fewer messages than it could take: what Kafka had for
+        this worker's partitions is all read (more comes with a doorbell's ring)."""
+        return self._drained
 
     @property
     def since_poll(self) -> float:
@@ -276,6 +283,7 @@ class TaskConsumer:
         self._polled_at = time.monotonic()
         if self._assignment_news:
             self._report_assignment()
+        self._drained = sum(map(len, polled.values())) < READ_AHEAD
         for partition, records in polled.items():
             self._buffer.add(partition.partition, [self._decode(r) for r in records])
 

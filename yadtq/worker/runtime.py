@@ -226,7 +226,9 @@ class Worker:
         self._idle_wait = self.config.idle_wait
         if started:
             self.consumer.busy()  # and steal at once when idle again
-        self._poll_waits = bool(started)  # none: only copies of tasks claimed elsewhere
+        # Wait on the next poll only while more may be on its way: tasks started (none:
+        # only copies of tasks claimed elsewhere), and the last poll could not take all.
+        self._poll_waits = bool(started) and not self.consumer.drained
 
     def _free_slots(self) -> int:
         """How many tasks to claim now: one a free slot, and while tasks are short, a
