@@ -32,22 +32,29 @@
 -- Publishes one event message: a JSON array of the claimed tasks' changes.
 local worker, expiry, now, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[5])
 local changes = {}
+local moved, batches = {}, {}  -- claimed tasks per batch counters key, applied once at the end
 local served = nil
 if ARGV[6] ~= '' then
   served = {}
   for _, name in ipairs(cjson.decode(ARGV[6])) do served[name] = true end
 end
 
+local function read(task_key)
+  return redis.call('HMGET', task_key, 'status', 'attempt', 'batch', 'retry_at', 'task', 'code')
+end
+
 local function claim(i)
   local task_key, batch_key, history_key = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
   local id, named_batch, fields = ARGV[3 * i + 4], ARGV[3 * i + 5], ARGV[3 * i + 6]
-  local status = redis.call('HGET', task_key, 'status')
+  local record = read(task_key)
+  local status = record[1]
   local created = false
   if not status and fields ~= '' then
     for name, value in pairs(cjson.decode(fields)) do
       redis.call('HSET', task_key, name, tostring(value))
     end
     redis.call('HSET', task_key, 'status', 'queued', 'attempt', '1', 'queued_at', ARGV[3])
+    record = read(task_key)
     status = 'queued'
     created = true
   end
@@ -57,24 +64,28 @@ local function claim(i)
   if status ~= 'queued' then
     return {'skip', status}
   end
-  local record = redis.call('HMGET', task_key, 'attempt', 'batch', 'retry_at', 'task', 'code')
-  if served and not served[record[5] and '<shipped code>' or record[4]] then
+  if served and not served[record[6] and '<shipped code>' or record[5]] then
     return {'skip', 'not served here'}
   end
-  if record[3] and tonumber(record[3]) > now then
+  if record[4] and tonumber(record[4]) > now then
     return {'skip', 'waiting to retry'}
   end
-  local attempt = tonumber(record[1]) or 1
+  local attempt = tonumber(record[2]) or 1
   redis.call('HSET', task_key, 'status', 'processing', 'worker', worker, 'started_at', ARGV[3],
              'attempt', tostring(attempt))
-  redis.call('HDEL', task_key, 'retry_at')
+  if record[4] then
+    redis.call('HDEL', task_key, 'retry_at')
+  end
   redis.call('ZADD', KEYS[1], expiry, id)
   redis.call('RPUSH', history_key, cjson.encode({attempt = attempt, worker = worker,
     event = 'claimed', at = now}))
-  local batch = record[2]
+  local batch = record[3]
   if not created and batch and batch ~= '' and batch == named_batch then
-    redis.call('HINCRBY', batch_key, 'queued', -1)
-    redis.call('HINCRBY', batch_key, 'processing', 1)
+    if not moved[batch_key] then
+      moved[batch_key] = 0
+      batches[#batches + 1] = batch_key
+    end
+    moved[batch_key] = moved[batch_key] + 1
   else
     batch = ''
   end
@@ -90,6 +101,10 @@ for i = 1, (#KEYS - 1) / 3 do
   else
     replies[i] = claim(i)
   end
+end
+for _, batch_key in ipairs(batches) do
+  redis.call('HINCRBY', batch_key, 'queued', -moved[batch_key])
+  redis.call('HINCRBY', batch_key, 'processing', moved[batch_key])
 end
 if #changes > 0 then
   redis.call('PUBLISH', ARGV[4], cjson.encode(changes))

@@ -38,6 +38,26 @@ local worker, now_text, channel = ARGV[1], ARGV[2], ARGV[4]
 local now = tonumber(now_text)
 local ttl = math.floor(tonumber(ARGV[3]))
 local replies, changes = {}, {}
+-- Batch counter moves, tallied per batch and applied once at the end: {key, list key,
+-- {field = by}, expire}
+local tallies, batches = {}, {}
+local function tally(batch_key, list_key, field, by, expire)
+  local t = tallies[batch_key]
+  if not t then
+    t = {list_key, {}, false}
+    tallies[batch_key] = t
+    batches[#batches + 1] = batch_key
+  end
+  t[2][field] = (t[2][field] or 0) + by
+  t[3] = t[3] or expire
+end
+for i = 1, (#KEYS - 2) / 4 do  -- refuse a malformed call before changing anything
+  local outcome = ARGV[9 * i - 2]
+  if outcome ~= 'success' and outcome ~= 'failed' and outcome ~= 'retry' then
+    return redis.error_reply('finish.lua: outcome must be success, failed or retry, got '
+      .. outcome)
+  end
+end
 for i = 1, (#KEYS - 2) / 4 do
   local task_key, batch_key, list_key, history_key =
     KEYS[4 * i - 1], KEYS[4 * i], KEYS[4 * i + 1], KEYS[4 * i + 2]
@@ -45,10 +65,6 @@ for i = 1, (#KEYS - 2) / 4 do
   local id, held, outcome, retry_at, summary = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
     ARGV[a + 4], ARGV[a + 5]
   local ended = ARGV[a + 9]
-  if outcome ~= 'success' and outcome ~= 'failed' and outcome ~= 'retry' then
-    return redis.error_reply('finish.lua: outcome must be success, failed or retry, got '
-      .. outcome)
-  end
   local current = redis.call('HMGET', task_key, 'status', 'attempt', 'worker', 'batch')
   if current[1] ~= 'processing' or current[2] ~= held or current[3] ~= worker then
     if current[1] then
@@ -58,12 +74,6 @@ for i = 1, (#KEYS - 2) / 4 do
     end
     replies[i] = {'refused', current[1] or 'missing', current[2] or '', current[3] or ''}
   else
-    if outcome == 'success' then
-      redis.call('HSET', task_key, 'result', ARGV[a + 6])
-    else
-      redis.call('HSET', task_key, 'error_type', ARGV[a + 6], 'error', ARGV[a + 7],
-                 'traceback', ARGV[a + 8])
-    end
     redis.call('ZREM', KEYS[1], id)
     local batch = current[4] or ''
     local event = {attempt = tonumber(held), worker = worker, event = outcome, at = now}
@@ -76,22 +86,27 @@ for i = 1, (#KEYS - 2) / 4 do
       attempt = attempt + 1
       holder = ''
       event.retry_at = tonumber(retry_at)
-      redis.call('HSET', task_key, 'status', 'queued', 'attempt', tostring(attempt),
+      redis.call('HSET', task_key, 'error_type', ARGV[a + 6], 'error', ARGV[a + 7],
+                 'traceback', ARGV[a + 8], 'status', 'queued', 'attempt', tostring(attempt),
                  'worker', '', 'retry_at', retry_at)
       redis.call('ZADD', KEYS[2], retry_at, id)
       if batch ~= '' then
-        redis.call('HINCRBY', batch_key, 'processing', -1)
-        redis.call('HINCRBY', batch_key, 'queued', 1)
+        tally(batch_key, list_key, 'processing', -1, false)
+        tally(batch_key, list_key, 'queued', 1, false)
       end
     else
-      redis.call('HSET', task_key, 'status', outcome, 'finished_at', ended)
+      if outcome == 'success' then
+        redis.call('HSET', task_key, 'result', ARGV[a + 6], 'status', outcome,
+                   'finished_at', ended)
+      else
+        redis.call('HSET', task_key, 'error_type', ARGV[a + 6], 'error', ARGV[a + 7],
+                   'traceback', ARGV[a + 8], 'status', outcome, 'finished_at', ended)
+      end
       redis.call('EXPIRE', task_key, ttl)
       redis.call('EXPIRE', history_key, ttl)
       if batch ~= '' then
-        redis.call('HINCRBY', batch_key, 'processing', -1)
-        redis.call('HINCRBY', batch_key, outcome, 1)
-        redis.call('EXPIRE', batch_key, ttl)
-        redis.call('EXPIRE', list_key, ttl)
+        tally(batch_key, list_key, 'processing', -1, true)
+        tally(batch_key, list_key, outcome, 1, true)
       end
     end
     redis.call('RPUSH', history_key, cjson.encode(event))
@@ -102,6 +117,16 @@ for i = 1, (#KEYS - 2) / 4 do
     end
     changes[#changes + 1] = change
     replies[i] = {'ok'}
+  end
+end
+for _, batch_key in ipairs(batches) do
+  local list_key, moves, expire = unpack(tallies[batch_key])
+  for field, by in pairs(moves) do
+    redis.call('HINCRBY', batch_key, field, by)
+  end
+  if expire then
+    redis.call('EXPIRE', batch_key, ttl)
+    redis.call('EXPIRE', list_key, ttl)
   end
 end
 if #changes > 0 then
