@@ -122,6 +122,23 @@ def test_enqueue_writes_queued_records_and_batch_counters(backend: RedisBackend)
     assert backend.batch_task_ids(batch_id) == [m.id for m in messages]
 
 
+def test_enqueue_of_messages_with_different_options_keeps_each_ones_own(
+    backend: RedisBackend
+) -> None:
+    # Given messages whose options differ from one to the next
+    messages = [protocol.build("add", [1, 2], max_retries=1),
+                protocol.build("add", [3, 4], timeout=5.0),
+                protocol.build("multiply", [5, 6], max_retries=1)]
+
+    # When they are enqueued in one call
+    backend.enqueue(messages)
+
+    # Then each record has its own options, not its neighbour's
+    records = [backend.task_record(m.id) for m in messages]
+    assert [(r["task"], r["max_retries"], r.get("timeout")) for r in records] == [
+        ("add", 1, None), ("add", None, "5.0"), ("multiply", 1, None)]
+
+
 def test_claim_moves_queued_to_processing_with_a_lease_and_counts_it(
     backend: RedisBackend, config: Config
 ) -> None:

@@ -20,7 +20,14 @@ import redis
 
 from yadtq import protocol
 from yadtq.backend.keys import Keys
-from yadtq.backend.records import PAYLOAD_FIELDS, payload, record_fields, unbatched_fields
+from yadtq.backend.records import (
+    PAYLOAD_FIELDS,
+    own_values,
+    payload,
+    record_fields,
+    shared_fields,
+    unbatched_fields,
+)
 from yadtq.backend.scripts import (
     CALLS,
     MISSING,
@@ -31,6 +38,7 @@ from yadtq.backend.scripts import (
     ClaimReply,
     ClaimTask,
     DueRetriesCall,
+    EnqueueCall,
     FinishCall,
     FinishReply,
     FinishTask,
@@ -107,6 +115,42 @@ def test_every_lua_script_has_one_codec_and_every_codec_a_script() -> None:
     scripts = sorted(path.name for path in LUA.glob("*.lua"))
 
     assert sorted(call.script for call in CALLS) == scripts
+
+
+# --- enqueue.lua ------------------------------------------------------------------------
+
+
+def test_enqueue_writes_each_record_from_the_shared_fields_and_its_own_values(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given three messages of one map, the last with keyword arguments and no index
+    messages = [protocol.build("add", [1, 2], batch="b-1", index=0, max_retries=2),
+                protocol.build("add", [3, 4], batch="b-1", index=1, max_retries=2),
+                protocol.build("add", [], {"a": 5, "b": 6}, batch="b-1", max_retries=2)]
+
+    # When one call writes their records
+    written, _ = scripts.run(EnqueueCall("b-1", shared_fields(messages[0], NOW),
+                                         [(m.id, own_values(m)) for m in messages]))
+
+    # Then each record is the one the message makes, under its own id, unset fields absent
+    assert written == 3
+    for message in messages:
+        assert text_hash(client, keys.task(message.id)) == record_fields(message, NOW)
+    assert "index" not in text_hash(client, keys.task(messages[2].id))
+    # And the batch lists their ids in order
+    assert [i.decode() for i in client.lrange(keys.batch_tasks("b-1"), 0, -1)] == [
+        m.id for m in messages]
+
+
+def test_enqueue_of_a_task_in_no_batch_lists_it_nowhere(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    message = protocol.build("add", [1, 2])
+
+    scripts.run(EnqueueCall(None, shared_fields(message, NOW), [(message.id, own_values(message))]))
+
+    assert text_hash(client, keys.task(message.id)) == record_fields(message, NOW)
+    assert client.keys(keys.batch_tasks("*")) == []
 
 
 # --- claim.lua --------------------------------------------------------------------------

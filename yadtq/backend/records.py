@@ -42,33 +42,60 @@ def decode_record(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
     return record
 
 
+# A record's fields that differ from task to task of one submit or map (enqueue.lua takes
+# the rest once a call).
+OWN_FIELDS = ("args", "kwargs", "index", "submitted_at", "pickled", "pickles_sig")
+
+
 def record_fields(message: TaskMessage, now: float) -> dict[str, str]:
     """The task hash fields a message starts with (all strings, none empty)."""
+    own = {name: value for name, value in zip(OWN_FIELDS, own_values(message), strict=True)
+           if value}
+    return {**shared_fields(message, now), **own}
+
+
+def shared_fields(message: TaskMessage, now: float) -> dict[str, str]:
+    """The fields of a message's record but ``OWN_FIELDS``: the same for every task of
+    one submit or map (:func:`shares_fields` says which messages share them)."""
     fields = {
         "status": TaskStatus.QUEUED.value,
         "task": message.task,
-        "args": json.dumps(list(message.args)),
-        "kwargs": json.dumps(dict(message.kwargs)),
         "attempt": str(message.attempt),
         "queued_at": repr(now),
         "format": "plain" if message.plain else "v1",
     }
     optional = {
         "batch": message.batch,
-        "index": message.index,
         "max_retries": message.max_retries,
         "timeout": message.timeout,
-        "submitted_at": message.submitted_at,
         "retry_on": json.dumps(list(message.retry_on)) if message.retry_on else None,
         "retry_backoff": message.retry_backoff,
-        # A shipped function and pickled arguments, kept to produce the task again.
+        # A shipped function, kept to produce the task again.
         "code": json.dumps({"ref": message.code.to_dict(), "python": message.python})
         if message.code else None,
-        "pickled": json.dumps(message.pickled.to_dict()) if message.pickled else None,
-        "pickles_sig": message.pickles_sig,
     }
     fields.update({k: str(v) for k, v in optional.items() if v is not None})
     return fields
+
+
+def shares_fields(message: TaskMessage) -> tuple[Any, ...]:
+    """What :func:`shared_fields` is made of: messages equal in it share those fields."""
+    return (message.task, message.attempt, message.plain, message.batch, message.max_retries,
+            message.timeout, message.retry_on, message.retry_backoff, message.code,
+            message.python)
+
+
+def own_values(message: TaskMessage) -> list[str]:
+    """A message's ``OWN_FIELDS`` values, in that order ("" for an unset one)."""
+    return [
+        json.dumps(list(message.args)),
+        json.dumps(dict(message.kwargs)),
+        "" if message.index is None else str(message.index),
+        "" if message.submitted_at is None else str(message.submitted_at),
+        # Pickled arguments, kept to produce the task again.
+        json.dumps(message.pickled.to_dict()) if message.pickled else "",
+        message.pickles_sig or "",
+    ]
 
 
 def unbatched_fields(message: TaskMessage, now: float) -> dict[str, str]:

@@ -11,6 +11,7 @@ is written and read by :mod:`yadtq.backend.records`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,8 +27,10 @@ from yadtq.backend.records import (
     PAYLOAD_FIELDS,
     decode_record,
     message_from_payload,
+    own_values,
     payload,
-    record_fields,
+    shared_fields,
+    shares_fields,
     text,
     unbatched_fields,
 )
@@ -39,6 +42,7 @@ from yadtq.backend.scripts import (
     ClaimReply,
     ClaimTask,
     DueRetriesCall,
+    EnqueueCall,
     FinishCall,
     FinishTask,
     RenewCall,
@@ -177,22 +181,36 @@ class RedisBackend:
         message (see :meth:`ring`).
         """
         now = time.time()
-        for chunk in list(_chunks(messages, PIPELINE_CHUNK)) or [[]]:
+        # Messages of one submit or map share all but their own fields: one call a chunk.
+        groups = [list(group) for chunk in _chunks(messages, PIPELINE_CHUNK)
+                  for _, group in itertools.groupby(chunk, key=shares_fields)]
+        if not groups and batch_id is not None and batch_total is not None:  # an empty map
             with self.redis.pipeline(transaction=False) as pipe:
-                if batch_id is not None and batch_total is not None:
-                    pipe.hset(
-                        self.keys.batch(batch_id),
-                        mapping={"total": batch_total, **dict.fromkeys(COUNTERS, 0),
-                                 TaskStatus.QUEUED.value: batch_total, "created_at": now},
-                    )
-                    batch_total = None
-                for message in chunk:
-                    pipe.hset(self.keys.task(message.id), mapping=record_fields(message, now))
-                if batch_id is not None and chunk:
-                    pipe.rpush(self.keys.batch_tasks(batch_id), *(m.id for m in chunk))
-                if ring is not None:
-                    self._ring(pipe, ring, messages[0].id)
+                self._start_batch(pipe, batch_id, batch_total, now)
                 pipe.execute()
+        for number, group in enumerate(groups):
+            call = EnqueueCall(batch_id, shared_fields(group[0], now),
+                               [(m.id, own_values(m)) for m in group])
+
+            def start_batch(pipe: redis.client.Pipeline) -> None:
+                assert batch_id is not None and batch_total is not None
+                self._start_batch(pipe, batch_id, batch_total, now)
+
+            def ring_for_one(pipe: redis.client.Pipeline) -> None:
+                assert ring is not None
+                self._ring(pipe, ring, messages[0].id)
+
+            self._scripts.run(
+                call,
+                also=start_batch if number == 0 and batch_id and batch_total is not None
+                else None,
+                then=ring_for_one if ring is not None and number == len(groups) - 1 else None)
+
+    def _start_batch(self, pipe: redis.client.Pipeline, batch_id: str, total: int,
+                     now: float) -> None:
+        pipe.hset(self.keys.batch(batch_id), mapping={
+            "total": total, **dict.fromkeys(COUNTERS, 0), TaskStatus.QUEUED.value: total,
+            "created_at": now})
 
     def put_blobs(self, blobs: dict[str, bytes]) -> None:
         """Store pickles under their digests, living as long as a finished task's record."""

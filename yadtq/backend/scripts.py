@@ -7,7 +7,8 @@ in one place: a frozen dataclass naming the call's values, whose ``keys`` and
 ``args`` lay them out as the script's header comment says, and whose ``parse``
 names the reply's fields and refuses a reply of another shape. A script that
 takes a group of keys and arguments per task declares the group once
-(:class:`ClaimTask`, :class:`FinishTask`, :class:`UndeliveredTask`), with the
+(:class:`ClaimTask`, :class:`FinishTask`, :class:`UndeliveredTask`; :class:`EnqueueCall`
+takes ``OWN_FIELDS`` values), with the
 stride the script reads it at beside it. :class:`Scripts` registers the scripts
 once and runs a call. ``tests/test_scripts.py`` runs every codec against its script.
 """
@@ -26,7 +27,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from yadtq.backend.keys import NO_BATCH, Keys
-from yadtq.backend.records import PAYLOAD_FIELDS, payload, text
+from yadtq.backend.records import OWN_FIELDS, PAYLOAD_FIELDS, payload, text
 
 MISSING = "missing"  # the status the scripts report for a task without a record
 RETRY = "retry"  # finish.lua's outcome that queues the next attempt after a backoff
@@ -93,6 +94,33 @@ def _finishing_keys(keys: Keys, task_id: str, batch: str | None) -> list[str]:
     batch = batch or NO_BATCH
     return [keys.task(task_id), keys.batch(batch), keys.batch_tasks(batch),
             keys.task_history(task_id)]
+
+
+# --- enqueue.lua -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnqueueCall:
+    """enqueue.lua: write queued records that share ``shared`` fields, each with its own
+    ``OWN_FIELDS`` values, and list their ids in the batch."""
+
+    script: ClassVar[str] = "enqueue.lua"
+    batch: str | None  # list the tasks' ids in this batch; None: in none
+    shared: Mapping[str, str]
+    tasks: Sequence[tuple[str, Sequence[str]]]  # task id, its OWN_FIELDS values ("" unset)
+
+    def keys(self, keys: Keys) -> list[str]:
+        return [keys.batch_tasks(self.batch or NO_BATCH),
+                *(keys.task(task_id) for task_id, _ in self.tasks)]
+
+    def args(self, keys: Keys) -> list[Any]:
+        return ["1" if self.batch else "", len(self.shared),
+                *(item for pair in self.shared.items() for item in pair),
+                len(OWN_FIELDS), *OWN_FIELDS,
+                *(value for task_id, own in self.tasks for value in (task_id, *own))]
+
+    def parse(self, reply: Any) -> int:
+        return int(reply)
 
 
 # --- claim.lua ---------------------------------------------------------------------------
@@ -400,7 +428,8 @@ class RenewCall:
 
 
 CALLS: tuple[type[ScriptCall[Any]], ...] = (
-    ClaimCall, FinishCall, RequeueCall, CancelCall, UndeliveredCall, DueRetriesCall, RenewCall)
+    EnqueueCall, ClaimCall, FinishCall, RequeueCall, CancelCall, UndeliveredCall,
+    DueRetriesCall, RenewCall)
 
 
 class Scripts:
@@ -415,15 +444,19 @@ class Scripts:
             for call in CALLS}
 
     def run(
-        self, call: ScriptCall[R], also: Callable[[redis.client.Pipeline], Any] | None = None
+        self,
+        call: ScriptCall[R],
+        also: Callable[[redis.client.Pipeline], Any] | None = None,
+        then: Callable[[redis.client.Pipeline], Any] | None = None,
     ) -> tuple[R, list[Any]]:
-        """Run ``also``'s commands and then ``call`` in one round trip.
+        """Run ``also``'s commands, ``call``, then ``then``'s commands in one round trip.
 
         Sends EVALSHA only: redis-py's pipelines would first ask SCRIPT EXISTS, a second
         round trip. A script Redis lost (after a restart) is loaded and the call re-run.
 
         Returns:
-            The call's parsed reply, and the replies of ``also``'s commands.
+            The call's parsed reply, and the replies of ``also``'s commands (then
+            ``then``'s).
 
         Raises:
             redis.RedisError: a command failed (the backend translates it).
@@ -431,10 +464,10 @@ class Scripts:
         """
         script = self._registered[call.script]
         keys, args = call.keys(self._keys), call.args(self._keys)
-        reply, also_replies = self._evalsha(script, keys, args, also)
+        reply, also_replies = self._evalsha(script, keys, args, also, then)
         if isinstance(reply, NoScriptError):
             script.sha = self._redis.script_load(script.script)
-            reply, _ = self._evalsha(script, keys, args)
+            reply, _ = self._evalsha(script, keys, args, then=then)
         for one in [*also_replies, reply]:
             if isinstance(one, Exception):
                 raise one
@@ -446,10 +479,14 @@ class Scripts:
         keys: list[str],
         args: list[Any],
         also: Callable[[redis.client.Pipeline], Any] | None = None,
+        then: Callable[[redis.client.Pipeline], Any] | None = None,
     ) -> tuple[Any, list[Any]]:
         with self._redis.pipeline(transaction=False) as pipe:
             if also is not None:
                 also(pipe)
+            before = len(pipe)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-            *also_replies, reply = pipe.execute(raise_on_error=False)
-        return reply, also_replies
+            if then is not None:
+                then(pipe)
+            replies = pipe.execute(raise_on_error=False)
+        return replies[before], replies[:before] + replies[before + 1:]
