@@ -134,6 +134,7 @@ def test_enqueue_writes_each_record_from_the_shared_fields_and_its_own_values(
 
     # Then each record is the one the message makes, under its own id, unset fields absent
     assert written == 3
+    assert client.keys(keys.doorbell("*")) == []  # and no doorbell rang
     for message in messages:
         assert text_hash(client, keys.task(message.id)) == record_fields(message, NOW)
     assert "index" not in text_hash(client, keys.task(messages[2].id))
@@ -142,15 +143,19 @@ def test_enqueue_writes_each_record_from_the_shared_fields_and_its_own_values(
         m.id for m in messages]
 
 
-def test_enqueue_of_a_task_in_no_batch_lists_it_nowhere(
+def test_enqueue_of_a_lone_task_lists_it_in_no_batch_and_rings_its_doorbell_naming_it(
     client: redis.Redis, keys: Keys, scripts: Scripts
 ) -> None:
     message = protocol.build("add", [1, 2])
+    for _ in range(3):  # an earlier ring of this doorbell
+        client.lpush(keys.doorbell(5), "older")
 
-    scripts.run(EnqueueCall(None, shared_fields(message, NOW), [(message.id, own_values(message))]))
+    scripts.run(EnqueueCall(None, shared_fields(message, NOW),
+                            [(message.id, own_values(message))], ring=5, rings_kept=2))
 
     assert text_hash(client, keys.task(message.id)) == record_fields(message, NOW)
     assert client.keys(keys.batch_tasks("*")) == []
+    assert client.lrange(keys.doorbell(5), 0, -1) == [message.id.encode(), b"older"]
 
 
 # --- claim.lua --------------------------------------------------------------------------

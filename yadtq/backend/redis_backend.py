@@ -176,9 +176,9 @@ class RedisBackend:
         """Write ``queued`` records before anything is produced.
 
         ``batch_total`` starts the batch's counters: pass it with a batch's first chunk.
-        ``ring``: a lone task's partition, whose doorbell is rung naming the task in the
-        same round trip, so a worker claims it from its record while Kafka takes the
-        message (see :meth:`ring`).
+        ``ring``: a lone task's partition, whose doorbell is rung naming the task by the
+        script that writes its record, once written, so a worker claims it from its
+        record while Kafka takes the message (see :meth:`ring`).
         """
         now = time.time()
         # Messages of one submit or map share all but their own fields: one call a chunk.
@@ -190,21 +190,15 @@ class RedisBackend:
                 pipe.execute()
         for number, group in enumerate(groups):
             call = EnqueueCall(batch_id, shared_fields(group[0], now),
-                               [(m.id, own_values(m)) for m in group])
+                               [(m.id, own_values(m)) for m in group],
+                               ring=ring if number == 0 else None, rings_kept=DOORBELL_RINGS)
 
             def start_batch(pipe: redis.client.Pipeline) -> None:
                 assert batch_id is not None and batch_total is not None
                 self._start_batch(pipe, batch_id, batch_total, now)
 
-            def ring_for_one(pipe: redis.client.Pipeline) -> None:
-                assert ring is not None
-                self._ring(pipe, ring, messages[0].id)
-
-            self._scripts.run(
-                call,
-                also=start_batch if number == 0 and batch_id and batch_total is not None
-                else None,
-                then=ring_for_one if ring is not None and number == len(groups) - 1 else None)
+            self._scripts.run(call, also=start_batch if number == 0 and batch_id
+                              and batch_total is not None else None)
 
     def _start_batch(self, pipe: redis.client.Pipeline, batch_id: str, total: int,
                      now: float) -> None:

@@ -102,19 +102,23 @@ def _finishing_keys(keys: Keys, task_id: str, batch: str | None) -> list[str]:
 @dataclass(frozen=True)
 class EnqueueCall:
     """enqueue.lua: write queued records that share ``shared`` fields, each with its own
-    ``OWN_FIELDS`` values, and list their ids in the batch."""
+    ``OWN_FIELDS`` values, list their ids in the batch, and ring a lone task's doorbell."""
 
     script: ClassVar[str] = "enqueue.lua"
     batch: str | None  # list the tasks' ids in this batch; None: in none
     shared: Mapping[str, str]
     tasks: Sequence[tuple[str, Sequence[str]]]  # task id, its OWN_FIELDS values ("" unset)
+    ring: int | None = None  # ring this partition's doorbell with the (one) task's id
+    rings_kept: int = 16  # how many rings a doorbell keeps
 
     def keys(self, keys: Keys) -> list[str]:
         return [keys.batch_tasks(self.batch or NO_BATCH),
+                keys.doorbell(self.ring if self.ring is not None else -1),
                 *(keys.task(task_id) for task_id, _ in self.tasks)]
 
     def args(self, keys: Keys) -> list[Any]:
-        return ["1" if self.batch else "", len(self.shared),
+        ring = self.tasks[0][0] if self.ring is not None else ""
+        return ["1" if self.batch else "", ring, self.rings_kept, len(self.shared),
                 *(item for pair in self.shared.items() for item in pair),
                 len(OWN_FIELDS), *OWN_FIELDS,
                 *(value for task_id, own in self.tasks for value in (task_id, *own))]
@@ -444,19 +448,15 @@ class Scripts:
             for call in CALLS}
 
     def run(
-        self,
-        call: ScriptCall[R],
-        also: Callable[[redis.client.Pipeline], Any] | None = None,
-        then: Callable[[redis.client.Pipeline], Any] | None = None,
+        self, call: ScriptCall[R], also: Callable[[redis.client.Pipeline], Any] | None = None
     ) -> tuple[R, list[Any]]:
-        """Run ``also``'s commands, ``call``, then ``then``'s commands in one round trip.
+        """Run ``also``'s commands and then ``call`` in one round trip.
 
         Sends EVALSHA only: redis-py's pipelines would first ask SCRIPT EXISTS, a second
         round trip. A script Redis lost (after a restart) is loaded and the call re-run.
 
         Returns:
-            The call's parsed reply, and the replies of ``also``'s commands (then
-            ``then``'s).
+            The call's parsed reply, and the replies of ``also``'s commands.
 
         Raises:
             redis.RedisError: a command failed (the backend translates it).
@@ -464,10 +464,10 @@ class Scripts:
         """
         script = self._registered[call.script]
         keys, args = call.keys(self._keys), call.args(self._keys)
-        reply, also_replies = self._evalsha(script, keys, args, also, then)
+        reply, also_replies = self._evalsha(script, keys, args, also)
         if isinstance(reply, NoScriptError):
             script.sha = self._redis.script_load(script.script)
-            reply, _ = self._evalsha(script, keys, args, then=then)
+            reply, _ = self._evalsha(script, keys, args)
         for one in [*also_replies, reply]:
             if isinstance(one, Exception):
                 raise one
@@ -479,14 +479,10 @@ class Scripts:
         keys: list[str],
         args: list[Any],
         also: Callable[[redis.client.Pipeline], Any] | None = None,
-        then: Callable[[redis.client.Pipeline], Any] | None = None,
     ) -> tuple[Any, list[Any]]:
         with self._redis.pipeline(transaction=False) as pipe:
             if also is not None:
                 also(pipe)
-            before = len(pipe)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-            if then is not None:
-                then(pipe)
-            replies = pipe.execute(raise_on_error=False)
-        return replies[before], replies[:before] + replies[before + 1:]
+            *also_replies, reply = pipe.execute(raise_on_error=False)
+        return reply, also_replies

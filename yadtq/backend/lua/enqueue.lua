@@ -1,24 +1,29 @@
 -- enqueue.lua: write the queued records of a submit, or of a chunk of a map, before their
 -- messages are produced (the record comes first: DESIGN.md, "Delivery guarantees").
--- The fields the call's tasks share come once; each task brings only its own.
+-- The fields the call's tasks share come once; each task brings only its own. A lone
+-- task's doorbell is rung here, after its record exists: a worker it wakes claims it
+-- from that record.
 --
 -- Python side: yadtq/backend/scripts.py, EnqueueCall. It lays out these KEYS and ARGV:
 -- change the two together (tests/test_scripts.py runs the codec against this script).
 --
 -- KEYS[1] batch task list  yadtq:batch:<batch>:tasks  (touched only with ARGV[1])
+-- KEYS[2] doorbell         yadtq:doorbell:<queue>:<partition>  (touched only with ARGV[2])
 -- then for each task 1 key: task hash yadtq:task:<id>
 -- ARGV[1] "1" to append the tasks' ids to the batch's task list, or ""
--- ARGV[2] how many fields every record of the call has, n; then their n names and values,
---         in pairs, from ARGV[3]
+-- ARGV[2] the id to ring the doorbell with, or "" to ring none
+-- ARGV[3] how many rings a doorbell keeps
+-- ARGV[4] how many fields every record of the call has, n; then their n names and values,
+--         in pairs, from ARGV[5]
 -- then m, how many fields each task has of its own, and their m names
 -- then for each task: its id and its m values ("" leaves that field unset)
 -- Returns how many records it wrote.
-local shared_count = tonumber(ARGV[2])
+local shared_count = tonumber(ARGV[4])
 local shared = {}
-for i = 3, 2 + 2 * shared_count do
+for i = 5, 4 + 2 * shared_count do
   shared[#shared + 1] = ARGV[i]
 end
-local own_at = 3 + 2 * shared_count
+local own_at = 5 + 2 * shared_count
 local own_count = tonumber(ARGV[own_at])
 local stride = 1 + own_count
 local first = own_at + own_count + 1
@@ -35,10 +40,14 @@ for i = 1, tasks do
       fields[#fields + 1] = value
     end
   end
-  redis.call('HSET', KEYS[1 + i], unpack(fields))
+  redis.call('HSET', KEYS[2 + i], unpack(fields))
   ids[i] = ARGV[at]
 end
 if ARGV[1] ~= '' and tasks > 0 then
   redis.call('RPUSH', KEYS[1], unpack(ids))
+end
+if ARGV[2] ~= '' then
+  redis.call('LPUSH', KEYS[2], ARGV[2])
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
 end
 return tasks
