@@ -66,6 +66,7 @@ RUNG_IDS_KEPT = 10_000  # ids of doorbell-claimed tasks remembered until their c
 MIN_WAIT = 0.01  # seconds; the shortest (a wait of 0 on the doorbells would never end)
 SHORT_TASK = 0.005  # seconds; tasks this short on average are claimed ahead and grouped
 GROUP = 8  # short untimed tasks a slot hands its task process in one round trip, at most
+STOLEN_AT_ONCE = 2  # tasks a slot one steal may take, at most (the owners keep the rest)
 
 
 @dataclass
@@ -208,7 +209,7 @@ class Worker:
             # Our partitions are drained: look again without waiting (a ring, or tasks
             # started, say when more may be on their way).
             self._poll_waits = False
-            if not self._steal(free):
+            if not self._steal(min(free, STOLEN_AT_ONCE * self.concurrency)):
                 self._sleep_until_rung()
             return
         tasks = self._accept(deliveries)
