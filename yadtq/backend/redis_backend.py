@@ -188,17 +188,17 @@ class RedisBackend:
             with self.redis.pipeline(transaction=False) as pipe:
                 self._start_batch(pipe, batch_id, batch_total, now)
                 pipe.execute()
+        starts_batch = batch_id is not None and batch_total is not None
+
+        def start_batch(pipe: redis.client.Pipeline) -> None:
+            assert batch_id is not None and batch_total is not None
+            self._start_batch(pipe, batch_id, batch_total, now)
+
         for number, group in enumerate(groups):
             call = EnqueueCall(batch_id, shared_fields(group[0], now),
                                [(m.id, own_values(m)) for m in group],
                                ring=ring if number == 0 else None, rings_kept=DOORBELL_RINGS)
-
-            def start_batch(pipe: redis.client.Pipeline) -> None:
-                assert batch_id is not None and batch_total is not None
-                self._start_batch(pipe, batch_id, batch_total, now)
-
-            self._scripts.run(call, also=start_batch if number == 0 and batch_id
-                              and batch_total is not None else None)
+            self._scripts.run(call, also=start_batch if number == 0 and starts_batch else None)
 
     def _start_batch(self, pipe: redis.client.Pipeline, batch_id: str, total: int,
                      now: float) -> None:

@@ -142,6 +142,12 @@ class ThreadRunner:
         """Nothing to release."""
 
 
+def cancelled() -> Attempt:
+    """The attempt of a task stopped because it was cancelled."""
+    return Attempt(ok=False, error_type="TaskCancelled", error="stopped on request",
+                   stopped=True)
+
+
 def _timed_out(task: str, timeout: float, stopped: bool) -> Attempt:
     how = "and was stopped" if stopped else "(thread mode: it ran to its end)"
     return Attempt(ok=False, error_type="TaskTimeout",
@@ -212,8 +218,7 @@ class ProcessRunner:
         if attempts is not None:
             return attempts[0]
         if stopped:
-            return Attempt(ok=False, error_type="TaskCancelled", error="stopped on request",
-                           stopped=True)
+            return cancelled()
         if code is None:
             return _timed_out(task, timeout or 0, stopped=True)
         return Attempt(ok=False, error_type="WorkerProcessDied",

@@ -482,9 +482,7 @@ class Worker:
                 running = self._running.get(ready.message.id)
                 cancelled = running is not None and running.cancelled
             if cancelled:
-                self._ended_all([ready], [execution.Attempt(
-                    ok=False, error_type="TaskCancelled", error="stopped on request",
-                    stopped=True)])
+                self._ended_all([ready], [execution.cancelled()])
             else:
                 self._run_alone(ready)
 
