@@ -1,15 +1,18 @@
-"""Command line (top layer): ``yadtq submit|status|result|workers|local up|status|down``.
+"""Command line (top layer): ``yadtq submit|status|result|workers|local up|status|env|down``.
 
 It only parses arguments and calls library functions. Library errors print as
 ``yadtq: error: <message>`` on stderr with exit status 1 and no traceback (a
-failed task's message carries the remote traceback).
+failed task's message carries the remote traceback). A reader that goes away
+(``yadtq local status | head``) ends the command quietly, as it would ``cat``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -20,10 +23,18 @@ from types import FrameType
 from typing import Any
 
 from yadtq.client import format_rows
-from yadtq.config import local_stack_record_path, read_local_stack_record, redacted_url
+from yadtq.config import (
+    Config,
+    local_stack_record_path,
+    local_stacks_dir,
+    record_settings,
+    redacted_url,
+)
 from yadtq.errors import YadtqError
-from yadtq.local import BROKERS, LocalCluster
+from yadtq.local import BROKERS, LocalCluster, registry
 from yadtq.store import no_worker_hint
+
+READY_TIMEOUT = 120.0  # seconds `local up` gives its workers to take their partitions
 
 
 def parse_task_arg(text: str) -> Any:
@@ -108,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = local_commands.add_parser(
         "up", help="start a local stack and keep it running until Ctrl-C",
         description="Start an embedded Kafka-protocol broker, Redis and worker processes on "
-        "loopback ports, record their addresses for other processes, and run until Ctrl-C or "
-        "SIGTERM.",
+        "loopback ports, record their addresses for other processes, say it is up once the "
+        "workers take tasks, and run until Ctrl-C, SIGTERM or SIGHUP.",
     )
     up.add_argument("--workers", type=int, default=3, help="worker processes (default: 3)")
     up.add_argument("--concurrency", type=int, default=4,
@@ -132,9 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(run=_local_up)
     local_status = local_commands.add_parser(
         "status", parents=[servers],
-        help="say whether a local stack runs: its servers, workers and logs")
+        help="list the local stacks that run (whoever started them): servers, workers, logs")
     local_status.set_defaults(run=_local_status)
-    down = local_commands.add_parser("down", help="stop the running local stack")
+    env = local_commands.add_parser(
+        "env", help="print the shell exports that point clients at a local stack",
+        description="Print `export` lines with a local stack's addresses and settings, its "
+        "secret included, for `eval \"$(yadtq local env)\"` in another shell.")
+    env.add_argument("id", nargs="?", metavar="ID",
+                     help="the stack's id, or its start (default: the `local up` stack, else "
+                     "the only one)")
+    env.set_defaults(run=_local_env)
+    down = local_commands.add_parser("down", help="stop a running local stack")
+    down.add_argument("id", nargs="?", metavar="ID",
+                      help="the stack's id, or its start, as `local status` shows it (default: "
+                      "the `local up` stack, else the only one)")
+    down.add_argument("--all", action="store_true", help="stop every local stack")
     down.add_argument("--timeout", type=_positive_seconds, default=60.0, metavar="S",
                       help="wait this long for it to stop (default: 60)")
     down.set_defaults(run=_local_down)
@@ -237,11 +260,14 @@ def _local_up(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        print(f"\n{signal.Signals(signum).name}: stopping the local stack (running tasks get "
-              "a few seconds to finish)...", file=sys.stderr)
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            print(f"\n{signal.Signals(signum).name}: stopping the local stack (running tasks "
+                  "get a few seconds to finish)...", file=sys.stderr)
         stop.set()
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP (its terminal closed) stops it as cleanly as SIGTERM does.
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, request_stop) for sig in signals}
     try:
         with LocalCluster(
             args.workers, queue=getattr(args, "queue", None) or "default",
@@ -249,6 +275,10 @@ def _local_up(args: argparse.Namespace) -> int:
             broker=args.broker, kafka_nodes=args.kafka_nodes, record=True,
             trust_code=args.trust_code,
         ) as cluster:
+            try:
+                cluster.wait_ready(READY_TIMEOUT)
+            except TimeoutError as exc:
+                raise YadtqError(f"the workers did not take their partitions: {exc}") from None
             _print_banner(cluster)
             return _watch(cluster, stop)
     finally:
@@ -257,24 +287,47 @@ def _local_up(args: argparse.Namespace) -> int:
 
 
 def _local_status(args: argparse.Namespace) -> int:
-    record = read_local_stack_record()
-    if record is None:
-        print(f"no local stack is running (no live record at {local_stack_record_path()}); "
-              "start one with `yadtq local up`", file=sys.stderr)
+    stacks = registry.running_stacks()
+    if not stacks:
+        print(f"no local stack is running (no live record in {local_stacks_dir()}); start one "
+              "with `yadtq local up`", file=sys.stderr)
         return 1
-    uptime = time.time() - float(record.get("started_at", time.time()))
-    print(f"local stack: running, pid {record['pid']}, up {uptime:.0f} s, queue "
-          f"{record.get('queue')!r}\n"
-          f"  Kafka   {record['bootstrap']} ({record.get('broker', '?')})\n"
+    return max(_print_stack(record, getattr(args, "queue", None)) for record in stacks)
+
+
+def _print_stack(record: dict[str, Any], queue: str | None) -> int:
+    """Print one stack and the workers of its queue; 1 if its Redis did not answer."""
+    uptime = time.time() - float(record["started_at"])
+    state = ("orphaned (its owner is gone; its watchdog is stopping it, or `yadtq local down` "
+             "will)" if record["orphaned"] else "running")
+    queue = queue or record.get("queue")
+    default = " (the default: yadtq commands and connect() use it)" \
+        if registry.is_default(record) else ""
+    print(f"local stack {record['id']}: {state}, owner pid {record['pid']} "
+          f"({record.get('owner')}), up {uptime:.0f} s"
+          + (f", queue {queue!r}" if queue else "") + default)
+    if not record.get("bootstrap"):
+        print("  starting: its servers do not answer yet")
+        return 0
+    print(f"  Kafka   {record['bootstrap']} ({record.get('broker', '?')})\n"
           f"  Redis   {redacted_url(record['redis_url'])}\n"
           f"  logs    {record.get('data_dir')}")
-    if not hasattr(args, "queue"):
-        args.queue = record.get("queue")
-    client = _connect(args)  # raises, naming the server, when one does not answer
+    if queue is None or record["orphaned"]:
+        return 0
+    # Imported here so that `yadtq local up` and `--help` do not load the client stack.
+    from yadtq.connection import connect
+
+    settings = {**record_settings(record), "bootstrap": record["bootstrap"],
+                "redis_url": record["redis_url"], "queue": queue}
     try:
-        rows = client.worker_rows()
-    finally:
-        client.close()
+        client = connect(Config(**settings, source=f"local stack {record['id']}"))
+        try:
+            rows = client.worker_rows()
+        finally:
+            client.close()
+    except YadtqError as exc:
+        print(f"  workers unknown: {exc}")
+        return 1
     if not rows:
         print("  workers none has sent a heartbeat")
     else:
@@ -284,46 +337,44 @@ def _local_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_down(args: argparse.Namespace) -> int:
-    record = read_local_stack_record()
-    if record is None:
-        print("no local stack is running; nothing to stop", file=sys.stderr)
-        return 0
-    pid = int(record["pid"])
-    os.kill(pid, signal.SIGTERM)  # `yadtq local up` stops its workers, then its servers
-    deadline = time.monotonic() + args.timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            raise YadtqError(f"the local stack (pid {pid}) did not stop within "
-                             f"{args.timeout:g} s; stop it with `kill -9 {pid}`")
-        time.sleep(0.1)  # the process is not ours, so it cannot be waited on
-    print(f"stopped the local stack (pid {pid})")
+def _local_env(args: argparse.Namespace) -> int:
+    """Print exports for `eval`: the stack's settings, and `unset` for the others."""
+    record = registry.choose(registry.running_stacks(), args.id)
+    if not record.get("bootstrap"):
+        raise YadtqError(f"the local stack {record['id']} is still starting; try again")
+    environment = record.get("environment") or {
+        "YADTQ_BOOTSTRAP": record["bootstrap"], "YADTQ_REDIS_URL": record["redis_url"]}
+    for name, value in sorted(environment.items()):
+        print(f"export {name}={shlex.quote(value)}")
+    others = sorted(set(Config(bootstrap="", redis_url="").to_environment())
+                    - set(environment) - {"YADTQ_TRUST_CODE"})
+    print(f"unset {' '.join(others)}")
     return 0
 
 
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (an exited process its parent has not reaped does not)."""
-    try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except ProcessLookupError:
-        return False
-    except OSError:  # no /proc: the signal probe is all there is
-        return True
+def _local_down(args: argparse.Namespace) -> int:
+    stacks = registry.running_stacks()
+    if not stacks:
+        print("no local stack is running; nothing to stop", file=sys.stderr)
+        return 0
+    for record in stacks if args.all else [registry.choose(stacks, args.id)]:
+        registry.stop(record, args.timeout)
+        print(f"stopped the local stack {record['id']} (owner pid {record['pid']})")
+    return 0
 
 
 def _print_banner(cluster: LocalCluster) -> None:
     config = cluster.config
     print(
         f"yadtq local stack is up: {len(cluster.worker_processes)} worker(s) on queue "
-        f"{config.queue!r}\n"
+        f"{config.queue!r}, taking tasks\n"
         f"  Kafka bootstrap  {config.bootstrap} ({cluster.stack.broker})\n"
         f"  Redis            {config.redis_url}\n"
         f"  logs             {cluster.stack.data_dir}\n"
         f"yadtq commands and yadtq.connect() on this machine find it through "
-        f"{local_stack_record_path()}; elsewhere run:\n"
-        f"export YADTQ_BOOTSTRAP={config.bootstrap} YADTQ_REDIS_URL={config.redis_url}\n"
+        f"{local_stack_record_path()};\n"
+        "to point any client at it (its secret included), run in its shell:\n"
+        '  eval "$(yadtq local env)"\n'
         "Press Ctrl-C to stop.",
         flush=True,
     )
@@ -360,7 +411,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``yadtq`` command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # `yadtq local status | head`: stop quietly with the status of a process killed by
+        # SIGPIPE, as cat does, and point stdout at /dev/null so exit's own flush is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except YadtqError as exc:
         print(f"yadtq: error: {exc}", file=sys.stderr)
         return 1

@@ -4,6 +4,13 @@ Precedence: explicit arguments > environment (``YADTQ_BOOTSTRAP``,
 ``YADTQ_REDIS_URL``, ``YADTQ_QUEUE``, ...) > the record a running local stack
 left in :func:`local_stack_record_path`. With none of them,
 :func:`resolve_config` raises at once with a message that says how to start one.
+
+A local stack's record also holds settings no address shows (its random secret,
+its queue and key prefix): a client whose bootstrap and Redis addresses are those of
+a running stack takes every setting it was not given from that stack's record, so
+``export YADTQ_BOOTSTRAP=... YADTQ_REDIS_URL=...`` cannot silently drop the secret.
+Every running stack has a record in :func:`local_stacks_dir`; the one ``yadtq local
+up`` runs is also at :func:`local_stack_record_path`, where ``connect()`` finds it.
 """
 
 from __future__ import annotations
@@ -206,10 +213,19 @@ _KAFKA_OPTIONS = {
 }
 
 
+def yadtq_home() -> Path:
+    """Where yadtq keeps its records: ``$YADTQ_HOME``, else ``~/.yadtq``."""
+    return Path(os.environ.get("YADTQ_HOME") or Path.home() / ".yadtq")
+
+
 def local_stack_record_path() -> Path:
     """Where ``yadtq local up`` records the addresses of the stack it runs."""
-    home = os.environ.get("YADTQ_HOME") or Path.home() / ".yadtq"
-    return Path(home) / "local-stack.json"
+    return yadtq_home() / "local-stack.json"
+
+
+def local_stacks_dir() -> Path:
+    """The folder of records of every running local stack, one ``<id>.json`` each."""
+    return yadtq_home() / "stacks"
 
 
 def cache_dir() -> Path:
@@ -233,21 +249,68 @@ def binary_override(variable: str) -> str | None:
     return os.environ.get(variable) or None
 
 
-def read_local_stack_record() -> dict[str, Any] | None:
-    """The running local stack's addresses, or None if there is none alive."""
-    path = local_stack_record_path()
+def read_stack_record(path: Path) -> dict[str, Any] | None:
+    """The record at ``path`` if it is one (a JSON object naming its owner's pid), else None."""
     try:
         record = json.loads(path.read_text())
-        os.kill(int(record["pid"]), 0)
+        int(record["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return record
 
 
+def owner_alive(record: dict[str, Any]) -> bool:
+    """True while the process that owns a recorded stack runs."""
+    try:
+        os.kill(int(record["pid"]), 0)
+    except OSError:  # gone, or another user's process that took the pid
+        return False
+    return True
+
+
+def read_local_stack_record() -> dict[str, Any] | None:
+    """The running local stack's addresses, or None if there is none alive."""
+    record = read_stack_record(local_stack_record_path())
+    return record if record is not None and owner_alive(record) else None
+
+
+def local_stack_records() -> list[dict[str, Any]]:
+    """The records of every local stack whose owner runs, ``yadtq local up``'s first."""
+    pointer = read_local_stack_record()
+    records = [pointer] if pointer is not None else []
+    for path in sorted(local_stacks_dir().glob("*.json")):
+        record = read_stack_record(path)
+        if record is None or not owner_alive(record):
+            continue
+        if pointer is None or record.get("id") != pointer.get("id"):
+            records.append(record)
+    return records
+
+
+def record_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The client settings a stack's record holds (its ``environment``, else its secret)."""
+    settings = _parse_environment(record.get("environment") or {})
+    if record.get("secret"):
+        settings.setdefault("secret", record["secret"])
+    return settings
+
+
 def _from_environment() -> dict[str, Any]:
+    settings = _parse_environment(os.environ)
+    kafka_options = {
+        option: os.environ[variable]
+        for option, variable in _KAFKA_OPTIONS.items() if os.environ.get(variable)
+    }
+    if kafka_options:
+        settings["kafka_options"] = kafka_options
+    return settings
+
+
+def _parse_environment(environment: Mapping[str, str]) -> dict[str, Any]:
+    """The settings ``YADTQ_*`` variables in ``environment`` name (empty ones are unset)."""
     settings: dict[str, Any] = {}
     for name, (variable, convert) in _ENV_SETTINGS.items():
-        raw = os.environ.get(variable)
+        raw = environment.get(variable)
         if raw in (None, ""):
             continue
         try:
@@ -256,12 +319,6 @@ def _from_environment() -> dict[str, Any]:
             raise ConfigurationError(
                 f"{variable}={raw!r} is not a valid {convert.__name__}; fix or unset it"
             ) from None
-    kafka_options = {
-        option: os.environ[variable]
-        for option, variable in _KAFKA_OPTIONS.items() if os.environ.get(variable)
-    }
-    if kafka_options:
-        settings["kafka_options"] = kafka_options
     return settings
 
 
@@ -294,7 +351,19 @@ def resolve_config(
             raise ConfigurationError(f"{' and '.join(missing)} not set; {NO_STACK_HELP}")
         merged.setdefault("bootstrap", record["bootstrap"])
         merged.setdefault("redis_url", record["redis_url"])
-        if record.get("secret"):  # its workers trust code signed with it
-            merged.setdefault("secret", record["secret"])
         source = f"local stack ({local_stack_record_path()})"
+    else:
+        record = _stack_at(merged["bootstrap"], merged["redis_url"])
+    if record is not None:  # its workers expect its secret, queue, key prefix ...
+        merged = {**record_settings(record), **merged}
     return Config(**merged, source=source)
+
+
+def _stack_at(bootstrap: str, redis_url: str) -> dict[str, Any] | None:
+    """The record of the running local stack at these addresses, if there is one."""
+    for record in local_stack_records():
+        if record.get("owns_servers") is False and not record.get("pointer"):
+            continue  # workers on servers another record speaks for
+        if (record.get("bootstrap"), record.get("redis_url")) == (bootstrap, redis_url):
+            return record
+    return None

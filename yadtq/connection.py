@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from yadtq.local import LocalCluster
 
 LOCAL = "local"
+READY_TIMEOUT = 60.0  # seconds a stack connect() starts gets for its workers to join
 
 
 def connect(
@@ -36,8 +37,11 @@ def connect(
         target: None to use arguments, then ``YADTQ_BOOTSTRAP``/``YADTQ_REDIS_URL``,
             then a running ``yadtq local up`` stack; ``"local"`` to attach to a
             running local stack or, if there is none, start one (with ``workers``
-            worker processes) that lives until the client is closed; a
-            :class:`~yadtq.config.Config` or a started ``LocalCluster`` to use its servers.
+            worker processes) that lives until the client is closed, and return
+            once its workers hold the queue's partitions, so the first task runs at
+            once; a :class:`~yadtq.config.Config` or a started ``LocalCluster`` to
+            use its servers. Addresses of a running local stack bring its other
+            settings (its secret, queue, key prefix) unless they are given.
         bootstrap: Kafka bootstrap servers, ``host:port[,host:port]``.
         redis_url: Redis URL, e.g. ``redis://localhost:6379/0``.
         queue: queue name (default ``"default"``).
@@ -47,6 +51,8 @@ def connect(
     Raises:
         ConfigurationError: no servers are configured and ``target`` is not "local".
         ConnectionFailed: Kafka or Redis did not answer; names the address tried.
+        TimeoutError: the workers of a stack this call started did not take their
+            partitions within a minute (the stack is stopped).
     """
     display.register()
     if isinstance(target, Config):
@@ -77,6 +83,11 @@ def _start_owned_local_stack(
         client = NotebookClient(cluster.config, on_close=cluster.stop)
     except BaseException:
         cluster.stop()
+        raise
+    try:
+        cluster.wait_ready(READY_TIMEOUT, client=client)
+    except BaseException:
+        client.close()  # stops the cluster too
         raise
     # A client never closed is closed at exit before the stack stops (atexit runs
     # last-registered first, weakref finalizers after), so it does not watch its

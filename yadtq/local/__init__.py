@@ -8,14 +8,20 @@ adds ``python -m worker_node`` processes on top. Both are context managers that 
 their children: they stop them on exit, also when starting fails halfway, and at
 interpreter exit if the owner forgot to.
 
-Children run in their own session, so a Ctrl-C in the terminal reaches only the
-owner, which then stops workers before the servers they report to.
+Children run in a process group of their stack's own, so a Ctrl-C in the terminal
+reaches only the owner, which then stops workers before the servers they report to.
+If the owner dies without doing so (SIGKILL, a default SIGTERM or SIGHUP), the
+stack's watchdog stops the whole group within seconds and removes its folders and
+records. Every running stack has a record, so ``yadtq local status`` lists and
+``yadtq local down`` stops it, whoever owns it.
 
 Its modules, none importing one named after it: ``processes`` (start, watch and stop a
 child), ``servers`` (find Tansu and Redis, their commands, when they answer),
 ``apache_kafka`` (its jars via Maven, a KRaft node's config; Maven's file is in
-``java/``), ``stack`` (:class:`LocalStack`), ``cluster`` (:class:`LocalCluster` and
-its record). ``yadtq.local`` is the import path; the modules may change.
+``java/``), ``watchdog`` (the process that stops a stack whose owner died),
+``supervision`` (the owner's side: the watchdog and the stack's record), ``stack``
+(:class:`LocalStack`), ``cluster`` (:class:`LocalCluster`), ``registry`` (every
+stack's record, for the CLI). ``yadtq.local`` is the import path; the modules may change.
 """
 
 from yadtq.local.cluster import LocalCluster

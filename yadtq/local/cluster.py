@@ -2,14 +2,15 @@
 
 The cluster starts ``python -m worker_node`` processes against a :class:`LocalStack`
 it owns (or one it is given, or servers already running), restarts exited ones
-with backoff, and with ``record=True`` writes the owner-only record through which
+with backoff, and records them with the stack's :class:`Supervisor` (its own, on
+servers it does not own), whose watchdog stops them if the owner dies. With
+``record=True`` the record is also the machine's default stack, through which
 ``yadtq.connect()`` in other processes finds it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import secrets
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from yadtq.client import Client
 from yadtq.config import (
     Config,
     local_stack_record_path,
@@ -32,6 +34,7 @@ from yadtq.config import (
 from yadtq.errors import ConfigurationError
 from yadtq.local.processes import ChildProcess, spawn, stop_all
 from yadtq.local.stack import LocalStack
+from yadtq.local.supervision import Supervisor
 
 # replace_exited_workers: seconds before a restart, doubling per restart of one name,
 # and how long a worker must have run for its next restart to come quickly again.
@@ -49,10 +52,12 @@ class LocalCluster:
     random one is made for the cluster, so only clients given :attr:`config`
     (or, with ``record=True``, the owner-only record) can sign code for them.
     Pass ``stack=`` to run workers against a stack someone else owns (it is then
-    left running on exit). With ``record=True`` the addresses are written to
+    left running on exit). Every cluster is listed by ``yadtq local status`` and
+    stopped by ``yadtq local down`` (see :mod:`yadtq.local.supervision`); with
+    ``record=True`` it is also the machine's default stack, recorded at
     :func:`yadtq.config.local_stack_record_path`, where ``yadtq.connect()`` in
-    other processes finds them. Worker output goes to ``worker-<name>.log`` in the
-    stack's data dir.
+    other processes finds it. Worker output goes to ``worker-<name>.log`` in the
+    stack's data dir. :meth:`wait_ready` waits until the workers can take tasks.
 
     Example::
 
@@ -123,6 +128,7 @@ class LocalCluster:
         self._exit_noticed: dict[int, float] = {}
         self._restart_delay: dict[str, float] = {}
         self._finalizer: weakref.finalize | None = None
+        self._supervisor: Supervisor | None = None
 
     @property
     def stack(self) -> LocalStack:
@@ -162,22 +168,69 @@ class LocalCluster:
                 bootstrap, redis_url = external.bootstrap, external.redis_url
                 self._owned_log_dir = tempfile.mkdtemp(prefix="yadtq-workers-")
                 self._log_dir = Path(self._owned_log_dir)
+                self._supervisor = Supervisor(broker="external", data_dir=self._owned_log_dir,
+                                              owns_servers=False)
+                self._supervisor.remove_on_exit(self._log_dir)
             else:
                 if self._stack is None:
                     self._stack = LocalStack(self._data_dir, broker=self._broker,
                                              nodes=self._kafka_nodes).start()
                 bootstrap, redis_url = self._stack.bootstrap, self._stack.redis_url
                 self._log_dir = self._stack.data_dir
+                self._supervisor = self._stack.supervisor if self._owns_stack else Supervisor(
+                    broker=self._stack.broker, data_dir=str(self._log_dir), owns_servers=False)
             self._config = self._settings.with_overrides(bootstrap=bootstrap,
                                                          redis_url=redis_url)
+            self._supervisor.update(
+                bootstrap=bootstrap, redis_url=redis_url, queue=self._config.queue,
+                key_prefix=self._config.key_prefix, secret=self._config.secret,
+                environment=client_environment(self._config))
             for _ in range(self.initial_workers):
                 self.start_worker()
             if self.record:
-                self._write_record()
+                self._supervisor.point_at(local_stack_record_path())
         except BaseException:
             self.stop()
             raise
         return self
+
+    def wait_ready(self, timeout: float = 60.0, client: Client | None = None) -> None:
+        """Wait until the running workers hold every partition of the queue between them.
+
+        Until then the first task waits for the consumer group to form (about 5 s on a
+        fresh stack), and the first worker to join takes every task. ``yadtq local up``
+        says "up", and ``connect("local")`` returns, only after this.
+
+        Args:
+            timeout: seconds to wait.
+            client: a client of this cluster to ask (default: one made for the wait).
+
+        Raises:
+            ConfigurationError: every worker exited; the message quotes a log.
+            TimeoutError: the workers did not settle within ``timeout`` seconds.
+        """
+        count = sum(worker.alive for worker in self._workers)
+        if count == 0:
+            return
+        asker = client if client is not None else Client(self.config)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    asker.wait_for_workers(count, timeout=min(1.0, timeout))
+                    return
+                except TimeoutError:
+                    if time.monotonic() > deadline:
+                        raise
+                if not any(worker.alive for worker in self._workers):
+                    last = self._workers[-1]
+                    raise ConfigurationError(
+                        f"every worker exited before taking tasks; {last.name} exited with "
+                        f"code {last.popen.returncode}, its log ({last.log_path}) ends with:\n"
+                        f"{last.log_tail()}")
+        finally:
+            if client is None:
+                asker.close()
 
     def start_worker(self, name: str | None = None) -> ChildProcess:
         """Start one more worker process (named ``local-worker-<n>`` unless given)."""
@@ -206,10 +259,10 @@ class LocalCluster:
                **self.worker_env}
         assert self._log_dir is not None
         log_path = self._log_dir / f"worker-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.log"
-        worker = spawn(name, command, log_path, env=env)
+        worker = spawn(name, command, log_path, group=self.supervisor.group, env=env)
         self._workers.append(worker)
-        if self.record and self._config is not None and self._record_is_ours():
-            self._write_record()
+        self.supervisor.add_child(worker)
+        self.supervisor.update(workers=sorted({w.name for w in self._workers if w.alive}))
         return worker
 
     def replace_exited_workers(self) -> list[ChildProcess]:
@@ -250,17 +303,28 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop the workers (SIGTERM, SIGKILL after ``stop_timeout``), then an owned stack."""
-        self._remove_record()
+        if self._supervisor is not None:
+            self._supervisor.drop_pointer()  # first, so no new client connects to it
         if self._finalizer is not None:
             self._finalizer()  # stops the workers once
         self._workers.clear()
-        if self._owns_stack and self._stack is not None:
-            self._stack.stop()
-            self._stack = None
         if self._owned_log_dir is not None:
             shutil.rmtree(self._owned_log_dir, ignore_errors=True)
             self._owned_log_dir = None
+        if self._owns_stack and self._stack is not None:
+            self._stack.stop()  # closes the supervisor the cluster shares with it
+            self._stack = None
+        elif self._supervisor is not None:
+            self._supervisor.close()
+        self._supervisor = None
         self._config = None
+
+    @property
+    def supervisor(self) -> Supervisor:
+        """The record and watchdog of this cluster's processes (its stack's, if it owns one)."""
+        if self._supervisor is None:
+            raise RuntimeError("the local cluster is not started; call start() or use `with`")
+        return self._supervisor
 
     def _external_servers(self) -> Config | None:
         """The servers to use instead of an embedded stack, if any were asked for."""
@@ -307,50 +371,6 @@ class LocalCluster:
                 f"{local_stack_record_path()} if that process is not yadtq"
             )
 
-    def _record(self) -> dict[str, Any]:
-        config = self.config
-        return {
-            "pid": os.getpid(),
-            "bootstrap": config.bootstrap,
-            "broker": self._stack.broker if self._stack is not None else "external",
-            "redis_url": config.redis_url,
-            "queue": config.queue,
-            "key_prefix": config.key_prefix,
-            "secret": config.secret,  # the file is the owner's only
-            "workers": [w.name for w in self._workers if w.alive],
-            "data_dir": str(self._log_dir),
-            "started_at": time.time(),
-        }
-
-    def _write_record(self) -> None:
-        """Write the record atomically, so a reader never sees half a file."""
-        path = local_stack_record_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        # Owner-only: the Redis URL in it may carry a password.
-        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            file.write(json.dumps(self._record(), indent=2) + "\n")
-        os.replace(partial, path)
-
-    def _record_is_ours(self) -> bool:
-        try:
-            record = json.loads(local_stack_record_path().read_text())
-        except (OSError, ValueError):
-            return False
-        return (
-            isinstance(record, dict)
-            and record.get("pid") == os.getpid()
-            and self._config is not None
-            and record.get("bootstrap") == self._config.bootstrap
-        )
-
-    def _remove_record(self) -> None:
-        """Remove the record first, so no new client connects to a stack that is stopping."""
-        if self.record and self._record_is_ours():
-            with contextlib.suppress(FileNotFoundError):
-                local_stack_record_path().unlink()
-
     def __enter__(self) -> LocalCluster:
         return self.start()
 
@@ -363,3 +383,12 @@ class LocalCluster:
         trust = ", trusting code signed with its secret" if self._config and \
             self._settings.trust_code else ""
         return f"<LocalCluster {state} workers={alive} alive{trust}>"
+
+
+def client_environment(config: Config) -> dict[str, str]:
+    """The ``YADTQ_*`` variables a client of ``config``'s workers needs: its addresses and
+    every setting not at its default (the secret too), but not the workers' own
+    ``YADTQ_TRUST_CODE``."""
+    defaults = Config(bootstrap="", redis_url="").to_environment()
+    return {name: value for name, value in config.to_environment().items()
+            if value and value != defaults.get(name) and name != "YADTQ_TRUST_CODE"}

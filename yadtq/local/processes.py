@@ -1,20 +1,25 @@
 """Child processes of the local stack (top layer, in ``local``): start, watch and stop them.
 
-Every child runs in its own session with its output in a log file (a pipe could
-fill and block it), so a Ctrl-C in the terminal reaches only the owner, which then
-stops its children in order.
+Every child runs in its stack's process group (led by the stack's watchdog, see
+:mod:`yadtq.local.watchdog`), not the owner's, with its output in a log file (a pipe
+could fill and block it). So a Ctrl-C in the terminal reaches only the owner, which
+then stops its children in order, and the watchdog can stop the whole group,
+grandchildren included, if the owner dies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 
@@ -71,11 +76,20 @@ def distinct_free_ports(count: int) -> list[int]:
     return ports
 
 
+def in_process_group(group: int) -> dict[str, Any]:
+    """``Popen`` options that put the child in process group ``group`` (0: a new one) before
+    it runs its program, so it cannot fork anything outside the group first."""
+    if sys.version_info >= (3, 11):
+        return {"process_group": group}
+    return {"preexec_fn": lambda: os.setpgid(0, group)}  # Python 3.10 has no process_group
+
+
 def spawn(
-    name: str, command: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
-    stop_grace: float | None = None,
+    name: str, command: Sequence[str], log_path: Path, *, group: int,
+    env: dict[str, str] | None = None, stop_grace: float | None = None,
 ) -> ChildProcess:
-    """Start a child in its own session, writing to a log file (a pipe could fill and block it)."""
+    """Start a child in process group ``group``, writing to a log file (a pipe could fill
+    and block it)."""
     with open(log_path, "ab") as log:
         popen = subprocess.Popen(
             list(command),
@@ -83,7 +97,7 @@ def spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
-            start_new_session=True,
+            **in_process_group(group),
         )
     return ChildProcess(name, popen, log_path, stop_grace)
 

@@ -2,7 +2,9 @@
 
 It chooses free loopback ports, starts the broker(s) and Redis as child processes,
 waits until each answers, and stops them all on exit, also when starting fails
-halfway and at interpreter exit if the owner forgot to.
+halfway and at interpreter exit if the owner forgot to. Its :class:`Supervisor`
+records it for ``yadtq local status``/``down`` and has its watchdog stop the
+servers and remove the temporary data dir if the owner dies without stopping it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from yadtq.local.servers import (
     resolve_redis_binary,
     tansu_command,
 )
+from yadtq.local.supervision import Supervisor
 
 TANSU, APACHE_KAFKA = "tansu", "apache-kafka"
 BROKERS = (TANSU, APACHE_KAFKA)
@@ -50,12 +53,15 @@ BROKERS = (TANSU, APACHE_KAFKA)
 KAFKA_STOP_GRACE = 3.0
 
 
-def _cleanup(children: list[ChildProcess], owned: dict[str, Path], timeout: float) -> None:
-    """Stop what is left and remove a temporary data dir (also run at interpreter exit)."""
+def _cleanup(children: list[ChildProcess], owned: dict[str, Path], timeout: float,
+             supervisor: Supervisor) -> None:
+    """Stop what is left, remove a temporary data dir and the record (also run at
+    interpreter exit)."""
     stop_all(children, timeout)
     children.clear()
     if "dir" in owned:
         shutil.rmtree(owned.pop("dir"), ignore_errors=True)
+    supervisor.close()
 
 
 class LocalStack:
@@ -113,6 +119,7 @@ class LocalStack:
         self._children: list[ChildProcess] = []  # shared with the exit-time finalizer
         self._owned_dir: dict[str, Path] = {}  # a temporary data dir, removed on stop
         self._finalizer: weakref.finalize | None = None
+        self._supervisor: Supervisor | None = None
 
     @property
     def running(self) -> bool:
@@ -121,7 +128,8 @@ class LocalStack:
 
     def keep_data_dir(self) -> Path | None:
         """Keep a temporary data dir (its logs) when the stack stops; returns it."""
-        self._owned_dir.pop("dir", None)
+        if self._owned_dir.pop("dir", None) is not None and self._supervisor is not None:
+            self._supervisor.keep(self.data_dir)
         return self.data_dir
 
     @property
@@ -145,6 +153,14 @@ class LocalStack:
     def broker_port(self, name: str) -> int:
         """The port broker ``name`` listens on (it keeps it across a restart)."""
         return self._broker_ports[name]
+
+    @property
+    def supervisor(self) -> Supervisor:
+        """The stack's record and watchdog; a :class:`LocalCluster` of it records its workers
+        there too."""
+        if self._supervisor is None:
+            raise RuntimeError("the local stack is not started; call start() or use `with`")
+        return self._supervisor
 
     @property
     def processes(self) -> list[ChildProcess]:
@@ -177,8 +193,12 @@ class LocalStack:
         else:
             self.data_dir = self._requested_dir
             self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._supervisor = Supervisor(broker=self.broker, data_dir=str(self.data_dir),
+                                      owns_servers=True)
+        if "dir" in self._owned_dir:
+            self._supervisor.remove_on_exit(self.data_dir)
         self._finalizer = weakref.finalize(
-            self, _cleanup, self._children, self._owned_dir, self.stop_timeout
+            self, _cleanup, self._children, self._owned_dir, self.stop_timeout, self._supervisor
         )
         try:
             if tansu is not None:
@@ -190,6 +210,7 @@ class LocalStack:
             else:
                 self._start_kafka_cluster()
             self._launch_redis(port=None)
+            self._supervisor.update(bootstrap=self.bootstrap, redis_url=self.redis_url)
         except BaseException:
             self.stop()
             raise
@@ -212,7 +233,7 @@ class LocalStack:
         self._require_running()
         assert self._redis is not None
         stop_all([self._redis], self.stop_timeout)
-        self._children.remove(self._redis)
+        self._forget(self._redis)
         self._redis = None
         self._launch_redis(port=self._redis_port)
 
@@ -229,7 +250,7 @@ class LocalStack:
         except subprocess.TimeoutExpired:
             child.popen.kill()
             child.popen.wait()
-        self._children.remove(child)
+        self._forget(child)
 
     def start_broker(self, name: str) -> None:
         """Start a killed Apache Kafka node again on its ports and data, and wait for it."""
@@ -265,7 +286,7 @@ class LocalStack:
             except (ExitedDuringStartup, BrokerUnavailable):
                 stop_all(children, self.stop_timeout)
                 for child in children:
-                    self._children.remove(child)
+                    self._forget(child)
                 self._brokers.clear()
                 self._kafka_nodes.clear()
                 if attempt == 3:
@@ -280,7 +301,7 @@ class LocalStack:
         formats = [
             spawn(f"format-kafka-{node.node_id}",
                   apache_kafka.format_command(self._classpath, node, cluster_id),
-                  self.data_dir / f"kafka-{node.node_id}.log")
+                  self.data_dir / f"kafka-{node.node_id}.log", group=self.supervisor.group)
             for node in nodes
         ]
         for child in formats:
@@ -293,9 +314,8 @@ class LocalStack:
     def _spawn_kafka_node(self, node: KRaftNode) -> ChildProcess:
         assert self.data_dir is not None and self._classpath is not None
         name = f"kafka-{node.node_id}"
-        child = spawn(name, apache_kafka.server_command(self._classpath, node),
-                      self.data_dir / f"{name}.log", stop_grace=KAFKA_STOP_GRACE)
-        self._children.append(child)
+        child = self._spawn(name, apache_kafka.server_command(self._classpath, node),
+                            stop_grace=KAFKA_STOP_GRACE)
         self._brokers[name], self._broker_ports[name] = child, node.port
         self._kafka_nodes[name] = node
         return child
@@ -330,8 +350,7 @@ class LocalStack:
         attempts = 1 if port is not None else 3
         for attempt in range(1, attempts + 1):
             chosen = port if port is not None else free_port()
-            child = spawn(name, command_for(chosen), self.data_dir / f"{name}.log")
-            self._children.append(child)
+            child = self._spawn(name, command_for(chosen))
             try:
                 wait_until_answers(
                     child, functools.partial(answers, chosen), self.startup_timeout,
@@ -339,12 +358,27 @@ class LocalStack:
                 )
                 return child, chosen
             except ExitedDuringStartup as exc:
-                self._children.remove(child)
+                self._forget(child)
                 if attempt == attempts:
                     raise error(str(exc)) from None
             except TimeoutError as exc:
                 raise error(str(exc)) from None
         raise AssertionError("unreachable")
+
+    def _spawn(self, name: str, command: list[str],
+               stop_grace: float | None = None) -> ChildProcess:
+        """Start a server in the stack's process group, logging to ``<name>.log``; record it."""
+        assert self.data_dir is not None
+        child = spawn(name, command, self.data_dir / f"{name}.log", group=self.supervisor.group,
+                      stop_grace=stop_grace)
+        self._children.append(child)
+        self.supervisor.add_child(child)
+        return child
+
+    def _forget(self, child: ChildProcess) -> None:
+        """Drop a server that was stopped or failed from the stack and its record."""
+        self._children.remove(child)
+        self.supervisor.remove_child(child)
 
     def _require_running(self) -> None:
         if not self.running:
