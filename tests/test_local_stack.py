@@ -246,7 +246,7 @@ def test_status_without_any_configuration_says_how_to_start_and_exits_1(tmp_path
     assert done.stdout == ""
 
 
-def test_local_up_prints_exports_records_itself_and_stops_cleanly_on_sigterm(
+def test_local_up_points_at_local_env_records_itself_and_stops_cleanly_on_sigterm(
     tmp_path: Path,
 ) -> None:
     # Given `yadtq local up` running with no workers
@@ -260,18 +260,23 @@ def test_local_up_prints_exports_records_itself_and_stops_cleanly_on_sigterm(
     reader = threading.Thread(target=lambda: [lines.put(line) for line in up.stdout], daemon=True)
     reader.start()
     try:
-        # When it is up, it prints the exports for other shells
+        # When it is up, it tells other shells to eval `yadtq local env`, not a partial export
         deadline = time.monotonic() + 60
         seen: list[str] = []
-        while not any(line.startswith("export ") for line in seen):
+        while not any("yadtq local env" in line for line in seen):
             try:
                 seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
-                pytest.fail(f"no export line from `yadtq local up`; saw {seen!r}")
-        exports = dict(word.split("=", 1) for word in seen[-1].split()[1:])
+                pytest.fail(f"no pointer to `yadtq local env` from `yadtq local up`; saw {seen!r}")
+        assert not any(line.startswith("export ") for line in seen)
+        env = subprocess.run([sys.executable, "-m", "yadtq", "local", "env"], env=cli_env(home),
+                             capture_output=True, text=True, timeout=60)
+        exports = dict(line.split(" ", 1)[1].split("=", 1) for line in env.stdout.splitlines()
+                       if line.startswith("export "))
         record = json.loads((home / "local-stack.json").read_text())
         assert exports == {
             "YADTQ_BOOTSTRAP": record["bootstrap"], "YADTQ_REDIS_URL": record["redis_url"],
+            "YADTQ_SECRET": record["secret"],
         }
         client = redis.Redis.from_url(exports["YADTQ_REDIS_URL"])
         assert client.ping()
@@ -281,12 +286,13 @@ def test_local_up_prints_exports_records_itself_and_stops_cleanly_on_sigterm(
         up.send_signal(signal.SIGTERM)
         assert up.wait(timeout=30) == 0, up.stderr.read() if up.stderr else ""
         assert not (home / "local-stack.json").exists()
+        assert not list((home / "stacks").glob("*.json"))
         client = redis.Redis.from_url(exports["YADTQ_REDIS_URL"], socket_connect_timeout=1)
         with pytest.raises(redis.ConnectionError):
             client.ping()
         client.close()
     finally:
-        if up.poll() is None:  # SIGTERM first: its servers run in their own session
+        if up.poll() is None:  # SIGTERM first: it stops its servers in order
             up.terminate()
             try:
                 up.wait(timeout=30)

@@ -209,25 +209,25 @@ class LocalCluster:
             ConfigurationError: every worker exited; the message quotes a log.
             TimeoutError: the workers did not settle within ``timeout`` seconds.
         """
-        count = sum(worker.alive for worker in self._workers)
-        if count == 0:
+        if not any(worker.alive for worker in self._workers):
             return
         asker = client if client is not None else Client(self.config)
         deadline = time.monotonic() + timeout
         try:
             while True:
+                count = sum(worker.alive for worker in self._workers)  # one may have died
+                if count == 0:
+                    last = self._workers[-1]
+                    raise ConfigurationError(
+                        f"every worker exited before taking tasks; {last.name} exited with "
+                        f"code {last.popen.returncode}, its log ({last.log_path}) ends with:\n"
+                        f"{last.log_tail()}")
                 try:
                     asker.wait_for_workers(count, timeout=min(1.0, timeout))
                     return
                 except TimeoutError:
                     if time.monotonic() > deadline:
                         raise
-                if not any(worker.alive for worker in self._workers):
-                    last = self._workers[-1]
-                    raise ConfigurationError(
-                        f"every worker exited before taking tasks; {last.name} exited with "
-                        f"code {last.popen.returncode}, its log ({last.log_path}) ends with:\n"
-                        f"{last.log_tail()}")
         finally:
             if client is None:
                 asker.close()
