@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from yadtq import protocol
+from yadtq.acceptance import Acceptance
 from yadtq.backend import PIPELINE_CHUNK, RedisBackend
 from yadtq.batch import TaskBatch
 from yadtq.broker import TaskProducer, create_topics
@@ -62,6 +63,7 @@ class Client:
         self._lone_producer = TaskProducer(config)  # submits: each message sent at once
         self._events = EventListener(self.backend)
         self._store = RedisTaskStore(self.backend)
+        self._acceptance = Acceptance(config, self.backend.workers)
         self._on_close = on_close
         self._closed = False
 
@@ -80,6 +82,8 @@ class Client:
             UntrustedCode: ``task`` is not registered and there is no secret.
             MessageTooLarge: the message is over ``max_message_bytes``, or pickled
                 arguments over ``max_payload_bytes``.
+            SecretMismatch: the queue has live workers, and none would run a task
+                signed (or not) as this client signs it (nothing is sent).
         """
         return self.submit_with(task, args, kwargs)
 
@@ -109,6 +113,7 @@ class Client:
         shipment = Shipment(task, self.config)
         message = shipment.message(args, kwargs, **_options(
             timeout, max_retries, retry_on, retry_backoff))
+        self._acceptance.check(message.needs_trust)
         payload = protocol.encode(message, self.config.max_message_bytes, self.config.secret)
         future = self._future(message, args, kwargs or {})
         self._events.start()
@@ -149,6 +154,7 @@ class Client:
 
         Raises:
             TypeError: an item's argument is not JSON-serialisable; names the item.
+            SecretMismatch: as for :meth:`submit` (nothing is sent).
         """
         shipment = Shipment(task, self.config)
         batch_id = protocol.new_batch_id()
@@ -164,6 +170,7 @@ class Client:
             calls.append((args, kwargs))
             payloads.append(protocol.encode(message, self.config.max_message_bytes,
                                             self.config.secret))
+        self._acceptance.check(any(m.needs_trust for m in messages))
         batch = TaskBatch(batch_id, shipment.name, [m.id for m in messages], self._store,
                           args=[args for args, _ in calls],
                           kwargs=[kwargs or None for _, kwargs in calls])
