@@ -64,6 +64,7 @@ class Client:
         self._events = EventListener(self.backend)
         self._store = RedisTaskStore(self.backend)
         self._acceptance = Acceptance(config, self.backend.workers)
+        self._warned: set[tuple[str, tuple[str, ...]]] = set()  # (worker, settings) told of
         self._on_close = on_close
         self._closed = False
 
@@ -355,11 +356,7 @@ class Client:
             rows = self.worker_rows()
             alive = [row for row in rows if row["status"] == "alive"]
             if _settled(alive, count):
-                for row in alive:
-                    if row["settings_differ"]:
-                        logger.warning("worker %s of queue %r differs from this client in: %s; "
-                                       "start it with the same YADTQ_* settings", row["name"],
-                                       self.config.queue, row["settings_differ"])
+                self._warn_of_differences(alive)
                 return alive
             if time.monotonic() > deadline:
                 raise TimeoutError(
@@ -367,6 +364,18 @@ class Client:
                     f"{self.config.tasks_topic}; last seen:\n{format_rows(rows)}"
                 )
             time.sleep(0.1)
+
+    def _warn_of_differences(self, alive: list[dict[str, Any]]) -> None:
+        """Warn, once per client and worker, of settings in which a live worker differs
+        but that do not stop its tasks (a secret that does is ``SecretMismatch``)."""
+        for row in alive:
+            differ = [name for name in row["settings_differ"].split(",")
+                      if name and name != "secret_digest"]
+            if differ and (row["name"], tuple(differ)) not in self._warned:
+                self._warned.add((row["name"], tuple(differ)))
+                logger.warning("worker %s of queue %r differs from this client in: %s; start "
+                               "it with the same YADTQ_* settings", row["name"],
+                               self.config.queue, ",".join(differ))
 
     # --- lifecycle ---------------------------------------------------------
 
