@@ -52,7 +52,7 @@ class Admission:
         ``record_signed`` is False for a task claimed from a record no holder of
         the secret wrote (``RedisBackend.claim_named``).
         """
-        if not record_signed and self.config.signatures_required:
+        if not record_signed and (self.config.signatures_required or message.needs_trust):
             return UnsignedTask(
                 f"task {message.id} ({message.task!r}) was submitted without a valid "
                 f"signature, and this worker ({self._worker}) requires signed tasks: the "
