@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap=args.bootstrap, redis_url=args.redis_url, queue=args.queue,
             key_prefix=args.key_prefix, heartbeat_interval=args.heartbeat_interval,
             lease_seconds=args.lease_seconds, partitions=args.partitions,
-            default_timeout=args.default_timeout, trust_code=args.trust_code,
+            default_timeout=args.default_timeout, trust_code=args.trust_code, audience="worker",
         )
         worker = Worker(config, name=args.name, concurrency=args.concurrency,
                         task_modules=args.tasks or DEFAULT_TASK_MODULES, mode=args.mode,

@@ -143,13 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _connect(args: argparse.Namespace) -> Any:
     # Imported here so that `yadtq local up` and `--help` do not load the client stack.
+    from yadtq.config import resolve_config
     from yadtq.connection import connect
 
-    return connect(
+    return connect(resolve_config(
         bootstrap=getattr(args, "bootstrap", None),
         redis_url=getattr(args, "redis_url", None),
         queue=getattr(args, "queue", None),
-    )
+        audience="cli",
+    ))
 
 
 def _print_result(client: Any, future: Any, timeout: float | None) -> None:
