@@ -19,6 +19,7 @@ from importlib import resources
 from types import FrameType
 from typing import Any
 
+from yadtq import __version__
 from yadtq.client import format_rows
 from yadtq.config import local_stack_record_path, read_local_stack_record, redacted_url
 from yadtq.errors import YadtqError
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start here: `yadtq local up` in one terminal, then `yadtq submit add 1 2 --wait` "
         "in another.",
     )
+    parser.add_argument("--version", action="version", version=f"yadtq {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     submit = commands.add_parser(

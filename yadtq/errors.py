@@ -5,6 +5,7 @@ value, the cause and what to do next::
 
     YadtqError
     ├── ConfigurationError        settings missing or contradictory
+    ├── ClientClosed              a call on a client after close() (also a RuntimeError)
     ├── ConnectionFailed          a server could not be reached
     │   ├── BrokerUnavailable     Kafka
     │   └── BackendUnavailable    Redis (down, stalled, restarting, failing over)
@@ -31,6 +32,10 @@ class YadtqError(Exception):
 
 class ConfigurationError(YadtqError):
     """Settings are missing or contradictory."""
+
+
+class ClientClosed(YadtqError, RuntimeError):
+    """A client was used after :meth:`~yadtq.Client.close`; nothing was sent."""
 
 
 class ConnectionFailed(YadtqError):
