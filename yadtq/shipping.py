@@ -79,10 +79,9 @@ class Shipment:
             raise UntrustedCode(
                 f"{what}, and this client has no shared secret to sign it with. Set "
                 "YADTQ_SECRET on this client to the secret of the workers (started with "
-                "--trust-code); or, for a local stack, connect with yadtq.connect(cluster) or "
-                "yadtq.connect('local') with no YADTQ_BOOTSTRAP/YADTQ_REDIS_URL set, which "
-                "take its secret from it; or register the function with @yadtq.task in a "
-                "module the workers load")
+                "--trust-code); or connect with yadtq.connect(cluster) or "
+                "yadtq.connect('local'), which take a local stack's secret from it; or "
+                "register the function with @yadtq.task in a module the workers load")
 
 
 def display_name(function: Callable[..., Any]) -> str:
