@@ -66,7 +66,6 @@ __all__ = [
 ]
 
 
-
 def _version() -> str:
     """The installed distribution's version; a checkout run from source reads its
     pyproject.toml, so a bug report names the code that ran."""
