@@ -54,6 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "pickled arguments, from messages signed with $YADTQ_SECRET only: "
                         "anyone with the secret can run code here (default: "
                         "$YADTQ_TRUST_CODE, else off: registered tasks only)")
+    parser.add_argument("--require-signed", action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help="refuse plain JSON calls of registered tasks that are not signed "
+                        "with $YADTQ_SECRET (code and pickles must always be signed) "
+                        "(default: $YADTQ_REQUIRE_SIGNED, else on when YADTQ_SECRET is set)")
     parser.add_argument("--default-timeout", type=float, metavar="SECONDS",
                         help="time limit for tasks that declare none (default: "
                         "$YADTQ_DEFAULT_TIMEOUT, else no limit)")
@@ -85,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap=args.bootstrap, redis_url=args.redis_url, queue=args.queue,
             key_prefix=args.key_prefix, heartbeat_interval=args.heartbeat_interval,
             lease_seconds=args.lease_seconds, partitions=args.partitions,
-            default_timeout=args.default_timeout, trust_code=args.trust_code, audience="worker",
+            default_timeout=args.default_timeout, trust_code=args.trust_code,
+            require_signed=args.require_signed, audience="worker",
         )
         worker = Worker(config, name=args.name, concurrency=args.concurrency,
                         task_modules=args.tasks or DEFAULT_TASK_MODULES, mode=args.mode,

@@ -231,7 +231,7 @@ def _workers(args: argparse.Namespace) -> int:
 
 
 def _worker_unit(args: argparse.Namespace) -> int:
-    """Print worker_node's systemd unit, shipped in the wheel (README, "Workers on VMs")."""
+    """Print worker_node's systemd unit, shipped in the wheel (docs/deployment.md)."""
     print(resources.files("worker_node").joinpath("yadtq-worker.service").read_text(), end="")
     return 0
 

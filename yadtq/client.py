@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from yadtq import protocol
+from yadtq.acceptance import Acceptance
 from yadtq.backend import PIPELINE_CHUNK, RedisBackend
 from yadtq.batch import TaskBatch
 from yadtq.broker import TaskProducer, create_topics
@@ -63,6 +64,8 @@ class Client:
         self._lone_producer = TaskProducer(config)  # submits: each message sent at once
         self._events = EventListener(self.backend)
         self._store = RedisTaskStore(self.backend)
+        self._acceptance = Acceptance(config, self.backend.workers)
+        self._warned: set[tuple[str, tuple[str, ...]]] = set()  # (worker, settings) told of
         self._on_close = on_close
         self._closed = False
 
@@ -81,6 +84,8 @@ class Client:
             UntrustedCode: ``task`` is not registered and there is no secret.
             MessageTooLarge: the message is over ``max_message_bytes``, or pickled
                 arguments over ``max_payload_bytes``.
+            SecretMismatch: the queue has live workers, and none would run a task
+                signed (or not) as this client signs it (nothing is sent).
         """
         return self.submit_with(task, args, kwargs)
 
@@ -112,6 +117,7 @@ class Client:
         shipment = Shipment(task, self.config)
         message = shipment.message(args, kwargs, **_options(
             timeout, max_retries, retry_on, retry_backoff))
+        self._acceptance.check(message.needs_trust)
         payload = protocol.encode(message, self.config.max_message_bytes, self.config.secret)
         future = self._future(message, args, kwargs or {})
         self._events.start()
@@ -152,6 +158,7 @@ class Client:
 
         Raises:
             TypeError: an item's argument is not JSON-serialisable; names the item.
+            SecretMismatch: as for :meth:`submit` (nothing is sent).
             ClientClosed: the client was closed (nothing is sent).
         """
         self._check_open()
@@ -169,6 +176,7 @@ class Client:
             calls.append((args, kwargs))
             payloads.append(protocol.encode(message, self.config.max_message_bytes,
                                             self.config.secret))
+        self._acceptance.check(any(m.needs_trust for m in messages))
         batch = TaskBatch(batch_id, shipment.name, [m.id for m in messages], self._store,
                           args=[args for args, _ in calls],
                           kwargs=[kwargs or None for _, kwargs in calls])
@@ -371,11 +379,7 @@ class Client:
             rows = self.worker_rows()
             alive = [row for row in rows if row["status"] == "alive"]
             if _settled(alive, count):
-                for row in alive:
-                    if row["settings_differ"]:
-                        logger.warning("worker %s of queue %r differs from this client in: %s; "
-                                       "start it with the same YADTQ_* settings", row["name"],
-                                       self.config.queue, row["settings_differ"])
+                self._warn_of_differences(alive)
                 return alive
             if time.monotonic() > deadline:
                 raise TimeoutError(
@@ -383,6 +387,18 @@ class Client:
                     f"{self.config.tasks_topic}; last seen:\n{format_rows(rows)}"
                 )
             time.sleep(0.1)
+
+    def _warn_of_differences(self, alive: list[dict[str, Any]]) -> None:
+        """Warn, once per client and worker, of settings in which a live worker differs
+        but that do not stop its tasks (a secret that does is ``SecretMismatch``)."""
+        for row in alive:
+            differ = [name for name in row["settings_differ"].split(",")
+                      if name and name != "secret_digest"]
+            if differ and (row["name"], tuple(differ)) not in self._warned:
+                self._warned.add((row["name"], tuple(differ)))
+                logger.warning("worker %s of queue %r differs from this client in: %s; start "
+                               "it with the same YADTQ_* settings", row["name"],
+                               self.config.queue, ",".join(differ))
 
     # --- lifecycle ---------------------------------------------------------
 

@@ -70,6 +70,9 @@ class Config:
     # A worker that trusts code runs functions shipped by value and loads pickled values,
     # from messages signed with ``secret`` only: anyone with the secret can run code on it.
     trust_code: bool = False
+    # Whether a worker refuses plain JSON calls of registered tasks that are not signed
+    # with ``secret``; None: yes when it has a secret. Code and pickles are always signed.
+    require_signed: bool | None = None
     # Pickled arguments and results larger than this go to Redis as blobs, not inline.
     inline_bytes: int = 64 * 1024
     max_payload_bytes: int = 256 * 1024 * 1024  # the largest pickled argument set or result
@@ -103,6 +106,11 @@ class Config:
                 "trust_code needs a shared secret: set YADTQ_SECRET (the same value on clients "
                 "and workers), so that only code signed with it runs"
             )
+        if self.require_signed and not self.secret:
+            raise ConfigurationError(
+                "require_signed needs a shared secret: set YADTQ_SECRET (the same value on "
+                "clients and workers), or unset YADTQ_REQUIRE_SIGNED"
+            )
         if not 0 < self.inline_bytes <= self.max_payload_bytes:
             raise ConfigurationError(
                 f"inline_bytes ({self.inline_bytes}) must be positive and at most "
@@ -113,6 +121,16 @@ class Config:
                 f"lease_seconds ({self.lease_seconds}) must be longer than heartbeat_interval "
                 f"({self.heartbeat_interval}) so that live workers can renew their leases"
             )
+
+    @property
+    def signatures_required(self) -> bool:
+        """True if a worker refuses unsigned plain calls (``require_signed``, else a secret)."""
+        return bool(self.secret) if self.require_signed is None else self.require_signed
+
+    @property
+    def secret_digest(self) -> str | None:
+        """A short digest that tells secrets apart without revealing one (heartbeats)."""
+        return hashlib.sha256(self.secret.encode()).hexdigest()[:12] if self.secret else None
 
     @property
     def redis_address(self) -> str:
@@ -153,13 +171,12 @@ class Config:
 
         The secret is represented by a digest of it, never the secret itself.
         """
-        digest = hashlib.sha256(self.secret.encode()).hexdigest()[:12] if self.secret else None
         return {
             "key_prefix": self.key_prefix, "result_ttl": self.result_ttl,
             "max_message_bytes": self.max_message_bytes, "lease_seconds": self.lease_seconds,
             "heartbeat_interval": self.heartbeat_interval,
             "default_timeout": self.default_timeout, "retry_backoff": self.retry_backoff,
-            "secret_digest": digest,
+            "secret_digest": self.secret_digest,
         }
 
     def with_overrides(self, **overrides: Any) -> Config:
@@ -220,6 +237,7 @@ _ENV_SETTINGS = {
     "retry_backoff": ("YADTQ_RETRY_BACKOFF", float),
     "secret": ("YADTQ_SECRET", str),
     "trust_code": ("YADTQ_TRUST_CODE", boolean),
+    "require_signed": ("YADTQ_REQUIRE_SIGNED", boolean),
     "inline_bytes": ("YADTQ_INLINE_BYTES", int),
     "max_payload_bytes": ("YADTQ_MAX_PAYLOAD_BYTES", int),
 }

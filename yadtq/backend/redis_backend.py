@@ -25,10 +25,12 @@ from redis.retry import Retry
 from yadtq.backend.keys import Keys
 from yadtq.backend.records import (
     PAYLOAD_FIELDS,
+    RECORD_SIG,
     decode_record,
     message_from_payload,
     own_values,
     payload,
+    record_signed,
     shared_fields,
     shares_fields,
     text,
@@ -43,13 +45,13 @@ from yadtq.backend.scripts import (
     ClaimTask,
     DueRetriesCall,
     EnqueueCall,
+    FailQueuedCall,
+    FailQueuedTask,
     FinishCall,
     FinishTask,
     RenewCall,
     RequeueCall,
     Scripts,
-    UndeliveredCall,
-    UndeliveredTask,
 )
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable
@@ -180,7 +182,7 @@ class RedisBackend:
         script that writes its record, once written, so a worker claims it from its
         record while Kafka takes the message (see :meth:`ring`).
         """
-        now = time.time()
+        now, secret = time.time(), self.config.secret
         # Messages of one submit or map share all but their own fields: one call a chunk.
         groups = [list(group) for chunk in _chunks(messages, PIPELINE_CHUNK)
                   for _, group in itertools.groupby(chunk, key=shares_fields)]
@@ -195,8 +197,9 @@ class RedisBackend:
             self._start_batch(pipe, batch_id, batch_total, now)
 
         for number, group in enumerate(groups):
-            call = EnqueueCall(batch_id, shared_fields(group[0], now),
-                               [(m.id, own_values(m)) for m in group],
+            shared = shared_fields(group[0], now)
+            call = EnqueueCall(batch_id, shared,
+                               [(m.id, own_values(m, shared, secret)) for m in group],
                                ring=ring if number == 0 else None, rings_kept=DOORBELL_RINGS)
             self._scripts.run(call, also=start_batch if number == 0 and starts_batch else None)
 
@@ -233,8 +236,9 @@ class RedisBackend:
         failed = 0
         first = True
         for chunk in list(_chunks(messages, PIPELINE_CHUNK)) or [[]]:
-            call = UndeliveredCall(time.time(), self.config.result_ttl, "BrokerUnavailable",
-                                   error, [UndeliveredTask(m.id, m.batch) for m in chunk])
+            call = FailQueuedCall(time.time(), self.config.result_ttl, "BrokerUnavailable",
+                                  error, "undelivered",
+                                  [FailQueuedTask(m.id, m.batch) for m in chunk])
             shrink = None
             if first and batch_id is not None and unwritten:
                 def shrink(pipe: redis.client.Pipeline) -> None:
@@ -271,20 +275,47 @@ class RedisBackend:
 
     def claim_named(
         self, task_id: str, worker_id: str, served: Sequence[str], now: float | None = None
-    ) -> tuple[TaskMessage | None, Claim]:
+    ) -> tuple[TaskMessage | None, Claim, bool]:
         """Claim a lone task by id, reading its message from its record: one round trip.
 
         A task whose name is not among ``served`` is left queued ("not served here")
-        for its Kafka message to reach a worker that serves it.
+        for its Kafka message to reach a worker that serves it. The third value says
+        whether the record was written by a holder of the secret (:func:`record_signed`),
+        which is all a worker that requires signatures has to go by: no message was read.
         """
         now = time.time() if now is None else now
-        [reply], [fields] = self._scripts.run(
+        [reply], [values] = self._scripts.run(
             self._claim_call([ClaimTask(task_id, None)], worker_id, now, limit=1, served=served),
-            also=lambda pipe: pipe.hmget(self.keys.task(task_id), *PAYLOAD_FIELDS))
+            also=lambda pipe: pipe.hmget(self.keys.task(task_id), *PAYLOAD_FIELDS, RECORD_SIG))
         claim = Claim.of(task_id, reply)
         if claim.attempt is None:
-            return None, claim
-        return message_from_payload(task_id, claim.attempt, payload(fields)), claim
+            return None, claim, False
+        fields = {**payload(values[:-1]), RECORD_SIG: text(values[-1])}
+        return (message_from_payload(task_id, claim.attempt, fields), claim,
+                record_signed(self.config.secret, task_id, fields))
+
+    def fail_refused(self, task_id: str, task: str | None, error_type: str, reason: str, *,
+                     authentic: bool, now: float | None = None) -> bool:
+        """End the record of a task whose message a worker refused (dead-lettered), so
+        its waiters learn why at once. Returns True if it was ended.
+
+        Only a queued record ends, and one written by a holder of the secret only when
+        the refused message was signed with it too (``authentic``): an unsigned or
+        forged copy of a good task leaves the task to its good message. A task with no
+        record (a plain message) gets a failed one.
+        """
+        status, batch, *values = self.redis.hmget(self.keys.task(task_id), "status", "batch",
+                                                  *PAYLOAD_FIELDS, RECORD_SIG)
+        if status is not None:
+            fields = {**payload(values[:-1]), RECORD_SIG: text(values[-1])}
+            if text(status) != TaskStatus.QUEUED.value or (
+                    not authentic and record_signed(self.config.secret, task_id, fields)):
+                return False
+        now = time.time() if now is None else now
+        call = FailQueuedCall(now, self.config.result_ttl, error_type, reason, "refused",
+                              [FailQueuedTask(task_id, text(batch) or None, task or "?")])
+        failed, _ = self._scripts.run(call)
+        return failed > 0
 
     def task_record(self, task_id: str) -> dict[str, Any] | None:
         """The decoded task hash, or None if Redis holds no record."""
@@ -371,10 +402,10 @@ class RedisBackend:
         return [Claim.of(message.id, reply)
                 for message, reply in zip(messages, replies, strict=True)]
 
-    @staticmethod
-    def _claim_task(message: TaskMessage, now: float, with_fields: bool) -> ClaimTask:
-        """A message's share of a claim, with the fields to create a missing record from."""
-        fields = unbatched_fields(message, now) if with_fields else None
+    def _claim_task(self, message: TaskMessage, now: float, with_fields: bool) -> ClaimTask:
+        """A message's share of a claim, with the fields to create a missing record from
+        (signed: the worker checked the message)."""
+        fields = unbatched_fields(message, now, self.config.secret) if with_fields else None
         return ClaimTask(message.id, message.batch, fields)
 
     def _claim_call(
