@@ -19,6 +19,7 @@ from importlib import resources
 from types import FrameType
 from typing import Any
 
+from yadtq import __version__
 from yadtq.client import format_rows
 from yadtq.config import local_stack_record_path, read_local_stack_record, redacted_url
 from yadtq.errors import YadtqError
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start here: `yadtq local up` in one terminal, then `yadtq submit add 1 2 --wait` "
         "in another.",
     )
+    parser.add_argument("--version", action="version", version=f"yadtq {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     submit = commands.add_parser(
@@ -143,13 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _connect(args: argparse.Namespace) -> Any:
     # Imported here so that `yadtq local up` and `--help` do not load the client stack.
+    from yadtq.config import resolve_config
     from yadtq.connection import connect
 
-    return connect(
+    return connect(resolve_config(
         bootstrap=getattr(args, "bootstrap", None),
         redis_url=getattr(args, "redis_url", None),
         queue=getattr(args, "queue", None),
-    )
+        audience="cli",
+    ))
 
 
 def _print_result(client: Any, future: Any, timeout: float | None) -> None:

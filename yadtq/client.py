@@ -25,6 +25,7 @@ from yadtq.config import Config
 from yadtq.errors import (
     BackendUnavailable,
     BrokerUnavailable,
+    ClientClosed,
     MessageTooLarge,
     TaskNotFound,
     YadtqError,
@@ -110,7 +111,9 @@ class Client:
 
         Raises:
             TypeError: an argument is not JSON-serialisable (nothing is sent).
+            ClientClosed: the client was closed (nothing is sent).
         """
+        self._check_open()
         shipment = Shipment(task, self.config)
         message = shipment.message(args, kwargs, **_options(
             timeout, max_retries, retry_on, retry_backoff))
@@ -156,7 +159,9 @@ class Client:
         Raises:
             TypeError: an item's argument is not JSON-serialisable; names the item.
             SecretMismatch: as for :meth:`submit` (nothing is sent).
+            ClientClosed: the client was closed (nothing is sent).
         """
+        self._check_open()
         shipment = Shipment(task, self.config)
         batch_id = protocol.new_batch_id()
         options = _options(timeout, max_retries, retry_on, retry_backoff)
@@ -264,8 +269,18 @@ class Client:
         return self._store.task_record(task_id)
 
     def history(self, task_id: str) -> list[dict[str, Any]]:
-        """Every attempt's events (claimed, success, failed, lease expired, refused, ...)."""
-        return self.backend.task_history(task_id)
+        """Every attempt's events (claimed, success, failed, lease expired, refused, ...).
+
+        A task whose record expired still shows the events kept of it; one never
+        claimed has none.
+
+        Raises:
+            TaskNotFound: Redis holds neither events nor a record for ``task_id``.
+        """
+        events = self.backend.task_history(task_id)
+        if not events:
+            self.task_record(task_id)  # raises for an id Redis never knew
+        return events
 
     def status(self, task_id: str) -> TaskStatus:
         """The task's current status in Redis.
@@ -322,8 +337,10 @@ class Client:
         """The queue's workers as dicts of :data:`WORKER_COLUMNS` (no pandas needed).
 
         ``status`` is judged from the heartbeats (alive, dead or stopped);
-        ``settings_differ`` names the shared settings (key prefix, lease, TTL, secret,
-        ...) in which the worker disagrees with this client, empty when they agree.
+        ``heartbeat_age`` is seconds, never negative (a worker's clock may run ahead);
+        ``started_at`` and ``last_heartbeat`` are unix seconds; ``settings_differ``
+        names the shared settings (key prefix, lease, TTL, secret, ...) in which the
+        worker disagrees with this client, empty when they agree.
         """
         now = time.time()
         expected = self.config.shared_settings()
@@ -333,11 +350,17 @@ class Client:
     def workers(self) -> pandas.DataFrame:
         """One row per registered worker (see :meth:`worker_rows`), as a DataFrame.
 
+        ``started_at`` and ``last_heartbeat`` are UTC timestamps, as the times of
+        ``TaskBatch.to_dataframe()`` are (``worker_rows`` keeps them unix seconds).
+
         Raises:
             ImportError: pandas is not installed (the ``notebook`` extra).
         """
         pandas = require("pandas", "Client.workers()")
-        return pandas.DataFrame(self.worker_rows(), columns=WORKER_COLUMNS)
+        frame = pandas.DataFrame(self.worker_rows(), columns=WORKER_COLUMNS)
+        for column in ("started_at", "last_heartbeat"):
+            frame[column] = pandas.to_datetime(frame[column], unit="s", utc=True)
+        return frame
 
     def wait_for_workers(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Wait until ``count`` live workers together hold every partition of the topic.
@@ -383,6 +406,12 @@ class Client:
     def closed(self) -> bool:
         """True once :meth:`close` has been called."""
         return self._closed
+
+    def _check_open(self) -> None:
+        """Refuse a submit after close: its producers are gone, and Kafka would be blamed."""
+        if self._closed:
+            raise ClientClosed(f"this client of queue {self.config.queue!r} is closed, so "
+                               "nothing was sent; connect again with yadtq.connect(...)")
 
     def close(self) -> None:
         """Stop listening and close connections (and an owned local stack)."""
@@ -471,7 +500,7 @@ def _worker_row(record: dict[str, str], now: float, expected: dict[str, Any]) ->
         "host": record.get("host"),
         "pid": int(record.get("pid") or 0),
         "status": liveness(record, now),
-        "heartbeat_age": round(now - last, 2),
+        "heartbeat_age": max(0.0, round(now - last, 2)),
         "in_flight": int(record.get("in_flight") or 0),
         "processed": int(record.get("processed") or 0),
         "failed": int(record.get("failed") or 0),

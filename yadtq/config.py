@@ -22,11 +22,22 @@ from yadtq.errors import ConfigurationError
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
-NO_STACK_HELP = (
-    "no yadtq servers configured: pass bootstrap= and redis_url=, set YADTQ_BOOTSTRAP and "
+# What a missing or bad server address is called, and how to give one, by who asks:
+# a Python caller of connect(), the `yadtq` command, or `python -m worker_node`.
+_ADDRESS_NAMES = {
+    "python": {"bootstrap": "bootstrap", "redis_url": "redis_url"},
+    "cli": {"bootstrap": "--bootstrap", "redis_url": "--redis"},
+    "worker": {"bootstrap": "--bootstrap", "redis_url": "--redis"},
+}
+_NO_SERVERS_HELP = {
+    "python": "pass yadtq.connect(bootstrap=..., redis_url=...), set YADTQ_BOOTSTRAP and "
     "YADTQ_REDIS_URL, start a local stack in a terminal with `yadtq local up --workers 3`, "
-    "or use yadtq.connect('local') to start one owned by this process"
-)
+    "or use yadtq.connect('local') to start one owned by this process",
+    "cli": "pass --bootstrap and --redis, set YADTQ_BOOTSTRAP and YADTQ_REDIS_URL, or start "
+    "a local stack in another terminal with `yadtq local up`",
+    "worker": "pass --bootstrap and --redis, or set YADTQ_BOOTSTRAP and YADTQ_REDIS_URL",
+}
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,8 @@ class Config:
     source: str = "arguments"
 
     def __post_init__(self) -> None:
+        if self.redis_url:  # "" while a local stack has not started yet
+            check_redis_url(self.redis_url, "redis_url")
         if not _QUEUE_NAME.match(self.queue):
             raise ConfigurationError(
                 f"queue name {self.queue!r} is not valid: use 1-100 letters, digits, '.', '_' "
@@ -181,6 +194,23 @@ def redacted_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
+def check_redis_url(url: str, name: str) -> None:
+    """Refuse a Redis URL redis-py would reject with a bare ValueError, naming where it came
+    from (``name``: the argument, option or variable).
+
+    Raises:
+        ConfigurationError: ``url`` has no scheme redis-py knows.
+    """
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if scheme not in REDIS_SCHEMES:
+        shown = redacted_url(url) if scheme else re.sub(r"^.*@", "***@", url)
+        raise ConfigurationError(
+            f"{name}={shown!r} is not a Redis URL: write redis://host:6379/0, "
+            "rediss://host:6380/0 (TLS) or unix:///path/to/redis.sock "
+            "(redis+sentinel:// is not supported yet)"
+        )
+
+
 def boolean(text: str) -> bool:
     """A yes/no environment value: 1/true/yes or 0/false/no."""
     lowered = text.strip().lower()
@@ -287,9 +317,14 @@ def resolve_config(
     bootstrap: str | None = None,
     redis_url: str | None = None,
     queue: str | None = None,
+    *,
+    audience: str = "python",
     **settings: Any,
 ) -> Config:
     """Build a :class:`Config` from arguments, then environment, then a local stack.
+
+    ``audience`` ("python", "cli" or "worker") words the errors for who gives the
+    addresses: ``connect()`` arguments, or the ``yadtq`` or ``worker_node`` options.
 
     Raises:
         ConfigurationError: no broker or Redis address could be found, or a
@@ -301,15 +336,20 @@ def resolve_config(
         raise ConfigurationError(
             f"unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
         )
+    names = _ADDRESS_NAMES[audience]
     explicit = {"bootstrap": bootstrap, "redis_url": redis_url, "queue": queue, **settings}
     explicit = {k: v for k, v in explicit.items() if v is not None}
     merged = {**_from_environment(), **explicit}
+    if "redis_url" in merged:
+        check_redis_url(merged["redis_url"], names["redis_url"] if redis_url is not None
+                        else _ENV_SETTINGS["redis_url"][0])
     source = "arguments" if {"bootstrap", "redis_url"} & explicit.keys() else "environment"
     if "bootstrap" not in merged or "redis_url" not in merged:
         record = read_local_stack_record()
         if record is None:
-            missing = [n for n in ("bootstrap", "redis_url") if n not in merged]
-            raise ConfigurationError(f"{' and '.join(missing)} not set; {NO_STACK_HELP}")
+            missing = [names[n] for n in ("bootstrap", "redis_url") if n not in merged]
+            raise ConfigurationError(f"no yadtq servers configured ({' and '.join(missing)} "
+                                     f"not set): {_NO_SERVERS_HELP[audience]}")
         merged.setdefault("bootstrap", record["bootstrap"])
         merged.setdefault("redis_url", record["redis_url"])
         if record.get("secret"):  # its workers trust code signed with it

@@ -6,6 +6,7 @@ value, the cause and what to do next::
     YadtqError
     ├── ConfigurationError        settings missing or contradictory
     │   └── SecretMismatch        the workers would refuse this client's tasks
+    ├── ClientClosed              a call on a client after close() (also a RuntimeError)
     ├── ConnectionFailed          a server could not be reached
     │   ├── BrokerUnavailable     Kafka
     │   └── BackendUnavailable    Redis (down, stalled, restarting, failing over)
@@ -36,6 +37,10 @@ class ConfigurationError(YadtqError):
 
 class SecretMismatch(ConfigurationError):
     """No live worker would run what this client sends: its secret is missing or not theirs."""
+
+
+class ClientClosed(YadtqError, RuntimeError):
+    """A client was used after :meth:`~yadtq.Client.close`; nothing was sent."""
 
 
 class ConnectionFailed(YadtqError):

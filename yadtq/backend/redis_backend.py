@@ -420,14 +420,26 @@ class RedisBackend:
         return self.finish_many([outcome], worker_id, now)[0]
 
     def finish_many(
-        self, outcomes: Sequence[Outcome], worker_id: str, now: float | None = None
+        self, outcomes: Sequence[Outcome], worker_id: str, now: float | None = None,
+        counts: dict[str, int] | None = None,
     ) -> list[str | None]:
-        """Store outcomes in one round trip; for each, None if accepted, else why refused."""
-        if not outcomes:
+        """Store outcomes in one round trip; for each, None if accepted, else why refused.
+
+        ``counts`` (the worker's processed and failed totals) go into its record in the
+        same round trip, ahead of the outcomes' events: whoever hears of an outcome
+        finds it counted, rather than a heartbeat later.
+        """
+        if not outcomes and counts is None:
             return []
         now = time.time() if now is None else now
         tasks = [outcome.finish_task(now) for outcome in outcomes]
-        replies, _ = self._scripts.run(FinishCall(worker_id, now, self.config.result_ttl, tasks))
+
+        def count(pipe: redis.client.Pipeline) -> None:
+            pipe.hset(self.keys.worker(worker_id), mapping=counts)
+            pipe.expire(self.keys.worker(worker_id), WORKER_RECORD_TTL)
+
+        replies, _ = self._scripts.run(FinishCall(worker_id, now, self.config.result_ttl, tasks),
+                                       also=count if counts is not None else None)
         return [None if reply.ok else "task is {} (attempt {}, worker {})".format(
                     reply.status, "?" if reply.attempt is None else reply.attempt,
                     reply.worker or "none")

@@ -49,7 +49,6 @@ from yadtq.backend import UNNAMED_RING, Claim, Outcome, RedisBackend
 from yadtq.broker import Delivery, TaskConsumer, TaskProducer, create_topics
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable, BrokerUnavailable, UntrustedCode
-from yadtq.status import TaskStatus
 from yadtq.worker import execution, outcomes
 from yadtq.worker.admission import Admission
 from yadtq.worker.handing_on import HandOn
@@ -111,7 +110,7 @@ class Worker:
         self.mode = mode
         self.shutdown_grace = shutdown_grace
         self.clock = clock
-        self.task_names = registry.load_modules(task_modules)
+        self.task_names = registry.load_modules(task_modules, require_tasks=not config.trust_code)
         self.trust_code = config.trust_code
         # Message routes this worker runs: its task names, and shipped code if it trusts it.
         self._served = frozenset(self.task_names) | (
@@ -125,8 +124,6 @@ class Worker:
             "settings": json.dumps(config.shared_settings(), sort_keys=True),
             "requires_signed": "1" if config.signatures_required else "0",
         }
-        self.processed = 0
-        self.failed = 0
         self._lock = threading.Lock()  # guards the counts below; never held across I/O
         self._running: dict[str, _Running] = {}  # claimed, outcome not yet stored
         self._executing = 0  # claimed and not yet ended: waiting for a slot or in one
@@ -523,10 +520,6 @@ class Worker:
         """Account for a stored outcome (on the outcome store's thread)."""
         with self._lock:
             self._running.pop(message.id, None)
-            if report.status is TaskStatus.SUCCESS:
-                self.processed += 1
-            else:
-                self.failed += 1
         if refused:
             logger.warning("Worker %s: outcome of task %s attempt %d refused: %s",
                            self.name, message.id, report.attempt, refused)
@@ -549,9 +542,7 @@ class Worker:
             status = "stopping"
         with self._lock:
             leased = list(self._running)
-            counts = {"in_flight": len(leased), "processed": self.processed,
-                      "failed": self.failed}
-        return {**self._identity, **counts, "status": status,
+        return {**self._identity, "in_flight": len(leased), "status": status,
                 "partitions": ",".join(map(str, self.consumer.partitions)),
                 "topic_partitions": self.consumer.topic_partitions}, leased
 
@@ -617,4 +608,4 @@ class Worker:
         while not self._runners.empty():
             self._runners.get().close()
         logger.info("Worker %s: stopped (%s); processed %d, failed %d", self.name,
-                    self._stop_reason, self.processed, self.failed)
+                    self._stop_reason, self._outcomes.processed, self._outcomes.failed)
