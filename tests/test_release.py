@@ -17,9 +17,9 @@ import pytest
 
 import yadtq
 from yadtq.batch import DATAFRAME_COLUMNS
-from yadtq.client import WORKER_COLUMNS
 from yadtq.config import Config
 from yadtq.local import LocalCluster
+from yadtq.worker_table import WORKER_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -20,11 +20,11 @@ from types import FrameType
 from typing import Any
 
 from yadtq import __version__
-from yadtq.client import format_rows
 from yadtq.config import local_stack_record_path, read_local_stack_record, redacted_url
 from yadtq.errors import YadtqError
 from yadtq.local import BROKERS, LocalCluster
 from yadtq.store import no_worker_hint
+from yadtq.worker_table import format_rows
 
 
 def parse_task_arg(text: str) -> Any:
