@@ -1,7 +1,7 @@
 # yadtq worker (default target) and JupyterLab images for docker-compose.yml.
 #   docker build -t yadtq-worker:0.1.0 .                  # python -m worker_node
 #   docker build --target jupyter -t yadtq-jupyter:0.1.0 .
-# Both read YADTQ_BOOTSTRAP and YADTQ_REDIS_URL (see README, "Configuration").
+# Both read YADTQ_BOOTSTRAP and YADTQ_REDIS_URL (see docs/configuration.md).
 
 FROM python:3.11-slim AS base
 ENV PYTHONUNBUFFERED=1 \

@@ -3,14 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint
+.PHONY: venv demo test lint docs
 
 venv: $(VENV)/.installed
 
 # Reinstalled only when pyproject.toml (the dependency list) changes.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[local,notebook,test]'
+	$(BIN)/python -m pip install -e '.[local,notebook,test,docs]'
 	touch $@
 
 demo: venv
@@ -24,3 +24,7 @@ test: venv
 
 lint: venv
 	$(BIN)/ruff check .
+
+# The documentation site (mkdocs.yml, docs/) into site/; any warning fails the build.
+docs: venv
+	$(BIN)/mkdocs build --strict --site-dir site

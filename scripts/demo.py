@@ -20,6 +20,7 @@ from worker_node.tasks import add, count_primes, divide, multiply, sleep  # noqa
 from yadtq.local import LocalCluster  # noqa: E402
 
 WORKERS = 3
+TIMEOUT = 120  # seconds any step may take before the demo fails
 
 
 def main() -> int:
@@ -29,8 +30,8 @@ def main() -> int:
         config = cluster.config
         print(f"local cluster: Kafka {config.bootstrap}, Redis {config.redis_url}, "
               f"{WORKERS} workers x {cluster.concurrency} slots")
-        with yadtq.connect(bootstrap=config.bootstrap, redis_url=config.redis_url,
-                           queue=config.queue) as q:
+        # connect(cluster) carries the cluster's queue and secret, which its workers check.
+        with yadtq.connect(cluster) as q:
             # Otherwise the first worker to join the group takes every partition.
             q.wait_for_workers(WORKERS, timeout=60)
             started = time.monotonic()
@@ -41,12 +42,16 @@ def main() -> int:
                 "count_primes": q.map(count_primes, [100_000 + 1_000 * i for i in range(40)]),
                 "divide": q.map(divide, [(n, n % 5) for n in range(10)]),  # 2 divide by zero
             }
-            for batch in batches.values():
-                batch.wait(timeout=120)
+            for name, batch in batches.items():
+                _, unfinished = batch.wait(timeout=TIMEOUT)
+                if unfinished:
+                    raise SystemExit(f"demo failed: {len(unfinished)} of {len(batch)} {name} "
+                                     f"tasks unfinished after {TIMEOUT} s: "
+                                     f"{batch.status_counts()}")
             elapsed = time.monotonic() - started
             frame = pandas.concat([b.to_dataframe() for b in batches.values()])
+            sums = batches["add"].results(timeout=TIMEOUT)
 
-    assert batches["add"].results() == [a + b for a, b in pairs]
     print(f"\n{len(frame)} tasks finished in {elapsed:.2f} s\n")
     print("tasks per worker and status:")
     print(frame.groupby(["worker", "status"]).size().unstack(fill_value=0).to_string())
@@ -54,7 +59,24 @@ def main() -> int:
     print(frame.groupby(["worker", "task"]).size().unstack(fill_value=0).to_string())
     failed = frame[frame["status"] == "failed"]
     print(f"\n{len(failed)} failed as expected, e.g. {failed['error'].iloc[0]}")
-    return 0
+    return _check(frame, sums, [a + b for a, b in pairs])
+
+
+def _check(frame: pandas.DataFrame, sums: list[int], expected: list[int]) -> int:
+    """What the demo shows, asserted: right sums, only the 2 divisions by zero failed,
+    and every worker ran some tasks."""
+    problems = []
+    if sums != expected:
+        problems.append("the sums are wrong")
+    failed = frame[frame["status"] != "success"]
+    if len(failed) != 2 or set(failed["task"]) != {"divide"}:
+        problems.append(f"expected 2 failed divisions, got:\n{failed[['task', 'status']]}")
+    ran = frame["worker"].value_counts()
+    if len(ran) != WORKERS:
+        problems.append(f"expected all {WORKERS} workers to run tasks, got {ran.to_dict()}")
+    for problem in problems:
+        print(f"demo failed: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"errors", "status", "config", "protocol", "registry", "values", "extras"},  # bottom
     {"backend", "broker"},  # adapters: Redis and Kafka
     {"futures", "batch", "store", "events", "client", "worker", "plots", "shipping",
-     "routing"},  # core
+     "routing", "acceptance", "worker_table"},  # core
     {"display", "local", "cli", "connection", "__init__", "__main__"},  # top
 ]
 LAYER_NAMES = ["bottom", "adapters", "core", "top"]

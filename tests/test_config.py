@@ -215,3 +215,84 @@ def test_config_is_frozen_and_overrides_make_a_copy() -> None:
     assert config.queue == "default"
     with pytest.raises(AttributeError):
         config.queue = "x"  # type: ignore[misc]
+
+
+def _run_without_servers(args: list[str], home: Path) -> subprocess.CompletedProcess:
+    """Run a yadtq entry point with no YADTQ_* variables and no local stack."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YADTQ_")}
+    return subprocess.run([sys.executable, *args], env={**env, "YADTQ_HOME": str(home)},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_cli_user_without_servers_is_told_the_cli_options_not_python_arguments(
+    clean_environment: Path,
+) -> None:
+    # Given no servers configured anywhere
+    # When the yadtq command needs them
+    run = _run_without_servers(["-m", "yadtq", "status", "some-id"], clean_environment)
+
+    # Then it names its own options, the variables and `yadtq local up`, cleanly
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    assert "--bootstrap and --redis not set" in run.stderr
+    assert "YADTQ_BOOTSTRAP" in run.stderr and "yadtq local up" in run.stderr
+    assert "bootstrap=" not in run.stderr and "connect(" not in run.stderr
+
+
+def test_a_worker_without_servers_is_told_its_options_and_variables(
+    clean_environment: Path,
+) -> None:
+    # Given no servers configured anywhere
+    # When a worker node starts
+    run = _run_without_servers(["-m", "worker_node"], clean_environment)
+
+    # Then it names its own options and the variables, not connect()
+    assert run.returncode == 1
+    assert "--bootstrap and --redis not set" in run.stderr
+    assert "YADTQ_BOOTSTRAP and YADTQ_REDIS_URL" in run.stderr
+    assert "connect(" not in run.stderr and "bootstrap=" not in run.stderr
+
+
+def test_a_python_caller_without_servers_is_told_connect_arguments_and_connect_local() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        resolve_config()
+
+    assert "connect(bootstrap=..., redis_url=...)" in str(caught.value)
+    assert "connect('local')" in str(caught.value)
+
+
+def test_a_redis_url_without_scheme_from_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given YADTQ_REDIS_URL written as host:port
+    monkeypatch.setenv("YADTQ_REDIS_URL", "localhost:6379")
+
+    # When the settings are resolved
+    with pytest.raises(ConfigurationError) as caught:
+        resolve_config(bootstrap="a:1")
+
+    # Then the error names the variable, the value and the forms that work
+    text = str(caught.value)
+    assert "YADTQ_REDIS_URL='localhost:6379' is not a Redis URL" in text
+    assert "redis://" in text and "rediss://" in text
+    assert "redis+sentinel:// is not supported yet" in text
+
+
+@pytest.mark.parametrize("url", ["localhost:6379", "http://localhost:6379", "redis:/x"])
+def test_a_redis_url_argument_without_a_redis_scheme_names_the_argument(url: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"redis_url='{url}' is not a Redis URL"):
+        resolve_config(bootstrap="a:1", redis_url=url)
+
+
+def test_a_bad_redis_url_does_not_show_its_password() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Config(bootstrap="a:1", redis_url=":hunter2@localhost:6379")
+
+    assert "hunter2" not in str(caught.value)
+    assert "redis_url='***@localhost:6379'" in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://:pw@h:6380/1",
+                                 "unix:///tmp/redis.sock"])
+def test_redis_urls_that_redis_py_takes_are_accepted(url: str) -> None:
+    assert resolve_config(bootstrap="a:1", redis_url=url).redis_url == url

@@ -206,16 +206,18 @@ def test_a_stopped_redis_gives_backend_unavailable_not_a_redis_error(tmp_path: P
                     call()
 
 
-# --- item 5: every yadtq.<Name> the README and notebooks use exists ---------------------
+# --- item 5: every yadtq.<Name> the docs and notebooks use exists -----------------------
 
 def _names_used_in_docs() -> dict[str, set[str]]:
-    """Names of yadtq the README and the notebooks' cells use, each with where.
+    """Names of yadtq the docs (README.md, docs/) and the notebooks' cells use, with where.
 
     ``yadtq.<Name>`` and ``from yadtq import <Name>`` (not topic names such as
     ``yadtq.default.tasks``), and any yadtq error class named on its own, as in
     "fails with `TaskTimeout`", since users then catch it as ``yadtq.TaskTimeout``.
     """
     texts = {"README.md": (ROOT / "README.md").read_text()}
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        texts[f"docs/{page.name}"] = page.read_text()
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(notebook.read_text())["cells"]
         texts[notebook.name] = "\n".join("".join(cell["source"]) for cell in cells)
@@ -233,7 +235,7 @@ def _names_used_in_docs() -> dict[str, set[str]]:
     return used
 
 
-def test_every_yadtq_name_the_readme_and_notebooks_use_is_public() -> None:
+def test_every_yadtq_name_the_docs_and_notebooks_use_is_public() -> None:
     used = _names_used_in_docs()
     assert {"connect", "TaskFailed", "TaskTimeout"} <= used.keys(), used
     modules = {p.stem for p in (ROOT / "yadtq").glob("*.py")}  # yadtq.cli, ...

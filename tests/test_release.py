@@ -1,5 +1,5 @@
 """What a user who installs a built release meets (issue 14): a core install without the
-notebook packages, a complete wheel and sdist, and README's documented names."""
+notebook packages, a complete wheel and sdist, and the names the docs (README.md, docs/) use."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ import pytest
 
 import yadtq
 from yadtq.batch import DATAFRAME_COLUMNS
-from yadtq.client import WORKER_COLUMNS
 from yadtq.config import Config
 from yadtq.local import LocalCluster
+from yadtq.worker_table import WORKER_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK_NOTEBOOK_PACKAGES = (
     "import sys\n"
     "for name in ('pandas', 'matplotlib', 'ipywidgets', 'IPython'):\n"
@@ -122,21 +123,25 @@ def test_the_sdist_ships_no_half_test_tree_and_the_build_warns_of_nothing(
     assert not warnings, "\n".join(warnings)
 
 
-def test_readme_documents_the_dataframe_columns_the_code_produces() -> None:
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("b.to_dataframe()")
-    comment = " ".join(line.split("#", 1)[1] for line in readme[start:].splitlines()[:2])
+def _docs_text() -> str:
+    return "\n".join(path.read_text() for path in DOCS)
+
+
+def test_docs_document_the_dataframe_columns_the_code_produces() -> None:
+    docs = (ROOT / "docs" / "usage.md").read_text()
+    start = docs.index("b.to_dataframe()")
+    comment = " ".join(line.split("#", 1)[1] for line in docs[start:].splitlines()[:2])
 
     documented = [name.strip() for name in comment.split(",")]
 
     assert documented == DATAFRAME_COLUMNS
 
 
-def test_readme_names_only_commands_and_settings_that_exist() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_docs_name_only_commands_and_settings_that_exist() -> None:
+    docs = _docs_text()
     cli = (ROOT / "yadtq" / "cli.py").read_text()
     commands = set(re.findall(r'add_parser\(\s*"([\w-]+)"', cli))
-    used = set(re.findall(r"`yadtq ([a-z][\w-]+)", readme)) - {"local"}
+    used = set(re.findall(r"`yadtq ([a-z][\w-]+)", docs)) - {"local"}
     assert used <= commands, used - commands
 
     config_source = (ROOT / "yadtq" / "config.py").read_text()
@@ -144,20 +149,20 @@ def test_readme_names_only_commands_and_settings_that_exist() -> None:
     others = set(re.findall(r"YADTQ_[A-Z_]+", " ".join(
         path.read_text() for path in (ROOT / "yadtq").rglob("*.py")))) | {
         "YADTQ_REQUIRE_APACHE_KAFKA", "YADTQ_REQUIRE_NETNS", "YADTQ_TEST_BROKER"}
-    documented = set(re.findall(r"YADTQ_[A-Z_]+", readme))
+    documented = set(re.findall(r"YADTQ_[A-Z_]+", docs))
     assert documented <= variables | others, documented - variables - others
 
 
-def test_worker_columns_in_readme_are_columns_of_workers() -> None:
-    readme = (ROOT / "README.md").read_text()
-    line = next(line for line in readme.splitlines() if line.startswith("q.workers()"))
+def test_worker_columns_in_docs_are_columns_of_workers() -> None:
+    docs = (ROOT / "docs" / "usage.md").read_text()
+    line = next(line for line in docs.splitlines() if line.startswith("q.workers()"))
     named = [n.strip() for n in line.split("DataFrame:", 1)[1].split(",") if n.strip() != "..."]
 
     assert set(named) <= set(WORKER_COLUMNS)
 
 
-def test_every_command_line_option_in_readme_exists() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_every_command_line_option_in_docs_exists() -> None:
+    docs = _docs_text()
     parsers = [ROOT / "yadtq" / "cli.py", ROOT / "worker_node" / "__main__.py",
                *(ROOT / "benchmarks").glob("*.py")]
     options = {node.value for path in parsers for node in ast.walk(ast.parse(path.read_text()))
@@ -166,7 +171,7 @@ def test_every_command_line_option_in_readme_exists() -> None:
     options |= {"--no-" + option[2:] for option in options}  # BooleanOptionalAction
     ours = re.compile(r"(^|[\s`])(yadtq [a-z]|python -m (worker_node|yadtq)|\S*(bench|peers|chaos)"
                       r"\.py|\S*run_(worker|client)\.sh)")
-    used = {option for line in readme.splitlines() if ours.search(line)
+    used = {option for line in docs.splitlines() if ours.search(line)
             for option in re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", line)}
 
     assert used - {"--nbval", "--nbval-sanitize-with", "--help"} <= options, \

@@ -535,10 +535,15 @@ def test_with_a_secret_signed_tasks_run_and_forged_messages_are_dead_lettered_ne
         for task_id, reason in reasons.items():
             assert "signature" in reason or "not signed" in reason, (task_id, reason)
 
-        # And none of them ever ran: Redis has no record or history of them
+        # And none of them ever ran: each has a failed record saying why (none had one),
+        # and its history holds the refusal alone, no claim
         for task_id in forged_ids:
-            assert signed.backend.task_record(task_id) is None
-            assert signed.history(task_id) == []
+            record = wait_until(lambda i=task_id: (r := signed.backend.task_record(i))
+                                and r["status"] == "failed" and r, 30,
+                                f"task {task_id} to be failed as refused")
+            assert record["error_type"] == "MessageRefused", record
+            assert reasons[task_id] in record["error"], record
+            assert events_of(signed.history(task_id)) == ["failed"]
 
         # And the worker keeps serving signed tasks
         assert signed.submit(add, 20, 22).result(timeout=30) == 42

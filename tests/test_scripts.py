@@ -25,6 +25,7 @@ from yadtq.backend.records import (
     own_values,
     payload,
     record_fields,
+    record_signed,
     shared_fields,
     unbatched_fields,
 )
@@ -39,6 +40,8 @@ from yadtq.backend.scripts import (
     ClaimTask,
     DueRetriesCall,
     EnqueueCall,
+    FailQueuedCall,
+    FailQueuedTask,
     FinishCall,
     FinishReply,
     FinishTask,
@@ -46,8 +49,6 @@ from yadtq.backend.scripts import (
     RequeueCall,
     RequeueReply,
     Scripts,
-    UndeliveredCall,
-    UndeliveredTask,
     Verdict,
 )
 from yadtq.config import Config
@@ -128,15 +129,22 @@ def test_enqueue_writes_each_record_from_the_shared_fields_and_its_own_values(
                 protocol.build("add", [3, 4], batch="b-1", index=1, max_retries=2),
                 protocol.build("add", [], {"a": 5, "b": 6}, batch="b-1", max_retries=2)]
 
-    # When one call writes their records
-    written, _ = scripts.run(EnqueueCall("b-1", shared_fields(messages[0], NOW),
-                                         [(m.id, own_values(m)) for m in messages]))
+    # When one call writes their records, signed with the secret
+    shared = shared_fields(messages[0], NOW)
+    written, _ = scripts.run(EnqueueCall("b-1", shared, [
+        (m.id, own_values(m, shared, "s3cret")) for m in messages]))
 
-    # Then each record is the one the message makes, under its own id, unset fields absent
+    # Then each record is the one the message makes, under its own id, unset fields absent,
+    # and its signature checks out with that secret only
     assert written == 3
     assert client.keys(keys.doorbell("*")) == []  # and no doorbell rang
     for message in messages:
-        assert text_hash(client, keys.task(message.id)) == record_fields(message, NOW)
+        record = text_hash(client, keys.task(message.id))
+        assert record == record_fields(message, NOW, "s3cret")
+        assert record_signed("s3cret", message.id, record)
+        assert not record_signed("other", message.id, record)
+        assert not record_signed("s3cret", messages[0].id if message is not messages[0]
+                                 else messages[1].id, record)  # bound to its own id
     assert "index" not in text_hash(client, keys.task(messages[2].id))
     # And the batch lists their ids in order
     assert [i.decode() for i in client.lrange(keys.batch_tasks("b-1"), 0, -1)] == [
@@ -150,10 +158,13 @@ def test_enqueue_of_a_lone_task_lists_it_in_no_batch_and_rings_its_doorbell_nami
     for _ in range(3):  # an earlier ring of this doorbell
         client.lpush(keys.doorbell(5), "older")
 
-    scripts.run(EnqueueCall(None, shared_fields(message, NOW),
-                            [(message.id, own_values(message))], ring=5, rings_kept=2))
+    shared = shared_fields(message, NOW)
+    scripts.run(EnqueueCall(None, shared, [(message.id, own_values(message, shared, None))],
+                            ring=5, rings_kept=2))
 
-    assert text_hash(client, keys.task(message.id)) == record_fields(message, NOW)
+    record = text_hash(client, keys.task(message.id))
+    assert record == record_fields(message, NOW)
+    assert not record_signed("s3cret", message.id, record)  # no secret, no signature
     assert client.keys(keys.batch_tasks("*")) == []
     assert client.lrange(keys.doorbell(5), 0, -1) == [message.id.encode(), b"older"]
 
@@ -172,7 +183,7 @@ def test_claim_reads_each_tasks_keys_and_arguments_at_the_codecs_stride(
     # When one call claims all three, the last with the fields to create its record from
     replies, _ = scripts.run(ClaimCall(WORKER, LEASE, NOW, 3, [
         ClaimTask(batched.id, batched.batch), ClaimTask(lone.id, None),
-        ClaimTask(unrecorded.id, None, unbatched_fields(unrecorded, NOW))]))
+        ClaimTask(unrecorded.id, None, unbatched_fields(unrecorded, NOW, None))]))
 
     # Then each reply names the attempt claimed, in order
     assert replies == [ClaimReply(Verdict.OK, attempt=1)] * 3
@@ -408,10 +419,10 @@ def test_cancel_answers_the_previous_status_and_holder_and_records_who_asked(
     assert counters(client, keys, "b-4") == {**dict.fromkeys(COUNTERS, 0), "cancelled": 2}
 
 
-# --- undelivered.lua --------------------------------------------------------------------
+# --- fail_queued.lua --------------------------------------------------------------------
 
 
-def test_undelivered_fails_each_queued_task_at_its_stride_and_counts_them(
+def test_fail_queued_fails_each_queued_task_at_its_stride_and_counts_them(
     client: redis.Redis, keys: Keys, scripts: Scripts
 ) -> None:
     # Given two queued tasks of a batch and one a worker claimed meanwhile
@@ -419,9 +430,9 @@ def test_undelivered_fails_each_queued_task_at_its_stride_and_counts_them(
     claimed(scripts, [taken])
 
     # When one call fails all three as undelivered
-    count, _ = scripts.run(UndeliveredCall(NOW, TTL, "BrokerUnavailable", "no broker",
-                                           [UndeliveredTask(m.id, m.batch)
-                                            for m in (first, second, taken)]))
+    count, _ = scripts.run(FailQueuedCall(NOW, TTL, "BrokerUnavailable", "no broker",
+                                          "undelivered", [FailQueuedTask(m.id, m.batch)
+                                                          for m in (first, second, taken)]))
 
     # Then the two queued ones failed with the error the codec sent, and the claimed one ran on
     assert count == 2
@@ -433,6 +444,26 @@ def test_undelivered_fails_each_queued_task_at_its_stride_and_counts_them(
     assert client.hget(keys.task(taken.id), "status") == b"processing"
     assert counters(client, keys, "b-5") == {**dict.fromkeys(COUNTERS, 0), "processing": 1,
                                              "failed": 2}
+
+
+def test_fail_queued_writes_a_failed_record_for_a_refused_task_that_has_none(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given no record of task "hello-1" (a plain message written by another Kafka client)
+    # When a refusal fails it, naming the task to record it as
+    count, _ = scripts.run(FailQueuedCall(NOW, TTL, "MessageRefused", "not signed", "refused",
+                                          [FailQueuedTask("hello-1", None, "add"),
+                                           FailQueuedTask("other-1", None, "")]))
+
+    # Then it has a failed record saying why, and a task with no name to record stays absent
+    assert count == 1
+    record = text_hash(client, keys.task("hello-1"))
+    assert (record["status"], record["task"], record["error_type"], record["error"],
+            record["attempt"]) == ("failed", "add", "MessageRefused", "not signed", "1")
+    assert 0 < client.ttl(keys.task("hello-1")) <= TTL
+    assert [json.loads(e)["detail"] for e in client.lrange(keys.task_history("hello-1"), 0, -1)
+            ] == ["refused: MessageRefused"]
+    assert not client.exists(keys.task("other-1"))
 
 
 # --- due_retries.lua --------------------------------------------------------------------

@@ -253,12 +253,19 @@ def test_code_signed_with_a_wrong_secret_is_dead_lettered_and_never_runs(
     forger = dataclasses.replace(trusting.config, secret="not the cluster's secret")
     canary = tmp_path / "ran"
     with yadtq.Client(forger) as client:
-        # When it ships a function
+        # When it ships a function, it is refused before anything is sent
+        with pytest.raises(yadtq.SecretMismatch, match="YADTQ_SECRET"):
+            client.submit(cell["touch"], str(canary))
+        # And when it sends anyway (skipping that check, as a hand-made client would)
+        client._acceptance.check = lambda needs_trust=False: None
         future = client.submit(cell["touch"], str(canary))
 
-        # Then the message is dead-lettered for its signature and the code never runs
+        # Then the message is dead-lettered for its signature, the task fails, and the
+        # code never runs
         letters = dead_letters(trusting.config, until=lambda found: any(
             future.id in letter.get("value", "") for letter in found))
+        with pytest.raises(yadtq.TaskFailed):
+            future.result(timeout=30)
     [letter] = [x for x in letters if future.id in x.get("value", "")]
     assert "signature" in letter["reason"]
     assert not canary.exists()

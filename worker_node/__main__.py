@@ -12,6 +12,18 @@ from yadtq.errors import YadtqError
 from yadtq.worker import DEFAULT_TASK_MODULES, Worker
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type for counts: an integer of 1 or more (argparse names the option)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer of 1 or more, got {text!r}"
+                                         ) from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {number}")
+    return number
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m worker_node",
@@ -28,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", action="append", metavar="MODULE",
                         help="module whose @yadtq.task functions this worker runs; repeat for "
                         f"several (default: {', '.join(DEFAULT_TASK_MODULES)})")
-    parser.add_argument("--concurrency", type=int, default=4,
+    parser.add_argument("--concurrency", type=_at_least_one, default=4,
                         help="tasks run at once (default: 4)")
     parser.add_argument("--mode", choices=["process", "thread"], default="process",
                         help="where task code runs: 'process' (default) runs each slot's tasks "
@@ -42,6 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "pickled arguments, from messages signed with $YADTQ_SECRET only: "
                         "anyone with the secret can run code here (default: "
                         "$YADTQ_TRUST_CODE, else off: registered tasks only)")
+    parser.add_argument("--require-signed", action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help="refuse plain JSON calls of registered tasks that are not signed "
+                        "with $YADTQ_SECRET (code and pickles must always be signed) "
+                        "(default: $YADTQ_REQUIRE_SIGNED, else on when YADTQ_SECRET is set)")
     parser.add_argument("--default-timeout", type=float, metavar="SECONDS",
                         help="time limit for tasks that declare none (default: "
                         "$YADTQ_DEFAULT_TIMEOUT, else no limit)")
@@ -74,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             key_prefix=args.key_prefix, heartbeat_interval=args.heartbeat_interval,
             lease_seconds=args.lease_seconds, partitions=args.partitions,
             default_timeout=args.default_timeout, trust_code=args.trust_code,
+            require_signed=args.require_signed, audience="worker",
         )
         worker = Worker(config, name=args.name, concurrency=args.concurrency,
                         task_modules=args.tasks or DEFAULT_TASK_MODULES, mode=args.mode,

@@ -7,6 +7,10 @@
     3
 """
 
+import re
+from importlib import metadata
+from pathlib import Path
+
 from yadtq import display
 from yadtq.batch import TaskBatch
 from yadtq.client import Client
@@ -16,11 +20,13 @@ from yadtq.errors import (
     BackendError,
     BackendUnavailable,
     BrokerUnavailable,
+    ClientClosed,
     ConfigurationError,
     ConnectionFailed,
     InvalidTransition,
     MessageTooLarge,
     ProtocolError,
+    SecretMismatch,
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
@@ -38,6 +44,7 @@ __all__ = [
     "BackendUnavailable",
     "BrokerUnavailable",
     "Client",
+    "ClientClosed",
     "Config",
     "ConfigurationError",
     "ConnectionFailed",
@@ -45,6 +52,7 @@ __all__ = [
     "LocalCluster",
     "MessageTooLarge",
     "ProtocolError",
+    "SecretMismatch",
     "TaskBatch",
     "TaskCancelled",
     "TaskFailed",
@@ -58,6 +66,21 @@ __all__ = [
     "connect",
     "task",
 ]
+
+
+def _version() -> str:
+    """The installed distribution's version; a checkout run from source reads its
+    pyproject.toml, so a bug report names the code that ran."""
+    try:
+        return metadata.version("yadtq")
+    except metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        found = re.search(r'(?m)^version = "([^"]+)"', pyproject.read_text()
+                          ) if pyproject.is_file() else None
+        return found.group(1) if found else "0+unknown"
+
+
+__version__ = _version()
 
 display.register()  # live widgets when imported in a Jupyter kernel; nothing elsewhere
 

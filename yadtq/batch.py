@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from yadtq.errors import YadtqError
 from yadtq.extras import require
 from yadtq.futures import TaskFuture, TaskStore, failure_error
 from yadtq.status import COUNTERS, FINISHED, TaskStatus
@@ -27,6 +28,7 @@ DATAFRAME_COLUMNS = [
     "queued_at", "started_at", "finished_at", "duration",
 ]
 BATCH_COUNTERS = ("total", *COUNTERS)
+RESULT_ERRORS = ("raise", "return", "skip")  # what TaskBatch.results does with a failed task
 
 
 class TaskBatch(Sequence[TaskFuture]):
@@ -243,30 +245,59 @@ class TaskBatch(Sequence[TaskFuture]):
         """Yield futures as they finish, like :func:`concurrent.futures.as_completed`."""
         return concurrent.futures.as_completed(list(self), timeout)
 
-    def results(self, timeout: float | None = None) -> list[Any]:
+    def results(self, timeout: float | None = None, errors: str = "raise") -> list[Any]:
         """Wait for every task and return the results in submission order.
 
+        Args:
+            timeout: seconds to wait for all of them; None waits for ever.
+            errors: what a task that failed or was cancelled gives, as Dask's
+                ``gather(errors=...)`` and asyncio's ``return_exceptions`` do:
+                ``"raise"`` raises the first one's error, ``"return"`` puts its
+                exception in its place, ``"skip"`` leaves it out (the list is then
+                shorter than the batch: pair results with ``finished()`` indices or
+                use ``"return"`` to keep positions).
+
         Raises:
-            TaskFailed: a task failed (the first one in submission order).
-            TaskCancelled: a task was cancelled (if it comes before any failure).
+            TaskFailed: with ``errors="raise"``, a task failed (the first one in
+                submission order).
+            TaskCancelled: with ``errors="raise"``, a task was cancelled (if it comes first).
+            UntrustedCode: with ``errors="raise"``, a pickled result cannot be loaded.
             TimeoutError: not all tasks finished within ``timeout`` seconds; says so when
                 no live worker serves the queue.
+            ValueError: ``errors`` is not one of "raise", "return" or "skip".
         """
+        if errors not in RESULT_ERRORS:
+            raise ValueError(f"errors must be one of {', '.join(map(repr, RESULT_ERRORS))}, "
+                             f"got {errors!r}")
         if not self._wait_all(timeout):
             raise TimeoutError(
                 f"{len(self.ids) - self._done} (of {len(self.ids)}) tasks of batch {self.id} "
                 f"unfinished after {timeout} s{self._store.no_worker_hint()}"
             )
         with self._lock:
-            if self._failure:
-                position = min(self._failure)
-                raise failure_error(self.ids[position], self._failure[position])
+            failures = dict(self._failure)
             stored = list(self._result)
-        loaded = [self._store.load_result(task_id, value)
-                  for task_id, value in zip(self.ids, stored, strict=True)]
+        if failures and errors == "raise":
+            position = min(failures)
+            raise failure_error(self.ids[position], failures[position])
+        outcomes, errored = list(stored), set(failures)
+        for position, task_id in enumerate(self.ids):
+            if position in failures:
+                outcomes[position] = failure_error(task_id, failures[position])
+                continue
+            try:
+                outcomes[position] = self._store.load_result(task_id, stored[position])
+            except YadtqError as exc:  # a pickled result this client cannot load
+                if errors == "raise":
+                    raise
+                outcomes[position] = exc
+                errored.add(position)
         with self._lock:  # keep what was loaded: a large result is fetched once
-            self._result = loaded
-        return loaded
+            self._result = [stored[i] if i in errored else value
+                            for i, value in enumerate(outcomes)]
+        if errors == "skip":
+            return [value for i, value in enumerate(outcomes) if i not in errored]
+        return outcomes
 
     def cancel(self) -> int:
         """Cancel every unfinished task of the batch; returns how many were cancelled."""

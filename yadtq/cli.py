@@ -22,7 +22,7 @@ from importlib import resources
 from types import FrameType
 from typing import Any
 
-from yadtq.client import format_rows
+from yadtq import __version__
 from yadtq.config import (
     Config,
     local_stack_record_path,
@@ -33,6 +33,7 @@ from yadtq.config import (
 from yadtq.errors import YadtqError
 from yadtq.local import BROKERS, LocalCluster, registry
 from yadtq.store import no_worker_hint
+from yadtq.worker_table import format_rows
 
 READY_TIMEOUT = 120.0  # seconds `local up` gives its workers to take their partitions
 
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start here: `yadtq local up` in one terminal, then `yadtq submit add 1 2 --wait` "
         "in another.",
     )
+    parser.add_argument("--version", action="version", version=f"yadtq {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     submit = commands.add_parser(
@@ -166,13 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _connect(args: argparse.Namespace) -> Any:
     # Imported here so that `yadtq local up` and `--help` do not load the client stack.
+    from yadtq.config import resolve_config
     from yadtq.connection import connect
 
-    return connect(
+    return connect(resolve_config(
         bootstrap=getattr(args, "bootstrap", None),
         redis_url=getattr(args, "redis_url", None),
         queue=getattr(args, "queue", None),
-    )
+        audience="cli",
+    ))
 
 
 def _print_result(client: Any, future: Any, timeout: float | None) -> None:
@@ -250,7 +254,7 @@ def _workers(args: argparse.Namespace) -> int:
 
 
 def _worker_unit(args: argparse.Namespace) -> int:
-    """Print worker_node's systemd unit, shipped in the wheel (README, "Workers on VMs")."""
+    """Print worker_node's systemd unit, shipped in the wheel (docs/deployment.md)."""
     print(resources.files("worker_node").joinpath("yadtq-worker.service").read_text(), end="")
     return 0
 

@@ -9,7 +9,6 @@ get a ``store.RedisTaskStore``, not the client, to read and cancel their tasks.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -17,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from yadtq import protocol
+from yadtq.acceptance import Acceptance
 from yadtq.backend import PIPELINE_CHUNK, RedisBackend
 from yadtq.batch import TaskBatch
 from yadtq.broker import TaskProducer, create_topics
@@ -24,6 +24,7 @@ from yadtq.config import Config
 from yadtq.errors import (
     BackendUnavailable,
     BrokerUnavailable,
+    ClientClosed,
     MessageTooLarge,
     TaskNotFound,
     YadtqError,
@@ -31,19 +32,13 @@ from yadtq.errors import (
 from yadtq.events import EventListener
 from yadtq.extras import require
 from yadtq.futures import TaskFuture
-from yadtq.routing import liveness
 from yadtq.shipping import Shipment
 from yadtq.status import TaskStatus
 from yadtq.store import RedisTaskStore
+from yadtq.worker_table import WORKER_COLUMNS, format_rows, settled, worker_row
 
 if TYPE_CHECKING:
     import pandas
-
-WORKER_COLUMNS = [
-    "name", "host", "pid", "status", "heartbeat_age", "in_flight", "processed", "failed",
-    "concurrency", "partitions", "topic_partitions", "tasks", "started_at", "last_heartbeat",
-    "settings_differ",
-]
 
 TaskRef = Callable[..., Any] | str
 
@@ -62,6 +57,8 @@ class Client:
         self._lone_producer = TaskProducer(config)  # submits: each message sent at once
         self._events = EventListener(self.backend)
         self._store = RedisTaskStore(self.backend)
+        self._acceptance = Acceptance(config, self.backend.workers)
+        self._warned: set[tuple[str, tuple[str, ...]]] = set()  # (worker, settings) told of
         self._on_close = on_close
         self._closed = False
 
@@ -80,6 +77,8 @@ class Client:
             UntrustedCode: ``task`` is not registered and there is no secret.
             MessageTooLarge: the message is over ``max_message_bytes``, or pickled
                 arguments over ``max_payload_bytes``.
+            SecretMismatch: the queue has live workers, and none would run a task
+                signed (or not) as this client signs it (nothing is sent).
         """
         return self.submit_with(task, args, kwargs)
 
@@ -105,10 +104,13 @@ class Client:
 
         Raises:
             TypeError: an argument is not JSON-serialisable (nothing is sent).
+            ClientClosed: the client was closed (nothing is sent).
         """
+        self._check_open()
         shipment = Shipment(task, self.config)
         message = shipment.message(args, kwargs, **_options(
             timeout, max_retries, retry_on, retry_backoff))
+        self._acceptance.check(message.needs_trust)
         payload = protocol.encode(message, self.config.max_message_bytes, self.config.secret)
         future = self._future(message, args, kwargs or {})
         self._events.start()
@@ -149,7 +151,10 @@ class Client:
 
         Raises:
             TypeError: an item's argument is not JSON-serialisable; names the item.
+            SecretMismatch: as for :meth:`submit` (nothing is sent).
+            ClientClosed: the client was closed (nothing is sent).
         """
+        self._check_open()
         shipment = Shipment(task, self.config)
         batch_id = protocol.new_batch_id()
         options = _options(timeout, max_retries, retry_on, retry_backoff)
@@ -164,6 +169,7 @@ class Client:
             calls.append((args, kwargs))
             payloads.append(protocol.encode(message, self.config.max_message_bytes,
                                             self.config.secret))
+        self._acceptance.check(any(m.needs_trust for m in messages))
         batch = TaskBatch(batch_id, shipment.name, [m.id for m in messages], self._store,
                           args=[args for args, _ in calls],
                           kwargs=[kwargs or None for _, kwargs in calls])
@@ -256,8 +262,18 @@ class Client:
         return self._store.task_record(task_id)
 
     def history(self, task_id: str) -> list[dict[str, Any]]:
-        """Every attempt's events (claimed, success, failed, lease expired, refused, ...)."""
-        return self.backend.task_history(task_id)
+        """Every attempt's events (claimed, success, failed, lease expired, refused, ...).
+
+        A task whose record expired still shows the events kept of it; one never
+        claimed has none.
+
+        Raises:
+            TaskNotFound: Redis holds neither events nor a record for ``task_id``.
+        """
+        events = self.backend.task_history(task_id)
+        if not events:
+            self.task_record(task_id)  # raises for an id Redis never knew
+        return events
 
     def status(self, task_id: str) -> TaskStatus:
         """The task's current status in Redis.
@@ -314,22 +330,30 @@ class Client:
         """The queue's workers as dicts of :data:`WORKER_COLUMNS` (no pandas needed).
 
         ``status`` is judged from the heartbeats (alive, dead or stopped);
-        ``settings_differ`` names the shared settings (key prefix, lease, TTL, secret,
-        ...) in which the worker disagrees with this client, empty when they agree.
+        ``heartbeat_age`` is seconds, never negative (a worker's clock may run ahead);
+        ``started_at`` and ``last_heartbeat`` are unix seconds; ``settings_differ``
+        names the shared settings (key prefix, lease, TTL, secret, ...) in which the
+        worker disagrees with this client, empty when they agree.
         """
         now = time.time()
         expected = self.config.shared_settings()
-        return [_worker_row(w, now, expected) for w in self.backend.workers()
+        return [worker_row(w, now, expected) for w in self.backend.workers()
                 if w.get("queue", self.config.queue) == self.config.queue]
 
     def workers(self) -> pandas.DataFrame:
         """One row per registered worker (see :meth:`worker_rows`), as a DataFrame.
 
+        ``started_at`` and ``last_heartbeat`` are UTC timestamps, as the times of
+        ``TaskBatch.to_dataframe()`` are (``worker_rows`` keeps them unix seconds).
+
         Raises:
             ImportError: pandas is not installed (the ``notebook`` extra).
         """
         pandas = require("pandas", "Client.workers()")
-        return pandas.DataFrame(self.worker_rows(), columns=WORKER_COLUMNS)
+        frame = pandas.DataFrame(self.worker_rows(), columns=WORKER_COLUMNS)
+        for column in ("started_at", "last_heartbeat"):
+            frame[column] = pandas.to_datetime(frame[column], unit="s", utc=True)
+        return frame
 
     def wait_for_workers(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Wait until ``count`` live workers together hold every partition of the topic.
@@ -347,12 +371,8 @@ class Client:
         while True:
             rows = self.worker_rows()
             alive = [row for row in rows if row["status"] == "alive"]
-            if _settled(alive, count):
-                for row in alive:
-                    if row["settings_differ"]:
-                        logger.warning("worker %s of queue %r differs from this client in: %s; "
-                                       "start it with the same YADTQ_* settings", row["name"],
-                                       self.config.queue, row["settings_differ"])
+            if settled(alive, count):
+                self._warn_of_differences(alive)
                 return alive
             if time.monotonic() > deadline:
                 raise TimeoutError(
@@ -361,12 +381,30 @@ class Client:
                 )
             time.sleep(0.1)
 
+    def _warn_of_differences(self, alive: list[dict[str, Any]]) -> None:
+        """Warn, once per client and worker, of settings in which a live worker differs
+        but that do not stop its tasks (a secret that does is ``SecretMismatch``)."""
+        for row in alive:
+            differ = [name for name in row["settings_differ"].split(",")
+                      if name and name != "secret_digest"]
+            if differ and (row["name"], tuple(differ)) not in self._warned:
+                self._warned.add((row["name"], tuple(differ)))
+                logger.warning("worker %s of queue %r differs from this client in: %s; start "
+                               "it with the same YADTQ_* settings", row["name"],
+                               self.config.queue, ",".join(differ))
+
     # --- lifecycle ---------------------------------------------------------
 
     @property
     def closed(self) -> bool:
         """True once :meth:`close` has been called."""
         return self._closed
+
+    def _check_open(self) -> None:
+        """Refuse a submit after close: its producers are gone, and Kafka would be blamed."""
+        if self._closed:
+            raise ClientClosed(f"this client of queue {self.config.queue!r} is closed, so "
+                               "nothing was sent; connect again with yadtq.connect(...)")
 
     def close(self) -> None:
         """Stop listening and close connections (and an owned local stack)."""
@@ -413,57 +451,3 @@ def _split_item(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if isinstance(item, dict):
         return (), item
     return (item,), {}
-
-
-def format_rows(rows: list[dict[str, Any]],
-                columns: Sequence[str] = ("name", "host", "pid", "status", "heartbeat_age",
-                                          "in_flight", "processed", "failed", "partitions")
-                ) -> str:
-    """Worker rows as an aligned text table (for terminals, without pandas)."""
-    table = [list(columns)] + [[str(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
-                     .rstrip() for line in table)
-
-
-def _settled(alive: list[dict[str, Any]], count: int) -> bool:
-    """True when ``count`` live workers hold every partition between them, each at most once."""
-    if len(alive) < count:
-        return False
-    held = [p for row in alive for p in row["partitions"].split(",") if p]
-    total = max((row["topic_partitions"] for row in alive), default=0)
-    holders = sum(1 for row in alive if row["partitions"])
-    return total > 0 and sorted(held) == sorted(set(held)) and len(held) == total \
-        and holders >= min(count, total)
-
-
-def _settings_differ(record: dict[str, str], expected: dict[str, Any]) -> str:
-    """The shared settings in which a worker's heartbeat record differs from ``expected``."""
-    try:
-        settings = json.loads(record.get("settings") or "null")
-    except ValueError:
-        settings = None
-    if not isinstance(settings, dict):
-        return "unknown (the worker does not report its settings)"
-    return ",".join(sorted(k for k, v in expected.items() if settings.get(k) != v))
-
-
-def _worker_row(record: dict[str, str], now: float, expected: dict[str, Any]) -> dict[str, Any]:
-    last = float(record.get("last_heartbeat") or 0)
-    return {
-        "name": record.get("name"),
-        "host": record.get("host"),
-        "pid": int(record.get("pid") or 0),
-        "status": liveness(record, now),
-        "heartbeat_age": round(now - last, 2),
-        "in_flight": int(record.get("in_flight") or 0),
-        "processed": int(record.get("processed") or 0),
-        "failed": int(record.get("failed") or 0),
-        "concurrency": int(record.get("concurrency") or 0),
-        "partitions": record.get("partitions", ""),
-        "topic_partitions": int(record.get("topic_partitions") or 0),
-        "tasks": record.get("tasks", ""),
-        "started_at": float(record.get("started_at") or 0),
-        "last_heartbeat": last,
-        "settings_differ": _settings_differ(record, expected),
-    }

@@ -29,11 +29,22 @@ from yadtq.errors import ConfigurationError
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
-NO_STACK_HELP = (
-    "no yadtq servers configured: pass bootstrap= and redis_url=, set YADTQ_BOOTSTRAP and "
+# What a missing or bad server address is called, and how to give one, by who asks:
+# a Python caller of connect(), the `yadtq` command, or `python -m worker_node`.
+_ADDRESS_NAMES = {
+    "python": {"bootstrap": "bootstrap", "redis_url": "redis_url"},
+    "cli": {"bootstrap": "--bootstrap", "redis_url": "--redis"},
+    "worker": {"bootstrap": "--bootstrap", "redis_url": "--redis"},
+}
+_NO_SERVERS_HELP = {
+    "python": "pass yadtq.connect(bootstrap=..., redis_url=...), set YADTQ_BOOTSTRAP and "
     "YADTQ_REDIS_URL, start a local stack in a terminal with `yadtq local up --workers 3`, "
-    "or use yadtq.connect('local') to start one owned by this process"
-)
+    "or use yadtq.connect('local') to start one owned by this process",
+    "cli": "pass --bootstrap and --redis, set YADTQ_BOOTSTRAP and YADTQ_REDIS_URL, or start "
+    "a local stack in another terminal with `yadtq local up`",
+    "worker": "pass --bootstrap and --redis, or set YADTQ_BOOTSTRAP and YADTQ_REDIS_URL",
+}
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,9 @@ class Config:
     # A worker that trusts code runs functions shipped by value and loads pickled values,
     # from messages signed with ``secret`` only: anyone with the secret can run code on it.
     trust_code: bool = False
+    # Whether a worker refuses plain JSON calls of registered tasks that are not signed
+    # with ``secret``; None: yes when it has a secret. Code and pickles are always signed.
+    require_signed: bool | None = None
     # Pickled arguments and results larger than this go to Redis as blobs, not inline.
     inline_bytes: int = 64 * 1024
     max_payload_bytes: int = 256 * 1024 * 1024  # the largest pickled argument set or result
@@ -73,6 +87,8 @@ class Config:
     source: str = "arguments"
 
     def __post_init__(self) -> None:
+        if self.redis_url:  # "" while a local stack has not started yet
+            check_redis_url(self.redis_url, "redis_url")
         if not _QUEUE_NAME.match(self.queue):
             raise ConfigurationError(
                 f"queue name {self.queue!r} is not valid: use 1-100 letters, digits, '.', '_' "
@@ -97,6 +113,11 @@ class Config:
                 "trust_code needs a shared secret: set YADTQ_SECRET (the same value on clients "
                 "and workers), so that only code signed with it runs"
             )
+        if self.require_signed and not self.secret:
+            raise ConfigurationError(
+                "require_signed needs a shared secret: set YADTQ_SECRET (the same value on "
+                "clients and workers), or unset YADTQ_REQUIRE_SIGNED"
+            )
         if not 0 < self.inline_bytes <= self.max_payload_bytes:
             raise ConfigurationError(
                 f"inline_bytes ({self.inline_bytes}) must be positive and at most "
@@ -107,6 +128,16 @@ class Config:
                 f"lease_seconds ({self.lease_seconds}) must be longer than heartbeat_interval "
                 f"({self.heartbeat_interval}) so that live workers can renew their leases"
             )
+
+    @property
+    def signatures_required(self) -> bool:
+        """True if a worker refuses unsigned plain calls (``require_signed``, else a secret)."""
+        return bool(self.secret) if self.require_signed is None else self.require_signed
+
+    @property
+    def secret_digest(self) -> str | None:
+        """A short digest that tells secrets apart without revealing one (heartbeats)."""
+        return hashlib.sha256(self.secret.encode()).hexdigest()[:12] if self.secret else None
 
     @property
     def redis_address(self) -> str:
@@ -147,13 +178,12 @@ class Config:
 
         The secret is represented by a digest of it, never the secret itself.
         """
-        digest = hashlib.sha256(self.secret.encode()).hexdigest()[:12] if self.secret else None
         return {
             "key_prefix": self.key_prefix, "result_ttl": self.result_ttl,
             "max_message_bytes": self.max_message_bytes, "lease_seconds": self.lease_seconds,
             "heartbeat_interval": self.heartbeat_interval,
             "default_timeout": self.default_timeout, "retry_backoff": self.retry_backoff,
-            "secret_digest": digest,
+            "secret_digest": self.secret_digest,
         }
 
     def with_overrides(self, **overrides: Any) -> Config:
@@ -169,6 +199,23 @@ def redacted_url(url: str) -> str:
     user = f"{parts.username}:" if parts.username else ":"
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+
+
+def check_redis_url(url: str, name: str) -> None:
+    """Refuse a Redis URL redis-py would reject with a bare ValueError, naming where it came
+    from (``name``: the argument, option or variable).
+
+    Raises:
+        ConfigurationError: ``url`` has no scheme redis-py knows.
+    """
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if scheme not in REDIS_SCHEMES:
+        shown = redacted_url(url) if scheme else re.sub(r"^.*@", "***@", url)
+        raise ConfigurationError(
+            f"{name}={shown!r} is not a Redis URL: write redis://host:6379/0, "
+            "rediss://host:6380/0 (TLS) or unix:///path/to/redis.sock "
+            "(redis+sentinel:// is not supported yet)"
+        )
 
 
 def boolean(text: str) -> bool:
@@ -197,6 +244,7 @@ _ENV_SETTINGS = {
     "retry_backoff": ("YADTQ_RETRY_BACKOFF", float),
     "secret": ("YADTQ_SECRET", str),
     "trust_code": ("YADTQ_TRUST_CODE", boolean),
+    "require_signed": ("YADTQ_REQUIRE_SIGNED", boolean),
     "inline_bytes": ("YADTQ_INLINE_BYTES", int),
     "max_payload_bytes": ("YADTQ_MAX_PAYLOAD_BYTES", int),
 }
@@ -326,9 +374,14 @@ def resolve_config(
     bootstrap: str | None = None,
     redis_url: str | None = None,
     queue: str | None = None,
+    *,
+    audience: str = "python",
     **settings: Any,
 ) -> Config:
     """Build a :class:`Config` from arguments, then environment, then a local stack.
+
+    ``audience`` ("python", "cli" or "worker") words the errors for who gives the
+    addresses: ``connect()`` arguments, or the ``yadtq`` or ``worker_node`` options.
 
     Raises:
         ConfigurationError: no broker or Redis address could be found, or a
@@ -340,15 +393,20 @@ def resolve_config(
         raise ConfigurationError(
             f"unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
         )
+    names = _ADDRESS_NAMES[audience]
     explicit = {"bootstrap": bootstrap, "redis_url": redis_url, "queue": queue, **settings}
     explicit = {k: v for k, v in explicit.items() if v is not None}
     merged = {**_from_environment(), **explicit}
+    if "redis_url" in merged:
+        check_redis_url(merged["redis_url"], names["redis_url"] if redis_url is not None
+                        else _ENV_SETTINGS["redis_url"][0])
     source = "arguments" if {"bootstrap", "redis_url"} & explicit.keys() else "environment"
     if "bootstrap" not in merged or "redis_url" not in merged:
         record = read_local_stack_record()
         if record is None:
-            missing = [n for n in ("bootstrap", "redis_url") if n not in merged]
-            raise ConfigurationError(f"{' and '.join(missing)} not set; {NO_STACK_HELP}")
+            missing = [names[n] for n in ("bootstrap", "redis_url") if n not in merged]
+            raise ConfigurationError(f"no yadtq servers configured ({' and '.join(missing)} "
+                                     f"not set): {_NO_SERVERS_HELP[audience]}")
         merged.setdefault("bootstrap", record["bootstrap"])
         merged.setdefault("redis_url", record["redis_url"])
         source = f"local stack ({local_stack_record_path()})"

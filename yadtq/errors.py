@@ -5,6 +5,8 @@ value, the cause and what to do next::
 
     YadtqError
     ├── ConfigurationError        settings missing or contradictory
+    │   └── SecretMismatch        the workers would refuse this client's tasks
+    ├── ClientClosed              a call on a client after close() (also a RuntimeError)
     ├── ConnectionFailed          a server could not be reached
     │   ├── BrokerUnavailable     Kafka
     │   └── BackendUnavailable    Redis (down, stalled, restarting, failing over)
@@ -33,6 +35,14 @@ class ConfigurationError(YadtqError):
     """Settings are missing or contradictory."""
 
 
+class SecretMismatch(ConfigurationError):
+    """No live worker would run what this client sends: its secret is missing or not theirs."""
+
+
+class ClientClosed(YadtqError, RuntimeError):
+    """A client was used after :meth:`~yadtq.Client.close`; nothing was sent."""
+
+
 class ConnectionFailed(YadtqError):
     """A server could not be reached; the message names the address tried."""
 
@@ -50,7 +60,20 @@ class BackendError(YadtqError):
 
 
 class ProtocolError(YadtqError, ValueError):
-    """A message is not a valid task message; the text is the dead-letter reason."""
+    """A message is not a valid task message; the text is the dead-letter reason.
+
+    ``task_id`` and ``task`` are what the refused message claims to be, when it
+    names them validly: enough to end that task's record, trusted for nothing else.
+    ``authentic``: the message was signed with the secret (it was refused for
+    another reason).
+    """
+
+    def __init__(self, message: str, task_id: str | None = None, task: str | None = None,
+                 authentic: bool = False) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.task = task
+        self.authentic = authentic
 
 
 class MessageTooLarge(ProtocolError):

@@ -125,6 +125,7 @@ class TaskFuture(concurrent.futures.Future):
 
         Raises:
             TaskFailed: the task raised; carries the remote type, message and traceback.
+            TaskCancelled: the task was cancelled (a ``CancelledError`` that names it).
             TimeoutError: the task did not finish within ``timeout``; says so when no
                 live worker serves the queue.
         """
@@ -132,17 +133,21 @@ class TaskFuture(concurrent.futures.Future):
             return super().result(timeout)
         except concurrent.futures.TimeoutError:
             raise self._timed_out(timeout) from None
+        except concurrent.futures.CancelledError:
+            raise TaskCancelled(f"task {self.id} was cancelled") from None
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Wait for the task and return the exception it raised, or None on success.
 
         Raises:
-            TimeoutError: as :meth:`result`.
+            TaskCancelled, TimeoutError: as :meth:`result`.
         """
         try:
             return super().exception(timeout)
         except concurrent.futures.TimeoutError:
             raise self._timed_out(timeout) from None
+        except concurrent.futures.CancelledError:
+            raise TaskCancelled(f"task {self.id} was cancelled") from None
 
     def _timed_out(self, timeout: float | None) -> TimeoutError:
         return TimeoutError(f"task {self.id} ({self.task}) still {self._status.value} after "

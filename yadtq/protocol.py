@@ -22,7 +22,11 @@ and both digests) lets a worker check the pickles however the task reached it.
 
 With a shared secret configured, ``encode`` adds ``"sig"``: the hex
 HMAC-SHA256 of the canonical payload (sorted keys, no spaces, without
-``sig``), and ``decode`` refuses unsigned or forged messages. yadtq writes a
+``sig``). What ``decode`` refuses is one rule (:func:`check_signature`): a
+message that carries a ``sig`` must match it; one that carries code or
+pickles must be signed; a plain JSON call of a registered task must be signed
+where the worker requires signatures (``require_signed``, on by default with
+a secret). yadtq writes a
 signed message as its canonical text with ``"sig"`` appended last, so a worker
 checks the HMAC over the bytes it received, without writing the payload out
 again; a message laid out otherwise (signed by hand, say) is put in canonical
@@ -243,17 +247,48 @@ def decode(
     data: bytes | None,
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     secret: str | None = None,
+    require_signed: bool = True,
 ) -> TaskMessage:
-    """Parse and validate a message value from the topic; check its signature if ``secret``.
+    """Parse and validate a message value from the topic; check its signature if ``secret``
+    (see :func:`check_signature` for what must be signed).
 
     Raises:
         ProtocolError: the bytes are not a valid task message, or (with a
-            secret) it is unsigned or its signature does not match; the text says why.
+            secret) its signature is missing where one is required or does not
+            match; the text says why, and ``task_id`` names the task when the
+            message names it validly.
     """
     if data is None:
         raise ProtocolError("message has no value (a tombstone); a task message is JSON")
-    if len(data) > max_bytes:
-        raise MessageTooLarge(f"message is {len(data)} bytes, over the {max_bytes}-byte limit")
+    too_large = len(data) > max_bytes
+    try:
+        obj = _parse(data)
+    except ProtocolError:
+        if too_large:
+            raise MessageTooLarge(
+                f"message is {len(data)} bytes, over the {max_bytes}-byte limit") from None
+        raise
+    authentic = False
+    try:
+        if secret:
+            check_signature(obj, data, secret, require_signed)
+            authentic = "sig" in obj
+        if too_large:
+            raise MessageTooLarge(
+                f"message is {len(data)} bytes, over the {max_bytes}-byte limit")
+        return validate(obj)
+    except ProtocolError as exc:
+        exc.task_id, exc.task = _identify(obj)
+        exc.authentic = authentic
+        raise
+
+
+def _parse(data: bytes) -> dict[str, Any]:
+    """The JSON object a message value holds.
+
+    Raises:
+        ProtocolError: it is not UTF-8 JSON, or not an object.
+    """
     try:
         obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant,
                          parse_float=_finite_float)
@@ -265,22 +300,46 @@ def decode(
         raise ProtocolError("message JSON is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"message must be a JSON object, got {type(obj).__name__}")
-    if secret:
-        _check_signature(obj, data, secret)
-    return validate(obj)
+    return obj
 
 
-def _check_signature(obj: dict[str, Any], data: bytes, secret: str) -> None:
-    """Refuse a message unless its ``sig`` is the HMAC of its canonical payload.
+def _identify(obj: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The task id and name a message claims, where it spells them validly."""
+    names = ("id",) if "v" in obj else _PLAIN_ID_FIELDS
+    task_id = next((obj[n] for n in names if n in obj), None)
+    if not isinstance(task_id, str) or not _ID.match(task_id):
+        return None, None
+    task = obj.get("task")
+    return task_id, task if isinstance(task, str) and _TASK_NAME.match(task) else None
 
-    A message as ``encode`` writes it is checked over its own bytes: with the
-    appended ``"sig"`` cut off, they are the canonical text that was signed, and
-    ``obj`` is what they parse to (plus ``sig``).
+
+def check_signature(obj: Mapping[str, Any], data: bytes, secret: str,
+                    require_signed: bool = True) -> None:
+    """Refuse a message that breaks the signing rule, the same on every path to a worker.
+
+    The rule: a message that carries a ``sig`` must match it (the HMAC of its
+    canonical payload); one that carries code or pickled arguments must be
+    signed; a plain JSON call of a registered task must be signed only where
+    ``require_signed``. A message as ``encode`` writes it is checked over its
+    own bytes: with the appended ``"sig"`` cut off, they are the canonical text
+    that was signed, and ``obj`` is what they parse to (plus ``sig``).
+
+    Raises:
+        ProtocolError: the rule is broken; the text says how and what to do.
     """
     claimed = obj.get("sig")
+    if claimed is None:
+        if obj.get("code") is not None or obj.get("pickled") is not None:
+            raise ProtocolError("message carries code or pickled arguments but is not "
+                                "signed; such messages must be signed with the shared secret "
+                                "(YADTQ_SECRET)")
+        if require_signed:
+            raise ProtocolError("message is not signed, and this worker requires signed "
+                                "messages (YADTQ_REQUIRE_SIGNED, on by default with "
+                                "YADTQ_SECRET); sign it with the shared secret")
+        return
     if not isinstance(claimed, str):
-        raise ProtocolError("message is not signed, and this worker requires signed messages "
-                            "(YADTQ_SECRET is set); sign it with the shared secret")
+        raise ProtocolError(f"field 'sig' must be a hex string, got {type(claimed).__name__}")
     last = _SIG_LAST.search(data)
     if last is not None and hmac.compare_digest(
             last.group(1), _hmac(secret, data[:last.start()] + b"}").encode()):

@@ -8,11 +8,14 @@ decorator to turn a function into the name it sends.
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from yadtq.errors import UnknownTask
+from yadtq.errors import ConfigurationError, UnknownTask
+
+logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -122,9 +125,35 @@ def registered_names() -> list[str]:
     return sorted(_TASKS)
 
 
-def load_modules(modules: Iterable[str]) -> list[str]:
+def load_modules(modules: Iterable[str], *, require_tasks: bool = False) -> list[str]:
     """Import the modules whose ``@yadtq.task`` functions a worker may run; returns every
-    registered task name, sorted."""
-    for module in modules:
-        importlib.import_module(module)
+    registered task name, sorted.
+
+    A module that registers nothing is likely misnamed or undecorated, and a worker
+    would otherwise start silently serving nothing of it: it is warned of, or, with
+    ``require_tasks`` (a worker that runs registered tasks only) when no module
+    registers anything, refused, as such a worker could run no task at all.
+
+    Raises:
+        ConfigurationError: ``require_tasks`` and no module registers a task.
+    """
+    modules = list(modules)
+    empty = [module for module in modules if not _registers(module)]
+    help_text = ("@yadtq.task registers a function under its name so that workers run it: "
+                 "decorate the module's task functions with it, or name the module that does")
+    if require_tasks and len(empty) == len(modules):
+        raise ConfigurationError(
+            f"no task registered by {', '.join(map(repr, modules)) or 'any --tasks module'}, "
+            f"so this worker could run nothing; {help_text} (a worker started with "
+            "--trust-code may serve shipped functions only)")
+    for module in empty:
+        logger.warning("task module %r registers no task; %s", module, help_text)
     return registered_names()
+
+
+def _registers(module: str) -> bool:
+    """Import ``module``; True if it registers a task (now, or when it was imported before)."""
+    before = set(_TASKS)
+    importlib.import_module(module)
+    return set(_TASKS) != before or any(
+        getattr(function, "__module__", None) == module for function in _TASKS.values())

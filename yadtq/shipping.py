@@ -77,10 +77,11 @@ class Shipment:
     def _require_secret(self, what: str) -> None:
         if not self.config.secret:
             raise UntrustedCode(
-                f"{what}, and this client has no shared secret to sign it with. Either set "
-                "YADTQ_SECRET (the same value) on this client and on workers started with "
-                "--trust-code (connect('local') does both for you), or register the function "
-                "with @yadtq.task in a module the workers load")
+                f"{what}, and this client has no shared secret to sign it with. Set "
+                "YADTQ_SECRET on this client to the secret of the workers (started with "
+                "--trust-code); or connect with yadtq.connect(cluster) or "
+                "yadtq.connect('local'), which take a local stack's secret from it; or "
+                "register the function with @yadtq.task in a module the workers load")
 
 
 def display_name(function: Callable[..., Any]) -> str:

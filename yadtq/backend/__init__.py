@@ -1,7 +1,8 @@
 """The Redis adapter (adapter layer): the result store, the source of truth for a task.
 
 - :class:`RedisBackend` (``redis_backend``): every read and status change the
-  client and the worker make, with :class:`Claim` and :class:`Outcome`.
+  client and the worker make.
+- ``moves``: :class:`Claim` and :class:`Outcome`, what a worker's status moves give and take.
 - ``scripts``: one codec a Lua script (``lua/``): its KEYS and ARGV by name,
   its reply as named fields.
 - ``keys``: every Redis key and channel, under one prefix.
@@ -12,12 +13,7 @@ Nothing outside this package imports redis-py, except the event listener's
 subscription (``yadtq.events``).
 """
 
-from yadtq.backend.redis_backend import (
-    PIPELINE_CHUNK,
-    UNNAMED_RING,
-    Claim,
-    Outcome,
-    RedisBackend,
-)
+from yadtq.backend.moves import Claim, Outcome
+from yadtq.backend.redis_backend import PIPELINE_CHUNK, UNNAMED_RING, RedisBackend
 
 __all__ = ["PIPELINE_CHUNK", "UNNAMED_RING", "Claim", "Outcome", "RedisBackend"]

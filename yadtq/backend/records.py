@@ -8,8 +8,11 @@ and reading that payload live together here so the two cannot drift.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from yadtq.protocol import TaskMessage
@@ -42,16 +45,40 @@ def decode_record(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
     return record
 
 
+# The field that proves a record's payload was written by a holder of the secret.
+RECORD_SIG = "record_sig"
+
 # A record's fields that differ from task to task of one submit or map (enqueue.lua takes
 # the rest once a call).
-OWN_FIELDS = ("args", "kwargs", "index", "submitted_at", "pickled", "pickles_sig")
+OWN_FIELDS = ("args", "kwargs", "index", "submitted_at", "pickled", "pickles_sig", RECORD_SIG)
 
 
-def record_fields(message: TaskMessage, now: float) -> dict[str, str]:
-    """The task hash fields a message starts with (all strings, none empty)."""
-    own = {name: value for name, value in zip(OWN_FIELDS, own_values(message), strict=True)
-           if value}
-    return {**shared_fields(message, now), **own}
+def record_fields(message: TaskMessage, now: float, secret: str | None = None
+                  ) -> dict[str, str]:
+    """The task hash fields a message starts with (all strings, none empty), signed
+    with ``secret`` if given."""
+    shared = shared_fields(message, now)
+    own = dict(zip(OWN_FIELDS, own_values(message, shared, secret), strict=True))
+    return {**shared, **{name: value for name, value in own.items() if value}}
+
+
+def record_signature(secret: str, task_id: str, fields: Mapping[str, str]) -> str:
+    """Hex HMAC-SHA256 of a record's payload, exactly as stored (``PAYLOAD_FIELDS``
+    strings, "" for an unset one), bound to its task id.
+
+    Signing the stored strings, not the message, lets a worker check a record it
+    claims by id without writing the payload out again.
+    """
+    signed = json.dumps([task_id, *(fields.get(name, "") for name in PAYLOAD_FIELDS)])
+    return hmac.new(secret.encode(), signed.encode(), hashlib.sha256).hexdigest()
+
+
+def record_signed(secret: str | None, task_id: str, fields: Mapping[str, str]) -> bool:
+    """True if ``fields`` (a record read with its ``RECORD_SIG``) were written by a
+    holder of ``secret``; False without a secret to check with."""
+    claimed = fields.get(RECORD_SIG, "")
+    return bool(secret and claimed) and hmac.compare_digest(
+        claimed, record_signature(secret, task_id, fields))
 
 
 def shared_fields(message: TaskMessage, now: float) -> dict[str, str]:
@@ -85,9 +112,11 @@ def shares_fields(message: TaskMessage) -> tuple[Any, ...]:
             message.python)
 
 
-def own_values(message: TaskMessage) -> list[str]:
-    """A message's ``OWN_FIELDS`` values, in that order ("" for an unset one)."""
-    return [
+def own_values(message: TaskMessage, shared: Mapping[str, str], secret: str | None
+               ) -> list[str]:
+    """A message's ``OWN_FIELDS`` values, in that order ("" for an unset one); with a
+    ``secret``, the record signature over them and the ``shared`` fields."""
+    values = [
         json.dumps(list(message.args)),
         json.dumps(dict(message.kwargs)),
         "" if message.index is None else str(message.index),
@@ -96,13 +125,15 @@ def own_values(message: TaskMessage) -> list[str]:
         json.dumps(message.pickled.to_dict()) if message.pickled else "",
         message.pickles_sig or "",
     ]
+    if not secret:
+        return [*values, ""]
+    fields = {**shared, **dict(zip(OWN_FIELDS[:-1], values, strict=True))}
+    return [*values, record_signature(secret, message.id, fields)]
 
 
-def unbatched_fields(message: TaskMessage, now: float) -> dict[str, str]:
+def unbatched_fields(message: TaskMessage, now: float, secret: str | None) -> dict[str, str]:
     """Fields for a record a claim creates: never counted in a batch, so it names none."""
-    fields = record_fields(message, now)
-    fields.pop("batch", None)
-    return fields
+    return record_fields(replace(message, batch=None), now, secret)
 
 
 def payload(values: Sequence[bytes | str | None]) -> dict[str, str]:

@@ -15,7 +15,6 @@ import itertools
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -23,12 +22,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from yadtq.backend.keys import Keys
+from yadtq.backend.moves import Claim, Outcome
 from yadtq.backend.records import (
     PAYLOAD_FIELDS,
+    RECORD_SIG,
     decode_record,
     message_from_payload,
     own_values,
     payload,
+    record_signed,
     shared_fields,
     shares_fields,
     text,
@@ -36,20 +38,17 @@ from yadtq.backend.records import (
 )
 from yadtq.backend.redis_errors import address, at_the_edge
 from yadtq.backend.scripts import (
-    RETRY,
     CancelCall,
     ClaimCall,
-    ClaimReply,
     ClaimTask,
     DueRetriesCall,
     EnqueueCall,
+    FailQueuedCall,
+    FailQueuedTask,
     FinishCall,
-    FinishTask,
     RenewCall,
     RequeueCall,
     Scripts,
-    UndeliveredCall,
-    UndeliveredTask,
 )
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable
@@ -60,58 +59,6 @@ PIPELINE_CHUNK = 1000
 DOORBELL_RINGS = 16  # rings a doorbell keeps; an older one is dropped (Kafka still has the task)
 UNNAMED_RING = "-"  # a ring for a batch: look in Kafka
 WORKER_RECORD_TTL = 24 * 3600
-
-
-@dataclass(frozen=True)
-class Claim:
-    """Outcome of a claim: ``attempt`` is set when the worker now holds the task."""
-
-    task_id: str
-    attempt: int | None
-    skipped_because: str | None = None
-
-    @property
-    def claimed(self) -> bool:
-        """True when this worker may run the task."""
-        return self.attempt is not None
-
-    @classmethod
-    def of(cls, task_id: str, reply: ClaimReply) -> Claim:
-        """The claim claim.lua answered for ``task_id``."""
-        return cls(task_id, reply.attempt, None if reply.ok else reply.reason)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a worker reports when an attempt ends; ``retry_at`` asks for another attempt."""
-
-    task_id: str
-    batch: str | None
-    attempt: int
-    status: TaskStatus
-    result: Any = None
-    error_type: str = ""
-    error: str = ""
-    traceback: str = ""
-    retry_at: float | None = None
-    retryable: bool = False
-    result_json: str | None = None  # the result already encoded, when the caller has it
-    ended_at: float | None = None  # when the attempt ended and freed its slot; None: now
-
-    def finish_task(self, now: float) -> FinishTask:
-        """This outcome as finish.lua stores it: the result JSON, or the error's three parts."""
-        if self.status is TaskStatus.SUCCESS:
-            encoded = self.result_json if self.result_json is not None else json.dumps(self.result)
-            stored = (encoded, "", "")
-        else:
-            stored = (self.error_type, self.error, self.traceback)
-        return FinishTask(
-            self.task_id, self.batch, self.attempt,
-            outcome=RETRY if self.retry_at is not None else self.status.value,
-            retry_at=self.retry_at,
-            summary=f"{self.error_type}: {self.error}"[:500] if self.error_type else "",
-            result_or_error_type=stored[0], error=stored[1], traceback=stored[2],
-            ended_at=now if self.ended_at is None else self.ended_at)
 
 
 @at_the_edge
@@ -180,7 +127,7 @@ class RedisBackend:
         script that writes its record, once written, so a worker claims it from its
         record while Kafka takes the message (see :meth:`ring`).
         """
-        now = time.time()
+        now, secret = time.time(), self.config.secret
         # Messages of one submit or map share all but their own fields: one call a chunk.
         groups = [list(group) for chunk in _chunks(messages, PIPELINE_CHUNK)
                   for _, group in itertools.groupby(chunk, key=shares_fields)]
@@ -195,8 +142,9 @@ class RedisBackend:
             self._start_batch(pipe, batch_id, batch_total, now)
 
         for number, group in enumerate(groups):
-            call = EnqueueCall(batch_id, shared_fields(group[0], now),
-                               [(m.id, own_values(m)) for m in group],
+            shared = shared_fields(group[0], now)
+            call = EnqueueCall(batch_id, shared,
+                               [(m.id, own_values(m, shared, secret)) for m in group],
                                ring=ring if number == 0 else None, rings_kept=DOORBELL_RINGS)
             self._scripts.run(call, also=start_batch if number == 0 and starts_batch else None)
 
@@ -233,8 +181,9 @@ class RedisBackend:
         failed = 0
         first = True
         for chunk in list(_chunks(messages, PIPELINE_CHUNK)) or [[]]:
-            call = UndeliveredCall(time.time(), self.config.result_ttl, "BrokerUnavailable",
-                                   error, [UndeliveredTask(m.id, m.batch) for m in chunk])
+            call = FailQueuedCall(time.time(), self.config.result_ttl, "BrokerUnavailable",
+                                  error, "undelivered",
+                                  [FailQueuedTask(m.id, m.batch) for m in chunk])
             shrink = None
             if first and batch_id is not None and unwritten:
                 def shrink(pipe: redis.client.Pipeline) -> None:
@@ -271,20 +220,47 @@ class RedisBackend:
 
     def claim_named(
         self, task_id: str, worker_id: str, served: Sequence[str], now: float | None = None
-    ) -> tuple[TaskMessage | None, Claim]:
+    ) -> tuple[TaskMessage | None, Claim, bool]:
         """Claim a lone task by id, reading its message from its record: one round trip.
 
         A task whose name is not among ``served`` is left queued ("not served here")
-        for its Kafka message to reach a worker that serves it.
+        for its Kafka message to reach a worker that serves it. The third value says
+        whether the record was written by a holder of the secret (:func:`record_signed`),
+        which is all a worker that requires signatures has to go by: no message was read.
         """
         now = time.time() if now is None else now
-        [reply], [fields] = self._scripts.run(
+        [reply], [values] = self._scripts.run(
             self._claim_call([ClaimTask(task_id, None)], worker_id, now, limit=1, served=served),
-            also=lambda pipe: pipe.hmget(self.keys.task(task_id), *PAYLOAD_FIELDS))
+            also=lambda pipe: pipe.hmget(self.keys.task(task_id), *PAYLOAD_FIELDS, RECORD_SIG))
         claim = Claim.of(task_id, reply)
         if claim.attempt is None:
-            return None, claim
-        return message_from_payload(task_id, claim.attempt, payload(fields)), claim
+            return None, claim, False
+        fields = {**payload(values[:-1]), RECORD_SIG: text(values[-1])}
+        return (message_from_payload(task_id, claim.attempt, fields), claim,
+                record_signed(self.config.secret, task_id, fields))
+
+    def fail_refused(self, task_id: str, task: str | None, error_type: str, reason: str, *,
+                     authentic: bool, now: float | None = None) -> bool:
+        """End the record of a task whose message a worker refused (dead-lettered), so
+        its waiters learn why at once. Returns True if it was ended.
+
+        Only a queued record ends, and one written by a holder of the secret only when
+        the refused message was signed with it too (``authentic``): an unsigned or
+        forged copy of a good task leaves the task to its good message. A task with no
+        record (a plain message) gets a failed one.
+        """
+        status, batch, *values = self.redis.hmget(self.keys.task(task_id), "status", "batch",
+                                                  *PAYLOAD_FIELDS, RECORD_SIG)
+        if status is not None:
+            fields = {**payload(values[:-1]), RECORD_SIG: text(values[-1])}
+            if text(status) != TaskStatus.QUEUED.value or (
+                    not authentic and record_signed(self.config.secret, task_id, fields)):
+                return False
+        now = time.time() if now is None else now
+        call = FailQueuedCall(now, self.config.result_ttl, error_type, reason, "refused",
+                              [FailQueuedTask(task_id, text(batch) or None, task or "?")])
+        failed, _ = self._scripts.run(call)
+        return failed > 0
 
     def task_record(self, task_id: str) -> dict[str, Any] | None:
         """The decoded task hash, or None if Redis holds no record."""
@@ -371,10 +347,10 @@ class RedisBackend:
         return [Claim.of(message.id, reply)
                 for message, reply in zip(messages, replies, strict=True)]
 
-    @staticmethod
-    def _claim_task(message: TaskMessage, now: float, with_fields: bool) -> ClaimTask:
-        """A message's share of a claim, with the fields to create a missing record from."""
-        fields = unbatched_fields(message, now) if with_fields else None
+    def _claim_task(self, message: TaskMessage, now: float, with_fields: bool) -> ClaimTask:
+        """A message's share of a claim, with the fields to create a missing record from
+        (signed: the worker checked the message)."""
+        fields = unbatched_fields(message, now, self.config.secret) if with_fields else None
         return ClaimTask(message.id, message.batch, fields)
 
     def _claim_call(
@@ -389,14 +365,26 @@ class RedisBackend:
         return self.finish_many([outcome], worker_id, now)[0]
 
     def finish_many(
-        self, outcomes: Sequence[Outcome], worker_id: str, now: float | None = None
+        self, outcomes: Sequence[Outcome], worker_id: str, now: float | None = None,
+        counts: dict[str, int] | None = None,
     ) -> list[str | None]:
-        """Store outcomes in one round trip; for each, None if accepted, else why refused."""
-        if not outcomes:
+        """Store outcomes in one round trip; for each, None if accepted, else why refused.
+
+        ``counts`` (the worker's processed and failed totals) go into its record in the
+        same round trip, ahead of the outcomes' events: whoever hears of an outcome
+        finds it counted, rather than a heartbeat later.
+        """
+        if not outcomes and counts is None:
             return []
         now = time.time() if now is None else now
         tasks = [outcome.finish_task(now) for outcome in outcomes]
-        replies, _ = self._scripts.run(FinishCall(worker_id, now, self.config.result_ttl, tasks))
+
+        def count(pipe: redis.client.Pipeline) -> None:
+            pipe.hset(self.keys.worker(worker_id), mapping=counts)
+            pipe.expire(self.keys.worker(worker_id), WORKER_RECORD_TTL)
+
+        replies, _ = self._scripts.run(FinishCall(worker_id, now, self.config.result_ttl, tasks),
+                                       also=count if counts is not None else None)
         return [None if reply.ok else "task is {} (attempt {}, worker {})".format(
                     reply.status, "?" if reply.attempt is None else reply.attempt,
                     reply.worker or "none")

@@ -7,7 +7,7 @@ in one place: a frozen dataclass naming the call's values, whose ``keys`` and
 ``args`` lay them out as the script's header comment says, and whose ``parse``
 names the reply's fields and refuses a reply of another shape. A script that
 takes a group of keys and arguments per task declares the group once
-(:class:`ClaimTask`, :class:`FinishTask`, :class:`UndeliveredTask`; :class:`EnqueueCall`
+(:class:`ClaimTask`, :class:`FinishTask`, :class:`FailQueuedTask`; :class:`EnqueueCall`
 takes ``OWN_FIELDS`` values), with the
 stride the script reads it at beside it. :class:`Scripts` registers the scripts
 once and runs a call. ``tests/test_scripts.py`` runs every codec against its script.
@@ -90,7 +90,7 @@ def _split(script: str, reply: Sequence[Any], shapes: Mapping[Verdict, int]
 
 
 def _finishing_keys(keys: Keys, task_id: str, batch: str | None) -> list[str]:
-    """The 4 keys per task of finish.lua and undelivered.lua, in their order."""
+    """The 4 keys per task of finish.lua and fail_queued.lua, in their order."""
     batch = batch or NO_BATCH
     return [keys.task(task_id), keys.batch(batch), keys.batch_tasks(batch),
             keys.task_history(task_id)]
@@ -343,40 +343,43 @@ class CancelCall:
         return CancelReply.parse(reply)
 
 
-# --- undelivered.lua ---------------------------------------------------------------------
+# --- fail_queued.lua ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class UndeliveredTask:
-    """One task Kafka did not take: undelivered.lua reads task i's 4 KEYS from
-    ``KEYS[4 * i - 3]`` and its 1 ARGV from ``ARGV[5 + i]``."""
+class FailQueuedTask:
+    """One queued task nothing will run: fail_queued.lua reads task i's 4 KEYS from
+    ``KEYS[4 * i - 3]`` and its 2 ARGV from ``ARGV[5 + 2 * i]``."""
 
     task_id: str
     batch: str | None
+    create_as: str = ""  # with no record, write a failed one for a task of this name
 
     def keys(self, keys: Keys) -> list[str]:
         return _finishing_keys(keys, self.task_id, self.batch)
 
     def args(self) -> list[Any]:
-        return [self.task_id]
+        return [self.task_id, self.create_as]
 
 
 @dataclass(frozen=True)
-class UndeliveredCall:
-    """undelivered.lua: queued -> failed for tasks whose messages never reached Kafka."""
+class FailQueuedCall:
+    """fail_queued.lua: queued -> failed for tasks whose messages never reached Kafka
+    (``why`` "undelivered") or that every worker refuses (``why`` "refused")."""
 
-    script: ClassVar[str] = "undelivered.lua"
+    script: ClassVar[str] = "fail_queued.lua"
     now: float
     ttl: float  # seconds a record lives after it finishes
     error_type: str
     error: str
-    tasks: Sequence[UndeliveredTask]
+    why: str
+    tasks: Sequence[FailQueuedTask]
 
     def keys(self, keys: Keys) -> list[str]:
         return [key for task in self.tasks for key in task.keys(keys)]
 
     def args(self, keys: Keys) -> list[Any]:
-        return [self.now, self.ttl, keys.events, self.error_type, self.error,
+        return [self.now, self.ttl, keys.events, self.error_type, self.error, self.why,
                 *(arg for task in self.tasks for arg in task.args())]
 
     def parse(self, reply: Any) -> int:
@@ -432,7 +435,7 @@ class RenewCall:
 
 
 CALLS: tuple[type[ScriptCall[Any]], ...] = (
-    EnqueueCall, ClaimCall, FinishCall, RequeueCall, CancelCall, UndeliveredCall,
+    EnqueueCall, ClaimCall, FinishCall, RequeueCall, CancelCall, FailQueuedCall,
     DueRetriesCall, RenewCall)
 
 

@@ -68,7 +68,8 @@ class Delivery:
 def decode(record: Any, config: Config) -> Delivery:
     """A polled kafka-python record as a :class:`Delivery` (decoded here, once)."""
     try:
-        message = protocol.decode(record.value, config.max_message_bytes, config.secret)
+        message = protocol.decode(record.value, config.max_message_bytes, config.secret,
+                                   config.signatures_required)
         error = None
     except ProtocolError as exc:
         message, error = None, exc

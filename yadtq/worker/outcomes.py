@@ -120,6 +120,11 @@ class OutcomeStore:
     ``on_stored(message, outcome, refusal)`` is called on this thread for each
     outcome once Redis took it (``refusal`` None) or refused it (why), or once
     Redis stayed away for a minute (``"Redis unreachable"``).
+
+    It alone counts them (``processed``: successes, ``failed``: the rest) and writes
+    the totals into the worker's record with the outcomes, so the workers table is
+    current when a task's result arrives; it zeroes them first, over any counts an
+    earlier run of the same worker name left.
     """
 
     def __init__(self, backend: RedisBackend, worker: str,
@@ -130,6 +135,8 @@ class OutcomeStore:
         self._on_stored = on_stored
         self._clock = clock
         self._stopping = stopping
+        self.processed = 0
+        self.failed = 0
         self._ended: queue.SimpleQueue[Ended | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"{worker}-outcomes",
                                         daemon=True)
@@ -148,6 +155,7 @@ class OutcomeStore:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        self._store_or_log([])  # the counts start at zero
         closing = False
         while not closing:
             first = self._ended.get()
@@ -160,19 +168,26 @@ class OutcomeStore:
                 else:
                     ended.append(item)
             if ended:
-                try:
-                    self._store(ended)
-                except Exception:  # noqa: BLE001 - one failure must not stop later outcomes
-                    logger.exception("Worker %s: storing outcomes failed; their leases will "
-                                     "expire and they will run again", self._worker)
+                self._store_or_log(ended)
+
+    def _store_or_log(self, ended: list[Ended]) -> None:
+        try:
+            self._store(ended)
+        except Exception:  # noqa: BLE001 - one failure must not stop later outcomes
+            logger.exception("Worker %s: storing outcomes failed; their leases will "
+                             "expire and they will run again", self._worker)
 
     def _store(self, ended: list[Ended]) -> None:
+        succeeded = sum(1 for _, report in ended if report.status is TaskStatus.SUCCESS)
+        counts = {"processed": self.processed + succeeded,
+                  "failed": self.failed + len(ended) - succeeded}
         refusals = retry_redis(
             lambda: self._backend.finish_many([report for _, report in ended], self._worker,
-                                              now=self._clock()),
+                                              now=self._clock(), counts=counts),
             f"store {len(ended)} outcome(s) (their leases will expire and they will run again)",
             worker=self._worker, stopping=self._stopping, within=FINISH_RETRY_SECONDS,
         )
+        self.processed, self.failed = counts["processed"], counts["failed"]
         if refusals is GAVE_UP:
             refusals = ["Redis unreachable"] * len(ended)
         for (message, report), refused in zip(ended, refusals, strict=True):

@@ -48,9 +48,9 @@ from yadtq import protocol, registry
 from yadtq.backend import UNNAMED_RING, Claim, Outcome, RedisBackend
 from yadtq.broker import Delivery, TaskConsumer, TaskProducer, create_topics
 from yadtq.config import Config
-from yadtq.errors import BackendUnavailable, BrokerUnavailable, UnknownTask, UntrustedCode
-from yadtq.status import TaskStatus
+from yadtq.errors import BackendUnavailable, BrokerUnavailable, UntrustedCode
 from yadtq.worker import execution, outcomes
+from yadtq.worker.admission import Admission
 from yadtq.worker.handing_on import HandOn
 from yadtq.worker.maintenance import Maintenance
 from yadtq.worker.outcomes import OutcomeStore
@@ -110,7 +110,7 @@ class Worker:
         self.mode = mode
         self.shutdown_grace = shutdown_grace
         self.clock = clock
-        self.task_names = registry.load_modules(task_modules)
+        self.task_names = registry.load_modules(task_modules, require_tasks=not config.trust_code)
         self.trust_code = config.trust_code
         # Message routes this worker runs: its task names, and shipped code if it trusts it.
         self._served = frozenset(self.task_names) | (
@@ -122,9 +122,8 @@ class Worker:
             "tasks": ",".join(self.task_names), "trusts_code": "1" if self.trust_code else "0",
             "heartbeat_interval": config.heartbeat_interval,
             "settings": json.dumps(config.shared_settings(), sort_keys=True),
+            "requires_signed": "1" if config.signatures_required else "0",
         }
-        self.processed = 0
-        self.failed = 0
         self._lock = threading.Lock()  # guards the counts below; never held across I/O
         self._running: dict[str, _Running] = {}  # claimed, outcome not yet stored
         self._executing = 0  # claimed and not yet ended: waiting for a slot or in one
@@ -154,6 +153,9 @@ class Worker:
         self._hand_on = HandOn(config, self.backend, worker=self.name, served=self._served,
                                send=self._produce, flushed=self._flushed, clock=clock,
                                stopping=self._stopping)
+        self._admission = Admission(config, self.backend, worker=self.name,
+                                    task_names=self.task_names, served=self._served,
+                                    served_elsewhere=self._hand_on.served_elsewhere)
         self._outcomes = OutcomeStore(self.backend, self.name, self._finished, clock,
                                       self._stopping)
         self._maintenance = Maintenance(
@@ -251,6 +253,7 @@ class Worker:
         for delivery in deliveries:
             if delivery.message is None:
                 self._dead_letter(str(delivery.error), delivery=delivery)
+                self._admission.end_refused(delivery)
             else:
                 messages.append(delivery.message)
         if len(messages) < len(deliveries) and not self._flushed("dead letters"):
@@ -382,8 +385,8 @@ class Worker:
         Its Kafka message is on the topic too; when this worker (or another)
         reaches it, the claim finds the task taken and skips it.
         """
-        message, claim = self.backend.claim_named(task_id, self.name, sorted(self._served),
-                                                  now=self.clock())
+        message, claim, signed = self.backend.claim_named(
+            task_id, self.name, sorted(self._served), now=self.clock())
         if message is None or claim.attempt is None:
             return
         if len(self._rung_ids) >= RUNG_IDS_KEPT:  # copies Kafka never took: forget them
@@ -391,32 +394,17 @@ class Worker:
         self._rung_ids[message.id] = message.attempt
         with self._lock:
             self._hold(message, claim.attempt)
-        self._start(message, claim.attempt)
+        self._start(message, claim.attempt, record_signed=signed)
 
     # --- running a task ----------------------------------------------------
 
-    def _start(self, message: protocol.TaskMessage, attempt: int) -> None:
-        refusal = self._refusal(message)
+    def _start(self, message: protocol.TaskMessage, attempt: int,
+               record_signed: bool = True) -> None:
+        refusal = self._admission.refusal(message, record_signed)
         if refusal is not None:
             self._ended(message, outcomes.failed(message, attempt, refusal))
             return
         self._claimed.put((message, attempt))
-
-    def _refusal(self, message: protocol.TaskMessage) -> Exception | None:
-        """Why this worker will not run a task it claimed (no live worker of the queue
-        serves it, or it does not trust code), or None."""
-        if message.needs_trust and not self.trust_code:
-            what = "a function shipped by value" if message.code else "called with pickled " \
-                "arguments"
-            return UntrustedCode(
-                f"this worker ({self.name}) does not trust shipped code, and task "
-                f"{message.task!r} is {what}; start workers with "
-                "--trust-code (YADTQ_TRUST_CODE=1) and the client's YADTQ_SECRET, or register "
-                "the function with @yadtq.task in the workers' task modules")
-        if message.route not in self._served:  # and no live worker of the queue serves it
-            served = sorted(set(self.task_names) | set(self._hand_on.served_elsewhere()))
-            return UnknownTask(message.task, served, queue=self.config.queue)
-        return None
 
     def _slot(self) -> None:
         """A slot's thread: run claimed tasks until handed None; short untimed ones that
@@ -532,10 +520,6 @@ class Worker:
         """Account for a stored outcome (on the outcome store's thread)."""
         with self._lock:
             self._running.pop(message.id, None)
-            if report.status is TaskStatus.SUCCESS:
-                self.processed += 1
-            else:
-                self.failed += 1
         if refused:
             logger.warning("Worker %s: outcome of task %s attempt %d refused: %s",
                            self.name, message.id, report.attempt, refused)
@@ -558,9 +542,7 @@ class Worker:
             status = "stopping"
         with self._lock:
             leased = list(self._running)
-            counts = {"in_flight": len(leased), "processed": self.processed,
-                      "failed": self.failed}
-        return {**self._identity, **counts, "status": status,
+        return {**self._identity, "in_flight": len(leased), "status": status,
                 "partitions": ",".join(map(str, self.consumer.partitions)),
                 "topic_partitions": self.consumer.topic_partitions}, leased
 
@@ -626,4 +608,4 @@ class Worker:
         while not self._runners.empty():
             self._runners.get().close()
         logger.info("Worker %s: stopped (%s); processed %d, failed %d", self.name,
-                    self._stop_reason, self.processed, self.failed)
+                    self._stop_reason, self._outcomes.processed, self._outcomes.failed)

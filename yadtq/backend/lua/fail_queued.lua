@@ -1,11 +1,14 @@
--- undelivered.lua: fail tasks whose messages a client could not deliver to Kafka:
--- queued -> failed. Nothing would ever run them, and the client has told its caller.
--- A task a worker claimed meanwhile (its message got through after all) is left alone,
--- and a worker that receives a failed one later skips it: one outcome either way.
+-- fail_queued.lua: fail queued tasks that nothing will ever run: queued -> failed.
+-- Either a client could not deliver their messages to Kafka (and has told its caller),
+-- or a worker refused their messages (unsigned, forged, invalid, too large) and sent them
+-- to the dead-letter topic. A task a worker claimed meanwhile (a good copy got through)
+-- is left alone, and a worker that receives a failed one later skips it: one outcome
+-- either way. A refused message that names a task with no record (a plain message from
+-- a client that writes none) gets a failed record, so its id says why it never ran.
 --
--- Python side: yadtq/backend/scripts.py, UndeliveredCall with an UndeliveredTask per
--- task. They lay out these KEYS and ARGV and name the reply's fields: change the two together
--- (tests/test_scripts.py runs the codec against this script).
+-- Python side: yadtq/backend/scripts.py, FailQueuedCall with a FailQueuedTask per task.
+-- They lay out these KEYS and ARGV: change the two together (tests/test_scripts.py runs
+-- the codec against this script).
 --
 -- then for each task 4 keys:
 --   task hash          yadtq:task:<id>
@@ -17,25 +20,32 @@
 -- ARGV[3] events channel
 -- ARGV[4] error type
 -- ARGV[5] error message
--- then for each task 1 arg: task id
+-- ARGV[6] why nothing will run them, for the history: "undelivered" or "refused"
+-- then for each task 2 args: task id, and the task name of a failed record to write
+--   when it has none ("" writes none)
 --
 -- Returns how many tasks it failed. Publishes one event message: a JSON array of changes.
-local now_text, channel, error_type, error = ARGV[1], ARGV[3], ARGV[4], ARGV[5]
+local now_text, channel, error_type, error, why = ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local now = tonumber(now_text)
 local ttl = math.floor(tonumber(ARGV[2]))
 local changes = {}
 for i = 1, #KEYS / 4 do
   local task_key, batch_key, list_key, history_key =
     KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
-  local id = ARGV[5 + i]
+  local id, create_as = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
   local current = redis.call('HMGET', task_key, 'status', 'attempt', 'batch')
-  if current[1] == 'queued' then
-    local attempt = tonumber(current[2])
+  local missing = current[1] == false and create_as ~= ''
+  if current[1] == 'queued' or missing then
+    local attempt = tonumber(current[2]) or 1
+    if missing then
+      redis.call('HSET', task_key, 'task', create_as, 'attempt', attempt, 'queued_at', now_text,
+                 'format', 'plain')
+    end
     redis.call('HSET', task_key, 'status', 'failed', 'finished_at', now_text,
                'error_type', error_type, 'error', error, 'traceback', '')
     redis.call('EXPIRE', task_key, ttl)
     redis.call('RPUSH', history_key, cjson.encode({attempt = attempt, worker = '',
-      event = 'failed', detail = 'undelivered: ' .. error_type, at = now}))
+      event = 'failed', detail = why .. ': ' .. error_type, at = now}))
     redis.call('EXPIRE', history_key, ttl)
     local batch = current[3] or ''
     if batch ~= '' then
