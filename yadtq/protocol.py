@@ -350,7 +350,8 @@ def check_signature(obj: Mapping[str, Any], data: bytes, secret: str,
         raise ProtocolError(f"message cannot be put in canonical form to check it: {exc}") from None
     if not hmac.compare_digest(claimed.encode("utf-8", "replace"), expected.encode()):
         raise ProtocolError("message signature does not match its payload: forged, altered, "
-                            "or signed with another secret")
+                            "or signed with another secret (the sender's YADTQ_SECRET is not "
+                            "this worker's)")
 
 
 def _finite_float(text: str) -> float:
