@@ -22,6 +22,7 @@ from yadtq import protocol
 from yadtq.backend.keys import Keys
 from yadtq.backend.records import (
     PAYLOAD_FIELDS,
+    RecordSigner,
     own_values,
     payload,
     record_fields,
@@ -132,7 +133,7 @@ def test_enqueue_writes_each_record_from_the_shared_fields_and_its_own_values(
     # When one call writes their records, signed with the secret
     shared = shared_fields(messages[0], NOW)
     written, _ = scripts.run(EnqueueCall("b-1", shared, [
-        (m.id, own_values(m, shared, "s3cret")) for m in messages]))
+        (m.id, own_values(m, RecordSigner("s3cret", shared))) for m in messages]))
 
     # Then each record is the one the message makes, under its own id, unset fields absent,
     # and its signature checks out with that secret only
@@ -159,7 +160,7 @@ def test_enqueue_of_a_lone_task_lists_it_in_no_batch_and_rings_its_doorbell_nami
         client.lpush(keys.doorbell(5), "older")
 
     shared = shared_fields(message, NOW)
-    scripts.run(EnqueueCall(None, shared, [(message.id, own_values(message, shared, None))],
+    scripts.run(EnqueueCall(None, shared, [(message.id, own_values(message, None))],
                             ring=5, rings_kept=2))
 
     record = text_hash(client, keys.task(message.id))

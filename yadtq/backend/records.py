@@ -51,6 +51,9 @@ RECORD_SIG = "record_sig"
 # A record's fields that differ from task to task of one submit or map (enqueue.lua takes
 # the rest once a call).
 OWN_FIELDS = ("args", "kwargs", "index", "submitted_at", "pickled", "pickles_sig", RECORD_SIG)
+# The payload fields a record signature covers, shared ones then a task's own, in order.
+_OWN_PAYLOAD = OWN_FIELDS[:-1]
+_SHARED_PAYLOAD = tuple(name for name in PAYLOAD_FIELDS if name not in _OWN_PAYLOAD)
 
 
 def record_fields(message: TaskMessage, now: float, secret: str | None = None
@@ -58,19 +61,36 @@ def record_fields(message: TaskMessage, now: float, secret: str | None = None
     """The task hash fields a message starts with (all strings, none empty), signed
     with ``secret`` if given."""
     shared = shared_fields(message, now)
-    own = dict(zip(OWN_FIELDS, own_values(message, shared, secret), strict=True))
+    signer = RecordSigner(secret, shared) if secret else None
+    own = dict(zip(OWN_FIELDS, own_values(message, signer), strict=True))
     return {**shared, **{name: value for name, value in own.items() if value}}
 
 
-def record_signature(secret: str, task_id: str, fields: Mapping[str, str]) -> str:
-    """Hex HMAC-SHA256 of a record's payload, exactly as stored (``PAYLOAD_FIELDS``
-    strings, "" for an unset one), bound to its task id.
+class RecordSigner:
+    """Signs records of tasks that share fields: an HMAC-SHA256 of a record's payload
+    exactly as stored (``PAYLOAD_FIELDS`` strings, "" for an unset one), bound to its
+    task id. The shared fields are hashed once, each task's own ones after them.
 
     Signing the stored strings, not the message, lets a worker check a record it
     claims by id without writing the payload out again.
     """
-    signed = json.dumps([task_id, *(fields.get(name, "") for name in PAYLOAD_FIELDS)])
-    return hmac.new(secret.encode(), signed.encode(), hashlib.sha256).hexdigest()
+
+    def __init__(self, secret: str, shared: Mapping[str, str]) -> None:
+        signed = json.dumps([shared.get(name, "") for name in _SHARED_PAYLOAD])
+        self._base = hmac.new(secret.encode(), signed.encode(), hashlib.sha256)
+
+    def sign(self, task_id: str, own: Sequence[str]) -> str:
+        """The signature of the record of ``task_id`` whose ``_OWN_PAYLOAD`` values are
+        ``own``, in that order."""
+        mac = self._base.copy()
+        mac.update(json.dumps([task_id, *own]).encode())
+        return mac.hexdigest()
+
+
+def record_signature(secret: str, task_id: str, fields: Mapping[str, str]) -> str:
+    """The :class:`RecordSigner` signature of a record read as ``fields``."""
+    return RecordSigner(secret, fields).sign(
+        task_id, [fields.get(name, "") for name in _OWN_PAYLOAD])
 
 
 def record_signed(secret: str | None, task_id: str, fields: Mapping[str, str]) -> bool:
@@ -112,10 +132,9 @@ def shares_fields(message: TaskMessage) -> tuple[Any, ...]:
             message.python)
 
 
-def own_values(message: TaskMessage, shared: Mapping[str, str], secret: str | None
-               ) -> list[str]:
-    """A message's ``OWN_FIELDS`` values, in that order ("" for an unset one); with a
-    ``secret``, the record signature over them and the ``shared`` fields."""
+def own_values(message: TaskMessage, signer: RecordSigner | None) -> list[str]:
+    """A message's ``OWN_FIELDS`` values, in that order ("" for an unset one), the record
+    signature last when there is a ``signer`` (of the shared fields it goes with)."""
     values = [
         json.dumps(list(message.args)),
         json.dumps(dict(message.kwargs)),
@@ -125,10 +144,7 @@ def own_values(message: TaskMessage, shared: Mapping[str, str], secret: str | No
         json.dumps(message.pickled.to_dict()) if message.pickled else "",
         message.pickles_sig or "",
     ]
-    if not secret:
-        return [*values, ""]
-    fields = {**shared, **dict(zip(OWN_FIELDS[:-1], values, strict=True))}
-    return [*values, record_signature(secret, message.id, fields)]
+    return [*values, signer.sign(message.id, values) if signer else ""]
 
 
 def unbatched_fields(message: TaskMessage, now: float, secret: str | None) -> dict[str, str]:

@@ -26,6 +26,7 @@ from yadtq.backend.moves import Claim, Outcome
 from yadtq.backend.records import (
     PAYLOAD_FIELDS,
     RECORD_SIG,
+    RecordSigner,
     decode_record,
     message_from_payload,
     own_values,
@@ -143,8 +144,8 @@ class RedisBackend:
 
         for number, group in enumerate(groups):
             shared = shared_fields(group[0], now)
-            call = EnqueueCall(batch_id, shared,
-                               [(m.id, own_values(m, shared, secret)) for m in group],
+            signer = RecordSigner(secret, shared) if secret else None
+            call = EnqueueCall(batch_id, shared, [(m.id, own_values(m, signer)) for m in group],
                                ring=ring if number == 0 else None, rings_kept=DOORBELL_RINGS)
             self._scripts.run(call, also=start_batch if number == 0 and starts_batch else None)
 
