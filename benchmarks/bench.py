@@ -240,10 +240,24 @@ def shipped(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
+def countdown(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
+    """1,000 tasks with countdowns spread over 10 s: lateness (start - due) and early starts."""
+    with _cluster(stack, args) as cluster, yadtq.connect(cluster) as q:
+        q.wait_for_workers(WORKERS, timeout=60)
+        futures = [q.submit_with(add, (i, 1), countdown=i / 100) for i in range(1000)]
+        for future in futures:
+            future.result(timeout=60)
+        records = q.backend.task_records([f.id for f in futures])
+    lateness = [(r["started_at"] - r["due_at"]) * 1000 for r in records]
+    return {"tasks": len(records), "started_early": sum(late < 0 for late in lateness),
+            **{f"lateness_{k}": v for k, v in workloads.percentiles(lateness).items()}}
+
+
 PEER_WORKLOADS = ("throughput", "latency", "balance")  # those peers.py runs too
 WORKLOADS: dict[str, Callable[[LocalStack, argparse.Namespace], dict[str, Any]]] = {
     "throughput": throughput, "latency": latency, "balance": balance, "kill": kill,
     "scale": scale, "memory": memory, "idle": idle, "shipped": shipped,
+    "countdown": countdown,
 }
 
 

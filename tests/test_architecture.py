@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "yadtq"
 # A module is named by its dotted path under yadtq/ ("cli", "local.stack"); a package
 # ("local", its __init__) stands for every module in it.
 LAYERS: list[set[str]] = [
-    {"errors", "status", "config", "protocol", "registry", "values", "extras"},  # bottom
+    {"errors", "status", "config", "protocol", "registry", "values", "extras", "due"},  # bottom
     {"backend", "broker"},  # adapters: Redis and Kafka
     {"futures", "batch", "store", "events", "client", "worker", "plots", "shipping",
      "routing", "acceptance", "worker_table"},  # core

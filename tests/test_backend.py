@@ -661,8 +661,12 @@ def test_heartbeat_records_the_worker_and_renews_only_existing_leases(
 # --- the scripts agree with the state machine ------------------------------------------
 
 
-def _perform(backend: RedisBackend, message: TaskMessage, target: TaskStatus) -> bool:
-    """Run the script that moves a task to ``target``; True if it accepted the move."""
+def _perform(backend: RedisBackend, message: TaskMessage, current: TaskStatus,
+             target: TaskStatus) -> bool:
+    """Run the script that moves a task from ``current`` to ``target``; True if it
+    accepted the move."""
+    if target is TaskStatus.QUEUED and current is TaskStatus.SCHEDULED:
+        return backend.scheduled.release([message.id], WORKER) != []
     if target is TaskStatus.PROCESSING:
         [claim] = backend.claim_many([message], WORKER)
         return claim.claimed
@@ -756,7 +760,7 @@ def test_lua_scripts_allow_exactly_the_moves_in_the_status_table(
     backend.redis.zadd(backend.keys.leases, {message.id: time.time() - 3600})
 
     # When the script that performs ``target`` runs
-    accepted = _perform(backend, message, target)
+    accepted = _perform(backend, message, current, target)
 
     # Then it accepts exactly when the table allows the move, and refusals change nothing
     assert accepted == (target in ALLOWED[current]), (

@@ -32,12 +32,15 @@ def _headline(html: str) -> str:
 
 
 def _move(client: yadtq.Client, future: TaskFuture, status: TaskStatus) -> None:
-    """Put a task no worker took into ``status`` through the real Lua scripts, as a
-    worker (claim, finish) or a client (cancel) would."""
-    if status is TaskStatus.QUEUED:
+    """Put a scheduled task no worker took into ``status`` through the real Lua scripts,
+    as a worker (release, claim, finish) or a client (cancel) would."""
+    if status is TaskStatus.SCHEDULED:
         return
     if status is TaskStatus.CANCELLED:
         assert client.cancel(future.id, future.batch)
+        return
+    assert client.backend.scheduled.release([future.id], SIM_WORKER)
+    if status is TaskStatus.QUEUED:
         return
     message = TaskMessage(id=future.id, task=future.task, args=future.args,
                           kwargs=future.kwargs, batch=future.batch, index=future.index)
@@ -52,7 +55,7 @@ def _move(client: yadtq.Client, future: TaskFuture, status: TaskStatus) -> None:
 
 def _batch_in(client: yadtq.Client, statuses: list[TaskStatus]) -> TaskBatch:
     """A batch whose i-th task is in ``statuses[i]``, once this client has heard so."""
-    batch = client.map("add", [(i, i) for i in range(len(statuses))])
+    batch = client.map("add", [(i, i) for i in range(len(statuses))], countdown=3600)
     for future, status in zip(batch, statuses, strict=True):
         _move(client, future, status)
     expected = {s.value: statuses.count(s) for s in set(statuses)}

@@ -204,7 +204,8 @@ def test_killed_worker_loses_no_task_of_a_map_of_200(client, start_workers):
     frame = batch.to_dataframe()
     assert (frame["status"] == "success").all()
     assert batch.status_counts() == {
-        "total": 200, "queued": 0, "processing": 0, "success": 200, "failed": 0, "cancelled": 0
+        "total": 200, "scheduled": 0, "queued": 0, "processing": 0, "success": 200,
+        "failed": 0, "cancelled": 0,
     }
 
 

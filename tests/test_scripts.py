@@ -39,17 +39,19 @@ from yadtq.backend.scripts import (
     ClaimCall,
     ClaimReply,
     ClaimTask,
-    DueRetriesCall,
     EnqueueCall,
     FailQueuedCall,
     FailQueuedTask,
     FinishCall,
     FinishReply,
     FinishTask,
+    ReleaseCall,
+    ReleaseTask,
     RenewCall,
     RequeueCall,
     RequeueReply,
     Scripts,
+    TakeDueCall,
     Verdict,
 )
 from yadtq.config import Config
@@ -132,12 +134,12 @@ def test_enqueue_writes_each_record_from_the_shared_fields_and_its_own_values(
 
     # When one call writes their records, signed with the secret
     shared = shared_fields(messages[0], NOW)
-    written, _ = scripts.run(EnqueueCall("b-1", shared, [
+    (written, due_at), _ = scripts.run(EnqueueCall("b-1", shared, [
         (m.id, own_values(m, RecordSigner("s3cret", shared))) for m in messages]))
 
     # Then each record is the one the message makes, under its own id, unset fields absent,
     # and its signature checks out with that secret only
-    assert written == 3
+    assert (written, due_at) == (3, None)
     assert client.keys(keys.doorbell("*")) == []  # and no doorbell rang
     for message in messages:
         record = text_hash(client, keys.task(message.id))
@@ -467,23 +469,73 @@ def test_fail_queued_writes_a_failed_record_for_a_refused_task_that_has_none(
     assert not client.exists(keys.task("other-1"))
 
 
-# --- due_retries.lua --------------------------------------------------------------------
+# --- take_due.lua -----------------------------------------------------------------------
 
 
-def test_due_retries_takes_the_due_ids_up_to_the_limit_and_holds_them(
+def test_take_due_takes_the_due_ids_up_to_the_limit_and_holds_them(
     client: redis.Redis, keys: Keys, scripts: Scripts
 ) -> None:
     # Given two retries due and one not yet
     client.zadd(keys.retries, {"a": NOW - 2, "b": NOW - 1, "c": NOW + 10})
 
     # When one is taken, holding it 30 s, and then the rest
-    first, _ = scripts.run(DueRetriesCall(NOW, hold=30.0, limit=1))
-    rest, _ = scripts.run(DueRetriesCall(NOW, hold=30.0, limit=10))
+    (first, judged_at), _ = scripts.run(TakeDueCall("retries", NOW, hold=30.0, limit=1))
+    (rest, _), _ = scripts.run(TakeDueCall("retries", NOW, hold=30.0, limit=10))
 
-    # Then the ids come back oldest first, each held now + hold
-    assert (first, rest) == (["a"], ["b"])
+    # Then the ids come back oldest first, each held now + hold, judged at the given now
+    assert (first, rest, judged_at) == (["a"], ["b"], NOW)
     assert client.zscore(keys.retries, "a") == NOW + 30
     assert client.zscore(keys.retries, "c") == NOW + 10
+
+
+def test_enqueue_with_a_countdown_writes_them_scheduled_due_on_redis_clock_and_sends_nothing(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given two tasks of a map, due 30 s from now
+    messages = [protocol.build("add", [i, 1], batch="b-9", index=i) for i in range(2)]
+    shared = shared_fields(messages[0], NOW)
+    seconds, microseconds = client.time()
+    redis_now = seconds + microseconds / 1e6
+
+    # When they are written with a countdown
+    (written, due_at), _ = scripts.run(EnqueueCall(
+        "b-9", shared, [(m.id, own_values(m, None)) for m in messages], due="in:30.0"))
+
+    # Then they are scheduled, due 30 s after Redis's clock read them, in the scheduled set
+    assert written == 2 and redis_now + 29 < due_at < redis_now + 31
+    for message in messages:
+        record = text_hash(client, keys.task(message.id))
+        assert (record["status"], float(record["due_at"])) == ("scheduled",
+                                                               pytest.approx(due_at))
+        assert client.zscore(keys.scheduled, message.id) == pytest.approx(due_at)
+    # And an ETA is taken as it is
+    eta = protocol.build("add", [5, 5])
+    (_, at), _ = scripts.run(EnqueueCall(None, shared_fields(eta, NOW),
+                                         [(eta.id, own_values(eta, None))], due=f"at:{NOW}"))
+    assert at == NOW
+
+
+def test_release_moves_due_scheduled_tasks_to_queued_once_and_says_which_to_produce(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given a scheduled task of a batch, one already released, and one cancelled
+    due, released, cancelled = queued(client, keys, count=3, batch="b-8")
+    client.hset(keys.task(due.id), "status", "scheduled")
+    client.hset(keys.task(cancelled.id), "status", "cancelled")
+    client.hset(keys.batch("b-8"), mapping={"scheduled": 1, "queued": 1, "cancelled": 1})
+    tasks = [ReleaseTask(m.id, m.batch) for m in (due, released, cancelled)]
+
+    # When release runs, twice (a taker that died before producing)
+    first, _ = scripts.run(ReleaseCall(NOW, WORKER, tasks))
+    again, _ = scripts.run(ReleaseCall(NOW, WORKER, tasks))
+
+    # Then the scheduled one is queued once, counted once, and the cancelled one never sent
+    assert first == again == [True, True, False]
+    assert client.hget(keys.task(due.id), "status") == b"queued"
+    assert counters(client, keys, "b-8") == {**dict.fromkeys(COUNTERS, 0), "queued": 2,
+                                             "cancelled": 1}
+    assert [json.loads(e)["event"] for e in client.lrange(keys.task_history(due.id), 0, -1)
+            ] == ["due"]
 
 
 # --- renew.lua --------------------------------------------------------------------------
@@ -518,8 +570,8 @@ def test_a_script_redis_lost_is_loaded_again_and_the_call_run_once_more(
     client.script_flush()
 
     # When a script runs with other commands in the same round trip
-    taken, also = scripts.run(DueRetriesCall(NOW, 30.0, 10),
-                              also=lambda pipe: pipe.zcard(keys.retries))
+    (taken, _), also = scripts.run(TakeDueCall("retries", NOW, 30.0, 10),
+                                   also=lambda pipe: pipe.zcard(keys.retries))
 
     # Then the script ran (once) and the other commands' replies come back too
     assert taken == ["a"]

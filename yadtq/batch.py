@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 DATAFRAME_COLUMNS = [
     "id", "index", "task", "args", "kwargs", "status", "result", "error", "worker", "attempt",
-    "queued_at", "started_at", "finished_at", "duration",
+    "due_at", "queued_at", "started_at", "finished_at", "duration",
 ]
 BATCH_COUNTERS = ("total", *COUNTERS)
 RESULT_ERRORS = ("raise", "return", "skip")  # what TaskBatch.results does with a failed task
@@ -51,6 +51,7 @@ class TaskBatch(Sequence[TaskFuture]):
         args: Sequence[Sequence[Any]] | None = None,
         kwargs: Sequence[dict[str, Any] | None] | None = None,
         submitted_at: float | None = None,
+        status: TaskStatus = TaskStatus.QUEUED,
     ) -> None:
         self.id = batch_id
         self.task = task
@@ -64,7 +65,7 @@ class TaskBatch(Sequence[TaskFuture]):
         self._lock = threading.RLock()  # re-entered when a callback reads the batch
         self._all_done = threading.Condition(self._lock)
         self._position = {task_id: i for i, task_id in enumerate(self.ids)}
-        self._status = [TaskStatus.QUEUED] * total
+        self._status = [status] * total  # scheduled, for tasks submitted to run later
         self._worker: list[str | None] = [None] * total
         self._attempt = [1] * total
         self._started_at: list[float | None] = [None] * total
@@ -72,7 +73,7 @@ class TaskBatch(Sequence[TaskFuture]):
         self._result: list[Any] = [None] * total
         self._failure: dict[int, dict[str, Any]] = {}  # position -> final record, if not success
         self._futures: dict[int, TaskFuture] = {}  # made on demand
-        self._counts: Counter[str] = Counter({TaskStatus.QUEUED.value: total})
+        self._counts: Counter[str] = Counter({status.value: total})
         self._per_worker: Counter[str] = Counter()
         self._change_callbacks: list[Callable[[TaskBatch], None]] = []
 
@@ -329,7 +330,7 @@ class TaskBatch(Sequence[TaskFuture]):
         for row in rows:  # pickled results: small ones loaded, large ones left in Redis
             row["result"] = self._store.load_result(row["id"], row["result"], leave_large=True)
         frame = pandas.DataFrame(rows, columns=DATAFRAME_COLUMNS)
-        for column in ("queued_at", "started_at", "finished_at"):
+        for column in ("due_at", "queued_at", "started_at", "finished_at"):
             frame[column] = pandas.to_datetime(frame[column], unit="s", utc=True)
         return frame
 
@@ -370,6 +371,7 @@ def _row(task_id: str, index: int | None, task: str, args: Sequence[Any],
         "error": error,
         "worker": record.get("worker") or None,
         "attempt": record.get("attempt"),
+        "due_at": record.get("due_at"),
         "queued_at": record.get("queued_at"),
         "started_at": started,
         "finished_at": finished,

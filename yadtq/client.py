@@ -9,6 +9,7 @@ get a ``store.RedisTaskStore``, not the client, to read and cancel their tasks.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from yadtq.backend import PIPELINE_CHUNK, RedisBackend
 from yadtq.batch import TaskBatch
 from yadtq.broker import TaskProducer, create_topics
 from yadtq.config import Config
+from yadtq.due import due_spec
 from yadtq.errors import (
     BackendUnavailable,
     BrokerUnavailable,
@@ -92,6 +94,8 @@ class Client:
         max_retries: int | None = None,
         retry_on: Sequence[type[BaseException] | str] = (),
         retry_backoff: float | None = None,
+        countdown: float | None = None,
+        eta: datetime.datetime | None = None,
     ) -> TaskFuture:
         """Submit with per-call options that override the task's declared defaults.
 
@@ -101,22 +105,30 @@ class Client:
             max_retries: how many times a failed task runs again.
             retry_on: exception types (or their names) worth retrying; all when empty.
             retry_backoff: base seconds between attempts, doubled each time, with jitter.
+            countdown: run it this many seconds from now (on Redis's clock), not at once.
+            eta: run it at this timezone-aware datetime. Until then the task is
+                ``scheduled``: in Redis only, not on Kafka, and it can be cancelled.
 
         Raises:
             TypeError: an argument is not JSON-serialisable (nothing is sent).
+            ValueError: ``countdown`` or ``eta`` is not a valid due time.
             ClientClosed: the client was closed (nothing is sent).
         """
         self._check_open()
+        due = due_spec(countdown, eta)
         shipment = Shipment(task, self.config)
         message = shipment.message(args, kwargs, **_options(
             timeout, max_retries, retry_on, retry_backoff))
         self._acceptance.check(message.needs_trust)
         payload = protocol.encode(message, self.config.max_message_bytes, self.config.secret)
-        future = self._future(message, args, kwargs or {})
+        future = self._future(message, args, kwargs or {}, scheduled=bool(due))
         self._events.start()
         self._events.watch([future])
         if shipment.blobs:
             self.backend.put_blobs(shipment.blobs)
+        if due:  # a worker produces it when it is due
+            self.backend.enqueue([message], due=due)
+            return future
         # A worker claims the task from its record as soon as the doorbell rings, while
         # Kafka takes its message (which the worker then skips, the task being taken).
         # Submit returns once either has happened: a claimed task is safe in Redis
@@ -143,18 +155,23 @@ class Client:
         max_retries: int | None = None,
         retry_on: Sequence[type[BaseException] | str] = (),
         retry_backoff: float | None = None,
+        countdown: float | None = None,
+        eta: datetime.datetime | None = None,
     ) -> TaskBatch:
         """Submit one task per item: a tuple is star-args, a dict is kwargs, else one argument.
 
         Every message is validated before anything is sent, so a bad item
-        sends nothing. The options apply to every task (see :meth:`submit_with`).
+        sends nothing. The options apply to every task (see :meth:`submit_with`);
+        with ``countdown`` or ``eta`` all of them are due at the same moment.
 
         Raises:
             TypeError: an item's argument is not JSON-serialisable; names the item.
+            ValueError: ``countdown`` or ``eta`` is not a valid due time.
             SecretMismatch: as for :meth:`submit` (nothing is sent).
             ClientClosed: the client was closed (nothing is sent).
         """
         self._check_open()
+        due = due_spec(countdown, eta)
         shipment = Shipment(task, self.config)
         batch_id = protocol.new_batch_id()
         options = _options(timeout, max_retries, retry_on, retry_backoff)
@@ -172,11 +189,17 @@ class Client:
         self._acceptance.check(any(m.needs_trust for m in messages))
         batch = TaskBatch(batch_id, shipment.name, [m.id for m in messages], self._store,
                           args=[args for args, _ in calls],
-                          kwargs=[kwargs or None for _, kwargs in calls])
+                          kwargs=[kwargs or None for _, kwargs in calls],
+                          status=TaskStatus.SCHEDULED if due else TaskStatus.QUEUED)
         self._events.start()
         self._events.watch_batch(batch)
         if shipment.blobs:  # the function and large arguments, before any message names them
             self.backend.put_blobs(shipment.blobs)
+        if due:  # workers produce them when they are due
+            for start in range(0, len(messages), PIPELINE_CHUNK):
+                self.backend.enqueue(messages[start:start + PIPELINE_CHUNK], batch_id=batch_id,
+                                     batch_total=len(messages) if start == 0 else None, due=due)
+            return batch
         # Chunk by chunk, so Kafka sends one chunk while Redis stores the next. After
         # chunks 1, 2, 4, 8, ... the workers are woken to what Kafka has so far: they
         # start on a large map while the rest is still being sent.
@@ -200,9 +223,10 @@ class Client:
         return batch
 
     def _future(self, message: protocol.TaskMessage, args: Sequence[Any],
-                kwargs: dict[str, Any]) -> TaskFuture:
+                kwargs: dict[str, Any], scheduled: bool = False) -> TaskFuture:
         return TaskFuture(message.id, message.task, self._store, args=tuple(args),
-                          kwargs=kwargs, batch=message.batch, index=message.index)
+                          kwargs=kwargs, batch=message.batch, index=message.index,
+                          status=TaskStatus.SCHEDULED if scheduled else TaskStatus.QUEUED)
 
     def _flush(self, partitions: set[int]) -> None:
         """Wait until Kafka has the messages sent so far, then wake the workers of

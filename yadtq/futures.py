@@ -65,6 +65,7 @@ class TaskFuture(concurrent.futures.Future):
         kwargs: dict[str, Any] | None = None,
         batch: str | None = None,
         index: int | None = None,
+        status: TaskStatus = TaskStatus.QUEUED,
     ) -> None:
         super().__init__()
         self.id = task_id
@@ -74,7 +75,7 @@ class TaskFuture(concurrent.futures.Future):
         self.batch = batch
         self.index = index
         self._store = store
-        self._status = TaskStatus.QUEUED
+        self._status = status  # scheduled, for a task submitted to run later
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self._worker: str | None = None

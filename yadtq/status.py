@@ -21,6 +21,7 @@ class TaskStatus(str, Enum):
     Members are listed in lifecycle order, which is the order counts are shown in.
     """
 
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     PROCESSING = "processing"
     SUCCESS = "success"
@@ -57,6 +58,7 @@ class Look:
 FINISHED = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.SCHEDULED: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED}),
     TaskStatus.QUEUED: frozenset({TaskStatus.PROCESSING, TaskStatus.CANCELLED}),
     TaskStatus.PROCESSING: frozenset(
         {TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.QUEUED, TaskStatus.CANCELLED}
@@ -70,6 +72,7 @@ COUNTERS: tuple[str, ...] = tuple(status.value for status in TaskStatus)
 """The batch hash's counter fields, one per status and named for it, in lifecycle order."""
 
 LOOKS: dict[TaskStatus, Look] = {
+    TaskStatus.SCHEDULED: Look("scheduled", "#e0b94f"),
     TaskStatus.QUEUED: Look("waiting", "#c8c8c8"),
     TaskStatus.PROCESSING: Look("running", "#2f7ed8"),
     TaskStatus.SUCCESS: Look("success", "#2e9e44"),

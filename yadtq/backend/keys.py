@@ -52,6 +52,10 @@ class Keys:
         return f"{self.prefix}:retries:{self.queue}"
 
     @property
+    def scheduled(self) -> str:
+        return f"{self.prefix}:scheduled:{self.queue}"
+
+    @property
     def events(self) -> str:
         return f"{self.prefix}:events:{self.queue}"
 

@@ -38,7 +38,8 @@ def decode_record(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
     for name in ("args", "kwargs", "result"):
         if record.get(name):
             record[name] = json.loads(record[name])
-    for name in ("queued_at", "started_at", "finished_at", "submitted_at", "requeued_at"):
+    for name in ("due_at", "queued_at", "started_at", "finished_at", "submitted_at",
+                 "requeued_at"):
         record[name] = float(record[name]) if record.get(name) else None
     for name in ("attempt", "index", "max_retries"):
         record[name] = int(record[name]) if record.get(name) else None

@@ -38,11 +38,11 @@ from yadtq.backend.records import (
     unbatched_fields,
 )
 from yadtq.backend.redis_errors import address, at_the_edge
+from yadtq.backend.scheduled import ScheduledTasks
 from yadtq.backend.scripts import (
     CancelCall,
     ClaimCall,
     ClaimTask,
-    DueRetriesCall,
     EnqueueCall,
     FailQueuedCall,
     FailQueuedTask,
@@ -50,6 +50,7 @@ from yadtq.backend.scripts import (
     RenewCall,
     RequeueCall,
     Scripts,
+    TakeDueCall,
 )
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable
@@ -89,6 +90,7 @@ class RedisBackend:
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
         self._scripts = Scripts(self.redis, self.keys)
+        self.scheduled = ScheduledTasks(config, self.redis, self._scripts, self.keys)
 
     def check_connection(self) -> None:
         """Fail fast with the address when Redis does not answer.
@@ -120,39 +122,47 @@ class RedisBackend:
         batch_id: str | None = None,
         batch_total: int | None = None,
         ring: int | None = None,
-    ) -> None:
+        due: str = "",
+    ) -> float | None:
         """Write ``queued`` records before anything is produced.
 
         ``batch_total`` starts the batch's counters: pass it with a batch's first chunk.
         ``ring``: a lone task's partition, whose doorbell is rung naming the task by the
         script that writes its record, once written, so a worker claims it from its
-        record while Kafka takes the message (see :meth:`ring`).
+        record while Kafka takes the message (see :meth:`ring`). ``due``
+        (``"in:<seconds>"`` or ``"at:<unix seconds>"``) writes them ``scheduled`` instead,
+        to be produced by a worker when due (``scheduled``); returns when, on Redis's clock.
         """
+        status = TaskStatus.SCHEDULED if due else TaskStatus.QUEUED
         now, secret = time.time(), self.config.secret
         # Messages of one submit or map share all but their own fields: one call a chunk.
         groups = [list(group) for chunk in _chunks(messages, PIPELINE_CHUNK)
                   for _, group in itertools.groupby(chunk, key=shares_fields)]
         if not groups and batch_id is not None and batch_total is not None:  # an empty map
             with self.redis.pipeline(transaction=False) as pipe:
-                self._start_batch(pipe, batch_id, batch_total, now)
+                self._start_batch(pipe, batch_id, batch_total, now, status)
                 pipe.execute()
         starts_batch = batch_id is not None and batch_total is not None
 
         def start_batch(pipe: redis.client.Pipeline) -> None:
             assert batch_id is not None and batch_total is not None
-            self._start_batch(pipe, batch_id, batch_total, now)
+            self._start_batch(pipe, batch_id, batch_total, now, status)
 
+        due_at = None
         for number, group in enumerate(groups):
             shared = shared_fields(group[0], now)
             signer = RecordSigner(secret, shared) if secret else None
             call = EnqueueCall(batch_id, shared, [(m.id, own_values(m, signer)) for m in group],
-                               ring=ring if number == 0 else None, rings_kept=DOORBELL_RINGS)
-            self._scripts.run(call, also=start_batch if number == 0 and starts_batch else None)
+                               ring=ring if number == 0 else None, rings_kept=DOORBELL_RINGS,
+                               due=due)
+            (_, due_at), _ = self._scripts.run(
+                call, also=start_batch if number == 0 and starts_batch else None)
+        return due_at
 
     def _start_batch(self, pipe: redis.client.Pipeline, batch_id: str, total: int,
-                     now: float) -> None:
+                     now: float, status: TaskStatus) -> None:
         pipe.hset(self.keys.batch(batch_id), mapping={
-            "total": total, **dict.fromkeys(COUNTERS, 0), TaskStatus.QUEUED.value: total,
+            "total": total, **dict.fromkeys(COUNTERS, 0), status.value: total,
             "created_at": now})
 
     def put_blobs(self, blobs: dict[str, bytes]) -> None:
@@ -435,7 +445,8 @@ class RedisBackend:
 
     def take_due_retries(self, now: float, hold: float = 30.0, limit: int = 100) -> list[str]:
         """Ids of tasks whose retry backoff is over, held for this caller to produce."""
-        return self._scripts.run(DueRetriesCall(now, hold, limit))[0]
+        taken, _ = self._scripts.run(TakeDueCall("retries", now, hold, limit))[0]
+        return taken
 
     def retry_message(self, task_id: str) -> TaskMessage | None:
         """The message to produce for a task waiting to retry, or None if it no longer waits."""

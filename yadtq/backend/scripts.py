@@ -110,21 +110,23 @@ class EnqueueCall:
     tasks: Sequence[tuple[str, Sequence[str]]]  # task id, its OWN_FIELDS values ("" unset)
     ring: int | None = None  # ring this partition's doorbell with the (one) task's id
     rings_kept: int = 16  # how many rings a doorbell keeps
+    due: str = ""  # "in:<seconds>" or "at:<unix seconds>": write them scheduled
 
     def keys(self, keys: Keys) -> list[str]:
         return [keys.batch_tasks(self.batch or NO_BATCH),
-                keys.doorbell(self.ring if self.ring is not None else -1),
+                keys.doorbell(self.ring if self.ring is not None else -1), keys.scheduled,
                 *(keys.task(task_id) for task_id, _ in self.tasks)]
 
     def args(self, keys: Keys) -> list[Any]:
         ring = self.tasks[0][0] if self.ring is not None else ""
-        return ["1" if self.batch else "", ring, self.rings_kept, len(self.shared),
+        return ["1" if self.batch else "", ring, self.rings_kept, self.due, len(self.shared),
                 *(item for pair in self.shared.items() for item in pair),
                 len(OWN_FIELDS), *OWN_FIELDS,
                 *(value for task_id, own in self.tasks for value in (task_id, *own))]
 
-    def parse(self, reply: Any) -> int:
-        return int(reply)
+    def parse(self, reply: Sequence[Any]) -> tuple[int, float | None]:
+        """How many records were written, and when they are due (None: now)."""
+        return int(reply[0]), float(text(reply[1])) if text(reply[1]) else None
 
 
 # --- claim.lua ---------------------------------------------------------------------------
@@ -334,7 +336,7 @@ class CancelCall:
 
     def keys(self, keys: Keys) -> list[str]:
         return [keys.task(self.task_id), keys.leases, keys.batch(self.batch or NO_BATCH),
-                keys.task_history(self.task_id), keys.retries]
+                keys.task_history(self.task_id), keys.retries, keys.scheduled]
 
     def args(self, keys: Keys) -> list[Any]:
         return [self.task_id, self.now, self.ttl, keys.events, self.requested_by]
@@ -387,27 +389,65 @@ class FailQueuedCall:
         return int(reply)
 
 
-# --- due_retries.lua ---------------------------------------------------------------------
+# --- take_due.lua ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class DueRetriesCall:
-    """due_retries.lua: take the retries whose backoff is over, holding each ``hold`` s."""
+class TakeDueCall:
+    """take_due.lua: take the entries of a due set (``"retries"`` or ``"scheduled"``) whose
+    time has come, holding each ``hold`` s; ``now`` None judges by Redis's clock."""
 
-    script: ClassVar[str] = "due_retries.lua"
-    now: float
+    script: ClassVar[str] = "take_due.lua"
+    due_set: str  # the Keys property naming the set
+    now: float | None
     hold: float
     limit: int
 
     def keys(self, keys: Keys) -> list[str]:
-        return [keys.retries]
+        return [getattr(keys, self.due_set)]
 
     def args(self, keys: Keys) -> list[Any]:
-        return [self.now, self.hold, self.limit]
+        return ["" if self.now is None else self.now, self.hold, self.limit]
 
-    def parse(self, reply: Sequence[Any]) -> list[str]:
-        """The ids taken."""
-        return [text(task_id) for task_id in reply]
+    def parse(self, reply: Sequence[Any]) -> tuple[list[str], float]:
+        """The ids taken, and the time they were judged by."""
+        return [text(task_id) for task_id in reply[:-1]], float(text(reply[-1]))
+
+
+# --- release.lua -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleaseTask:
+    """One due scheduled task: release.lua reads task i's 3 KEYS from ``KEYS[3 * i - 2]``
+    and its 1 ARGV from ``ARGV[3 + i]``."""
+
+    task_id: str
+    batch: str | None
+
+    def keys(self, keys: Keys) -> list[str]:
+        return [keys.task(self.task_id), keys.batch(self.batch or NO_BATCH),
+                keys.task_history(self.task_id)]
+
+
+@dataclass(frozen=True)
+class ReleaseCall:
+    """release.lua: scheduled -> queued for due tasks, before they are produced."""
+
+    script: ClassVar[str] = "release.lua"
+    now: float
+    worker_id: str
+    tasks: Sequence[ReleaseTask]
+
+    def keys(self, keys: Keys) -> list[str]:
+        return [key for task in self.tasks for key in task.keys(keys)]
+
+    def args(self, keys: Keys) -> list[Any]:
+        return [self.now, keys.events, self.worker_id, *(t.task_id for t in self.tasks)]
+
+    def parse(self, reply: Sequence[Any]) -> list[bool]:
+        """For each task, whether to produce it now."""
+        return [int(verdict) == 1 for verdict in reply]
 
 
 # --- renew.lua ---------------------------------------------------------------------------
@@ -436,7 +476,7 @@ class RenewCall:
 
 CALLS: tuple[type[ScriptCall[Any]], ...] = (
     EnqueueCall, ClaimCall, FinishCall, RequeueCall, CancelCall, FailQueuedCall,
-    DueRetriesCall, RenewCall)
+    TakeDueCall, ReleaseCall, RenewCall)
 
 
 class Scripts:

@@ -31,11 +31,12 @@ from yadtq.errors import BackendUnavailable, BrokerUnavailable
 logger = logging.getLogger(__name__)
 
 DEATH_CHECK_INTERVAL = 0.5  # seconds between looks for workers whose connections are gone
+DUE_CHECK_INTERVAL = 0.2  # seconds between looks for scheduled tasks now due
 
 
 class Maintenance:
     """Heartbeat, lease renewal, due retries and the reaper, every heartbeat interval;
-    dead workers' tasks, every death check."""
+    dead workers' tasks, every death check; scheduled tasks now due, every due check."""
 
     def __init__(
         self,
@@ -91,14 +92,19 @@ class Maintenance:
         One warning when Redis goes away and one line when it is back, not one a beat.
         """
         unavailable_since: float | None = None
-        next_beat = time.monotonic()
+        next_beat = next_death_check = time.monotonic()
         while not self._stopped.is_set():
             now = self._clock()
             if time.monotonic() >= next_beat:
-                duties = (self._beat, self.send_due_retries, self.reap)
+                duties = (self._beat, self.send_due_retries, self.send_due_scheduled,
+                          self.reap)
                 next_beat = time.monotonic() + self.config.heartbeat_interval
+                next_death_check = time.monotonic() + DEATH_CHECK_INTERVAL
+            elif time.monotonic() >= next_death_check:
+                duties = (self.send_due_scheduled, self.reap_dead)
+                next_death_check = time.monotonic() + DEATH_CHECK_INTERVAL
             else:
-                duties = (self.reap_dead,)
+                duties = (self.send_due_scheduled,)
             for duty in duties:
                 try:
                     duty(now)
@@ -120,7 +126,7 @@ class Maintenance:
             if unavailable_since is not None:  # only the full round tries Redis again
                 wait = max(0.0, next_beat - time.monotonic())
             else:
-                wait = min(DEATH_CHECK_INTERVAL, max(0.0, next_beat - time.monotonic()))
+                wait = min(DUE_CHECK_INTERVAL, max(0.0, next_beat - time.monotonic()))
             if self._now.wait(wait):
                 self._now.clear()
                 next_beat = time.monotonic()
@@ -147,6 +153,24 @@ class Maintenance:
         if taken:
             self._flush_and_ring(sent_to)
             self._backend.retries_sent(taken)
+        return len(sent_to)
+
+    def send_due_scheduled(self, _now: float) -> int:
+        """Produce the scheduled tasks now due, dealt over the partitions; returns how many.
+
+        Due times are judged on Redis's clock, not this worker's (``_now``): one clock
+        for every worker. Every worker looks; each due task is taken by one, and one
+        that dies before producing leaves it to be taken again (``backend.scheduled``).
+        """
+        scheduled = self._backend.scheduled
+        taken = scheduled.take_due()
+        if not taken:
+            return 0
+        messages = scheduled.release(taken, self._worker)
+        sent_to = [self._produce(message, []) for message in messages]
+        if sent_to:
+            self._flush_and_ring(sent_to)
+        scheduled.sent(taken)
         return len(sent_to)
 
     def reap(self, now: float) -> int:

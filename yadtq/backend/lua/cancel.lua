@@ -1,4 +1,5 @@
--- cancel.lua: cancel a task that has not finished: queued | processing -> cancelled.
+-- cancel.lua: cancel a task that has not finished: scheduled | queued | processing ->
+-- cancelled.
 -- A worker that later receives it skips it; one running it stops it where it can, and its
 -- result is refused by finish.lua because the task is no longer processing.
 --
@@ -11,6 +12,7 @@
 -- KEYS[3] batch counters     yadtq:batch:<batch>
 -- KEYS[4] attempts history   yadtq:task:<id>:attempts
 -- KEYS[5] retries sorted set yadtq:retries:<queue>
+-- KEYS[6] scheduled set      yadtq:scheduled:<queue>
 -- ARGV[1] task id
 -- ARGV[2] now (unix seconds)
 -- ARGV[3] seconds the record lives after it finishes
@@ -19,7 +21,7 @@
 --
 -- Returns {"ok", previous status, worker that held it or ""} or {"skip", current status}.
 local current = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker', 'batch')
-if current[1] ~= 'queued' and current[1] ~= 'processing' then
+if current[1] ~= 'queued' and current[1] ~= 'processing' and current[1] ~= 'scheduled' then
   return {'skip', current[1] or 'missing'}
 end
 local ttl = math.floor(tonumber(ARGV[3]))
@@ -28,6 +30,7 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2],
 redis.call('HDEL', KEYS[1], 'retry_at')
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('RPUSH', KEYS[4], cjson.encode({attempt = tonumber(current[2]), worker = current[3] or '',
   event = 'cancelled', detail = 'was ' .. current[1] .. '; cancelled by ' .. ARGV[5],
