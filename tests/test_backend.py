@@ -519,12 +519,12 @@ def test_retry_outcome_queues_the_next_attempt_after_its_backoff(
     assert backend.redis.zscore(backend.keys.retries, message.id) == 1010.0
     assert backend.redis.zscore(backend.keys.leases, message.id) is None
     assert counters(backend, batch_id)["queued"] == 3
-    assert backend.take_due_retries(now=1005.0) == []
+    assert backend.retries.take_due(now=1005.0) == []
     [early] = backend.claim_many([message], OTHER_WORKER, now=1005.0)
     assert early.skipped_because == "waiting to retry"
     # And once the backoff is over it can be taken, rebuilt and claimed as attempt 2
-    assert backend.take_due_retries(now=1011.0) == [message.id]
-    again = backend.retry_message(message.id)
+    assert backend.retries.take_due(now=1011.0) == [message.id]
+    again = backend.retries.message(message.id)
     assert again is not None and again.attempt == 2 and again.args == message.args
     assert claim_one(backend, again, worker=OTHER_WORKER, now=1011.0) == 2
     assert [e["event"] for e in backend.task_history(message.id)] == [

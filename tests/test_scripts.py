@@ -30,8 +30,8 @@ from yadtq.backend.records import (
     shared_fields,
     unbatched_fields,
 )
+from yadtq.backend.script_runner import CALLS, Scripts
 from yadtq.backend.scripts import (
-    CALLS,
     MISSING,
     RETRY,
     CancelCall,
@@ -50,7 +50,6 @@ from yadtq.backend.scripts import (
     RenewCall,
     RequeueCall,
     RequeueReply,
-    Scripts,
     TakeDueCall,
     Verdict,
 )

@@ -3,7 +3,7 @@
 - :class:`RedisBackend` (``redis_backend``): every read and status change the
   client and the worker make.
 - ``moves``: :class:`Claim` and :class:`Outcome`, what a worker's status moves give and take.
-- ``scheduled``: tasks that run later, taken when due and released to the queue.
+- ``due_sets``: retries and scheduled tasks waiting in Redis, taken by workers when due.
 - ``scripts``: one codec a Lua script (``lua/``): its KEYS and ARGV by name,
   its reply as named fields.
 - ``keys``: every Redis key and channel, under one prefix.

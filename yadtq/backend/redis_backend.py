@@ -21,6 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from yadtq.backend.due_sets import Retries, ScheduledTasks
 from yadtq.backend.keys import Keys
 from yadtq.backend.moves import Claim, Outcome
 from yadtq.backend.records import (
@@ -38,7 +39,7 @@ from yadtq.backend.records import (
     unbatched_fields,
 )
 from yadtq.backend.redis_errors import address, at_the_edge
-from yadtq.backend.scheduled import ScheduledTasks
+from yadtq.backend.script_runner import Scripts
 from yadtq.backend.scripts import (
     CancelCall,
     ClaimCall,
@@ -49,8 +50,6 @@ from yadtq.backend.scripts import (
     FinishCall,
     RenewCall,
     RequeueCall,
-    Scripts,
-    TakeDueCall,
 )
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable
@@ -90,6 +89,7 @@ class RedisBackend:
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
         self._scripts = Scripts(self.redis, self.keys)
+        self.retries = Retries(config, self.redis, self._scripts, self.keys)
         self.scheduled = ScheduledTasks(config, self.redis, self._scripts, self.keys)
 
     def check_connection(self) -> None:
@@ -442,23 +442,6 @@ class RedisBackend:
     def task_history(self, task_id: str) -> list[dict[str, Any]]:
         """Every recorded event of the task's attempts, oldest first."""
         return [json.loads(e) for e in self.redis.lrange(self.keys.task_history(task_id), 0, -1)]
-
-    def take_due_retries(self, now: float, hold: float = 30.0, limit: int = 100) -> list[str]:
-        """Ids of tasks whose retry backoff is over, held for this caller to produce."""
-        taken, _ = self._scripts.run(TakeDueCall("retries", now, hold, limit))[0]
-        return taken
-
-    def retry_message(self, task_id: str) -> TaskMessage | None:
-        """The message to produce for a task waiting to retry, or None if it no longer waits."""
-        status, attempt, *values = self.redis.hmget(self.keys.task(task_id), "status", "attempt",
-                                                    *PAYLOAD_FIELDS)
-        if text(status) != TaskStatus.QUEUED.value:
-            return None
-        return message_from_payload(task_id, int(attempt), payload(values))
-
-    def retries_sent(self, task_ids: Sequence[str]) -> None:
-        """Forget retries once their messages are on the topic (or no longer wait)."""
-        self.redis.zrem(self.keys.retries, *task_ids)
 
     def claimed_offsets(self) -> dict[int, int]:
         """Partition → the offset up to which its owner has claimed."""

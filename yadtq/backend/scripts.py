@@ -9,22 +9,17 @@ names the reply's fields and refuses a reply of another shape. A script that
 takes a group of keys and arguments per task declares the group once
 (:class:`ClaimTask`, :class:`FinishTask`, :class:`FailQueuedTask`; :class:`EnqueueCall`
 takes ``OWN_FIELDS`` values), with the
-stride the script reads it at beside it. :class:`Scripts` registers the scripts
-once and runs a call. ``tests/test_scripts.py`` runs every codec against its script.
+stride the script reads it at beside it. ``script_runner.Scripts`` registers the
+scripts once and runs a call. ``tests/test_scripts.py`` runs every codec against its script.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from importlib import resources
 from typing import Any, ClassVar, Protocol, TypeVar
-
-import redis
-from redis.commands.core import Script
-from redis.exceptions import NoScriptError
 
 from yadtq.backend.keys import NO_BATCH, Keys
 from yadtq.backend.records import OWN_FIELDS, PAYLOAD_FIELDS, payload, text
@@ -32,7 +27,6 @@ from yadtq.backend.records import OWN_FIELDS, PAYLOAD_FIELDS, payload, text
 MISSING = "missing"  # the status the scripts report for a task without a record
 RETRY = "retry"  # finish.lua's outcome that queues the next attempt after a backoff
 
-R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 
 
@@ -472,60 +466,3 @@ class RenewCall:
     def parse(self, reply: Sequence[Any]) -> list[str]:
         """The ids among ``task_ids`` that were cancelled."""
         return [text(task_id) for task_id in reply]
-
-
-CALLS: tuple[type[ScriptCall[Any]], ...] = (
-    EnqueueCall, ClaimCall, FinishCall, RequeueCall, CancelCall, FailQueuedCall,
-    TakeDueCall, ReleaseCall, RenewCall)
-
-
-class Scripts:
-    """The Lua scripts, registered once on a Redis client and run through their codecs."""
-
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
-        self._redis = client
-        self._keys = keys
-        self._registered: dict[str, Script] = {
-            call.script: client.register_script(
-                resources.files("yadtq.backend").joinpath("lua", call.script).read_text())
-            for call in CALLS}
-
-    def run(
-        self, call: ScriptCall[R], also: Callable[[redis.client.Pipeline], Any] | None = None
-    ) -> tuple[R, list[Any]]:
-        """Run ``also``'s commands and then ``call`` in one round trip.
-
-        Sends EVALSHA only: redis-py's pipelines would first ask SCRIPT EXISTS, a second
-        round trip. A script Redis lost (after a restart) is loaded and the call re-run.
-
-        Returns:
-            The call's parsed reply, and the replies of ``also``'s commands.
-
-        Raises:
-            redis.RedisError: a command failed (the backend translates it).
-            ValueError: the script answered in a shape its codec does not know.
-        """
-        script = self._registered[call.script]
-        keys, args = call.keys(self._keys), call.args(self._keys)
-        reply, also_replies = self._evalsha(script, keys, args, also)
-        if isinstance(reply, NoScriptError):
-            script.sha = self._redis.script_load(script.script)
-            reply, _ = self._evalsha(script, keys, args)
-        for one in [*also_replies, reply]:
-            if isinstance(one, Exception):
-                raise one
-        return call.parse(reply), also_replies
-
-    def _evalsha(
-        self,
-        script: Script,
-        keys: list[str],
-        args: list[Any],
-        also: Callable[[redis.client.Pipeline], Any] | None = None,
-    ) -> tuple[Any, list[Any]]:
-        with self._redis.pipeline(transaction=False) as pipe:
-            if also is not None:
-                also(pipe)
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            *also_replies, reply = pipe.execute(raise_on_error=False)
-        return reply, also_replies

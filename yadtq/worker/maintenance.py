@@ -144,15 +144,16 @@ class Maintenance:
 
     def send_due_retries(self, now: float) -> int:
         """Produce again the tasks whose retry backoff is over; returns how many."""
-        taken = self._backend.take_due_retries(now)
+        retries = self._backend.retries
+        taken = retries.take_due(now)
         sent_to = []
         for task_id in taken:
-            message = self._backend.retry_message(task_id)
+            message = retries.message(task_id)
             if message is not None:
                 sent_to.append(self._produce(message, self._partitions()))
         if taken:
             self._flush_and_ring(sent_to)
-            self._backend.retries_sent(taken)
+            retries.sent(taken)
         return len(sent_to)
 
     def send_due_scheduled(self, _now: float) -> int:
