@@ -14,8 +14,8 @@ straight from its Redis record).
 Threads hand work over, and none holds a lock across a Redis or Kafka call:
 
 - this loop's thread is the only one that talks to the consumer;
-- each of the N slot threads takes the next claimed task from a queue, runs it
-  (``execution``) and hands its outcome to the outcome store's thread
+- each of the N slot threads (``slots``) takes the next claimed task from a queue,
+  runs it (``execution``) and hands its outcome to the outcome store's thread
   (``outcomes``), which stores whatever ended meanwhile in one round trip.
   While tasks are short (under 5 ms on average), the loop claims ahead, a group
   of tasks a slot, so a slot goes from one task to the next without waiting for
@@ -23,20 +23,18 @@ Threads hand work over, and none holds a lock across a Redis or Kafka call:
   task process in one round trip; long tasks are claimed only for free slots,
   so idle workers can still steal the rest;
 - the maintenance thread (``maintenance``) beats, renews leases, stops
-  cancelled tasks, sends due retries and reaps expired leases.
+  cancelled tasks, sends due retries and scheduled tasks, and reaps expired leases.
 
 Only tasks registered by the worker's own task modules run, and, on a worker
 started to trust code, functions shipped by value whose signed pickles check
-out (``shipped``).
+out (``admission``, ``shipped``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -48,14 +46,14 @@ from yadtq import protocol, registry
 from yadtq.backend import UNNAMED_RING, Claim, Outcome, RedisBackend
 from yadtq.broker import Delivery, TaskConsumer, TaskProducer, create_topics
 from yadtq.config import Config
-from yadtq.errors import BackendUnavailable, BrokerUnavailable, UntrustedCode
+from yadtq.errors import BackendUnavailable, BrokerUnavailable
 from yadtq.worker import execution, outcomes
 from yadtq.worker.admission import Admission
 from yadtq.worker.handing_on import HandOn
 from yadtq.worker.maintenance import Maintenance
 from yadtq.worker.outcomes import OutcomeStore
 from yadtq.worker.redis_retry import GAVE_UP, retry_redis
-from yadtq.worker.shipped import PythonVersionMismatch, ShippedCode
+from yadtq.worker.slots import GROUP, SHORT_TASK, Slots
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +62,6 @@ SLOT_WAIT = 0.2  # seconds; with every slot busy, how long to wait for one betwe
 IDLE_WAIT_MAX = 1.0  # seconds; the longest sleep on the doorbells, once idle for a while
 RUNG_IDS_KEPT = 10_000  # ids of doorbell-claimed tasks remembered until their copy is read
 MIN_WAIT = 0.01  # seconds; the shortest (a wait of 0 on the doorbells would never end)
-SHORT_TASK = 0.005  # seconds; tasks this short on average are claimed ahead and grouped
-GROUP = 8  # short untimed tasks a slot hands its task process in one round trip, at most
 STOLEN_AT_ONCE = 2  # tasks a slot one steal may take, at most (the owners keep the rest)
 
 
@@ -75,16 +71,6 @@ class _Running:
     attempt: int
     runner: Any = None  # while it runs
     cancelled: bool = False  # stopped on request (its group, if any, runs again without it)
-
-
-@dataclass(frozen=True)
-class _Ready:
-    """A claimed task about to run in a slot."""
-
-    message: protocol.TaskMessage
-    attempt: int
-    call: execution.Call
-    timeout: float | None
 
 
 class Worker:
@@ -128,9 +114,6 @@ class Worker:
         self._running: dict[str, _Running] = {}  # claimed, outcome not yet stored
         self._executing = 0  # claimed and not yet ended: waiting for a slot or in one
         self._ahead = 0  # how many claimed tasks may wait for a slot (0 while tasks are long)
-        self._mean_run = SHORT_TASK * 10  # seconds a task ran, on average of the recent ones
-        self._claimed: queue.SimpleQueue[tuple[protocol.TaskMessage, int] | None] = (
-            queue.SimpleQueue())  # what the slots take their next task from
         self._slot_freed = threading.Event()
         self._stopping = threading.Event()
         self._stop_reason = "stopped"
@@ -138,9 +121,6 @@ class Worker:
         self._idle_wait = config.idle_wait  # how long the next sleep on the doorbells lasts
         self._rung_for_one = False  # the last ring named a task: wait for the next ring first
         self._rung_ids: dict[str, int] = {}  # claimed by doorbell, copy unread: id -> attempt
-        self._runners: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        for runner in execution.make_runners(mode, concurrency, task_modules):
-            self._runners.put(runner)
         self.backend = RedisBackend(config, worker_id=self.name)
         self.backend.check_connection()
         create_topics(config)
@@ -149,7 +129,6 @@ class Worker:
             config, client_id=self.name, on_assignment=self._on_assignment,
             claimed_up_to=self.backend.claimed_offsets if steal else None,
             stopping=self._stopping)
-        self._shipped = ShippedCode(config, self.backend)
         self._hand_on = HandOn(config, self.backend, worker=self.name, served=self._served,
                                send=self._produce, flushed=self._flushed, clock=clock,
                                stopping=self._stopping)
@@ -162,8 +141,11 @@ class Worker:
             config, self.backend, self.producer, worker=self.name, record=self._record,
             on_cancelled=self._stop_cancelled, partitions=lambda: self.consumer.partitions,
             clock=clock)
-        self._slots = [threading.Thread(target=self._slot, name=f"{self.name}-slot-{i}",
-                                        daemon=True) for i in range(concurrency)]
+        self._slots = Slots(
+            config, self.backend, worker=self.name,
+            runners=execution.make_runners(mode, concurrency, task_modules), ended=self._ended,
+            grouping=lambda: self._ahead > 0, attach=self._attach, cancelled=self._cancelled,
+            clock=clock, stopping=self._stopping)
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -176,8 +158,7 @@ class Worker:
         )
         self._outcomes.start()
         self._maintenance.start()
-        for slot in self._slots:
-            slot.start()
+        self._slots.start()
         try:
             while not self._stopping.is_set():
                 self._serve()
@@ -404,99 +385,7 @@ class Worker:
         if refusal is not None:
             self._ended(message, outcomes.failed(message, attempt, refusal))
             return
-        self._claimed.put((message, attempt))
-
-    def _slot(self) -> None:
-        """A slot's thread: run claimed tasks until handed None; short untimed ones that
-        wait together go to the task process in one round trip."""
-        while (claimed := self._claimed.get()) is not None:
-            ready = [r for r in map(self._ready, [claimed, *self._waiting()]) if r is not None]
-            together = [r for r in ready if r.timeout is None]
-            alone = [r for r in ready if r.timeout is not None]
-            if len(together) == 1:
-                together, alone = [], ready
-            if together:
-                self._run_together(together)
-            for task in alone:
-                self._run_alone(task)
-
-    def _waiting(self) -> list[tuple[protocol.TaskMessage, int]]:
-        """Claimed tasks waiting for a slot, up to a group's worth less one, while tasks
-        are short (a long one waits for the next free slot)."""
-        waiting: list[tuple[protocol.TaskMessage, int]] = []
-        while self._ahead and len(waiting) < GROUP - 1:
-            try:
-                claimed = self._claimed.get_nowait()
-            except queue.Empty:
-                break
-            if claimed is None:  # the worker is stopping: leave that to the next slot
-                self._claimed.put(None)
-                break
-            waiting.append(claimed)
-        return waiting
-
-    def _ready(self, claimed: tuple[protocol.TaskMessage, int]) -> _Ready | None:
-        """What a slot needs to run a claimed task; None: it cannot run here, and has
-        ended (shipped code that does not check out, say)."""
-        message, attempt = claimed
-        try:
-            shipped = self._shipped.unpack(message)
-        except (UntrustedCode, PythonVersionMismatch, BackendUnavailable) as exc:
-            self._ended(message, outcomes.failed(
-                message, attempt, exc, retryable=isinstance(exc, BackendUnavailable)))
-            return None
-        call = execution.Call(message.task, message.args, dict(message.kwargs),
-                              message.retry_on, shipped)
-        return _Ready(message, attempt, call,
-                      outcomes.option(message, "timeout", self.config.default_timeout))
-
-    def _run_alone(self, ready: _Ready) -> None:
-        """Run one claimed task in a slot and hand over its outcome."""
-        call = ready.call
-        attempts = self._run([ready], lambda runner: [runner.run(
-            call.task, call.args, call.kwargs, call.retry_on, ready.timeout, call.shipped)])
-        self._ended_all([ready], attempts)
-
-    def _run_together(self, group: list[_Ready]) -> None:
-        """Run untimed claimed tasks in one round trip and hand over their outcomes. If
-        the task process did not finish them all (one was cancelled, or one ended the
-        process), each runs again alone, but for the cancelled ones."""
-        attempts = self._run(group, lambda runner: runner.run_group([r.call for r in group]))
-        if attempts is not None:
-            self._ended_all(group, attempts)
-            return
-        for ready in group:
-            with self._lock:
-                running = self._running.get(ready.message.id)
-                cancelled = running is not None and running.cancelled
-            if cancelled:
-                self._ended_all([ready], [execution.cancelled()])
-            else:
-                self._run_alone(ready)
-
-    def _run(self, group: list[_Ready], run: Callable[[Any], list[execution.Attempt] | None]
-             ) -> list[execution.Attempt] | None:
-        """Run tasks on a free runner (which cancelling them stops), timing them."""
-        runner = self._runners.get()
-        with self._lock:
-            for ready in group:
-                running = self._running.get(ready.message.id)
-                if running is not None:
-                    running.runner = runner
-        started = time.monotonic()
-        try:
-            return run(runner)
-        finally:
-            self._runners.put(runner)
-            self._mean_run = 0.8 * self._mean_run + 0.2 * (
-                (time.monotonic() - started) / len(group))
-
-    def _ended_all(self, group: list[_Ready], attempts: list[execution.Attempt]) -> None:
-        for ready, result in zip(group, attempts, strict=True):
-            self._ended(ready.message, outcomes.outcome(
-                ready.message, ready.attempt, result, config=self.config,
-                backend=self.backend, now=self.clock(), stopping=self._stopping,
-                worker=self.name))
+        self._slots.put(message, attempt)
 
     def _ended(self, message: protocol.TaskMessage, report: Outcome) -> None:
         """Free the slot and hand the outcome to the outcome store.
@@ -507,7 +396,7 @@ class Worker:
         report = replace(report, ended_at=self.clock())
         with self._lock:
             self._executing -= 1
-            self._ahead = self.concurrency * GROUP if self._mean_run < SHORT_TASK else 0
+            self._ahead = self.concurrency * GROUP if self._slots.mean_run < SHORT_TASK else 0
             # short tasks: once half the claimed-ahead ended, claim that many in one go
             refill = self.concurrency + self._ahead - self._executing >= max(
                 self._ahead // 2, 1)
@@ -545,6 +434,19 @@ class Worker:
         return {**self._identity, "in_flight": len(leased), "status": status,
                 "partitions": ",".join(map(str, self.consumer.partitions)),
                 "topic_partitions": self.consumer.topic_partitions}, leased
+
+    def _attach(self, task_id: str, runner: Any) -> None:
+        """Note the runner a claimed task runs on, so cancelling it can stop it."""
+        with self._lock:
+            running = self._running.get(task_id)
+            if running is not None:
+                running.runner = runner
+
+    def _cancelled(self, task_id: str) -> bool:
+        """True if a claimed task was cancelled while it ran."""
+        with self._lock:
+            running = self._running.get(task_id)
+            return running is not None and running.cancelled
 
     def _stop_cancelled(self, task_ids: list[str]) -> None:
         """Stop running tasks that were cancelled (process mode kills their child)."""
@@ -585,14 +487,7 @@ class Worker:
         rest, leave the group, and record the stop."""
         logger.info("Worker %s: stopping (%s); %d task(s) in flight", self.name,
                     self._stop_reason, len(self._running))
-        with contextlib.suppress(queue.Empty):  # claimed tasks no slot has begun go back
-            while True:
-                self._claimed.get_nowait()
-        for _ in self._slots:
-            self._claimed.put(None)
-        deadline = time.monotonic() + self.shutdown_grace
-        for slot in self._slots:
-            slot.join(max(0.0, deadline - time.monotonic()))
+        self._slots.stop(self.shutdown_grace)  # claimed tasks no slot has begun go back
         self._outcomes.close(timeout=outcomes.FINISH_RETRY_SECONDS)
         with self._lock:
             unfinished = [running.message for running in self._running.values()]
@@ -605,7 +500,6 @@ class Worker:
         except BrokerUnavailable as exc:
             logger.error("Worker %s: %s", self.name, exc)
         self.backend.close()
-        while not self._runners.empty():
-            self._runners.get().close()
+        self._slots.close()
         logger.info("Worker %s: stopped (%s); processed %d, failed %d", self.name,
                     self._stop_reason, self._outcomes.processed, self._outcomes.failed)
