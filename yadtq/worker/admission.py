@@ -21,7 +21,7 @@ from yadtq import protocol
 from yadtq.backend import RedisBackend
 from yadtq.broker import Delivery
 from yadtq.config import Config
-from yadtq.errors import BackendUnavailable, UnknownTask, UntrustedCode, YadtqError
+from yadtq.errors import UnknownTask, UntrustedCode, YadtqError
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Admission:
             ended = self._backend.fail_refused(
                 task_id, error.task, REFUSED, f"message refused by worker {self._worker}: "
                 f"{error}", authentic=error.authentic)
-        except (BackendUnavailable, YadtqError) as exc:
+        except YadtqError as exc:  # Redis away or refusing: the letter says why anyway
             logger.warning("Worker %s: could not end refused task %s: %s", self._worker,
                            task_id, exc)
             return
