@@ -45,14 +45,12 @@ from yadtq.backend.scripts import (
     FinishCall,
     FinishReply,
     FinishTask,
-    ReleaseCall,
-    ReleaseTask,
     RenewCall,
     RequeueCall,
     RequeueReply,
-    TakeDueCall,
     Verdict,
 )
+from yadtq.backend.due_scripts import ReleaseCall, ReleaseTask, TakeDueCall
 from yadtq.config import Config
 from yadtq.protocol import TaskMessage
 from yadtq.status import COUNTERS
@@ -133,12 +131,12 @@ def test_enqueue_writes_each_record_from_the_shared_fields_and_its_own_values(
 
     # When one call writes their records, signed with the secret
     shared = shared_fields(messages[0], NOW)
-    (written, due_at), _ = scripts.run(EnqueueCall("b-1", shared, [
+    reply, _ = scripts.run(EnqueueCall("b-1", shared, [
         (m.id, own_values(m, RecordSigner("s3cret", shared))) for m in messages]))
 
     # Then each record is the one the message makes, under its own id, unset fields absent,
     # and its signature checks out with that secret only
-    assert (written, due_at) == (3, None)
+    assert (reply.written, reply.due_at) == (3, None)
     assert client.keys(keys.doorbell("*")) == []  # and no doorbell rang
     for message in messages:
         record = text_hash(client, keys.task(message.id))
@@ -260,13 +258,14 @@ def test_finish_stores_each_tasks_outcome_from_its_own_nine_arguments(
     claimed(scripts, [ok, bad, again])
 
     # When one call stores a success, a failure and a retry, each with its own values
-    replies, _ = scripts.run(FinishCall(WORKER, NOW + 10, TTL, [
+    finished, _ = scripts.run(FinishCall(WORKER, NOW + 10, TTL, [
         finish_task(ok, "success", ("[42]", "", ""), ended_at=NOW + 1),
         finish_task(bad, "failed", ("ValueError", "bad input", "Traceback ..."), NOW + 2),
         finish_task(again, RETRY, ("OSError", "flaky", "tb"), NOW + 3, retry_at=NOW + 99)]))
 
-    # Then every outcome was accepted
-    assert replies == [FinishReply(Verdict.OK)] * 3
+    # Then every outcome was accepted, and no task depended on them
+    assert finished.replies == [FinishReply(Verdict.OK)] * 3
+    assert finished.readied == []
     # And each record holds exactly its own task's values
     success = text_hash(client, keys.task(ok.id))
     assert (success["status"], success["result"], float(success["finished_at"])) == (
@@ -295,12 +294,12 @@ def test_finish_reply_names_the_status_attempt_and_worker_of_a_refusal(
     unknown = protocol.build("add", [1, 2])
 
     # When this worker tries to finish both
-    replies, _ = scripts.run(FinishCall(WORKER, NOW, TTL, [
+    finished, _ = scripts.run(FinishCall(WORKER, NOW, TTL, [
         finish_task(message, "success", ("1", "", ""), NOW),
         finish_task(unknown, "success", ("1", "", ""), NOW)]))
 
     # Then each refusal says what the task was and who held it
-    assert replies == [FinishReply(Verdict.REFUSED, "processing", 1, OTHER_WORKER),
+    assert finished.replies == [FinishReply(Verdict.REFUSED, "processing", 1, OTHER_WORKER),
                        FinishReply(Verdict.REFUSED, MISSING, None, "")]
     assert events(client, keys, message.id) == ["claimed", "refused"]
 
@@ -497,10 +496,11 @@ def test_enqueue_with_a_countdown_writes_them_scheduled_due_on_redis_clock_and_s
     redis_now = seconds + microseconds / 1e6
 
     # When they are written with a countdown
-    (written, due_at), _ = scripts.run(EnqueueCall(
+    reply, _ = scripts.run(EnqueueCall(
         "b-9", shared, [(m.id, own_values(m, None)) for m in messages], due="in:30.0"))
 
     # Then they are scheduled, due 30 s after Redis's clock read them, in the scheduled set
+    written, due_at = reply.written, reply.due_at
     assert written == 2 and redis_now + 29 < due_at < redis_now + 31
     for message in messages:
         record = text_hash(client, keys.task(message.id))
@@ -509,9 +509,9 @@ def test_enqueue_with_a_countdown_writes_them_scheduled_due_on_redis_clock_and_s
         assert client.zscore(keys.scheduled, message.id) == pytest.approx(due_at)
     # And an ETA is taken as it is
     eta = protocol.build("add", [5, 5])
-    (_, at), _ = scripts.run(EnqueueCall(None, shared_fields(eta, NOW),
+    at_reply, _ = scripts.run(EnqueueCall(None, shared_fields(eta, NOW),
                                          [(eta.id, own_values(eta, None))], due=f"at:{NOW}"))
-    assert at == NOW
+    assert at_reply.due_at == NOW
 
 
 def test_release_moves_due_scheduled_tasks_to_queued_once_and_says_which_to_produce(

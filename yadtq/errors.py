@@ -134,6 +134,14 @@ class TaskFailed(YadtqError):
         return text
 
 
+class UnknownDependency(YadtqError, LookupError):
+    """A task was submitted depending on a task Redis has no record of."""
+
+
+class TaskSkipped(TaskFailed):
+    """The task never ran: a task it depends on failed or was cancelled (``root``)."""
+
+
 class TaskTimeout(YadtqError, TimeoutError):
     """A task ran past its time limit and was stopped."""
 

@@ -87,6 +87,7 @@ class TaskMessage:
     python: str | None = None  # the client's Python version, with ``code``
     pickled: Ref | None = None  # (args, kwargs) as a pickle, instead of JSON
     pickles_sig: str | None = None  # ``values.pickles_signature`` of code and pickled
+    inputs: Inputs | None = None  # parents whose results are arguments (``dependencies``)
     plain: bool = False
 
     @property
@@ -117,7 +118,41 @@ class TaskMessage:
             data["pickled"] = self.pickled.to_dict()
         if self.pickles_sig is not None:
             data["pickles_sig"] = self.pickles_sig
+        if self.inputs is not None:
+            data["inputs"] = self.inputs.to_dict()
         return data
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """The tasks and batches whose results stand in a message's arguments.
+
+    The arguments name each by a marker (``dependencies``); the worker reads their
+    outcomes from Redis once it has claimed the task, and puts the values in place.
+    """
+
+    tasks: tuple[str, ...] = ()
+    batches: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, list[str]]:
+        """The JSON object of the message's ``inputs`` field."""
+        return {"tasks": list(self.tasks), "batches": list(self.batches)}
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> Inputs:
+        """Validate a message's ``inputs`` field.
+
+        Raises:
+            ProtocolError: it is not an object of two lists of ids.
+        """
+        if not isinstance(obj, dict) or set(obj) - {"tasks", "batches"}:
+            raise ProtocolError("field 'inputs' must be an object with 'tasks' and 'batches'")
+        lists = [obj.get("tasks", []), obj.get("batches", [])]
+        for ids in lists:
+            if not (isinstance(ids, list)
+                    and all(isinstance(i, str) and _ID.match(i) for i in ids)):
+                raise ProtocolError("field 'inputs': 'tasks' and 'batches' must be lists of ids")
+        return cls(tuple(lists[0]), tuple(lists[1]))
 
 
 def new_task_id() -> str:
@@ -165,6 +200,7 @@ def build(
     code: Ref | None = None,
     python: str | None = None,
     pickled: Ref | None = None,
+    inputs: Inputs | None = None,
     secret: str | None = None,
 ) -> TaskMessage:
     """Build a validated message for ``task(*args, **kwargs)``.
@@ -196,6 +232,8 @@ def build(
         payload["code"], payload["python"] = code.to_dict(), python
     if pickled is not None:
         payload["pickled"] = pickled.to_dict()
+    if inputs is not None:
+        payload["inputs"] = inputs.to_dict()
     if code is not None or pickled is not None:
         if not secret:
             raise ValueError("a message with code or pickled arguments must be signed")
@@ -440,6 +478,7 @@ def validate(obj: Mapping[str, Any]) -> TaskMessage:
     pickles_sig = _field(obj, "pickles_sig", (str, type(None)), None)
     if code is not None and python is None:
         raise ProtocolError("field 'python' (the client's Python version) must come with 'code'")
+    inputs = Inputs.from_dict(obj["inputs"]) if obj.get("inputs") is not None else None
     return TaskMessage(
         id=task_id,
         task=task,
@@ -457,5 +496,6 @@ def validate(obj: Mapping[str, Any]) -> TaskMessage:
         python=python,
         pickled=pickled,
         pickles_sig=pickles_sig,
+        inputs=inputs,
         plain=plain,
     )

@@ -21,19 +21,22 @@ class TaskStatus(str, Enum):
     Members are listed in lifecycle order, which is the order counts are shown in.
     """
 
+    BLOCKED = "blocked"
     SCHEDULED = "scheduled"
     QUEUED = "queued"
     PROCESSING = "processing"
     SUCCESS = "success"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"
 
     def __str__(self) -> str:
         return self.value
 
     @property
     def is_finished(self) -> bool:
-        """True for a status no task leaves."""
+        """True for a final status: no task leaves it on its own (only a workflow's
+        ``retry()`` runs failed and skipped tasks again)."""
         return self in FINISHED
 
     @property
@@ -55,9 +58,11 @@ class Look:
     colour: str
 
 
-FINISHED = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED})
+FINISHED = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED,
+                      TaskStatus.SKIPPED})
 
 ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.BLOCKED: frozenset({TaskStatus.QUEUED, TaskStatus.SKIPPED, TaskStatus.CANCELLED}),
     TaskStatus.SCHEDULED: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED}),
     TaskStatus.QUEUED: frozenset({TaskStatus.PROCESSING, TaskStatus.CANCELLED}),
     TaskStatus.PROCESSING: frozenset(
@@ -66,16 +71,28 @@ ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.SUCCESS: frozenset(),
     TaskStatus.FAILED: frozenset(),
     TaskStatus.CANCELLED: frozenset(),
+    TaskStatus.SKIPPED: frozenset(),
 }
+"""The moves tasks make on their own. A workflow's ``retry()`` also moves failed and
+skipped tasks back (:data:`RETRIED`)."""
+
+RETRIED: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.FAILED: frozenset({TaskStatus.QUEUED, TaskStatus.BLOCKED}),
+    TaskStatus.SKIPPED: frozenset({TaskStatus.QUEUED, TaskStatus.BLOCKED}),
+}
+"""What ``retry_workflow.lua`` moves a task to: queued when its parents all succeeded,
+blocked while one is itself run again."""
 
 COUNTERS: tuple[str, ...] = tuple(status.value for status in TaskStatus)
 """The batch hash's counter fields, one per status and named for it, in lifecycle order."""
 
 LOOKS: dict[TaskStatus, Look] = {
+    TaskStatus.BLOCKED: Look("blocked", "#b39ddb"),
     TaskStatus.SCHEDULED: Look("scheduled", "#e0b94f"),
     TaskStatus.QUEUED: Look("waiting", "#c8c8c8"),
     TaskStatus.PROCESSING: Look("running", "#2f7ed8"),
     TaskStatus.SUCCESS: Look("success", "#2e9e44"),
     TaskStatus.FAILED: Look("failed", "#d62f2f"),
     TaskStatus.CANCELLED: Look("cancelled", "#8a6d3b"),
+    TaskStatus.SKIPPED: Look("skipped", "#9e9e9e"),
 }

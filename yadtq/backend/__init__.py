@@ -14,7 +14,7 @@ Nothing outside this package imports redis-py, except the event listener's
 subscription (``yadtq.events``).
 """
 
-from yadtq.backend.moves import Claim, Outcome
+from yadtq.backend.moves import Claim, Outcome, Stored
 from yadtq.backend.redis_backend import PIPELINE_CHUNK, UNNAMED_RING, RedisBackend
 
-__all__ = ["PIPELINE_CHUNK", "UNNAMED_RING", "Claim", "Outcome", "RedisBackend"]
+__all__ = ["PIPELINE_CHUNK", "UNNAMED_RING", "Claim", "Outcome", "RedisBackend", "Stored"]

@@ -23,7 +23,7 @@ from yadtq.backend.keys import Keys
 from yadtq.backend.records import PAYLOAD_FIELDS, message_from_payload, payload, text
 from yadtq.backend.redis_errors import at_the_edge
 from yadtq.backend.script_runner import Scripts
-from yadtq.backend.scripts import ReleaseCall, ReleaseTask, TakeDueCall
+from yadtq.backend.due_scripts import ReleaseCall, ReleaseTask, TakeDueCall
 from yadtq.config import Config
 from yadtq.protocol import TaskMessage
 from yadtq.status import TaskStatus

@@ -32,6 +32,36 @@ class Keys:
     def batch_tasks(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}:tasks"
 
+    def children(self, task_id: str) -> str:
+        """The tasks waiting on this one: child id -> "1" if it runs even if this fails."""
+        return f"{self.prefix}:task:{task_id}:children"
+
+    def workflow(self, workflow_id: str) -> str:
+        return f"{self.prefix}:workflow:{workflow_id}"
+
+    def workflow_tasks(self, workflow_id: str) -> str:
+        return f"{self.prefix}:workflow:{workflow_id}:tasks"
+
+    @property
+    def workflows(self) -> str:
+        """The queue's workflows by when they began (for ``Client.workflows()``)."""
+        return f"{self.prefix}:workflows:{self.queue}"
+
+    @property
+    def blocked(self) -> str:
+        """Tasks waiting on parents, by when they began to wait."""
+        return f"{self.prefix}:blocked:{self.queue}"
+
+    @property
+    def unblocked(self) -> str:
+        """Tasks whose parents all finished, queued, to be produced (a due set)."""
+        return f"{self.prefix}:unblocked:{self.queue}"
+
+    @property
+    def settling(self) -> str:
+        """Finished tasks whose children have not all heard of it yet (wide fan-outs)."""
+        return f"{self.prefix}:settling:{self.queue}"
+
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{self.queue}:{worker_id}"
 

@@ -62,3 +62,12 @@ class Outcome:
             summary=f"{self.error_type}: {self.error}"[:500] if self.error_type else "",
             result_or_error_type=stored[0], error=stored[1], traceback=stored[2],
             ended_at=now if self.ended_at is None else self.ended_at)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What storing outcomes gave: per outcome None (accepted) or why it was refused, and
+    the children final outcomes readied, held for the storing worker to produce."""
+
+    refusals: list[str | None]
+    readied: list[str]

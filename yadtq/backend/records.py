@@ -15,14 +15,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from yadtq.protocol import TaskMessage
+from yadtq.protocol import Inputs, TaskMessage
 from yadtq.status import TaskStatus
 from yadtq.values import Ref
 
 # The fields that hold a message's payload, for an HMGET (or requeue.lua) to read back.
 PAYLOAD_FIELDS = ("task", "args", "kwargs", "batch", "index", "max_retries", "timeout",
                   "submitted_at", "retry_on", "retry_backoff", "code", "pickled",
-                  "pickles_sig")
+                  "pickles_sig", "inputs")
 
 
 def text(value: bytes | str | None) -> str:
@@ -51,7 +51,8 @@ RECORD_SIG = "record_sig"
 
 # A record's fields that differ from task to task of one submit or map (enqueue.lua takes
 # the rest once a call).
-OWN_FIELDS = ("args", "kwargs", "index", "submitted_at", "pickled", "pickles_sig", RECORD_SIG)
+OWN_FIELDS = ("args", "kwargs", "index", "submitted_at", "pickled", "pickles_sig", "inputs",
+              RECORD_SIG)
 # The payload fields a record signature covers, shared ones then a task's own, in order.
 _OWN_PAYLOAD = OWN_FIELDS[:-1]
 _SHARED_PAYLOAD = tuple(name for name in PAYLOAD_FIELDS if name not in _OWN_PAYLOAD)
@@ -144,6 +145,7 @@ def own_values(message: TaskMessage, signer: RecordSigner | None) -> list[str]:
         # Pickled arguments, kept to produce the task again.
         json.dumps(message.pickled.to_dict()) if message.pickled else "",
         message.pickles_sig or "",
+        json.dumps(message.inputs.to_dict()) if message.inputs else "",
     ]
     return [*values, signer.sign(message.id, values) if signer else ""]
 
@@ -183,4 +185,5 @@ def message_from_payload(task_id: str, attempt: int, fields: Mapping[str, str]) 
         python=shipped["python"] if shipped else None,
         pickled=Ref.from_dict(json.loads(pickled), "pickled") if pickled else None,
         pickles_sig=fields["pickles_sig"] or None,
+        inputs=Inputs.from_dict(json.loads(fields["inputs"])) if fields["inputs"] else None,
     )

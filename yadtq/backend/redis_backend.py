@@ -23,7 +23,7 @@ from redis.retry import Retry
 
 from yadtq.backend.due_sets import Retries, ScheduledTasks
 from yadtq.backend.keys import Keys
-from yadtq.backend.moves import Claim, Outcome
+from yadtq.backend.moves import Claim, Outcome, Stored
 from yadtq.backend.records import (
     PAYLOAD_FIELDS,
     RECORD_SIG,
@@ -45,6 +45,7 @@ from yadtq.backend.scripts import (
     ClaimCall,
     ClaimTask,
     EnqueueCall,
+    EnqueueReply,
     FailQueuedCall,
     FailQueuedTask,
     FinishCall,
@@ -60,6 +61,7 @@ PIPELINE_CHUNK = 1000
 DOORBELL_RINGS = 16  # rings a doorbell keeps; an older one is dropped (Kafka still has the task)
 UNNAMED_RING = "-"  # a ring for a batch: look in Kafka
 WORKER_RECORD_TTL = 24 * 3600
+UNBLOCKED_HOLD = 5.0  # seconds a worker holds the children its outcomes readied, to produce
 
 
 @at_the_edge
@@ -123,7 +125,9 @@ class RedisBackend:
         batch_total: int | None = None,
         ring: int | None = None,
         due: str = "",
-    ) -> float | None:
+        edges: Sequence[str] | None = None,
+        workflow: str | None = None,
+    ) -> EnqueueReply:
         """Write ``queued`` records before anything is produced.
 
         ``batch_total`` starts the batch's counters: pass it with a batch's first chunk.
@@ -131,14 +135,23 @@ class RedisBackend:
         script that writes its record, once written, so a worker claims it from its
         record while Kafka takes the message (see :meth:`ring`). ``due``
         (``"in:<seconds>"`` or ``"at:<unix seconds>"``) writes them ``scheduled`` instead,
-        to be produced by a worker when due (``scheduled``); returns when, on Redis's clock.
+        to be produced by a worker when due (``scheduled``). ``edges`` (one per message,
+        ``dependencies.Edges.spec``) writes tasks with parents ``blocked`` (or ``skipped``),
+        and ``workflow`` lists them in that workflow.
+
+        Returns:
+            When they are due (on Redis's clock), and which began blocked or skipped:
+            only ``queued`` ones are for the caller to produce.
+
+        Raises:
+            UnknownDependency: a parent has no record (nothing of that chunk was written).
         """
         status = TaskStatus.SCHEDULED if due else TaskStatus.QUEUED
         now, secret = time.time(), self.config.secret
         # Messages of one submit or map share all but their own fields: one call a chunk.
-        groups = [list(group) for chunk in _chunks(messages, PIPELINE_CHUNK)
-                  for _, group in itertools.groupby(chunk, key=shares_fields)]
-        if not groups and batch_id is not None and batch_total is not None:  # an empty map
+        spans = [(start, list(group)) for start, chunk in _chunks(messages, PIPELINE_CHUNK)
+                 for start, group in _groups(start, chunk)]
+        if not spans and batch_id is not None and batch_total is not None:  # an empty map
             with self.redis.pipeline(transaction=False) as pipe:
                 self._start_batch(pipe, batch_id, batch_total, now, status)
                 pipe.execute()
@@ -148,16 +161,22 @@ class RedisBackend:
             assert batch_id is not None and batch_total is not None
             self._start_batch(pipe, batch_id, batch_total, now, status)
 
-        due_at = None
-        for number, group in enumerate(groups):
+        total = EnqueueReply(0, None, [], [])
+        for number, (start, group) in enumerate(spans):
             shared = shared_fields(group[0], now)
+            if workflow:
+                shared["workflow"] = workflow
             signer = RecordSigner(secret, shared) if secret else None
             call = EnqueueCall(batch_id, shared, [(m.id, own_values(m, signer)) for m in group],
                                ring=ring if number == 0 else None, rings_kept=DOORBELL_RINGS,
-                               due=due)
-            (_, due_at), _ = self._scripts.run(
+                               due=due, now=now, ttl=self.config.result_ttl,
+                               edges=edges[start:start + len(group)] if edges else None,
+                               workflow=workflow)
+            reply, _ = self._scripts.run(
                 call, also=start_batch if number == 0 and starts_batch else None)
-        return due_at
+            total = EnqueueReply(total.written + reply.written, reply.due_at,
+                                 total.blocked + reply.blocked, total.skipped + reply.skipped)
+        return total
 
     def _start_batch(self, pipe: redis.client.Pipeline, batch_id: str, total: int,
                      now: float, status: TaskStatus) -> None:
@@ -191,7 +210,7 @@ class RedisBackend:
         """
         failed = 0
         first = True
-        for chunk in list(_chunks(messages, PIPELINE_CHUNK)) or [[]]:
+        for _, chunk in list(_chunks(messages, PIPELINE_CHUNK)) or [(0, [])]:
             call = FailQueuedCall(time.time(), self.config.result_ttl, "BrokerUnavailable",
                                   error, "undelivered",
                                   [FailQueuedTask(m.id, m.batch) for m in chunk])
@@ -281,7 +300,7 @@ class RedisBackend:
     def task_records(self, task_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         """Decoded task hashes in order, read in pipelined chunks."""
         records: list[dict[str, Any] | None] = []
-        for chunk in _chunks(task_ids, PIPELINE_CHUNK):
+        for _, chunk in _chunks(task_ids, PIPELINE_CHUNK):
             with self.redis.pipeline(transaction=False) as pipe:
                 for task_id in chunk:
                     pipe.hgetall(self.keys.task(task_id))
@@ -373,20 +392,24 @@ class RedisBackend:
 
     def finish(self, outcome: Outcome, worker_id: str, now: float | None = None) -> str | None:
         """Store an outcome; returns None if accepted, else why it was refused."""
-        return self.finish_many([outcome], worker_id, now)[0]
+        return self.finish_many([outcome], worker_id, now).refusals[0]
 
     def finish_many(
         self, outcomes: Sequence[Outcome], worker_id: str, now: float | None = None,
         counts: dict[str, int] | None = None,
-    ) -> list[str | None]:
-        """Store outcomes in one round trip; for each, None if accepted, else why refused.
+    ) -> Stored:
+        """Store outcomes in one round trip.
 
         ``counts`` (the worker's processed and failed totals) go into its record in the
         same round trip, ahead of the outcomes' events: whoever hears of an outcome
         finds it counted, rather than a heartbeat later.
+
+        Returns:
+            For each outcome, None if accepted, else why it was refused; and the children
+            the final ones readied, held (``unblocked``) for this caller to produce.
         """
         if not outcomes and counts is None:
-            return []
+            return Stored([], [])
         now = time.time() if now is None else now
         tasks = [outcome.finish_task(now) for outcome in outcomes]
 
@@ -394,12 +417,13 @@ class RedisBackend:
             pipe.hset(self.keys.worker(worker_id), mapping=counts)
             pipe.expire(self.keys.worker(worker_id), WORKER_RECORD_TTL)
 
-        replies, _ = self._scripts.run(FinishCall(worker_id, now, self.config.result_ttl, tasks),
-                                       also=count if counts is not None else None)
-        return [None if reply.ok else "task is {} (attempt {}, worker {})".format(
-                    reply.status, "?" if reply.attempt is None else reply.attempt,
-                    reply.worker or "none")
-                for reply in replies]
+        finished, _ = self._scripts.run(
+            FinishCall(worker_id, now, self.config.result_ttl, tasks, hold=UNBLOCKED_HOLD),
+            also=count if counts is not None else None)
+        return Stored([None if reply.ok else "task is {} (attempt {}, worker {})".format(
+                           reply.status, "?" if reply.attempt is None else reply.attempt,
+                           reply.worker or "none")
+                       for reply in finished.replies], finished.readied)
 
     def requeue(
         self,
@@ -503,6 +527,16 @@ class RedisBackend:
         return self._scripts.run(call, also=beat)[0]
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+def _chunks(items: Sequence[Any], size: int) -> Iterator[tuple[int, Sequence[Any]]]:
+    """``items`` in chunks of ``size``, each with the index it starts at."""
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield start, items[start:start + size]
+
+
+def _groups(start: int, chunk: Sequence[TaskMessage]
+            ) -> Iterator[tuple[int, list[TaskMessage]]]:
+    """Runs of messages that share their record's shared fields, each with its index."""
+    for _, group in itertools.groupby(chunk, key=shares_fields):
+        messages = list(group)
+        yield start, messages
+        start += len(messages)

@@ -4,6 +4,7 @@ Redis client and run through its codec (``scripts``) by ``EVALSHA`` alone.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from importlib import resources
 from typing import Any, TypeVar
@@ -12,6 +13,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
+from yadtq.backend.due_scripts import ReleaseCall, TakeDueCall
 from yadtq.backend.keys import Keys
 from yadtq.backend.scripts import (
     CancelCall,
@@ -19,18 +21,29 @@ from yadtq.backend.scripts import (
     EnqueueCall,
     FailQueuedCall,
     FinishCall,
-    ReleaseCall,
     RenewCall,
     RequeueCall,
     ScriptCall,
-    TakeDueCall,
 )
+from yadtq.backend.workflow_scripts import InputsCall, RetryWorkflowCall, SettleCall
 
 R = TypeVar("R")
 
 CALLS: tuple[type[ScriptCall[Any]], ...] = (
     EnqueueCall, ClaimCall, FinishCall, RequeueCall, CancelCall, FailQueuedCall,
-    TakeDueCall, ReleaseCall, RenewCall)
+    TakeDueCall, ReleaseCall, RenewCall, SettleCall, InputsCall, RetryWorkflowCall)
+
+
+_USES = re.compile(r"^-- uses: (\S+\.lua)$", re.MULTILINE)
+
+
+def source(script: str) -> str:
+    """A script's text, after the libraries its header names (``-- uses: edges.lua``,
+    from ``lua/lib``): the functions several scripts share are written once."""
+    lua = resources.files("yadtq.backend").joinpath("lua")
+    text = lua.joinpath(script).read_text()
+    libraries = [lua.joinpath("lib", name).read_text() for name in _USES.findall(text)]
+    return "\n".join([*libraries, text])
 
 
 class Scripts:
@@ -40,9 +53,7 @@ class Scripts:
         self._redis = client
         self._keys = keys
         self._registered: dict[str, Script] = {
-            call.script: client.register_script(
-                resources.files("yadtq.backend").joinpath("lua", call.script).read_text())
-            for call in CALLS}
+            call.script: client.register_script(source(call.script)) for call in CALLS}
 
     def run(
         self, call: ScriptCall[R], also: Callable[[redis.client.Pipeline], Any] | None = None

@@ -23,9 +23,11 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from yadtq.backend.keys import NO_BATCH, Keys
 from yadtq.backend.records import OWN_FIELDS, PAYLOAD_FIELDS, payload, text
+from yadtq.errors import UnknownDependency
 
 MISSING = "missing"  # the status the scripts report for a task without a record
 RETRY = "retry"  # finish.lua's outcome that queues the next attempt after a backoff
+EDGE_BUDGET = 500  # edges one script call moves at most (lib/edges.lua); settle.lua goes on
 
 R_co = TypeVar("R_co", covariant=True)
 
@@ -94,9 +96,20 @@ def _finishing_keys(keys: Keys, task_id: str, batch: str | None) -> list[str]:
 
 
 @dataclass(frozen=True)
+class EnqueueReply:
+    """What enqueue.lua wrote: how many records, when due, which began blocked or skipped."""
+
+    written: int
+    due_at: float | None  # None: now
+    blocked: list[str]
+    skipped: list[str]
+
+
+@dataclass(frozen=True)
 class EnqueueCall:
     """enqueue.lua: write queued records that share ``shared`` fields, each with its own
-    ``OWN_FIELDS`` values, list their ids in the batch, and ring a lone task's doorbell."""
+    ``OWN_FIELDS`` values (and its edges), list their ids in the batch and the workflow,
+    and ring a lone task's doorbell."""
 
     script: ClassVar[str] = "enqueue.lua"
     batch: str | None  # list the tasks' ids in this batch; None: in none
@@ -105,22 +118,39 @@ class EnqueueCall:
     ring: int | None = None  # ring this partition's doorbell with the (one) task's id
     rings_kept: int = 16  # how many rings a doorbell keeps
     due: str = ""  # "in:<seconds>" or "at:<unix seconds>": write them scheduled
+    now: float = 0.0
+    ttl: float = 1.0  # seconds a record lives after it finishes (of one skipped at once)
+    edges: Sequence[str] | None = None  # per task: "" or JSON {"p": [...], "t": [...]}
+    workflow: str | None = None  # the workflow the tasks join
 
     def keys(self, keys: Keys) -> list[str]:
         return [keys.batch_tasks(self.batch or NO_BATCH),
                 keys.doorbell(self.ring if self.ring is not None else -1), keys.scheduled,
+                keys.blocked, keys.workflow_tasks(self.workflow or NO_BATCH),
                 *(keys.task(task_id) for task_id, _ in self.tasks)]
 
     def args(self, keys: Keys) -> list[Any]:
         ring = self.tasks[0][0] if self.ring is not None else ""
-        return ["1" if self.batch else "", ring, self.rings_kept, self.due, len(self.shared),
-                *(item for pair in self.shared.items() for item in pair),
+        edges = self.edges
+        return ["1" if self.batch else "", ring, self.rings_kept, self.due, self.now, self.ttl,
+                "1" if edges is not None else "", keys.events, self.workflow or "",
+                len(self.shared), *(item for pair in self.shared.items() for item in pair),
                 len(OWN_FIELDS), *OWN_FIELDS,
-                *(value for task_id, own in self.tasks for value in (task_id, *own))]
+                *(value for i, (task_id, own) in enumerate(self.tasks)
+                  for value in (task_id, *own, *([edges[i]] if edges is not None else [])))]
 
-    def parse(self, reply: Sequence[Any]) -> tuple[int, float | None]:
-        """How many records were written, and when they are due (None: now)."""
-        return int(reply[0]), float(text(reply[1])) if text(reply[1]) else None
+    def parse(self, reply: Sequence[Any]) -> EnqueueReply:
+        """What was written.
+
+        Raises:
+            UnknownDependency: a parent has no record (nothing was written).
+        """
+        if int(reply[0]) < 0:
+            raise UnknownDependency(
+                f"task {text(reply[1])} is not in Redis (it never existed, or its record "
+                "expired), so nothing can depend on it; nothing was submitted")
+        return EnqueueReply(int(reply[0]), float(text(reply[1])) if text(reply[1]) else None,
+                            [text(i) for i in reply[2]], [text(i) for i in reply[3]])
 
 
 # --- claim.lua ---------------------------------------------------------------------------
@@ -193,8 +223,8 @@ class ClaimCall:
 
 @dataclass(frozen=True)
 class FinishTask:
-    """One task's outcome: finish.lua reads task i's 4 KEYS from ``KEYS[4 * i - 1]`` and
-    its 9 ARGV from ``ARGV[9 * i - 4]``."""
+    """One task's outcome: finish.lua reads task i's 4 KEYS from ``KEYS[4 * i + 2]`` and
+    its 9 ARGV from ``ARGV[9 * i - 2]``."""
 
     task_id: str
     batch: str | None
@@ -234,25 +264,37 @@ class FinishReply(_Reply):
 
 
 @dataclass(frozen=True)
+class Finished:
+    """finish.lua's answer: one reply per task, and the children its outcomes readied."""
+
+    replies: list[FinishReply]
+    readied: list[str]  # queued, held for the caller to produce (``unblocked`` set)
+
+
+@dataclass(frozen=True)
 class FinishCall:
-    """finish.lua: store each outcome, fenced by attempt and worker."""
+    """finish.lua: store each outcome, fenced by attempt and worker; final ones tell the
+    tasks' children (``lib/edges.lua``)."""
 
     script: ClassVar[str] = "finish.lua"
     worker_id: str
     now: float
     ttl: float  # seconds a record lives after it finishes
     tasks: Sequence[FinishTask]
+    hold: float = 5.0  # seconds the caller holds readied children to produce them
+    budget: int = EDGE_BUDGET  # edges the call may move
 
     def keys(self, keys: Keys) -> list[str]:
-        return [keys.leases, keys.retries,
+        return [keys.leases, keys.retries, keys.blocked, keys.unblocked, keys.settling,
                 *(key for task in self.tasks for key in task.keys(keys))]
 
     def args(self, keys: Keys) -> list[Any]:
-        return [self.worker_id, self.now, self.ttl, keys.events,
+        return [self.worker_id, self.now, self.ttl, keys.events, self.hold, self.budget,
                 *(arg for task in self.tasks for arg in task.args())]
 
-    def parse(self, reply: Sequence[Any]) -> list[FinishReply]:
-        return [FinishReply.parse(one) for one in reply]
+    def parse(self, reply: Sequence[Any]) -> Finished:
+        replies, readied = reply
+        return Finished([FinishReply.parse(one) for one in replies], [text(i) for i in readied])
 
 
 # --- requeue.lua -------------------------------------------------------------------------
@@ -319,7 +361,7 @@ class CancelReply(_Reply):
 
 @dataclass(frozen=True)
 class CancelCall:
-    """cancel.lua: queued | processing -> cancelled."""
+    """cancel.lua: blocked | scheduled | queued | processing -> cancelled."""
 
     script: ClassVar[str] = "cancel.lua"
     task_id: str
@@ -327,13 +369,15 @@ class CancelCall:
     now: float
     ttl: float  # seconds the record lives after it finishes
     requested_by: str
+    budget: int = EDGE_BUDGET  # edges the call may move
 
     def keys(self, keys: Keys) -> list[str]:
         return [keys.task(self.task_id), keys.leases, keys.batch(self.batch or NO_BATCH),
-                keys.task_history(self.task_id), keys.retries, keys.scheduled]
+                keys.task_history(self.task_id), keys.retries, keys.scheduled, keys.blocked,
+                keys.unblocked, keys.settling]
 
     def args(self, keys: Keys) -> list[Any]:
-        return [self.task_id, self.now, self.ttl, keys.events, self.requested_by]
+        return [self.task_id, self.now, self.ttl, keys.events, self.requested_by, self.budget]
 
     def parse(self, reply: Sequence[Any]) -> CancelReply:
         return CancelReply.parse(reply)
@@ -345,7 +389,7 @@ class CancelCall:
 @dataclass(frozen=True)
 class FailQueuedTask:
     """One queued task nothing will run: fail_queued.lua reads task i's 4 KEYS from
-    ``KEYS[4 * i - 3]`` and its 2 ARGV from ``ARGV[5 + 2 * i]``."""
+    ``KEYS[4 * i]`` and its 2 ARGV from ``ARGV[6 + 2 * i]``."""
 
     task_id: str
     batch: str | None
@@ -370,78 +414,19 @@ class FailQueuedCall:
     error: str
     why: str
     tasks: Sequence[FailQueuedTask]
+    budget: int = EDGE_BUDGET  # edges the call may move
 
     def keys(self, keys: Keys) -> list[str]:
-        return [key for task in self.tasks for key in task.keys(keys)]
+        return [keys.blocked, keys.unblocked, keys.settling,
+                *(key for task in self.tasks for key in task.keys(keys))]
 
     def args(self, keys: Keys) -> list[Any]:
         return [self.now, self.ttl, keys.events, self.error_type, self.error, self.why,
-                *(arg for task in self.tasks for arg in task.args())]
+                self.budget, *(arg for task in self.tasks for arg in task.args())]
 
     def parse(self, reply: Any) -> int:
         """How many tasks were failed."""
         return int(reply)
-
-
-# --- take_due.lua ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TakeDueCall:
-    """take_due.lua: take the entries of a due set (``"retries"`` or ``"scheduled"``) whose
-    time has come, holding each ``hold`` s; ``now`` None judges by Redis's clock."""
-
-    script: ClassVar[str] = "take_due.lua"
-    due_set: str  # the Keys property naming the set
-    now: float | None
-    hold: float
-    limit: int
-
-    def keys(self, keys: Keys) -> list[str]:
-        return [getattr(keys, self.due_set)]
-
-    def args(self, keys: Keys) -> list[Any]:
-        return ["" if self.now is None else self.now, self.hold, self.limit]
-
-    def parse(self, reply: Sequence[Any]) -> tuple[list[str], float]:
-        """The ids taken, and the time they were judged by."""
-        return [text(task_id) for task_id in reply[:-1]], float(text(reply[-1]))
-
-
-# --- release.lua -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReleaseTask:
-    """One due scheduled task: release.lua reads task i's 3 KEYS from ``KEYS[3 * i - 2]``
-    and its 1 ARGV from ``ARGV[3 + i]``."""
-
-    task_id: str
-    batch: str | None
-
-    def keys(self, keys: Keys) -> list[str]:
-        return [keys.task(self.task_id), keys.batch(self.batch or NO_BATCH),
-                keys.task_history(self.task_id)]
-
-
-@dataclass(frozen=True)
-class ReleaseCall:
-    """release.lua: scheduled -> queued for due tasks, before they are produced."""
-
-    script: ClassVar[str] = "release.lua"
-    now: float
-    worker_id: str
-    tasks: Sequence[ReleaseTask]
-
-    def keys(self, keys: Keys) -> list[str]:
-        return [key for task in self.tasks for key in task.keys(keys)]
-
-    def args(self, keys: Keys) -> list[Any]:
-        return [self.now, keys.events, self.worker_id, *(t.task_id for t in self.tasks)]
-
-    def parse(self, reply: Sequence[Any]) -> list[bool]:
-        """For each task, whether to produce it now."""
-        return [int(verdict) == 1 for verdict in reply]
 
 
 # --- renew.lua ---------------------------------------------------------------------------

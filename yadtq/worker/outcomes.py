@@ -119,7 +119,8 @@ class OutcomeStore:
 
     ``on_stored(message, outcome, refusal)`` is called on this thread for each
     outcome once Redis took it (``refusal`` None) or refused it (why), or once
-    Redis stayed away for a minute (``"Redis unreachable"``).
+    Redis stayed away for a minute (``"Redis unreachable"``). ``on_readied(ids)`` gets
+    the children that final outcomes readied, for the worker to produce at once.
 
     It alone counts them (``processed``: successes, ``failed``: the rest) and writes
     the totals into the worker's record with the outcomes, so the workers table is
@@ -129,10 +130,12 @@ class OutcomeStore:
 
     def __init__(self, backend: RedisBackend, worker: str,
                  on_stored: Callable[[protocol.TaskMessage, Outcome, str | None], None],
-                 clock: Callable[[], float], stopping: threading.Event) -> None:
+                 clock: Callable[[], float], stopping: threading.Event,
+                 on_readied: Callable[[list[str]], None] = lambda ids: None) -> None:
         self._backend = backend
         self._worker = worker
         self._on_stored = on_stored
+        self._on_readied = on_readied
         self._clock = clock
         self._stopping = stopping
         self.processed = 0
@@ -181,14 +184,18 @@ class OutcomeStore:
         succeeded = sum(1 for _, report in ended if report.status is TaskStatus.SUCCESS)
         counts = {"processed": self.processed + succeeded,
                   "failed": self.failed + len(ended) - succeeded}
-        refusals = retry_redis(
+        stored = retry_redis(
             lambda: self._backend.finish_many([report for _, report in ended], self._worker,
                                               now=self._clock(), counts=counts),
             f"store {len(ended)} outcome(s) (their leases will expire and they will run again)",
             worker=self._worker, stopping=self._stopping, within=FINISH_RETRY_SECONDS,
         )
         self.processed, self.failed = counts["processed"], counts["failed"]
-        if refusals is GAVE_UP:
-            refusals = ["Redis unreachable"] * len(ended)
+        if stored is GAVE_UP:
+            refusals: list[str | None] = ["Redis unreachable"] * len(ended)
+        else:
+            refusals = stored.refusals
+            if stored.readied:
+                self._on_readied(stored.readied)
         for (message, report), refused in zip(ended, refusals, strict=True):
             self._on_stored(message, report, refused)

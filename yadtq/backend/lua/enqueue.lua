@@ -4,6 +4,8 @@
 -- task's doorbell is rung here, after its record exists: a worker it wakes claims it
 -- from that record.
 --
+-- uses: edges.lua
+--
 -- Python side: yadtq/backend/scripts.py, EnqueueCall. It lays out these KEYS and ARGV:
 -- change the two together (tests/test_scripts.py runs the codec against this script).
 --
@@ -14,17 +16,32 @@
 -- KEYS[1] batch task list  yadtq:batch:<batch>:tasks  (touched only with ARGV[1])
 -- KEYS[2] doorbell         yadtq:doorbell:<queue>:<partition>  (touched only with ARGV[2])
 -- KEYS[3] scheduled set    yadtq:scheduled:<queue>  (touched only with ARGV[4])
+-- KEYS[4] blocked set      yadtq:blocked:<queue>  (touched only for tasks with parents)
+-- KEYS[5] workflow's tasks yadtq:workflow:<workflow>:tasks  (touched only with ARGV[9])
 -- then for each task 1 key: task hash yadtq:task:<id>
 -- ARGV[1] "1" to append the tasks' ids to the batch's task list, or ""
 -- ARGV[2] the id to ring the doorbell with, or "" to ring none
 -- ARGV[3] how many rings a doorbell keeps
 -- ARGV[4] when the tasks are due: "in:<seconds>" from now, "at:<unix seconds>", or ""
 --         for now (queued)
--- ARGV[5] how many fields every record of the call has, n; then their n names and values,
---         in pairs, from ARGV[6]
+-- ARGV[5] now (unix seconds), ARGV[6] seconds a record lives after it finishes
+-- ARGV[7] "1" when each task's values end with its edges, else ""
+-- ARGV[8] events channel
+-- ARGV[9] the workflow the tasks join, or ""
+-- ARGV[10] how many fields every record of the call has, n; then their n names and values,
+--         in pairs, from ARGV[11]
 -- then m, how many fields each task has of its own, and their m names
--- then for each task: its id and its m values ("" leaves that field unset)
--- Returns how many records it wrote, and when they are due ("" when now).
+-- then for each task: its id and its m values ("" leaves that field unset), then with
+-- ARGV[7] its edges: "" for none, or JSON {"p": [parent ids], "t": [the parents whose
+-- failure it tolerates]}
+--
+-- A task with parents is written `blocked` until they finish (lib/edges.lua moves it),
+-- `skipped` if one already ended without success and the edge does not tolerate that, or
+-- `queued` if every one already finished acceptably. Each parent's state is read here, in
+-- the step that writes the child, so a parent finishing meanwhile cannot be missed. A
+-- parent with no record refuses the whole call before anything is written.
+-- Returns how many records it wrote, when they are due ("" when now), then the ids written
+-- blocked and the ids written skipped; or {-1, the unknown parent's id}.
 local due = ''
 if ARGV[4] ~= '' then
   local kind, value = string.match(ARGV[4], '^(%a+):(.+)$')
@@ -34,20 +51,40 @@ if ARGV[4] ~= '' then
     due = tonumber(time[1]) + tonumber(time[2]) / 1000000 + due
   end
 end
-local shared_count = tonumber(ARGV[5])
+local now, ttl, with_edges, workflow = tonumber(ARGV[5]), math.floor(tonumber(ARGV[6])),
+  ARGV[7] == '1', ARGV[9]
+local shared_count = tonumber(ARGV[10])
 local shared = {}
-for i = 6, 5 + 2 * shared_count do
+for i = 11, 10 + 2 * shared_count do
   shared[#shared + 1] = ARGV[i]
 end
-local own_at = 6 + 2 * shared_count
+local own_at = 11 + 2 * shared_count
 local own_count = tonumber(ARGV[own_at])
-local stride = 1 + own_count
+local stride = 1 + own_count + (with_edges and 1 or 0)
 local first = own_at + own_count + 1
 local tasks = (#ARGV - first + 1) / stride
 
-local ids = {}
+local edges = {}
+if with_edges then  -- refuse an unknown parent before writing anything
+  local prefix = edges_prefix(KEYS[6], ARGV[first])
+  for i = 1, tasks do
+    local spec = ARGV[first + i * stride - 1]
+    if spec ~= '' then
+      edges[i] = cjson.decode(spec)
+      for _, parent in ipairs(edges[i].p) do
+        if redis.call('EXISTS', prefix .. 'task:' .. parent) == 0 then
+          return {-1, parent}
+        end
+      end
+    end
+  end
+end
+
+local ids, blocked, skipped = {}, {}, {}
+local batch_key = string.sub(KEYS[1], 1, #KEYS[1] - #':tasks')
 for i = 1, tasks do
   local at = first + (i - 1) * stride
+  local id, task_key = ARGV[at], KEYS[5 + i]
   local fields = {unpack(shared)}
   for j = 1, own_count do
     local value = ARGV[at + j]
@@ -56,18 +93,67 @@ for i = 1, tasks do
       fields[#fields + 1] = value
     end
   end
-  redis.call('HSET', KEYS[3 + i], unpack(fields))
+  redis.call('HSET', task_key, unpack(fields))
   if due ~= '' then
-    redis.call('HSET', KEYS[3 + i], 'status', 'scheduled', 'due_at', string.format('%.6f', due))
-    redis.call('ZADD', KEYS[3], due, ARGV[at])
+    redis.call('HSET', task_key, 'status', 'scheduled', 'due_at', string.format('%.6f', due))
+    redis.call('ZADD', KEYS[3], due, id)
   end
-  ids[i] = ARGV[at]
+  if edges[i] then
+    local ctx = edges_context(edges_prefix(task_key, id), KEYS[4], '', '', now, ttl, now, 0)
+    local tolerated = {}
+    for _, parent in ipairs(edges[i].t or {}) do
+      tolerated[parent] = true
+    end
+    local waiting, root, reason = 0, nil, nil
+    for _, parent in ipairs(edges[i].p) do
+      local parent_key = ctx.P .. 'task:' .. parent
+      local status = redis.call('HGET', parent_key, 'status')
+      redis.call('HINCRBY', parent_key, 'readers', 1)  -- kept while this child may read it
+      redis.call('PERSIST', parent_key)
+      redis.call('PERSIST', parent_key .. ':attempts')
+      if not EDGES_FINAL[status] then
+        waiting = waiting + 1
+        redis.call('HSET', parent_key .. ':children', id, tolerated[parent] and '1' or '0')
+      elseif status ~= 'success' and not tolerated[parent] and not root then
+        root, reason = edges_skip_reason(ctx, parent, status)
+      end
+    end
+    redis.call('HSET', task_key, 'parents', cjson.encode(edges[i].p), 'waiting', waiting)
+    if #(edges[i].t or {}) > 0 then
+      redis.call('HSET', task_key, 'tolerates', cjson.encode(edges[i].t))
+    end
+    local start = 'queued'
+    if root then
+      start = 'skipped'
+      redis.call('HSET', task_key, 'status', 'blocked')
+      edges_skip(ctx, id, task_key, {'blocked', redis.call('HGET', task_key, 'batch') or '',
+        '1', cjson.encode(edges[i].p), false}, root, reason)
+      skipped[#skipped + 1] = id
+    elseif waiting > 0 then
+      start = 'blocked'
+      redis.call('HSET', task_key, 'status', 'blocked')
+      redis.call('ZADD', KEYS[4], now, id)
+      blocked[#blocked + 1] = id
+    end
+    if start ~= 'queued' and ARGV[1] ~= '' then
+      redis.call('HINCRBY', batch_key, 'queued', -1)
+      redis.call('HINCRBY', batch_key, 'blocked', 1)
+    end
+    if #ctx.changes > 0 then
+      redis.call('PUBLISH', ARGV[8], cjson.encode(ctx.changes))
+    end
+  end
+  ids[i] = id
 end
 if ARGV[1] ~= '' and tasks > 0 then
   redis.call('RPUSH', KEYS[1], unpack(ids))
+end
+if workflow ~= '' and tasks > 0 then
+  redis.call('RPUSH', KEYS[5], unpack(ids))
+  redis.call('EXPIRE', KEYS[5], ttl)
 end
 if ARGV[2] ~= '' then
   redis.call('LPUSH', KEYS[2], ARGV[2])
   redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
 end
-return {tasks, due == '' and '' or string.format('%.6f', due)}
+return {tasks, due == '' and '' or string.format('%.6f', due), blocked, skipped}

@@ -3,13 +3,16 @@
 -- or a worker refused their messages (unsigned, forged, invalid, too large) and sent them
 -- to the dead-letter topic. A task a worker claimed meanwhile (a good copy got through)
 -- is left alone, and a worker that receives a failed one later skips it: one outcome
--- either way. A refused message that names a task with no record (a plain message from
+-- either way. Their children hear of it (lib/edges.lua). A refused message that names a task with no record (a plain message from
 -- a client that writes none) gets a failed record, so its id says why it never ran.
 --
 -- Python side: yadtq/backend/scripts.py, FailQueuedCall with a FailQueuedTask per task.
 -- They lay out these KEYS and ARGV: change the two together (tests/test_scripts.py runs
 -- the codec against this script).
 --
+-- uses: edges.lua
+--
+-- KEYS[1] blocked set, KEYS[2] unblocked set, KEYS[3] settling set (lib/edges.lua)
 -- then for each task 4 keys:
 --   task hash          yadtq:task:<id>
 --   batch counters     yadtq:batch:<batch>
@@ -21,6 +24,7 @@
 -- ARGV[4] error type
 -- ARGV[5] error message
 -- ARGV[6] why nothing will run them, for the history: "undelivered" or "refused"
+-- ARGV[7] how many edges the call may move (the rest go to settle.lua)
 -- then for each task 2 args: task id, and the task name of a failed record to write
 --   when it has none ("" writes none)
 --
@@ -28,12 +32,16 @@
 local now_text, channel, error_type, error, why = ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local now = tonumber(now_text)
 local ttl = math.floor(tonumber(ARGV[2]))
-local changes = {}
-for i = 1, #KEYS / 4 do
+local changes, failed = {}, 0
+local ctx
+for i = 1, (#KEYS - 3) / 4 do
   local task_key, batch_key, list_key, history_key =
-    KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
-  local id, create_as = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
-  local current = redis.call('HMGET', task_key, 'status', 'attempt', 'batch')
+    KEYS[4 * i], KEYS[4 * i + 1], KEYS[4 * i + 2], KEYS[4 * i + 3]
+  local id, create_as = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
+  ctx = ctx or edges_context(edges_prefix(task_key, id), KEYS[1], KEYS[2], KEYS[3], now, ttl,
+                             now, tonumber(ARGV[7]))
+  local current = redis.call('HMGET', task_key, 'status', 'attempt', 'batch', 'readers',
+                             'parents')
   local missing = current[1] == false and create_as ~= ''
   if current[1] == 'queued' or missing then
     local attempt = tonumber(current[2]) or 1
@@ -43,10 +51,10 @@ for i = 1, #KEYS / 4 do
     end
     redis.call('HSET', task_key, 'status', 'failed', 'finished_at', now_text,
                'error_type', error_type, 'error', error, 'traceback', '')
-    redis.call('EXPIRE', task_key, ttl)
     redis.call('RPUSH', history_key, cjson.encode({attempt = attempt, worker = '',
       event = 'failed', detail = why .. ': ' .. error_type, at = now}))
-    redis.call('EXPIRE', history_key, ttl)
+    redis.call('ZREM', KEYS[2], id)
+    edges_expire(ctx, task_key, current[4])
     local batch = current[3] or ''
     if batch ~= '' then
       redis.call('HINCRBY', batch_key, 'queued', -1)
@@ -56,9 +64,14 @@ for i = 1, #KEYS / 4 do
     end
     changes[#changes + 1] = {id = id, status = 'failed', worker = '', attempt = attempt,
       batch = batch, at = now}
+    failed = failed + 1
+    edges_final(ctx, id, 'failed', current[4], current[5])
   end
+end
+for _, change in ipairs(ctx and ctx.changes or {}) do
+  changes[#changes + 1] = change
 end
 if #changes > 0 then
   redis.call('PUBLISH', channel, cjson.encode(changes))
 end
-return #changes
+return failed

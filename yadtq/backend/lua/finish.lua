@@ -7,8 +7,11 @@
 -- They lay out these KEYS and ARGV and name the reply's fields: change the two together
 -- (tests/test_scripts.py runs the codec against this script).
 --
+-- uses: edges.lua
+--
 -- KEYS[1] leases sorted set  yadtq:leases:<queue>
 -- KEYS[2] retries sorted set yadtq:retries:<queue>   (task id -> when to run again)
+-- KEYS[3] blocked set, KEYS[4] unblocked set, KEYS[5] settling set (lib/edges.lua)
 -- then for each task 4 keys:
 --   task hash          yadtq:task:<id>
 --   batch counters     yadtq:batch:<batch>
@@ -18,6 +21,9 @@
 -- ARGV[2] now (unix seconds)
 -- ARGV[3] seconds a record lives after it finishes
 -- ARGV[4] events channel
+-- ARGV[5] seconds this worker holds the children a final outcome readies (it produces
+--         them itself; another worker does after that)
+-- ARGV[6] how many edges the call may move (lib/edges.lua; the rest go to settle.lua)
 -- then for each task 9 args:
 --   task id
 --   attempt the worker holds
@@ -32,12 +38,17 @@
 --
 -- A success event carries the result when it is short (under 4 KB of JSON), so clients
 -- resolve their futures without reading the record back.
--- Returns, for each task, {"ok"} or {"refused", status or "missing", attempt, worker}.
+-- A final outcome tells the task's children (lib/edges.lua): in this step, in the branch
+-- that accepted it, so a duplicated or replayed outcome cannot count twice.
+-- Returns {replies, readied}: for each task {"ok"} or {"refused", status or "missing",
+-- attempt, worker}; and the ids of the children it queued, held for this worker to produce.
 -- Publishes one event message: a JSON array of the accepted outcomes' changes.
 local worker, now_text, channel = ARGV[1], ARGV[2], ARGV[4]
 local now = tonumber(now_text)
 local ttl = math.floor(tonumber(ARGV[3]))
 local replies, changes = {}, {}
+local ctx = edges_context(edges_prefix(KEYS[6], ARGV[7]), KEYS[3], KEYS[4], KEYS[5], now, ttl,
+                          now + tonumber(ARGV[5]), tonumber(ARGV[6]))
 -- Batch counter moves, tallied per batch and applied once at the end: {key, list key,
 -- {field = by}, expire}
 local tallies, batches = {}, {}
@@ -51,21 +62,22 @@ local function tally(batch_key, list_key, field, by, expire)
   t[2][field] = (t[2][field] or 0) + by
   t[3] = t[3] or expire
 end
-for i = 1, (#KEYS - 2) / 4 do  -- refuse a malformed call before changing anything
-  local outcome = ARGV[9 * i - 2]
+for i = 1, (#KEYS - 5) / 4 do  -- refuse a malformed call before changing anything
+  local outcome = ARGV[9 * i]
   if outcome ~= 'success' and outcome ~= 'failed' and outcome ~= 'retry' then
     return redis.error_reply('finish.lua: outcome must be success, failed or retry, got '
       .. outcome)
   end
 end
-for i = 1, (#KEYS - 2) / 4 do
+for i = 1, (#KEYS - 5) / 4 do
   local task_key, batch_key, list_key, history_key =
-    KEYS[4 * i - 1], KEYS[4 * i], KEYS[4 * i + 1], KEYS[4 * i + 2]
-  local a = 9 * i - 5
+    KEYS[4 * i + 2], KEYS[4 * i + 3], KEYS[4 * i + 4], KEYS[4 * i + 5]
+  local a = 9 * i - 3
   local id, held, outcome, retry_at, summary = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
     ARGV[a + 4], ARGV[a + 5]
   local ended = ARGV[a + 9]
-  local current = redis.call('HMGET', task_key, 'status', 'attempt', 'worker', 'batch')
+  local current = redis.call('HMGET', task_key, 'status', 'attempt', 'worker', 'batch',
+                             'readers', 'parents')
   if current[1] ~= 'processing' or current[2] ~= held or current[3] ~= worker then
     if current[1] then
       redis.call('RPUSH', history_key, cjson.encode({attempt = tonumber(held),
@@ -102,14 +114,16 @@ for i = 1, (#KEYS - 2) / 4 do
         redis.call('HSET', task_key, 'error_type', ARGV[a + 6], 'error', ARGV[a + 7],
                    'traceback', ARGV[a + 8], 'status', outcome, 'finished_at', ended)
       end
-      redis.call('EXPIRE', task_key, ttl)
-      redis.call('EXPIRE', history_key, ttl)
       if batch ~= '' then
         tally(batch_key, list_key, 'processing', -1, true)
         tally(batch_key, list_key, outcome, 1, true)
       end
     end
     redis.call('RPUSH', history_key, cjson.encode(event))
+    if outcome ~= 'retry' then
+      edges_expire(ctx, task_key, current[5])
+      edges_final(ctx, id, outcome, current[5], current[6])
+    end
     local change = {id = id, status = new_status, worker = holder, attempt = attempt,
       batch = batch, at = outcome == 'retry' and now or tonumber(ended)}
     if outcome == 'success' and #ARGV[a + 6] < 4096 then
@@ -129,7 +143,10 @@ for _, batch_key in ipairs(batches) do
     redis.call('EXPIRE', list_key, ttl)
   end
 end
+for _, change in ipairs(ctx.changes) do
+  changes[#changes + 1] = change
+end
 if #changes > 0 then
   redis.call('PUBLISH', channel, cjson.encode(changes))
 end
-return replies
+return {replies, ctx.readied}

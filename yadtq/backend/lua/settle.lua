@@ -1,0 +1,38 @@
+-- settle.lua: go on telling the children of finished tasks what became of their parents,
+-- where the script that ended a parent stopped (a wide fan-out moves in bounded steps, see
+-- lib/edges.lua). Any worker may run it at any time: each edge moves once.
+--
+-- uses: edges.lua
+--
+-- Python side: yadtq/backend/scripts.py, SettleCall. They lay out these KEYS and ARGV and
+-- name the reply's fields: change the two together (tests/test_scripts.py runs the codec
+-- against this script).
+--
+-- KEYS[1] settling set   yadtq:settling:<queue>  (finished task id -> since when)
+-- KEYS[2] blocked set    yadtq:blocked:<queue>
+-- KEYS[3] unblocked set  yadtq:unblocked:<queue>  (readied children enter it due now)
+-- ARGV[1] the key prefix with its colon ("yadtq:")
+-- ARGV[2] now (unix seconds)
+-- ARGV[3] seconds a record lives after it finishes
+-- ARGV[4] events channel
+-- ARGV[5] how many edges to move at most
+--
+-- Returns the ids of the children it queued (due in the unblocked set).
+local now = tonumber(ARGV[2])
+local ctx = edges_context(ARGV[1], KEYS[2], KEYS[3], KEYS[1], now,
+                          math.floor(tonumber(ARGV[3])), now, tonumber(ARGV[5]))
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, 9)) do
+  if ctx.budget <= 0 then
+    break
+  end
+  local status = redis.call('HGET', ARGV[1] .. 'task:' .. id, 'status')
+  if EDGES_FINAL[status] then
+    edges_settle(ctx, id, status)
+  else  -- run again since (a workflow's retry): its children wait for the new outcome
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+if #ctx.changes > 0 then
+  redis.call('PUBLISH', ARGV[4], cjson.encode(ctx.changes))
+end
+return ctx.readied
