@@ -52,4 +52,4 @@ def test_a_group_stopped_midway_answers_none_and_the_runner_serves_on(runner) ->
     # Then it answers None (which tasks ran is unknown) and a fresh process serves on
     assert answered == [None]
     assert runner.pid != pid
-    assert runner.run("add", [5, 6], {}, [], None).value == 11
+    assert runner.run(execution.Call("add", [5, 6], {}, []), None).value == 11

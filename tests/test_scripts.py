@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from yadtq import protocol
+from yadtq.backend.due_scripts import ReleaseCall, ReleaseTask, TakeDueCall
 from yadtq.backend.keys import Keys
 from yadtq.backend.records import (
     PAYLOAD_FIELDS,
@@ -50,7 +51,6 @@ from yadtq.backend.scripts import (
     RequeueReply,
     Verdict,
 )
-from yadtq.backend.due_scripts import ReleaseCall, ReleaseTask, TakeDueCall
 from yadtq.config import Config
 from yadtq.protocol import TaskMessage
 from yadtq.status import COUNTERS

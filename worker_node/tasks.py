@@ -7,6 +7,7 @@ sends the name ``add``; the function runs on a worker that registered it.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import yadtq
 
@@ -100,3 +101,25 @@ def flaky(counter_path: str, failures: int) -> int:
     if runs <= failures:
         raise ConnectionError(f"simulated outage (run {runs} of {failures} failing)")
     return runs
+
+
+@yadtq.task
+def total(values: list[float]) -> float:
+    """The sum of ``values``: a reducer over a batch's results (workflows' fan-in)."""
+    return sum(values)
+
+
+@yadtq.task
+def check_positive(value: float) -> float:
+    """``value`` if it is positive, else raise ValueError: a step that can fail a branch."""
+    if value <= 0:
+        raise ValueError(f"{value} is not positive")
+    return value
+
+
+@yadtq.task
+def describe(value: Any) -> str:
+    """What a parent gave: its value, or, across an ``allow_failure`` edge, its error."""
+    if isinstance(value, yadtq.TaskError):
+        return f"error {value.type}: {value.message}"
+    return f"value {value!r}"

@@ -30,14 +30,18 @@ from yadtq.errors import (
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
+    TaskSkipped,
     TaskTimeout,
+    UnknownDependency,
     UnknownTask,
     UntrustedCode,
     YadtqError,
 )
 from yadtq.futures import TaskFuture
+from yadtq.inputs import TaskError, allow_failure
 from yadtq.registry import task
 from yadtq.status import TaskStatus
+from yadtq.workflow import Workflow
 
 __all__ = [
     "BackendError",
@@ -55,14 +59,19 @@ __all__ = [
     "SecretMismatch",
     "TaskBatch",
     "TaskCancelled",
+    "TaskError",
     "TaskFailed",
     "TaskFuture",
     "TaskNotFound",
+    "TaskSkipped",
     "TaskStatus",
     "TaskTimeout",
+    "UnknownDependency",
     "UnknownTask",
     "UntrustedCode",
+    "Workflow",
     "YadtqError",
+    "allow_failure",
     "connect",
     "task",
 ]

@@ -52,8 +52,10 @@ class TaskBatch(Sequence[TaskFuture]):
         kwargs: Sequence[dict[str, Any] | None] | None = None,
         submitted_at: float | None = None,
         status: TaskStatus = TaskStatus.QUEUED,
+        workflow_id: str | None = None,
     ) -> None:
         self.id = batch_id
+        self.workflow_id = workflow_id
         self.task = task
         self.ids = list(task_ids)
         total = len(self.ids)
@@ -204,7 +206,8 @@ class TaskBatch(Sequence[TaskFuture]):
             if future is None:
                 future = TaskFuture(self.ids[position], self.task, self._store,
                                     args=self._args[position], kwargs=self._kwargs[position],
-                                    batch=self.id, index=position)
+                                    batch=self.id, index=position,
+                                    workflow_id=self.workflow_id)
                 future._owner = self  # the listener moves the batch, so it lives on with it
                 status = self._status[position]
                 if status.is_finished:
@@ -325,7 +328,7 @@ class TaskBatch(Sequence[TaskFuture]):
         """One row per task with its current status, result, worker and timings."""
         pandas = require("pandas", "TaskBatch.to_dataframe()")
         records = self._store.task_records(self.ids)
-        rows = [_row(self.ids[i], i, self.task, self._args[i], self._kwargs[i], record)
+        rows = [task_row(self.ids[i], i, self.task, self._args[i], self._kwargs[i], record)
                 for i, record in enumerate(records)]
         for row in rows:  # pickled results: small ones loaded, large ones left in Redis
             row["result"] = self._store.load_result(row["id"], row["result"], leave_large=True)
@@ -353,7 +356,7 @@ class TaskBatch(Sequence[TaskFuture]):
         return f"<TaskBatch {self.id} {self.task} × {len(self.ids)}: {summary}>"
 
 
-def _row(task_id: str, index: int | None, task: str, args: Sequence[Any],
+def task_row(task_id: str, index: int | None, task: str, args: Sequence[Any],
          kwargs: dict[str, Any] | None, record: dict[str, Any] | None) -> dict[str, Any]:
     record = record or {}
     started, finished = record.get("started_at"), record.get("finished_at")

@@ -12,13 +12,13 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from yadtq import protocol
+from yadtq import dependencies, protocol
 from yadtq.acceptance import Acceptance
 from yadtq.backend import PIPELINE_CHUNK, RedisBackend
+from yadtq.backend.scripts import EnqueueReply
 from yadtq.batch import TaskBatch
 from yadtq.broker import TaskProducer, create_topics
 from yadtq.config import Config
@@ -32,22 +32,19 @@ from yadtq.errors import (
     YadtqError,
 )
 from yadtq.events import EventListener
-from yadtq.extras import require
 from yadtq.futures import TaskFuture
 from yadtq.shipping import Shipment
 from yadtq.status import TaskStatus
 from yadtq.store import RedisTaskStore
-from yadtq.worker_table import WORKER_COLUMNS, format_rows, settled, worker_row
-
-if TYPE_CHECKING:
-    import pandas
+from yadtq.worker_table import WorkerViews
+from yadtq.workflow import WorkflowMethods, joining
 
 TaskRef = Callable[..., Any] | str
 
 logger = logging.getLogger(__name__)
 
 
-class Client:
+class Client(WorkerViews, WorkflowMethods):
     """A connection to one queue: submit tasks, look them up, list workers."""
 
     def __init__(self, config: Config, *, on_close: Callable[[], None] | None = None) -> None:
@@ -58,7 +55,7 @@ class Client:
         self._producer = TaskProducer(config, linger_ms=1000, batch_size=1 << 20)  # maps
         self._lone_producer = TaskProducer(config)  # submits: each message sent at once
         self._events = EventListener(self.backend)
-        self._store = RedisTaskStore(self.backend)
+        self._store = RedisTaskStore(self.backend, self.get_workflow)
         self._acceptance = Acceptance(config, self.backend.workers)
         self._warned: set[tuple[str, tuple[str, ...]]] = set()  # (worker, settings) told of
         self._on_close = on_close
@@ -96,8 +93,12 @@ class Client:
         retry_backoff: float | None = None,
         countdown: float | None = None,
         eta: datetime.datetime | None = None,
+        depends_on: Iterable[Any] = (),
     ) -> TaskFuture:
         """Submit with per-call options that override the task's declared defaults.
+
+        Futures and batches in the arguments (in lists, tuples and dicts too) are its
+        parents: it waits ``blocked`` until they finish, and runs with their results.
 
         Args:
             timeout: seconds the task may run before it is stopped and fails
@@ -108,27 +109,39 @@ class Client:
             countdown: run it this many seconds from now (on Redis's clock), not at once.
             eta: run it at this timezone-aware datetime. Until then the task is
                 ``scheduled``: in Redis only, not on Kafka, and it can be cancelled.
+            depends_on: futures and batches (or ``yadtq.allow_failure`` of them) it waits
+                for without taking their results.
 
         Raises:
             TypeError: an argument is not JSON-serialisable (nothing is sent).
-            ValueError: ``countdown`` or ``eta`` is not a valid due time.
+            ValueError: ``countdown`` or ``eta`` is not a valid due time, or is given
+                with parents.
+            UnknownDependency: a parent is not in Redis (nothing is sent).
             ClientClosed: the client was closed (nothing is sent).
         """
         self._check_open()
         due = due_spec(countdown, eta)
+        found = dependencies.find(args, kwargs, depends_on)
+        _no_due_with_parents(due, found)
+        workflow = joining(found.workflow)
         shipment = Shipment(task, self.config)
-        message = shipment.message(args, kwargs, **_options(
+        message = shipment.message(found.args, found.kwargs, inputs=found.inputs, **_options(
             timeout, max_retries, retry_on, retry_backoff))
         self._acceptance.check(message.needs_trust)
         payload = protocol.encode(message, self.config.max_message_bytes, self.config.secret)
-        future = self._future(message, args, kwargs or {}, scheduled=bool(due))
+        future = self._future(message, args, kwargs or {}, scheduled=bool(due),
+                              workflow=workflow)
         self._events.start()
         self._events.watch([future])
         if shipment.blobs:
             self.backend.put_blobs(shipment.blobs)
         if due:  # a worker produces it when it is due
-            self.backend.enqueue([message], due=due)
+            self.backend.enqueue([message], due=due, workflow=workflow)
             return future
+        if found.parents:  # blocked until its parents finish: their workers produce it
+            started = self.backend.enqueue([message], edges=[found.spec], workflow=workflow)
+            if self._waits(started, [future]):
+                return future
         # A worker claims the task from its record as soon as the doorbell rings, while
         # Kafka takes its message (which the worker then skips, the task being taken).
         # Submit returns once either has happened: a claimed task is safe in Redis
@@ -136,7 +149,8 @@ class Client:
         taken = threading.Event()
         future.add_change_callback(lambda _: taken.set())
         partition = self._lone_producer.next_partition()
-        self.backend.enqueue([message], ring=partition)
+        if not found.parents:
+            self.backend.enqueue([message], ring=partition, workflow=workflow)
         try:
             self._lone_producer.send_until(message.id, payload, partition, taken)
         except BrokerUnavailable as exc:
@@ -157,16 +171,19 @@ class Client:
         retry_backoff: float | None = None,
         countdown: float | None = None,
         eta: datetime.datetime | None = None,
+        depends_on: Iterable[Any] = (),
     ) -> TaskBatch:
         """Submit one task per item: a tuple is star-args, a dict is kwargs, else one argument.
 
         Every message is validated before anything is sent, so a bad item
         sends nothing. The options apply to every task (see :meth:`submit_with`);
-        with ``countdown`` or ``eta`` all of them are due at the same moment.
+        with ``countdown`` or ``eta`` all of them are due at the same moment. Futures in
+        an item are that task's parents; ``depends_on`` are every task's.
 
         Raises:
             TypeError: an item's argument is not JSON-serialisable; names the item.
-            ValueError: ``countdown`` or ``eta`` is not a valid due time.
+            ValueError: ``countdown`` or ``eta`` is not a valid due time (or has parents).
+            UnknownDependency: a parent is not in Redis (nothing is sent).
             SecretMismatch: as for :meth:`submit` (nothing is sent).
             ClientClosed: the client was closed (nothing is sent).
         """
@@ -175,22 +192,32 @@ class Client:
         shipment = Shipment(task, self.config)
         batch_id = protocol.new_batch_id()
         options = _options(timeout, max_retries, retry_on, retry_backoff)
-        messages, payloads, calls = [], [], []
+        depends_on = list(depends_on)
+        messages, payloads, calls, edges = [], [], [], []
+        workflow = None
         for index, item in enumerate(items):
             args, kwargs = _split_item(item)
+            found = dependencies.find(args, kwargs, depends_on)
+            _no_due_with_parents(due, found)
+            workflow = workflow or found.workflow
             try:
-                message = shipment.message(args, kwargs, batch=batch_id, index=index, **options)
+                message = shipment.message(found.args, found.kwargs, batch=batch_id,
+                                           index=index, inputs=found.inputs, **options)
             except (TypeError, MessageTooLarge) as exc:
                 raise type(exc)(f"item {index} of map: {exc}") from None
             messages.append(message)
             calls.append((args, kwargs))
+            edges.append(found.spec)
             payloads.append(protocol.encode(message, self.config.max_message_bytes,
                                             self.config.secret))
         self._acceptance.check(any(m.needs_trust for m in messages))
+        workflow = joining(workflow)
+        with_edges = edges if any(edges) else None
         batch = TaskBatch(batch_id, shipment.name, [m.id for m in messages], self._store,
                           args=[args for args, _ in calls],
                           kwargs=[kwargs or None for _, kwargs in calls],
-                          status=TaskStatus.SCHEDULED if due else TaskStatus.QUEUED)
+                          status=TaskStatus.SCHEDULED if due else TaskStatus.QUEUED,
+                          workflow_id=workflow)
         self._events.start()
         self._events.watch_batch(batch)
         if shipment.blobs:  # the function and large arguments, before any message names them
@@ -198,22 +225,31 @@ class Client:
         if due:  # workers produce them when they are due
             for start in range(0, len(messages), PIPELINE_CHUNK):
                 self.backend.enqueue(messages[start:start + PIPELINE_CHUNK], batch_id=batch_id,
-                                     batch_total=len(messages) if start == 0 else None, due=due)
+                                     batch_total=len(messages) if start == 0 else None, due=due,
+                                     workflow=workflow)
             return batch
         # Chunk by chunk, so Kafka sends one chunk while Redis stores the next. After
         # chunks 1, 2, 4, 8, ... the workers are woken to what Kafka has so far: they
-        # start on a large map while the rest is still being sent.
+        # start on a large map while the rest is still being sent. Tasks that began
+        # blocked (or skipped) are not sent: their parents' workers produce them.
         partitions: set[int] = set()
         written = 0
         try:
             for number, start in enumerate(range(0, len(messages), PIPELINE_CHUNK), 1):
                 chunk = messages[start:start + PIPELINE_CHUNK]
-                self.backend.enqueue(chunk, batch_id=batch_id,
-                                     batch_total=len(messages) if start == 0 else None)
+                started = self.backend.enqueue(
+                    chunk, batch_id=batch_id, batch_total=len(messages) if start == 0 else None,
+                    edges=with_edges[start:start + PIPELINE_CHUNK] if with_edges else None,
+                    workflow=workflow)
                 written += len(chunk)
-                partitions |= self._producer.deal([m.id for m in chunk],
-                                                  payloads[start:start + PIPELINE_CHUNK])
-                if number & (number - 1) == 0 or written == len(messages):
+                waiting = set(started.blocked) | set(started.skipped)
+                if waiting:
+                    self._waits(started, [], batch)
+                send = [(m.id, p) for m, p in zip(chunk, payloads[start:start + len(chunk)],
+                                                   strict=True) if m.id not in waiting]
+                if send:
+                    partitions |= self._producer.deal([i for i, _ in send], [p for _, p in send])
+                if partitions and (number & (number - 1) == 0 or written == len(messages)):
                     self._flush(partitions)
         except BrokerUnavailable as exc:
             error = self._failed_undelivered(exc, messages[:written], batch_id,
@@ -223,10 +259,28 @@ class Client:
         return batch
 
     def _future(self, message: protocol.TaskMessage, args: Sequence[Any],
-                kwargs: dict[str, Any], scheduled: bool = False) -> TaskFuture:
+                kwargs: dict[str, Any], scheduled: bool = False,
+                workflow: str | None = None) -> TaskFuture:
         return TaskFuture(message.id, message.task, self._store, args=tuple(args),
                           kwargs=kwargs, batch=message.batch, index=message.index,
-                          status=TaskStatus.SCHEDULED if scheduled else TaskStatus.QUEUED)
+                          status=TaskStatus.SCHEDULED if scheduled else TaskStatus.QUEUED,
+                          workflow_id=workflow)
+
+    def _waits(self, started: EnqueueReply, futures: Sequence[TaskFuture],
+               batch: TaskBatch | None = None) -> bool:
+        """Move the handles of tasks that began blocked or skipped; True if none of
+        ``futures`` is left for the caller to produce."""
+        for task_id in started.blocked:
+            if batch is not None:
+                batch._set_progress(task_id, TaskStatus.BLOCKED, None, None, None)
+        for future in futures:
+            if future.id in started.blocked:
+                future._set_progress(TaskStatus.BLOCKED, None, None)
+        if started.skipped:
+            self._events.sync([f for f in futures if f.id in started.skipped],
+                              [batch] if batch is not None else [])
+        waiting = set(started.blocked) | set(started.skipped)
+        return all(future.id in waiting for future in futures)
 
     def _flush(self, partitions: set[int]) -> None:
         """Wait until Kafka has the messages sent so far, then wake the workers of
@@ -350,73 +404,6 @@ class Client:
         self._events.sync([future])
         return future
 
-    def worker_rows(self) -> list[dict[str, Any]]:
-        """The queue's workers as dicts of :data:`WORKER_COLUMNS` (no pandas needed).
-
-        ``status`` is judged from the heartbeats (alive, dead or stopped);
-        ``heartbeat_age`` is seconds, never negative (a worker's clock may run ahead);
-        ``started_at`` and ``last_heartbeat`` are unix seconds; ``settings_differ``
-        names the shared settings (key prefix, lease, TTL, secret, ...) in which the
-        worker disagrees with this client, empty when they agree.
-        """
-        now = time.time()
-        expected = self.config.shared_settings()
-        return [worker_row(w, now, expected) for w in self.backend.workers()
-                if w.get("queue", self.config.queue) == self.config.queue]
-
-    def workers(self) -> pandas.DataFrame:
-        """One row per registered worker (see :meth:`worker_rows`), as a DataFrame.
-
-        ``started_at`` and ``last_heartbeat`` are UTC timestamps, as the times of
-        ``TaskBatch.to_dataframe()`` are (``worker_rows`` keeps them unix seconds).
-
-        Raises:
-            ImportError: pandas is not installed (the ``notebook`` extra).
-        """
-        pandas = require("pandas", "Client.workers()")
-        frame = pandas.DataFrame(self.worker_rows(), columns=WORKER_COLUMNS)
-        for column in ("started_at", "last_heartbeat"):
-            frame[column] = pandas.to_datetime(frame[column], unit="s", utc=True)
-        return frame
-
-    def wait_for_workers(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
-        """Wait until ``count`` live workers together hold every partition of the topic.
-
-        Use before a demo or benchmark so the first worker to join does not
-        take the whole batch while the others are still joining.
-
-        Returns:
-            The live workers' rows (:meth:`worker_rows`).
-
-        Raises:
-            TimeoutError: they did not settle within ``timeout`` seconds.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = self.worker_rows()
-            alive = [row for row in rows if row["status"] == "alive"]
-            if settled(alive, count):
-                self._warn_of_differences(alive)
-                return alive
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"waited {timeout} s for {count} live workers sharing every partition of "
-                    f"{self.config.tasks_topic}; last seen:\n{format_rows(rows)}"
-                )
-            time.sleep(0.1)
-
-    def _warn_of_differences(self, alive: list[dict[str, Any]]) -> None:
-        """Warn, once per client and worker, of settings in which a live worker differs
-        but that do not stop its tasks (a secret that does is ``SecretMismatch``)."""
-        for row in alive:
-            differ = [name for name in row["settings_differ"].split(",")
-                      if name and name != "secret_digest"]
-            if differ and (row["name"], tuple(differ)) not in self._warned:
-                self._warned.add((row["name"], tuple(differ)))
-                logger.warning("worker %s of queue %r differs from this client in: %s; start "
-                               "it with the same YADTQ_* settings", row["name"],
-                               self.config.queue, ",".join(differ))
-
     # --- lifecycle ---------------------------------------------------------
 
     @property
@@ -467,6 +454,12 @@ def _options(
     names = tuple(r if isinstance(r, str) else r.__name__ for r in retry_on)
     return {"timeout": timeout, "max_retries": max_retries, "retry_on": names,
             "retry_backoff": retry_backoff}
+
+
+def _no_due_with_parents(due: str, found: dependencies.Dependencies) -> None:
+    if due and found.parents:
+        raise ValueError("a task with parents starts when they finish, so it cannot also "
+                         "have a countdown or an eta; give the delay to a parent instead")
 
 
 def _split_item(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

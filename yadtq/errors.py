@@ -139,7 +139,13 @@ class UnknownDependency(YadtqError, LookupError):
 
 
 class TaskSkipped(TaskFailed):
-    """The task never ran: a task it depends on failed or was cancelled (``root``)."""
+    """The task never ran: a task it depends on (``root``) failed or was cancelled."""
+
+    def __init__(self, task_id: str, error_type: str, message: str, traceback: str = "",
+                 root: str = "") -> None:
+        self.root = root
+        super().__init__(task_id, error_type, message, traceback)
+        self.args = (f"task {task_id} was {message}",)
 
 
 class TaskTimeout(YadtqError, TimeoutError):

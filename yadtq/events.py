@@ -25,6 +25,7 @@ from yadtq.batch import TaskBatch
 from yadtq.errors import BackendUnavailable
 from yadtq.futures import TaskFuture
 from yadtq.status import FINISHED, TaskStatus
+from yadtq.workflow import Workflow
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ class EventListener:
             weakref.WeakValueDictionary()
         )
         self._batches: weakref.WeakValueDictionary[str, TaskBatch] = (
+            weakref.WeakValueDictionary()
+        )
+        self._workflows: weakref.WeakValueDictionary[str, Workflow] = (
             weakref.WeakValueDictionary()
         )
         self._subscribed = threading.Event()
@@ -85,6 +89,10 @@ class EventListener:
         _apply_to_batch(batch, batch.ids, records)
         self.watch_batch(batch)
         self.sync(batches=[batch])
+
+    def watch_workflow(self, workflow: Workflow) -> None:
+        """Keep a workflow's counts current from now on (it reads them once itself)."""
+        self._workflows[workflow.id] = workflow
 
     def watched(self, task_id: str) -> TaskFuture | None:
         """The future this listener already resolves for ``task_id``, if any."""
@@ -146,6 +154,7 @@ class EventListener:
     def _dispatch(self, messages: list[dict[str, Any]]) -> None:
         finished: list[tuple[str, TaskBatch | None, TaskFuture | None]] = []
         moved: dict[str, TaskBatch] = {}
+        touched: dict[str, Workflow] = {}
         for message in messages:
             if message["type"] == "subscribe":
                 self._subscribed.set()
@@ -161,6 +170,7 @@ class EventListener:
                 continue
             for change in changes:
                 self._move(change, finished, moved)
+                self._move_workflows(change, touched)
         if finished:
             records = self.backend.task_records([task_id for task_id, _, _ in finished])
             for (task_id, batch, future), record in zip(finished, records, strict=True):
@@ -168,6 +178,18 @@ class EventListener:
                     _apply(record, task_id, batch, future)
         for batch in moved.values():
             batch._changed()
+        for workflow in touched.values():
+            workflow._changed()
+
+    def _move_workflows(self, change: Any, touched: dict[str, Workflow]) -> None:
+        """Tell the watched workflows a task of theirs changed status."""
+        if not self._workflows or not isinstance(change, dict):
+            return
+        task_id, status = change.get("id"), change.get("status")
+        for workflow in list(self._workflows.values()):
+            if workflow.has(task_id):
+                workflow._apply(task_id, status)
+                touched[workflow.id] = workflow
 
     def _move(
         self,

@@ -16,7 +16,7 @@ import concurrent.futures
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, Protocol
 
-from yadtq.errors import TaskCancelled, TaskFailed, YadtqError
+from yadtq.errors import TaskCancelled, TaskFailed, TaskSkipped, YadtqError
 from yadtq.status import TaskStatus
 
 
@@ -51,6 +51,10 @@ class TaskStore(Protocol):
         """Why a wait timed out, when no live worker serves the queue; else ""."""
         ...
 
+    def workflow(self, workflow_id: str) -> Any:
+        """A handle on workflow ``workflow_id``."""
+        ...
+
 
 class TaskFuture(concurrent.futures.Future):
     """A handle on one task, resolved from Redis change events."""
@@ -66,8 +70,10 @@ class TaskFuture(concurrent.futures.Future):
         batch: str | None = None,
         index: int | None = None,
         status: TaskStatus = TaskStatus.QUEUED,
+        workflow_id: str | None = None,
     ) -> None:
         super().__init__()
+        self.workflow_id = workflow_id
         self.id = task_id
         self.task = task
         self.args = tuple(args)
@@ -99,6 +105,11 @@ class TaskFuture(concurrent.futures.Future):
     def attempt(self) -> int:
         """Which attempt the task is on (1 unless it was re-run)."""
         return self._attempt
+
+    @property
+    def workflow(self) -> Any:
+        """The :class:`~yadtq.workflow.Workflow` the task belongs to, or None."""
+        return self._store.workflow(self.workflow_id) if self.workflow_id else None
 
     def cancel(self) -> bool:
         """Cancel the task in Redis: a queued task never runs; a running one is stopped
@@ -236,6 +247,9 @@ def failure_error(task_id: str, record: dict[str, Any]) -> Exception:
     """The exception a failed or cancelled task's result raises."""
     if record["status"] == TaskStatus.CANCELLED.value:
         return TaskCancelled(f"task {task_id} was cancelled")
+    if record["status"] == TaskStatus.SKIPPED.value:
+        return TaskSkipped(task_id, "TaskSkipped", record.get("error") or "skipped", "",
+                           root=record.get("root") or "")
     return TaskFailed(task_id, record.get("error_type") or record["status"],
                       record.get("error") or f"task ended {record['status']}",
                       record.get("traceback") or "")

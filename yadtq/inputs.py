@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from yadtq import values
+
 FUTURE = "__yadtq_future__"  # the key of a parent task's marker
 BATCH = "__yadtq_batch__"  # the key of a parent batch's marker
 MAX_DEPTH = 8  # how deep in nested arguments futures are looked for
@@ -77,4 +79,22 @@ def substitute(value: Any, values: Mapping[tuple[str, str], Any], depth: int = 0
         return tuple(substitute(item, values, depth + 1) for item in value)
     if isinstance(value, dict):
         return {key: substitute(item, values, depth + 1) for key, item in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class Pickled:
+    """A parent's pickled result, checked against its signed digest by the worker, loaded
+    only where the task runs (as the task's own pickled arguments are)."""
+
+    data: bytes
+
+
+def load(value: Any) -> Any:
+    """A value as the task gets it: a :class:`Pickled` one loaded, a batch's list item by
+    item; anything else as it is."""
+    if isinstance(value, Pickled):
+        return values.loads(value.data)
+    if isinstance(value, list):
+        return [load(item) for item in value]
     return value

@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from yadtq import shipping
@@ -24,8 +24,17 @@ from yadtq.routing import liveness
 class RedisTaskStore:
     """One queue's tasks in Redis, as a :class:`~yadtq.futures.TaskStore` for its handles."""
 
-    def __init__(self, backend: RedisBackend) -> None:
+    def __init__(self, backend: RedisBackend,
+                 workflows: Callable[[str], Any] | None = None) -> None:
+        """``workflows(id)``: the client's handle on a workflow (``Client.get_workflow``)."""
         self.backend = backend
+        self._workflows = workflows
+
+    def workflow(self, workflow_id: str) -> Any:
+        """A handle on workflow ``workflow_id`` (see ``Client.get_workflow``)."""
+        if self._workflows is None:
+            raise RuntimeError("this store was made without a client to open workflows")
+        return self._workflows(workflow_id)
 
     def task_record(self, task_id: str) -> dict[str, Any]:
         """The task's record from Redis, decoded.

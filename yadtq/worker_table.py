@@ -7,10 +7,21 @@ columns; ``settled`` says when a queue's workers share out every partition.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from yadtq.extras import require
 from yadtq.routing import liveness
+
+if TYPE_CHECKING:
+    import pandas
+
+    from yadtq.backend import RedisBackend
+    from yadtq.config import Config
+
+logger = logging.getLogger(__name__)
 
 WORKER_COLUMNS = [
     "name", "host", "pid", "status", "heartbeat_age", "in_flight", "processed", "failed",
@@ -73,3 +84,79 @@ def worker_row(record: dict[str, str], now: float, expected: dict[str, Any]) -> 
         "last_heartbeat": last,
         "settings_differ": settings_differ(record, expected),
     }
+
+
+class WorkerViews:
+    """The client's views of its queue's workers (mixed into ``Client``, which provides
+    its config and backend)."""
+
+    config: Config
+    backend: RedisBackend
+    _warned: set[tuple[str, tuple[str, ...]]]
+
+    def worker_rows(self) -> list[dict[str, Any]]:
+        """The queue's workers as dicts of :data:`WORKER_COLUMNS` (no pandas needed).
+
+        ``status`` is judged from the heartbeats (alive, dead or stopped);
+        ``heartbeat_age`` is seconds, never negative (a worker's clock may run ahead);
+        ``started_at`` and ``last_heartbeat`` are unix seconds; ``settings_differ``
+        names the shared settings (key prefix, lease, TTL, secret, ...) in which the
+        worker disagrees with this client, empty when they agree.
+        """
+        now = time.time()
+        expected = self.config.shared_settings()
+        return [worker_row(w, now, expected) for w in self.backend.workers()
+                if w.get("queue", self.config.queue) == self.config.queue]
+
+    def workers(self) -> pandas.DataFrame:
+        """One row per registered worker (see :meth:`worker_rows`), as a DataFrame.
+
+        ``started_at`` and ``last_heartbeat`` are UTC timestamps, as the times of
+        ``TaskBatch.to_dataframe()`` are (``worker_rows`` keeps them unix seconds).
+
+        Raises:
+            ImportError: pandas is not installed (the ``notebook`` extra).
+        """
+        pandas = require("pandas", "Client.workers()")
+        frame = pandas.DataFrame(self.worker_rows(), columns=WORKER_COLUMNS)
+        for column in ("started_at", "last_heartbeat"):
+            frame[column] = pandas.to_datetime(frame[column], unit="s", utc=True)
+        return frame
+
+    def wait_for_workers(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Wait until ``count`` live workers together hold every partition of the topic.
+
+        Use before a demo or benchmark so the first worker to join does not
+        take the whole batch while the others are still joining.
+
+        Returns:
+            The live workers' rows (:meth:`worker_rows`).
+
+        Raises:
+            TimeoutError: they did not settle within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.worker_rows()
+            alive = [row for row in rows if row["status"] == "alive"]
+            if settled(alive, count):
+                self._warn_of_differences(alive)
+                return alive
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"waited {timeout} s for {count} live workers sharing every partition of "
+                    f"{self.config.tasks_topic}; last seen:\n{format_rows(rows)}"
+                )
+            time.sleep(0.1)
+
+    def _warn_of_differences(self, alive: list[dict[str, Any]]) -> None:
+        """Warn, once per client and worker, of settings in which a live worker differs
+        but that do not stop its tasks (a secret that does is ``SecretMismatch``)."""
+        for row in alive:
+            differ = [name for name in row["settings_differ"].split(",")
+                      if name and name != "secret_digest"]
+            if differ and (row["name"], tuple(differ)) not in self._warned:
+                self._warned.add((row["name"], tuple(differ)))
+                logger.warning("worker %s of queue %r differs from this client in: %s; start "
+                               "it with the same YADTQ_* settings", row["name"],
+                               self.config.queue, ",".join(differ))

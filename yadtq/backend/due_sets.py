@@ -6,6 +6,8 @@ removed), produces it, and only then forgets the entry, so a worker that dies in
 leaves it to be taken again.
 
 - ``retries:<queue>``: failed attempts waiting out their backoff, already ``queued``.
+- ``unblocked:<queue>``: tasks whose parents all finished (workflows), already ``queued``;
+  the worker whose outcome readied them holds them while it produces them itself.
 - ``scheduled:<queue>``: tasks submitted with a countdown or an ETA, written ``scheduled``
   with their due time on Redis's clock (``enqueue.lua``). Nothing is on Kafka for them, so
   no worker holds one and no delay can be redelivered early; a due one is moved
@@ -19,11 +21,11 @@ from collections.abc import Sequence
 
 import redis
 
+from yadtq.backend.due_scripts import ReleaseCall, ReleaseTask, TakeDueCall
 from yadtq.backend.keys import Keys
 from yadtq.backend.records import PAYLOAD_FIELDS, message_from_payload, payload, text
 from yadtq.backend.redis_errors import at_the_edge
 from yadtq.backend.script_runner import Scripts
-from yadtq.backend.due_scripts import ReleaseCall, ReleaseTask, TakeDueCall
 from yadtq.config import Config
 from yadtq.protocol import TaskMessage
 from yadtq.status import TaskStatus
@@ -69,6 +71,24 @@ class Retries(_DueSet):
         if text(status) != TaskStatus.QUEUED.value:
             return None
         return message_from_payload(task_id, int(attempt), payload(values))
+
+
+@at_the_edge
+class Unblocked(Retries):
+    """Tasks whose parents all finished, queued and waiting to be produced."""
+
+    due_set = "unblocked"
+
+    def messages(self, task_ids: Sequence[str]) -> list[TaskMessage]:
+        """The messages to produce for these tasks, in one round trip; none of those that no
+        longer wait (cancelled meanwhile, or produced by another worker and claimed)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hmget(self._keys.task(task_id), "status", "attempt", *PAYLOAD_FIELDS)
+            records = pipe.execute()
+        return [message_from_payload(task_id, int(attempt), payload(values))
+                for task_id, (status, attempt, *values) in zip(task_ids, records, strict=True)
+                if text(status) == TaskStatus.QUEUED.value]
 
 
 @at_the_edge

@@ -35,13 +35,13 @@ def text(value: bytes | str | None) -> str:
 def decode_record(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
     """A task hash as Python values: JSON fields parsed, times as floats."""
     record: dict[str, Any] = {text(k): text(v) for k, v in raw.items()}
-    for name in ("args", "kwargs", "result"):
+    for name in ("args", "kwargs", "result", "parents", "tolerates"):
         if record.get(name):
             record[name] = json.loads(record[name])
     for name in ("due_at", "queued_at", "started_at", "finished_at", "submitted_at",
-                 "requeued_at"):
+                 "requeued_at", "ready_at"):
         record[name] = float(record[name]) if record.get(name) else None
-    for name in ("attempt", "index", "max_retries"):
+    for name in ("attempt", "index", "max_retries", "waiting", "readers"):
         record[name] = int(record[name]) if record.get(name) else None
     return record
 

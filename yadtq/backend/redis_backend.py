@@ -21,7 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from yadtq.backend.due_sets import Retries, ScheduledTasks
+from yadtq.backend.due_sets import Retries, ScheduledTasks, Unblocked
 from yadtq.backend.keys import Keys
 from yadtq.backend.moves import Claim, Outcome, Stored
 from yadtq.backend.records import (
@@ -52,6 +52,7 @@ from yadtq.backend.scripts import (
     RenewCall,
     RequeueCall,
 )
+from yadtq.backend.workflows import Edges, Workflows
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable
 from yadtq.protocol import TaskMessage
@@ -93,6 +94,9 @@ class RedisBackend:
         self._scripts = Scripts(self.redis, self.keys)
         self.retries = Retries(config, self.redis, self._scripts, self.keys)
         self.scheduled = ScheduledTasks(config, self.redis, self._scripts, self.keys)
+        self.unblocked = Unblocked(config, self.redis, self._scripts, self.keys)
+        self.workflows = Workflows(config, self.redis, self._scripts, self.keys)
+        self.edges = Edges(config, self.redis, self._scripts, self.keys)
 
     def check_connection(self) -> None:
         """Fail fast with the address when Redis does not answer.

@@ -27,12 +27,12 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from yadtq import registry, values
+from yadtq import inputs, registry, values
 
 MODES = ("process", "thread")
 PR_SET_PDEATHSIG = 1
@@ -94,15 +94,21 @@ class Call:
     kwargs: dict[str, Any]
     retry_on: Sequence[str]
     shipped: Shipped | None = None
+    parents: Mapping[tuple[str, str], Any] | None = None  # the values of its markers
 
 
-def run_task(task: str, args: Sequence[Any], kwargs: dict[str, Any],
-             retry_on: Sequence[str], shipped: Shipped | None = None) -> Attempt:
-    """Call the task's function and capture its outcome (never raises)."""
+def run_call(call: Call) -> Attempt:
+    """Call the task's function and capture its outcome (never raises); its parents'
+    values take the place of their markers in the arguments (``yadtq.inputs``)."""
+    task, args, kwargs, shipped, parents = (call.task, call.args, call.kwargs, call.shipped,
+                                            call.parents)
     try:
         function = _function(task, shipped)
         if shipped is not None and shipped.arguments is not None:
             args, kwargs = values.loads(shipped.arguments)
+        if parents:
+            loaded = {key: inputs.load(value) for key, value in parents.items()}
+            args, kwargs = inputs.substitute(tuple(args), loaded), inputs.substitute(kwargs, loaded)
         value = function(*args, **kwargs)
         if shipped is not None:
             return Attempt(ok=True, value=values.dumps(value), pickled=True,
@@ -113,7 +119,7 @@ def run_task(task: str, args: Sequence[Any], kwargs: dict[str, Any],
             error_type=type(exc).__name__,
             error=str(exc),
             traceback="".join(traceback.format_exception(exc)),
-            retryable=_is_retryable(exc, retry_on, registry.options(task).retry_on),
+            retryable=_is_retryable(exc, call.retry_on, registry.options(task).retry_on),
         )
     return Attempt(ok=True, value=value)
 
@@ -121,18 +127,16 @@ def run_task(task: str, args: Sequence[Any], kwargs: dict[str, Any],
 class ThreadRunner:
     """Runs tasks in the calling thread; cannot stop them."""
 
-    def run(self, task: str, args: Sequence[Any], kwargs: dict[str, Any],
-            retry_on: Sequence[str], timeout: float | None,
-            shipped: Shipped | None = None) -> Attempt:
+    def run(self, call: Call, timeout: float | None) -> Attempt:
         started = time.monotonic()
-        attempt = run_task(task, args, kwargs, retry_on, shipped)
+        attempt = run_call(call)
         if timeout is not None and time.monotonic() - started > timeout:
-            return _timed_out(task, timeout, stopped=False)
+            return _timed_out(call.task, timeout, stopped=False)
         return attempt
 
     def run_group(self, calls: Sequence[Call]) -> list[Attempt] | None:
         """Run untimed tasks one after another; never None (nothing stops them)."""
-        return [run_task(c.task, c.args, c.kwargs, c.retry_on, c.shipped) for c in calls]
+        return [run_call(c) for c in calls]
 
     def stop(self) -> bool:
         """Threads cannot be stopped; returns False."""
@@ -178,8 +182,7 @@ def _child_main(conn: Connection, task_modules: Sequence[str]) -> None:
     while True:
         try:
             calls = conn.recv()
-            conn.send([run_task(c.task, c.args, c.kwargs, c.retry_on, c.shipped)
-                       for c in calls])
+            conn.send([run_call(c) for c in calls])
         except (EOFError, OSError):
             return
 
@@ -210,19 +213,16 @@ class ProcessRunner:
         child.close()
         self._process, self._conn = process, parent
 
-    def run(self, task: str, args: Sequence[Any], kwargs: dict[str, Any],
-            retry_on: Sequence[str], timeout: float | None,
-            shipped: Shipped | None = None) -> Attempt:
-        attempts, stopped, code = self._round_trip(
-            [Call(task, list(args), dict(kwargs), list(retry_on), shipped)], timeout)
+    def run(self, call: Call, timeout: float | None) -> Attempt:
+        attempts, stopped, code = self._round_trip([call], timeout)
         if attempts is not None:
             return attempts[0]
         if stopped:
             return cancelled()
         if code is None:
-            return _timed_out(task, timeout or 0, stopped=True)
+            return _timed_out(call.task, timeout or 0, stopped=True)
         return Attempt(ok=False, error_type="WorkerProcessDied",
-                       error=f"the process running task {task!r} exited with code {code}",
+                       error=f"the process running task {call.task!r} exited with code {code}",
                        retryable=True)
 
     def run_group(self, calls: Sequence[Call]) -> list[Attempt] | None:

@@ -27,6 +27,7 @@ from yadtq.backend import RedisBackend
 from yadtq.broker import TaskProducer
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable, BrokerUnavailable
+from yadtq.worker.unblocking import Unblocking
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Maintenance:
         self._on_cancelled = on_cancelled
         self._partitions = partitions
         self._clock = clock
+        self.unblocking = Unblocking(backend, self.produce_now)
         self._detect_deaths = True  # off when Redis refuses CLIENT LIST
         self._now = threading.Event()  # beat at once
         self._stopped = threading.Event()
@@ -97,14 +99,14 @@ class Maintenance:
             now = self._clock()
             if time.monotonic() >= next_beat:
                 duties = (self._beat, self.send_due_retries, self.send_due_scheduled,
-                          self.reap)
+                          self.unblocking.send_due, self.reap)
                 next_beat = time.monotonic() + self.config.heartbeat_interval
                 next_death_check = time.monotonic() + DEATH_CHECK_INTERVAL
             elif time.monotonic() >= next_death_check:
-                duties = (self.send_due_scheduled, self.reap_dead)
+                duties = (self.send_due_scheduled, self.unblocking.send_due, self.reap_dead)
                 next_death_check = time.monotonic() + DEATH_CHECK_INTERVAL
             else:
-                duties = (self.send_due_scheduled,)
+                duties = (self.send_due_scheduled, self.unblocking.send_due)
             for duty in duties:
                 try:
                     duty(now)
@@ -272,6 +274,14 @@ class Maintenance:
             partition=partition,
         )
         return partition
+
+    def produce_now(self, messages: list[protocol.TaskMessage]) -> None:
+        """Produce tasks dealt over the partitions, and wake their workers: a lone one's
+        doorbell names it, so a worker waiting there claims it from its record at once."""
+        sent_to = [self._produce(message, []) for message in messages]
+        self._producer.flush()
+        lone = messages[0].id if len(messages) == 1 and messages[0].batch is None else None
+        self._backend.ring(set(sent_to), task_id=lone)
 
     def _flush_and_ring(self, partitions: list[int]) -> None:
         """Wait until Kafka has what was produced, then wake those partitions' workers."""

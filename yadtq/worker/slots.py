@@ -24,6 +24,7 @@ from yadtq.backend import Outcome, RedisBackend
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable, UntrustedCode
 from yadtq.worker import execution, outcomes
+from yadtq.worker.parents import InputsUnavailable, ParentValues
 from yadtq.worker.shipped import PythonVersionMismatch, ShippedCode
 
 SHORT_TASK = 0.005  # seconds; tasks this short on average are claimed ahead and grouped
@@ -71,6 +72,7 @@ class Slots:
         self._clock = clock
         self._stopping = stopping
         self._shipped = ShippedCode(config, backend)
+        self._parents = ParentValues(config, backend)
         self.mean_run = SHORT_TASK * 10  # seconds a task ran, on average of the recent ones
         self._claimed: queue.SimpleQueue[tuple[protocol.TaskMessage, int] | None] = (
             queue.SimpleQueue())  # what the slots take their next task from
@@ -136,25 +138,27 @@ class Slots:
         return waiting
 
     def _ready(self, claimed: tuple[protocol.TaskMessage, int]) -> _Ready | None:
-        """What a slot needs to run a claimed task; None: it cannot run here, and has
-        ended (shipped code that does not check out, say)."""
+        """What a slot needs to run a claimed task (its shipped code, its parents' values);
+        None: it cannot run here, and has ended (shipped code that does not check out, a
+        parent's result gone, say)."""
         message, attempt = claimed
         try:
             shipped = self._shipped.unpack(message)
-        except (UntrustedCode, PythonVersionMismatch, BackendUnavailable) as exc:
+            parents = self._parents.read(message)
+        except (UntrustedCode, PythonVersionMismatch, BackendUnavailable,
+                InputsUnavailable) as exc:
             self._ended(message, outcomes.failed(
                 message, attempt, exc, retryable=isinstance(exc, BackendUnavailable)))
             return None
         call = execution.Call(message.task, message.args, dict(message.kwargs),
-                              message.retry_on, shipped)
+                              message.retry_on, shipped, parents)
         return _Ready(message, attempt, call,
                       outcomes.option(message, "timeout", self.config.default_timeout))
 
     def _run_alone(self, ready: _Ready) -> None:
         """Run one claimed task in a slot and hand over its outcome."""
         call = ready.call
-        attempts = self._run([ready], lambda runner: [runner.run(
-            call.task, call.args, call.kwargs, call.retry_on, ready.timeout, call.shipped)])
+        attempts = self._run([ready], lambda runner: [runner.run(call, ready.timeout)])
         self._ended_all([ready], attempts)
 
     def _run_together(self, group: list[_Ready]) -> None:

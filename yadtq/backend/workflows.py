@@ -1,0 +1,129 @@
+"""Dependent work in Redis (adapter layer): workflows, and the edges between tasks.
+
+A workflow is a name, a creation time and the list of its tasks' ids
+(``workflow:<id>``, ``workflow:<id>:tasks``), listed by creation time in
+``workflows:<queue>``; its counts are read from its tasks' records, so no script needs to
+keep them. The edges between tasks are written with the child (``enqueue.lua``) and moved
+by whatever ends a parent (``lua/lib/edges.lua``); what a single step could not move waits
+in ``settling:<queue>`` for :meth:`Edges.settle`, and children whose parents all finished
+wait in ``unblocked:<queue>`` to be produced (``due_sets.Unblocked``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from yadtq.backend.keys import Keys
+from yadtq.backend.records import text
+from yadtq.backend.redis_errors import at_the_edge
+from yadtq.backend.script_runner import Scripts
+from yadtq.backend.workflow_scripts import InputsCall, RetryWorkflowCall, SettleCall
+from yadtq.config import Config
+
+PIPELINE_CHUNK = 1000
+
+
+@at_the_edge
+class Workflows:
+    """The queue's workflows: created, listed, their tasks, and run again."""
+
+    def __init__(self, config: Config, client: redis.Redis, scripts: Scripts, keys: Keys
+                 ) -> None:
+        self.config = config
+        self.redis = client
+        self._scripts = scripts
+        self._keys = keys
+
+    def create(self, workflow_id: str, name: str, now: float | None = None) -> float:
+        """Record a new workflow; returns when it was created."""
+        now = time.time() if now is None else now
+        ttl = int(self.config.result_ttl)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self._keys.workflow(workflow_id), mapping={
+                "name": name, "created_at": repr(now), "queue": self._keys.queue})
+            pipe.expire(self._keys.workflow(workflow_id), ttl)
+            pipe.zadd(self._keys.workflows, {workflow_id: now})
+            pipe.execute()
+        return now
+
+    def info(self, workflow_id: str) -> dict[str, Any] | None:
+        """A workflow's name and creation time; None if Redis has none (or it expired)."""
+        raw = self.redis.hgetall(self._keys.workflow(workflow_id))
+        if not raw:
+            return None
+        info = {text(k): text(v) for k, v in raw.items()}
+        return {"id": workflow_id, "name": info.get("name", ""),
+                "created_at": float(info.get("created_at") or 0.0)}
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        """The newest workflows first (those whose record expired are dropped from the list)."""
+        ids = [text(i) for i in self.redis.zrevrange(self._keys.workflows, 0, limit - 1)]
+        found, gone = [], []
+        for workflow_id in ids:
+            info = self.info(workflow_id)
+            (found if info else gone).append(info or workflow_id)
+        if gone:
+            self.redis.zrem(self._keys.workflows, *gone)
+        return found
+
+    def task_ids(self, workflow_id: str) -> list[str]:
+        """The workflow's tasks, in the order they were submitted."""
+        return [text(i) for i in self.redis.lrange(self._keys.workflow_tasks(workflow_id), 0, -1)]
+
+    def statuses(self, task_ids: Sequence[str]) -> list[str]:
+        """Each task's status ("" for one whose record is gone), in pipelined chunks."""
+        found: list[str] = []
+        for start in range(0, len(task_ids), PIPELINE_CHUNK):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for task_id in task_ids[start:start + PIPELINE_CHUNK]:
+                    pipe.hget(self._keys.task(task_id), "status")
+                found.extend(text(s) for s in pipe.execute())
+        return found
+
+    def retry(self, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Run the failed and skipped ones of ``task_ids`` again (``retry_workflow.lua``);
+        returns the ids queued (workers produce them) and the ids blocked on those."""
+        (queued, blocked), _ = self._scripts.run(RetryWorkflowCall(time.time(), task_ids))
+        return queued, blocked
+
+
+@at_the_edge
+class Edges:
+    """What workers do for dependent work: read a task's inputs, settle wide fan-outs."""
+
+    def __init__(self, config: Config, client: redis.Redis, scripts: Scripts, keys: Keys
+                 ) -> None:
+        self.config = config
+        self.redis = client
+        self._scripts = scripts
+        self._keys = keys
+
+    def inputs(self, tasks: Sequence[str], batches: Sequence[str]
+               ) -> tuple[dict[str, dict[str, str]], dict[str, list[tuple[str, dict[str, str]]]]]:
+        """The outcomes of a task's parent tasks and parent batches (``inputs.lua``)."""
+        found, _ = self._scripts.run(InputsCall(tasks, batches))
+        return found
+
+    def settle(self, now: float | None = None) -> list[str]:
+        """Move on the edges finished tasks could not move at once; returns the children
+        queued (due in the unblocked set)."""
+        now = time.time() if now is None else now
+        readied, _ = self._scripts.run(SettleCall(now, self.config.result_ttl))
+        return readied
+
+    def blocked_count(self) -> int:
+        """How many tasks wait on parents."""
+        return int(self.redis.zcard(self._keys.blocked))
+
+
+def parents_of(record: dict[str, Any]) -> list[str]:
+    """A task record's parents (its ``parents`` field, a JSON list of ids)."""
+    parents = record.get("parents")
+    if isinstance(parents, str):
+        return list(json.loads(parents or "[]"))
+    return list(parents or [])
