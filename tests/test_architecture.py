@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"backend", "broker"},  # adapters: Redis and Kafka
     {"futures", "batch", "store", "events", "client", "worker", "plots", "shipping",
      "routing", "acceptance", "worker_table", "dependencies", "workflow"},  # core
-    {"display", "local", "cli", "connection", "__init__", "__main__"},  # top
+    {"display", "workflow_display", "local", "cli", "connection", "__init__", "__main__"},  # top
 ]
 LAYER_NAMES = ["bottom", "adapters", "core", "top"]
 

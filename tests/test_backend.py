@@ -258,7 +258,7 @@ def test_finished_at_is_when_the_attempt_ended_not_when_its_outcome_was_stored(
 
     # When the worker stores both outcomes later, in one round trip
     try:
-        assert backend.finish_many(outcomes, WORKER, now=1009.0) == [None, None]
+        assert backend.finish_many(outcomes, WORKER, now=1009.0).refusals == [None, None]
         [changes] = collect_messages(pubsub, 1)
     finally:
         pubsub.close()
@@ -584,7 +584,7 @@ def test_claiming_and_finishing_several_tasks_publishes_one_message_of_changes_e
         # When a worker claims them together, then stores their outcomes together
         claims = backend.claim_many(messages, WORKER, now=1000.0)
         outcomes = [success(m, c.attempt or 0) for m, c in zip(messages, claims, strict=True)]
-        assert backend.finish_many(outcomes, WORKER, now=1001.0) == [None] * 5
+        assert backend.finish_many(outcomes, WORKER, now=1001.0).refusals == [None] * 5
 
         # Then two event messages arrive, each with the five tasks' changes in order
         claimed, finished = collect_messages(pubsub, 2)
@@ -667,6 +667,10 @@ def _perform(backend: RedisBackend, message: TaskMessage, current: TaskStatus,
     accepted the move."""
     if target is TaskStatus.QUEUED and current is TaskStatus.SCHEDULED:
         return backend.scheduled.release([message.id], WORKER) != []
+    if target is TaskStatus.SKIPPED or (target is TaskStatus.QUEUED
+                                        and current is TaskStatus.BLOCKED):
+        return _parent_ends(backend, message, "failed" if target is TaskStatus.SKIPPED
+                            else "success")
     if target is TaskStatus.PROCESSING:
         [claim] = backend.claim_many([message], WORKER)
         return claim.claimed
@@ -682,8 +686,22 @@ def _perform(backend: RedisBackend, message: TaskMessage, current: TaskStatus,
     raise AssertionError(f"no script moves a task to {target}")
 
 
+def _parent_ends(backend: RedisBackend, message: TaskMessage, status: str) -> bool:
+    """Give the task one parent, ended ``status``, whose children settle.lua then moves;
+    True if the task moved."""
+    parent = f"parent-of-{message.id}"
+    key = backend.keys.task(message.id)
+    backend.redis.hset(key, mapping={"parents": json.dumps([parent]), "waiting": 1})
+    backend.redis.hset(backend.keys.task(parent), mapping={"status": status, "task": "add"})
+    backend.redis.hset(backend.keys.children(parent), message.id, "0")
+    backend.redis.zadd(backend.keys.settling, {parent: 0})
+    before = backend.redis.hget(key, "status")
+    backend.edges.settle()
+    return backend.redis.hget(key, "status") != before
+
+
 SCRIPTED_TARGETS = [TaskStatus.PROCESSING, TaskStatus.SUCCESS, TaskStatus.FAILED,
-                    TaskStatus.QUEUED, TaskStatus.CANCELLED]
+                    TaskStatus.QUEUED, TaskStatus.CANCELLED, TaskStatus.SKIPPED]
 
 
 # What the scripts say about statuses: the literals they write, publish and compare, and
@@ -694,13 +712,16 @@ LUA_STATUS_PATTERNS = [
     ("compared", r"(?:current\[1\]|\bstatus|record\[1\])\s*[~=]=\s*'(\w+)'"),
 ]
 LUA_COUNTER_PATTERN = r"'HINCRBY',\s*[^,]+,\s*'(\w+)'"
+# Task hash fields the scripts count up and down, which are not batch counters: a child's
+# parents not yet finished, and a parent's children not yet finished (lib/edges.lua).
+EDGE_COUNTS = {"waiting", "readers"}
 LUA_OUTCOME_PATTERN = r"\boutcome\s*[~=]=\s*'(\w+)'"  # finish.lua: success, failed or retry
 
 
 def lua_literals(pattern: str) -> dict[str, set[str]]:
     """The words ``pattern`` captures in each script, by script name."""
     return {path.name: set(re.findall(pattern, path.read_text()))
-            for path in sorted(LUA.glob("*.lua"))}
+            for path in sorted(LUA.rglob("*.lua"))}
 
 
 def words_outside(found: dict[str, set[str]], allowed: set[str]) -> dict[str, list[str]]:
@@ -722,7 +743,8 @@ def test_lua_scripts_name_only_statuses_of_the_status_table(what: str, pattern: 
 
 def test_lua_scripts_bump_only_the_batch_counters_of_the_status_table() -> None:
     # Given the batch counter fields the scripts bump by name
-    found = lua_literals(LUA_COUNTER_PATTERN)
+    found = {name: words - EDGE_COUNTS for name, words in
+             lua_literals(LUA_COUNTER_PATTERN).items()}
 
     # Then each is one of status.COUNTERS, so the counters Python reads are the ones moved
     assert any(found.values()), f"no HINCRBY of a named counter found in {LUA}"

@@ -420,8 +420,9 @@ def test_get_batch_reattaches_a_map_batch_in_order_with_current_states(
     assert [f.id for f in batch] == [done_message.id, running_message.id, queued_message.id]
     assert [f.index for f in batch] == [0, 1, 2]
     assert [f.status.value for f in batch] == ["success", "processing", "queued"]
-    assert batch.status_counts() == {"total": 3, "scheduled": 0, "queued": 1, "processing": 1,
-                                     "success": 1, "failed": 0, "cancelled": 0}
+    assert batch.status_counts() == {"total": 3, "blocked": 0, "scheduled": 0, "queued": 1,
+                                     "processing": 1, "success": 1, "failed": 0,
+                                     "cancelled": 0, "skipped": 0}
     # And the rest resolve from events
     succeed(client, batch[1], 2)
     run(client, batch[2], 4)

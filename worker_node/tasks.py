@@ -123,3 +123,11 @@ def describe(value: Any) -> str:
     if isinstance(value, yadtq.TaskError):
         return f"error {value.type}: {value.message}"
     return f"value {value!r}"
+
+
+@yadtq.task
+def needs_file(path: str) -> str:
+    """Return the text of the file at ``path``, or fail while it does not exist: a step that
+    fails until someone fixes its input (then ``Workflow.retry()`` runs it again)."""
+    with open(path) as file:
+        return file.read()

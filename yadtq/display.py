@@ -368,6 +368,9 @@ def register() -> bool:
                                                       _live_display(batch_view, batch_html))
         formatters.ipython_display_formatter.for_type(TaskFuture,
                                                       _live_display(future_view, future_html))
+    from yadtq import workflow_display  # it builds on this module's views
+
+    workflow_display.register(shell)
     return True
 
 
