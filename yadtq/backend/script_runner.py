@@ -25,13 +25,19 @@ from yadtq.backend.scripts import (
     RequeueCall,
     ScriptCall,
 )
-from yadtq.backend.workflow_scripts import InputsCall, RetryWorkflowCall, SettleCall
+from yadtq.backend.workflow_scripts import (
+    InputsCall,
+    RepairBlockedCall,
+    RetryWorkflowCall,
+    SettleCall,
+)
 
 R = TypeVar("R")
 
 CALLS: tuple[type[ScriptCall[Any]], ...] = (
     EnqueueCall, ClaimCall, FinishCall, RequeueCall, CancelCall, FailQueuedCall,
-    TakeDueCall, ReleaseCall, RenewCall, SettleCall, InputsCall, RetryWorkflowCall)
+    TakeDueCall, ReleaseCall, RenewCall, SettleCall, InputsCall, RetryWorkflowCall,
+    RepairBlockedCall)
 
 
 _USES = re.compile(r"^-- uses: (\S+\.lua)$", re.MULTILINE)

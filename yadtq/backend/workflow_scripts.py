@@ -1,7 +1,8 @@
 """The codecs of the scripts that move dependent work (adapter layer, beside the backend):
-``settle.lua``, ``inputs.lua`` and ``retry_workflow.lua`` (see ``scripts`` for how a codec
-lays out a script's KEYS and ARGV). The edges themselves are written by ``enqueue.lua`` and
-moved by every script that ends a task, through ``lua/lib/edges.lua``.
+``settle.lua``, ``inputs.lua``, ``retry_workflow.lua`` and ``repair_blocked.lua`` (see
+``scripts`` for how a codec lays out a script's KEYS and ARGV). The edges themselves are
+written by ``enqueue.lua`` and moved by every script that ends a task, through
+``lua/lib/edges.lua``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,26 @@ class RetryWorkflowCall:
         """The ids it queued, and the ids it blocked."""
         queued, blocked = reply
         return [text(i) for i in queued], [text(i) for i in blocked]
+
+
+@dataclass(frozen=True)
+class RepairBlockedCall:
+    """repair_blocked.lua: move blocked tasks whose parents all ended but never moved them."""
+
+    script: ClassVar[str] = "repair_blocked.lua"
+    now: float
+    ttl: float  # seconds a record lives after it finishes
+    limit: int  # how many of the longest-blocked tasks to look at
+
+    def keys(self, keys: Keys) -> list[str]:
+        return [keys.blocked, keys.unblocked, keys.settling]
+
+    def args(self, keys: Keys) -> list[Any]:
+        return [f"{keys.prefix}:", self.now, self.ttl, keys.events, self.limit]
+
+    def parse(self, reply: Sequence[Any]) -> list[str]:
+        """The ids it moved."""
+        return [text(task_id) for task_id in reply]
 
 
 def _fields(values: Sequence[Any]) -> dict[str, str]:

@@ -22,10 +22,16 @@ from yadtq.backend.keys import Keys
 from yadtq.backend.records import text
 from yadtq.backend.redis_errors import at_the_edge
 from yadtq.backend.script_runner import Scripts
-from yadtq.backend.workflow_scripts import InputsCall, RetryWorkflowCall, SettleCall
+from yadtq.backend.workflow_scripts import (
+    InputsCall,
+    RepairBlockedCall,
+    RetryWorkflowCall,
+    SettleCall,
+)
 from yadtq.config import Config
 
 PIPELINE_CHUNK = 1000
+REPAIR_LOOK = 100  # how many of the longest-blocked tasks one repair looks at
 
 
 @at_the_edge
@@ -115,6 +121,13 @@ class Edges:
         now = time.time() if now is None else now
         readied, _ = self._scripts.run(SettleCall(now, self.config.result_ttl))
         return readied
+
+    def repair(self, now: float | None = None, limit: int = REPAIR_LOOK) -> list[str]:
+        """Move the longest-blocked tasks whose parents all ended without moving them (a
+        bug, or a lost record); returns their ids, for the caller to warn of."""
+        now = time.time() if now is None else now
+        repaired, _ = self._scripts.run(RepairBlockedCall(now, self.config.result_ttl, limit))
+        return repaired
 
     def blocked_count(self) -> int:
         """How many tasks wait on parents."""

@@ -99,7 +99,7 @@ class Maintenance:
             now = self._clock()
             if time.monotonic() >= next_beat:
                 duties = (self._beat, self.send_due_retries, self.send_due_scheduled,
-                          self.unblocking.send_due, self.reap)
+                          self.unblocking.send_due, self.unblocking.repair, self.reap)
                 next_beat = time.monotonic() + self.config.heartbeat_interval
                 next_death_check = time.monotonic() + DEATH_CHECK_INTERVAL
             elif time.monotonic() >= next_death_check:
