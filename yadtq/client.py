@@ -307,7 +307,8 @@ class Client(WorkerViews, WorkflowMethods):
         """
         what = f"batch {batch_id}" if batch_id else f"task {written[0].id}"
         try:
-            failed = self.backend.fail_undelivered(written, str(exc), batch_id, unwritten)
+            failed = self.backend.unrunnable.fail_undelivered(written, str(exc), batch_id,
+                                                              unwritten)
         except YadtqError as also:
             fate = (f"and marking {what} failed in Redis failed too ({also}): its records "
                     "may stay 'queued'")

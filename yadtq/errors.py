@@ -17,7 +17,9 @@ value, the cause and what to do next::
     ├── UntrustedCode             shipped code or a pickle the secret does not vouch for
     ├── InvalidTransition         a status change the state machine refuses
     ├── TaskFailed                the remote task raised; carries its traceback
+    │   └── TaskSkipped           it never ran: a task it depends on failed (``root``)
     ├── TaskNotFound              an id the result store does not know
+    ├── UnknownDependency         a parent the result store does not know
     ├── TaskTimeout               a task ran past its time limit (also a TimeoutError)
     └── TaskCancelled             a task was cancelled (also a CancelledError)
 """

@@ -46,12 +46,11 @@ from yadtq.backend.scripts import (
     ClaimTask,
     EnqueueCall,
     EnqueueReply,
-    FailQueuedCall,
-    FailQueuedTask,
     FinishCall,
     RenewCall,
     RequeueCall,
 )
+from yadtq.backend.unrunnable import Unrunnable
 from yadtq.backend.workflows import Edges, Workflows
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable
@@ -97,6 +96,7 @@ class RedisBackend:
         self.unblocked = Unblocked(config, self.redis, self._scripts, self.keys)
         self.workflows = Workflows(config, self.redis, self._scripts, self.keys)
         self.edges = Edges(config, self.redis, self._scripts, self.keys)
+        self.unrunnable = Unrunnable(config, self.redis, self._scripts, self.keys)
 
     def check_connection(self) -> None:
         """Fail fast with the address when Redis does not answer.
@@ -199,35 +199,6 @@ class RedisBackend:
         """The pickle stored under ``sha256``, or None if it expired (or never was)."""
         return self.redis.get(self.keys.blob(sha256))
 
-    def fail_undelivered(
-        self,
-        messages: Sequence[TaskMessage],
-        error: str,
-        batch_id: str | None = None,
-        unwritten: int = 0,
-    ) -> int:
-        """Fail the still-queued tasks of a submit or map whose messages Kafka did not take.
-
-        Nothing would ever run them. ``unwritten`` counts a batch's tasks that never
-        got a record (the chunks after the failed one): they leave its counters, so
-        the batch still adds up. Returns how many tasks were failed.
-        """
-        failed = 0
-        first = True
-        for _, chunk in list(_chunks(messages, PIPELINE_CHUNK)) or [(0, [])]:
-            call = FailQueuedCall(time.time(), self.config.result_ttl, "BrokerUnavailable",
-                                  error, "undelivered",
-                                  [FailQueuedTask(m.id, m.batch) for m in chunk])
-            shrink = None
-            if first and batch_id is not None and unwritten:
-                def shrink(pipe: redis.client.Pipeline) -> None:
-                    pipe.hincrby(self.keys.batch(batch_id), "total", -unwritten)
-                    pipe.hincrby(self.keys.batch(batch_id), "queued", -unwritten)
-            first = False
-            count, _ = self._scripts.run(call, also=shrink)
-            failed += count
-        return failed
-
     def ring(self, partitions: Iterable[int], task_id: str | None = None) -> None:
         """Wake the workers of these partitions: tasks were just produced to them.
 
@@ -272,29 +243,6 @@ class RedisBackend:
         fields = {**payload(values[:-1]), RECORD_SIG: text(values[-1])}
         return (message_from_payload(task_id, claim.attempt, fields), claim,
                 record_signed(self.config.secret, task_id, fields))
-
-    def fail_refused(self, task_id: str, task: str | None, error_type: str, reason: str, *,
-                     authentic: bool, now: float | None = None) -> bool:
-        """End the record of a task whose message a worker refused (dead-lettered), so
-        its waiters learn why at once. Returns True if it was ended.
-
-        Only a queued record ends, and one written by a holder of the secret only when
-        the refused message was signed with it too (``authentic``): an unsigned or
-        forged copy of a good task leaves the task to its good message. A task with no
-        record (a plain message) gets a failed one.
-        """
-        status, batch, *values = self.redis.hmget(self.keys.task(task_id), "status", "batch",
-                                                  *PAYLOAD_FIELDS, RECORD_SIG)
-        if status is not None:
-            fields = {**payload(values[:-1]), RECORD_SIG: text(values[-1])}
-            if text(status) != TaskStatus.QUEUED.value or (
-                    not authentic and record_signed(self.config.secret, task_id, fields)):
-                return False
-        now = time.time() if now is None else now
-        call = FailQueuedCall(now, self.config.result_ttl, error_type, reason, "refused",
-                              [FailQueuedTask(task_id, text(batch) or None, task or "?")])
-        failed, _ = self._scripts.run(call)
-        return failed > 0
 
     def task_record(self, task_id: str) -> dict[str, Any] | None:
         """The decoded task hash, or None if Redis holds no record."""

@@ -9,7 +9,7 @@ is read from its Redis record, so its record must carry a valid ``record_sig`` i
 
 A refused task never runs, and never waits for ever either: a dead-lettered message
 that names its task ends that task's queued record as ``failed`` with the reason
-(``RedisBackend.fail_refused`` says when a refused copy may, and may not, end a record).
+(``backend.unrunnable.fail_refused`` says when a refused copy may, and may not, end a record).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class Admission:
         if task_id is None:
             return
         try:
-            ended = self._backend.fail_refused(
+            ended = self._backend.unrunnable.fail_refused(
                 task_id, error.task, REFUSED, f"message refused by worker {self._worker}: "
                 f"{error}", authentic=error.authentic)
         except YadtqError as exc:  # Redis away or refusing: the letter says why anyway
