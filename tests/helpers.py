@@ -10,6 +10,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from yadtq.config import Config
+from yadtq.status import COUNTERS
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -48,3 +49,10 @@ def dead_letters(
     finally:
         consumer.close()
     return letters
+
+
+def status_counts(total: int, **nonzero: int) -> dict[str, int]:
+    """A batch's counts as ``status_counts()`` gives them: ``total``, and every status
+    zero but those named."""
+    return {"total": total, **dict.fromkeys(COUNTERS, 0), **nonzero}
+

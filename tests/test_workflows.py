@@ -13,6 +13,7 @@ from helpers import wait_until
 import yadtq
 from worker_node.tasks import add, check_positive, describe, flaky, needs_file, sleep, total
 from yadtq.config import Config
+from yadtq.workflow_display import workflow_html
 
 
 def test_a_future_as_an_argument_blocks_the_child_until_its_parent_succeeds(
@@ -126,8 +127,13 @@ def test_work_runs_on_after_the_client_that_submitted_it_is_closed(config: Confi
         found = later.get_workflow(workflow_id)
         assert found.name == "orphan"
         assert found.wait(timeout=30)["success"] == 3
-        assert later.get(tail_id).result(timeout=5) == pytest.approx(2.2, abs=0.05)
+        tail = later.get(tail_id)
+        assert tail.result(timeout=5) == pytest.approx(2.2, abs=0.05)
         assert workflow_id in [row["id"] for row in later.workflow_rows()]
+        # And a task the new client adds below a re-attached one joins its workflow
+        more = later.submit(add, tail, 1)
+        assert more.workflow.id == workflow_id
+        assert found.wait(timeout=30)["success"] == 4
 
 
 def test_a_workflow_counts_its_tasks_lists_their_parents_and_retries_what_failed(
@@ -153,6 +159,10 @@ def test_a_workflow_counts_its_tasks_lists_their_parents_and_retries_what_failed
     frame = workflow.to_dataframe().set_index("id")
     assert frame.loc[after.id, "parents"] == [step.id, load.id]
     assert frame.loc[last.id, "status"] == "skipped"
+    # And its view shows the counts per status and per function
+    shown = workflow_html(workflow)
+    assert 'data-skipped="2"' in shown and 'data-failed="1"' in shown
+    assert "<code>needs_file</code>" in shown and "finished" in shown
 
     # When the input is fixed and the workflow retried
     path.write_text("fixed")

@@ -384,7 +384,9 @@ class Client(WorkerViews, WorkflowMethods):
         batch = TaskBatch(batch_id, next((r["task"] for r in known if r.get("task")), "?"),
                           ids, self._store, args=[r.get("args") or () for r in known],
                           kwargs=[r.get("kwargs") or None for r in known],
-                          submitted_at=self.backend.batch_created_at(batch_id))
+                          submitted_at=self.backend.batch_created_at(batch_id),
+                          workflow_id=next((r["workflow"] for r in known if r.get("workflow")),
+                                           None))
         self._events.start()
         self._events.attach_batch(batch, records)
         return batch
@@ -398,7 +400,7 @@ class Client(WorkerViews, WorkflowMethods):
         future = self._events.watched(task_id) or TaskFuture(
             task_id, record.get("task", "?"), self._store, args=record.get("args") or (),
             kwargs=record.get("kwargs") or {}, batch=record.get("batch") or None,
-            index=record.get("index"),
+            index=record.get("index"), workflow_id=record.get("workflow") or None,
         )
         self._events.start()
         self._events.watch([future])
