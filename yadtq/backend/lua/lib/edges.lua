@@ -111,8 +111,14 @@ local function edges_settle(ctx, parent, status)
     local from, from_status = item[1], item[2]
     local children_key = ctx.P .. 'task:' .. from .. ':children'
     local root, reason
-    if ctx.budget > 0 then
-      local fields = redis.call('HSCAN', children_key, '0', 'COUNT', ctx.budget)[2]
+    local cursor = '0'
+    repeat  -- through the whole hash if need be: entries moved are gone from it
+      if ctx.budget <= 0 then
+        break
+      end
+      local scan = redis.call('HSCAN', children_key, cursor, 'COUNT', ctx.budget)
+      cursor = scan[1]
+      local fields = scan[2]
       for i = 1, #fields, 2 do
         if ctx.budget <= 0 then
           break
@@ -139,7 +145,7 @@ local function edges_settle(ctx, parent, status)
           end
         end
       end
-    end
+    until cursor == '0'
     if redis.call('EXISTS', children_key) == 1 then
       redis.call('ZADD', ctx.settling, ctx.now, from)
     else
