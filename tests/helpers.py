@@ -56,3 +56,13 @@ def status_counts(total: int, **nonzero: int) -> dict[str, int]:
     zero but those named."""
     return {"total": total, **dict.fromkeys(COUNTERS, 0), **nonzero}
 
+
+def messages_on_topic(config: Config) -> int:
+    """How many messages the queue's tasks topic holds (end offsets summed)."""
+    consumer = KafkaConsumer(bootstrap_servers=config.bootstrap)
+    try:
+        partitions = [TopicPartition(config.tasks_topic, p)
+                      for p in consumer.partitions_for_topic(config.tasks_topic) or ()]
+        return sum(consumer.end_offsets(partitions).values())
+    finally:
+        consumer.close()

@@ -11,24 +11,11 @@ import concurrent.futures
 import datetime
 
 import pytest
-from helpers import wait_until
-from kafka import KafkaConsumer, TopicPartition
+from helpers import messages_on_topic, wait_until
 
 import yadtq
 from worker_node.tasks import add
 from yadtq import protocol
-from yadtq.config import Config
-
-
-def messages_on_topic(config: Config) -> int:
-    """How many messages the queue's tasks topic holds (end offsets summed)."""
-    consumer = KafkaConsumer(bootstrap_servers=config.bootstrap)
-    try:
-        partitions = [TopicPartition(config.tasks_topic, p)
-                      for p in consumer.partitions_for_topic(config.tasks_topic) or ()]
-        return sum(consumer.end_offsets(partitions).values())
-    finally:
-        consumer.close()
 
 
 def test_a_countdown_task_waits_scheduled_off_kafka_then_runs_when_due(

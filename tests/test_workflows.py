@@ -8,7 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 
 import pytest
-from helpers import wait_until
+from helpers import messages_on_topic, wait_until
 
 import yadtq
 from worker_node.tasks import add, check_positive, describe, flaky, needs_file, sleep, total
@@ -45,7 +45,9 @@ def test_futures_nested_in_arguments_and_a_batch_as_an_argument_give_their_value
     reduced = client.submit(total, batch)
     mapped = client.map(add, [(one, i) for i in range(3)])
 
+    deep = client.submit(describe, [[[[[[[[one]]]]]]]])  # a future 8 lists deep
     assert nested.result(timeout=30) == "value {'a': [1, [2]], 'n': 5}"
+    assert deep.result(timeout=30) == "value [[[[[[[[1]]]]]]]]"
     assert reduced.result(timeout=30) == sum(2 * i for i in range(10))
     assert mapped.results(timeout=30) == [1, 2, 3]
 
@@ -98,11 +100,16 @@ def test_a_retried_parent_affects_its_child_only_through_its_final_outcome(
     assert child.result(timeout=30) == 12
 
 
-def test_an_unknown_parent_is_refused_with_a_clear_error(client):
+def test_an_unknown_parent_is_refused_with_a_clear_error_and_nothing_is_sent(client, config):
     ghost = yadtq.TaskFuture("ghost-task", "add", client._store)
+    before = messages_on_topic(config)
 
     with pytest.raises(yadtq.UnknownDependency, match="ghost-task.*nothing was submitted"):
         client.submit(add, ghost, 1)
+    # Not even from a map whose unknown parent is past its first chunk
+    with pytest.raises(yadtq.UnknownDependency, match="ghost-task.*nothing was submitted"):
+        client.map(add, [(1, 1)] * 1000 + [(ghost, 1)])
+    assert messages_on_topic(config) == before
 
 
 def test_a_countdown_with_parents_is_refused(client, start_workers):
@@ -175,6 +182,8 @@ def test_a_workflow_counts_its_tasks_lists_their_parents_and_retries_what_failed
     assert frame.loc[last.id, "result"] == "value \"value 'fixed'\""
     assert frame.loc[[step.id, after.id, last.id], "attempt"].tolist() == [2, 2, 2]
     assert frame.loc[[load.id, side.id], "attempt"].tolist() == [1, 1]
+    # And the task re-attached by id shows its new outcome, not the one before the retry
+    assert client.get(last.id).result(timeout=5) == "value \"value 'fixed'\""
 
 
 def test_cancelling_a_workflow_cancels_what_has_not_run_and_skips_below_it(

@@ -29,6 +29,7 @@ from yadtq.errors import (
     ClientClosed,
     MessageTooLarge,
     TaskNotFound,
+    UnknownDependency,
     YadtqError,
 )
 from yadtq.events import EventListener
@@ -194,12 +195,13 @@ class Client(WorkerViews, WorkflowMethods):
         options = _options(timeout, max_retries, retry_on, retry_backoff)
         depends_on = list(depends_on)
         messages, payloads, calls, edges = [], [], [], []
-        workflow = None
+        workflow, parents = None, []
         for index, item in enumerate(items):
             args, kwargs = _split_item(item)
             found = dependencies.find(args, kwargs, depends_on)
             _no_due_with_parents(due, found)
             workflow = workflow or found.workflow
+            parents.extend(found.parents)
             try:
                 message = shipment.message(found.args, found.kwargs, batch=batch_id,
                                            index=index, inputs=found.inputs, **options)
@@ -213,6 +215,8 @@ class Client(WorkerViews, WorkflowMethods):
         self._acceptance.check(any(m.needs_trust for m in messages))
         workflow = joining(workflow)
         with_edges = edges if any(edges) else None
+        if with_edges:  # a map is written chunk by chunk: refuse before the first one
+            _refuse_unknown(self.backend.edges.unknown(parents))
         batch = TaskBatch(batch_id, shipment.name, [m.id for m in messages], self._store,
                           args=[args for args, _ in calls],
                           kwargs=[kwargs or None for _, kwargs in calls],
@@ -397,7 +401,12 @@ class Client(WorkerViews, WorkflowMethods):
         It is watched before ``sync`` reads its state again, so a change between
         the first read and the subscription is not missed.
         """
-        future = self._events.watched(task_id) or TaskFuture(
+        future = self._events.watched(task_id)
+        if future is not None and future.done() and (
+                not TaskStatus(record.get("status", "queued")).is_finished
+                or (record.get("attempt") or 1) != future.attempt):
+            future = None  # run again since (a workflow's retry): a fresh future for it
+        future = future or TaskFuture(
             task_id, record.get("task", "?"), self._store, args=record.get("args") or (),
             kwargs=record.get("kwargs") or {}, batch=record.get("batch") or None,
             index=record.get("index"), workflow_id=record.get("workflow") or None,
@@ -457,6 +466,14 @@ def _options(
     names = tuple(r if isinstance(r, str) else r.__name__ for r in retry_on)
     return {"timeout": timeout, "max_retries": max_retries, "retry_on": names,
             "retry_backoff": retry_backoff}
+
+
+def _refuse_unknown(unknown: list[str]) -> None:
+    if unknown:
+        more = f" (nor on {len(unknown) - 1} more)" if unknown[1:] else ""
+        raise UnknownDependency(
+            f"task {unknown[0]} is not in Redis (it never existed, or its record expired), "
+            f"so nothing can depend on it{more}; nothing was submitted")
 
 
 def _no_due_with_parents(due: str, found: dependencies.Dependencies) -> None:

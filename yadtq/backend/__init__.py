@@ -3,9 +3,13 @@
 - :class:`RedisBackend` (``redis_backend``): every read and status change the
   client and the worker make.
 - ``moves``: :class:`Claim` and :class:`Outcome`, what a worker's status moves give and take.
-- ``due_sets``: retries and scheduled tasks waiting in Redis, taken by workers when due.
-- ``scripts``: one codec a Lua script (``lua/``): its KEYS and ARGV by name,
-  its reply as named fields.
+- ``due_sets``: retries, scheduled tasks and readied children waiting in Redis, taken by
+  workers when due.
+- ``workflows``: workflows and the edges between tasks (dependent work).
+- ``unrunnable``: ending the records of tasks nothing will run (undelivered, refused).
+- ``scripts``, ``due_scripts``, ``workflow_scripts``: one codec a Lua script (``lua/``,
+  with the functions they share in ``lua/lib``): its KEYS and ARGV by name, its reply as
+  named fields.
 - ``keys``: every Redis key and channel, under one prefix.
 - ``records``: a task's hash, written and read.
 - ``redis_errors``: redis-py's errors turned into yadtq's at the edge.

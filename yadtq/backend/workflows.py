@@ -115,6 +115,19 @@ class Edges:
         found, _ = self._scripts.run(InputsCall(tasks, batches))
         return found
 
+    def unknown(self, task_ids: Sequence[str]) -> list[str]:
+        """The ones of ``task_ids`` Redis has no record of, read in pipelined chunks."""
+        ids = list(dict.fromkeys(task_ids))
+        found: list[str] = []
+        for start in range(0, len(ids), PIPELINE_CHUNK):
+            chunk = ids[start:start + PIPELINE_CHUNK]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for task_id in chunk:
+                    pipe.exists(self._keys.task(task_id))
+                found.extend(i for i, there in zip(chunk, pipe.execute(), strict=True)
+                             if not there)
+        return found
+
     def settle(self, now: float | None = None) -> list[str]:
         """Move on the edges finished tasks could not move at once; returns the children
         queued (due in the unblocked set)."""

@@ -108,7 +108,8 @@ def run_call(call: Call) -> Attempt:
             args, kwargs = values.loads(shipped.arguments)
         if parents:
             loaded = {key: inputs.load(value) for key, value in parents.items()}
-            args, kwargs = inputs.substitute(tuple(args), loaded), inputs.substitute(kwargs, loaded)
+            args = [inputs.substitute(value, loaded) for value in args]
+            kwargs = {name: inputs.substitute(value, loaded) for name, value in kwargs.items()}
         value = function(*args, **kwargs)
         if shipped is not None:
             return Attempt(ok=True, value=values.dumps(value), pickled=True,

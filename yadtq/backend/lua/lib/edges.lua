@@ -1,7 +1,7 @@
 -- lib/edges.lua: what a task's final outcome does to the tasks that depend on it
 -- (workflows). Not a script of its own: script_runner puts it in front of each script whose
 -- header says "-- uses: edges.lua" (enqueue, finish, cancel, fail_queued, settle,
--- retry_workflow), so every way a task can end moves its children the same way.
+-- repair_blocked), so every way a task can end moves its children the same way.
 --
 -- The edges of a task live in two places, both written by enqueue.lua with the child:
 --   yadtq:task:<parent>:children  hash  child id -> "1" if the child runs even when this
