@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -36,6 +37,9 @@ def _move(client: yadtq.Client, future: TaskFuture, status: TaskStatus) -> None:
     as a worker (release, claim, finish) or a client (cancel) would."""
     if status is TaskStatus.SCHEDULED:
         return
+    if status in (TaskStatus.BLOCKED, TaskStatus.SKIPPED):
+        _block(client, future, skip=status is TaskStatus.SKIPPED)
+        return
     if status is TaskStatus.CANCELLED:
         assert client.cancel(future.id, future.batch)
         return
@@ -51,6 +55,26 @@ def _move(client: yadtq.Client, future: TaskFuture, status: TaskStatus) -> None:
     outcome = Outcome(future.id, future.batch, claim.attempt, status, result=2,
                       error_type="ZeroDivisionError", error="division by zero")
     assert client.backend.finish(outcome, SIM_WORKER) is None
+
+
+def _block(client: yadtq.Client, future: TaskFuture, skip: bool) -> None:
+    """Make a scheduled task wait on a parent, as enqueue.lua writes a child (no script
+    moves a written task to blocked, so this writes what it would); with ``skip``, the
+    parent then fails and the real edges.lua (run by settle.lua) skips the task."""
+    backend, parent = client.backend, f"parent-of-{future.id}"
+    backend.redis.zrem(backend.keys.scheduled, future.id)
+    backend.redis.hset(backend.keys.task(future.id), mapping={
+        "status": "blocked", "parents": json.dumps([parent]), "waiting": 1})
+    backend.redis.hincrby(backend.keys.batch(future.batch), "scheduled", -1)
+    backend.redis.hincrby(backend.keys.batch(future.batch), "blocked", 1)
+    backend.redis.publish(backend.keys.events, json.dumps([{
+        "id": future.id, "status": "blocked", "batch": future.batch, "worker": ""}]))
+    if skip:
+        backend.redis.hset(backend.keys.task(parent), mapping={"status": "failed",
+                                                               "task": "add"})
+        backend.redis.hset(backend.keys.children(parent), future.id, "0")
+        backend.redis.zadd(backend.keys.settling, {parent: 0})
+        backend.edges.settle()
 
 
 def _batch_in(client: yadtq.Client, statuses: list[TaskStatus]) -> TaskBatch:
