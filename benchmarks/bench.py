@@ -5,6 +5,7 @@
     python benchmarks/bench.py --json               # machine-readable
     python benchmarks/bench.py --peers              # then the same on Celery, RQ and Dask
     python benchmarks/bench.py --broker apache-kafka   # on Apache Kafka instead of Tansu
+    python benchmarks/bench.py workflows [CASE ...]    # issue 21's cases (workflows.py)
 
 Each workload starts from a fresh queue on one embedded stack with 3 worker
 processes (see ``--mode`` and ``--concurrency``). Figures are wall-clock on
@@ -262,6 +263,10 @@ WORKLOADS: dict[str, Callable[[LocalStack, argparse.Namespace], dict[str, Any]]]
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["workflows"]:  # dependent work: its own cases and options
+        import workflows  # beside this script
+
+        return workflows.main(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("workloads", nargs="*", metavar="WORKLOAD",
                         help=f"any of {', '.join(WORKLOADS)} (default: all)")
