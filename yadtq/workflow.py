@@ -67,6 +67,7 @@ class Workflow:
         self._status: dict[str, str] = {}
         self._task: dict[str, str] = {}
         self._callbacks: list[Callable[[Workflow], None]] = []
+        self._version = 0  # how many change events it has heard of
         self._token: contextvars.Token[Workflow | None] | None = None
 
     # --- grouping ---------------------------------------------------------------
@@ -141,6 +142,8 @@ class Workflow:
             TimeoutError: it was not finished within ``timeout`` seconds; says what was left.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            seen = self._version  # a change heard from here on ends the wait below
         self.refresh()
         while not self.finished:
             left = RESYNC_SECONDS if deadline is None else min(
@@ -150,7 +153,8 @@ class Workflow:
                 raise TimeoutError(f"workflow {self.id} ({self.name}) not finished after "
                                    f"{timeout} s: {counts}{self._store.no_worker_hint()}")
             with self._changes:
-                self._changes.wait(left)
+                self._changes.wait_for(lambda seen=seen: self._version != seen, left)
+                seen = self._version
             if not self.finished:
                 self.refresh()  # tasks added since, or an event missed
         return self.local_counts()
@@ -204,6 +208,7 @@ class Workflow:
     def _apply(self, task_id: str, status: str) -> None:
         with self._lock:
             self._status[task_id] = status
+            self._version += 1
 
     def _changed(self) -> None:
         with self._changes:

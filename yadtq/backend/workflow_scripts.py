@@ -20,21 +20,25 @@ INPUT_FIELDS = ("status", "result", "error_type", "error", "traceback")  # input
 
 @dataclass(frozen=True)
 class SettleCall:
-    """settle.lua: go on moving the children of finished tasks (wide fan-outs)."""
+    """settle.lua: go on moving the children of finished tasks (wide fan-outs), and take
+    the readied children due."""
 
     script: ClassVar[str] = "settle.lua"
     now: float
     ttl: float  # seconds a record lives after it finishes
+    hold: float  # seconds the caller holds the children it takes, to produce them
+    take: int = 1000  # due children to take at most
     budget: int = EDGE_BUDGET
 
     def keys(self, keys: Keys) -> list[str]:
         return [keys.settling, keys.blocked, keys.unblocked]
 
     def args(self, keys: Keys) -> list[Any]:
-        return [f"{keys.prefix}:", self.now, self.ttl, keys.events, self.budget]
+        return [f"{keys.prefix}:", self.now, self.ttl, keys.events, self.budget, self.hold,
+                self.take]
 
     def parse(self, reply: Sequence[Any]) -> list[str]:
-        """The ids of the children it queued (due in the unblocked set)."""
+        """The ids of the children the caller is to produce (held for it)."""
         return [text(task_id) for task_id in reply]
 
 

@@ -31,6 +31,7 @@ from yadtq.backend.workflow_scripts import (
 from yadtq.config import Config
 
 PIPELINE_CHUNK = 1000
+SETTLE_HOLD = 10.0  # seconds a caller of settle holds the children it takes, to produce them
 REPAIR_LOOK = 100  # how many of the longest-blocked tasks one repair looks at
 
 
@@ -128,12 +129,12 @@ class Edges:
                              if not there)
         return found
 
-    def settle(self, now: float | None = None) -> list[str]:
-        """Move on the edges finished tasks could not move at once; returns the children
-        queued (due in the unblocked set)."""
+    def settle(self, now: float | None = None, hold: float = SETTLE_HOLD) -> list[str]:
+        """Move on the edges finished tasks could not move at once, and take the readied
+        children due; returns the children to produce, held ``hold`` s for the caller."""
         now = time.time() if now is None else now
-        readied, _ = self._scripts.run(SettleCall(now, self.config.result_ttl))
-        return readied
+        taken, _ = self._scripts.run(SettleCall(now, self.config.result_ttl, hold))
+        return taken
 
     def repair(self, now: float | None = None, limit: int = REPAIR_LOOK) -> list[str]:
         """Move the longest-blocked tasks whose parents all ended without moving them (a

@@ -61,7 +61,7 @@ class Maintenance:
         self._on_cancelled = on_cancelled
         self._partitions = partitions
         self._clock = clock
-        self.unblocking = Unblocking(backend, self.produce_now)
+        self.unblocking = Unblocking(backend, self.produce_now, worker)
         self._detect_deaths = True  # off when Redis refuses CLIENT LIST
         self._now = threading.Event()  # beat at once
         self._stopped = threading.Event()
@@ -69,8 +69,9 @@ class Maintenance:
                                         daemon=True)
 
     def start(self) -> None:
-        """Start the duties' thread."""
+        """Start the duties' thread, and the one producing readied children."""
         self._thread.start()
+        self.unblocking.start()
 
     def beat_now(self) -> None:
         """Heartbeat without waiting for the interval (a new assignment, say)."""
@@ -81,6 +82,7 @@ class Maintenance:
         self._stopped.set()
         self._now.set()
         self._thread.join(timeout=5)
+        self.unblocking.stop()
         try:
             self.heartbeat(self._clock(), status)
         except BackendUnavailable as exc:
@@ -99,14 +101,14 @@ class Maintenance:
             now = self._clock()
             if time.monotonic() >= next_beat:
                 duties = (self._beat, self.send_due_retries, self.send_due_scheduled,
-                          self.unblocking.send_due, self.unblocking.repair, self.reap)
+                          self.repair_blocked, self.reap)
                 next_beat = time.monotonic() + self.config.heartbeat_interval
                 next_death_check = time.monotonic() + DEATH_CHECK_INTERVAL
             elif time.monotonic() >= next_death_check:
-                duties = (self.send_due_scheduled, self.unblocking.send_due, self.reap_dead)
+                duties = (self.send_due_scheduled, self.reap_dead)
                 next_death_check = time.monotonic() + DEATH_CHECK_INTERVAL
             else:
-                duties = (self.send_due_scheduled, self.unblocking.send_due)
+                duties = (self.send_due_scheduled,)
             for duty in duties:
                 try:
                     duty(now)
@@ -175,6 +177,17 @@ class Maintenance:
             self._flush_and_ring(sent_to)
         scheduled.sent(taken)
         return len(sent_to)
+
+    def repair_blocked(self, _now: float) -> int:
+        """Move blocked tasks nothing would move, warning of each; returns how many."""
+        repaired = self._backend.edges.repair()
+        for task_id in repaired:
+            logger.warning("Worker %s: task %s was blocked though its parents had all ended; "
+                           "it was moved on now (queued, or skipped after a parent that "
+                           "failed)", self._worker, task_id)
+        if repaired:
+            self.unblocking.wake()
+        return len(repaired)
 
     def reap(self, now: float) -> int:
         """Re-queue the tasks of workers that died, and tasks whose lease expired before
@@ -276,11 +289,14 @@ class Maintenance:
         return partition
 
     def produce_now(self, messages: list[protocol.TaskMessage]) -> None:
-        """Produce tasks dealt over the partitions, and wake their workers: a lone one's
-        doorbell names it, so a worker waiting there claims it from its record at once."""
-        sent_to = [self._produce(message, []) for message in messages]
+        """Produce tasks dealt over the partitions, and wake their workers. One alone goes
+        to a partition of this worker (served now, not after a dead owner's rebalance), and,
+        in no batch, its doorbell names it, so it is claimed from its record at once."""
+        alone = len(messages) == 1
+        sent_to = [self._produce(message, self._partitions() if alone else [])
+                   for message in messages]
         self._producer.flush()
-        lone = messages[0].id if len(messages) == 1 and messages[0].batch is None else None
+        lone = messages[0].id if alone and messages[0].batch is None else None
         self._backend.ring(set(sent_to), task_id=lone)
 
     def _flush_and_ring(self, partitions: list[int]) -> None:

@@ -11,6 +11,10 @@ digests and loaded where the task runs.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from yadtq import inputs, protocol, values
@@ -19,20 +23,67 @@ from yadtq.config import Config
 from yadtq.errors import UntrustedCode, YadtqError
 from yadtq.status import FINISHED, TaskStatus
 
+KEPT_RESULTS = 4096  # parents' successes a worker keeps, the newest
+KEPT_RESULT_BYTES = 65536  # a larger result is read again for each child
+
 
 class InputsUnavailable(YadtqError):
     """A parent's outcome cannot be given to the task (not finished, or gone from Redis)."""
 
 
+@dataclass
+class Read:
+    """Parents' outcomes read for one group of tasks (any status), by task and by batch."""
+
+    tasks: dict[str, dict[str, str]] = field(default_factory=dict)
+    batches: dict[str, list[tuple[str, dict[str, str]]]] = field(default_factory=dict)
+
+
 class ParentValues:
-    """Reads the values a task's markers stand for."""
+    """Reads the values a task's markers stand for (shared by the slot threads).
+
+    A group of claimed tasks has its parents read in one round trip (:meth:`prefetch`),
+    and a parent's success is kept (its result cannot change, even by a workflow's retry),
+    so the children of a wide fan-out read their parent once, not once each.
+    """
 
     def __init__(self, config: Config, backend: RedisBackend) -> None:
         self.config = config
         self._backend = backend
+        self._lock = threading.Lock()
+        self._succeeded: OrderedDict[str, dict[str, str]] = OrderedDict()  # newest last
 
-    def read(self, message: protocol.TaskMessage) -> dict[tuple[str, str], Any] | None:
+    def prefetch(self, messages: Sequence[protocol.TaskMessage]) -> Read:
+        """Read the parents of these tasks, those not kept already, in one round trip.
+
+        Raises:
+            BackendUnavailable: Redis did not answer (each task then reads its own).
+        """
+        read = Read()
+        with self._lock:
+            tasks = [t for m in messages if m.inputs for t in m.inputs.tasks
+                     if t not in self._succeeded]
+        batches = [b for m in messages if m.inputs for b in m.inputs.batches]
+        if tasks or batches:
+            self._fetch(read, list(dict.fromkeys(tasks)), list(dict.fromkeys(batches)))
+        return read
+
+    def _fetch(self, read: Read, tasks: Sequence[str], batches: Sequence[str]) -> None:
+        found, members = self._backend.edges.inputs(tasks, batches)
+        read.tasks.update(found)
+        read.batches.update(members)
+        with self._lock:
+            for task_id, fields in found.items():
+                if fields["status"] == TaskStatus.SUCCESS.value and \
+                        len(fields["result"]) <= KEPT_RESULT_BYTES:
+                    self._succeeded[task_id] = fields
+                    if len(self._succeeded) > KEPT_RESULTS:
+                        self._succeeded.popitem(last=False)
+
+    def read(self, message: protocol.TaskMessage, read: Read | None = None
+             ) -> dict[tuple[str, str], Any] | None:
         """The value of each marker in ``message``'s arguments; None for a task without.
+        ``read``: what :meth:`prefetch` read for its group.
 
         Raises:
             InputsUnavailable: a parent has not finished, or its record is gone.
@@ -41,12 +92,19 @@ class ParentValues:
         """
         if message.inputs is None:
             return None
-        tasks, batches = self._backend.edges.inputs(message.inputs.tasks,
-                                                    message.inputs.batches)
+        read = read or Read()
+        with self._lock:
+            kept = {t: self._succeeded[t] for t in message.inputs.tasks if t in self._succeeded}
+        missing = [t for t in message.inputs.tasks if t not in kept and t not in read.tasks]
+        unread = [b for b in message.inputs.batches if b not in read.batches]
+        if missing or unread:
+            self._fetch(read, missing, unread)
+        known = {**read.tasks, **kept}
         found: dict[tuple[str, str], Any] = {
-            (inputs.FUTURE, task_id): self._value(task_id, fields)
-            for task_id, fields in tasks.items()}
-        for batch_id, members in batches.items():
+            (inputs.FUTURE, task_id): self._value(task_id, known[task_id])
+            for task_id in message.inputs.tasks}
+        for batch_id in message.inputs.batches:
+            members = read.batches[batch_id]
             if not members:
                 raise InputsUnavailable(f"batch {batch_id} is not in Redis (it expired, or it "
                                         "never existed); its results cannot be given")

@@ -136,7 +136,8 @@ class Worker:
                                     task_names=self.task_names, served=self._served,
                                     served_elsewhere=self._hand_on.served_elsewhere)
         self._outcomes = OutcomeStore(self.backend, self.name, self._finished, clock,
-                                      self._stopping, on_readied=self._send_readied)
+                                      self._stopping,
+                                      on_readied=lambda ids: self._maintenance.unblocking.put(ids))
         self._maintenance = Maintenance(
             config, self.backend, self.producer, worker=self.name, record=self._record,
             on_cancelled=self._stop_cancelled, partitions=lambda: self.consumer.partitions,
@@ -421,15 +422,6 @@ class Worker:
                               f"{report.error_type}: {report.error}", message=message)
 
     # --- what the other threads ask of the worker ----------------------------
-
-    def _send_readied(self, task_ids: list[str]) -> None:
-        """Produce the children this worker's outcomes readied (on the outcome store's
-        thread); a failure leaves them to any worker's next look."""
-        try:
-            self._maintenance.unblocking.send(task_ids)
-        except (BackendUnavailable, BrokerUnavailable) as exc:
-            logger.warning("Worker %s: %d readied task(s) left for the next look: %s",
-                           self.name, len(task_ids), exc)
 
     def _on_assignment(self) -> None:
         self._maintenance.beat_now()  # the queue's clients see the new partitions at once

@@ -24,7 +24,7 @@ from yadtq.backend import Outcome, RedisBackend
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable, UntrustedCode
 from yadtq.worker import execution, outcomes
-from yadtq.worker.parents import InputsUnavailable, ParentValues
+from yadtq.worker.parents import InputsUnavailable, ParentValues, Read
 from yadtq.worker.shipped import PythonVersionMismatch, ShippedCode
 
 SHORT_TASK = 0.005  # seconds; tasks this short on average are claimed ahead and grouped
@@ -112,7 +112,11 @@ class Slots:
         """A slot's thread: run claimed tasks until handed None; short untimed ones that
         wait together go to the task process in one round trip."""
         while (claimed := self._claimed.get()) is not None:
-            ready = [r for r in map(self._ready, [claimed, *self._waiting()]) if r is not None]
+            group = [claimed, *self._waiting()]
+            read = None
+            with contextlib.suppress(BackendUnavailable):  # each then reads its own
+                read = self._parents.prefetch([message for message, _ in group])
+            ready = [r for r in (self._ready(one, read) for one in group) if r is not None]
             together = [r for r in ready if r.timeout is None]
             alone = [r for r in ready if r.timeout is not None]
             if len(together) == 1:
@@ -137,14 +141,15 @@ class Slots:
             waiting.append(claimed)
         return waiting
 
-    def _ready(self, claimed: tuple[protocol.TaskMessage, int]) -> _Ready | None:
+    def _ready(self, claimed: tuple[protocol.TaskMessage, int], read: Read | None = None
+               ) -> _Ready | None:
         """What a slot needs to run a claimed task (its shipped code, its parents' values);
         None: it cannot run here, and has ended (shipped code that does not check out, a
         parent's result gone, say)."""
         message, attempt = claimed
         try:
             shipped = self._shipped.unpack(message)
-            parents = self._parents.read(message)
+            parents = self._parents.read(message, read)
         except (UntrustedCode, PythonVersionMismatch, BackendUnavailable,
                 InputsUnavailable) as exc:
             self._ended(message, outcomes.failed(

@@ -1,36 +1,91 @@
-"""Producing the tasks whose parents all finished (worker runtime, workflows).
+"""Producing the tasks whose parents all finished (worker runtime, workflows), on a thread
+of its own.
 
 A child leaves ``blocked`` in the step that ends its last parent (``lua/lib/edges.lua``);
 nothing is on Kafka for it until then. The worker whose outcome readied it produces it at
-once, holding it in the queue's ``unblocked`` set meanwhile; should that worker die first,
-the hold lapses and any worker's next look (every ``DUE_CHECK_INTERVAL``) produces it, as
-it does children readied by a cancel or a workflow's retry. Each look also goes on moving
-the edges of wide fan-outs that one step could not move (``settle.lua``). Every heartbeat,
-:meth:`Unblocking.repair` moves any blocked task whose parents all ended without moving it,
-with a warning: a hidden bug becomes a warning, not a hang.
+once (its outcome store hands the ids over with :meth:`Unblocking.put`), holding it in the
+queue's ``unblocked`` set meanwhile; should that worker die first, the hold lapses and any
+worker's next look produces it, as it does children readied by a cancel, a workflow's retry
+or a repair. A look (every ``LOOK_INTERVAL``, and at once after readied children) also goes
+on moving the edges of wide fan-outs that one step could not move, round after round while
+there are any: one ``settle.lua`` call a round moves up to 500 edges and takes what is due.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 from collections.abc import Callable, Sequence
 
 from yadtq import protocol
 from yadtq.backend import RedisBackend
+from yadtq.errors import BackendUnavailable, BrokerUnavailable
 
 logger = logging.getLogger(__name__)
+
+LOOK_INTERVAL = 0.2  # seconds between looks for edges to move and children to produce
+ROUNDS = 100  # rounds one look may take, at most (a look of a wide fan-out is long)
+WARN_EVERY = 30.0  # seconds between warnings while Redis or Kafka is away
 
 
 class Unblocking:
     """Produces readied children; ``produce(messages)`` sends them and wakes their workers."""
 
     def __init__(self, backend: RedisBackend,
-                 produce: Callable[[list[protocol.TaskMessage]], None]) -> None:
+                 produce: Callable[[list[protocol.TaskMessage]], None], worker: str) -> None:
         self._backend = backend
         self._produce = produce
+        self._worker = worker
+        self._readied: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+        self._warned_at = 0.0
+        self._thread = threading.Thread(target=self._run, name=f"{worker}-unblocking",
+                                        daemon=True)
+
+    def start(self) -> None:
+        """Start looking."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current look."""
+        self._readied.put(None)
+        self._thread.join(timeout=5)
+
+    def put(self, task_ids: Sequence[str]) -> None:
+        """Produce these readied children (held for this worker) now; returns at once."""
+        self._readied.put(list(task_ids))
+
+    def wake(self) -> None:
+        """Look now (children were readied elsewhere: a repair, say)."""
+        self._readied.put([])
+
+    def _run(self) -> None:
+        while True:
+            try:
+                readied = self._readied.get(timeout=LOOK_INTERVAL)
+            except queue.Empty:
+                readied = []
+            while readied is not None and not self._readied.empty():
+                more = self._readied.get()
+                readied = None if more is None else readied + more
+            if readied is None:
+                return
+            try:
+                if readied:
+                    self.send(readied)
+                self.look()
+            except (BackendUnavailable, BrokerUnavailable) as exc:
+                if time.monotonic() - self._warned_at > WARN_EVERY:
+                    self._warned_at = time.monotonic()
+                    logger.warning("Worker %s: readied tasks wait for the next look: %s",
+                                   self._worker, exc)
+            except Exception:  # noqa: BLE001 - the thread must outlive any one failure
+                logger.exception("Worker %s: producing readied tasks failed", self._worker)
 
     def send(self, task_ids: Sequence[str]) -> int:
-        """Produce children this worker's outcomes readied (and holds); returns how many."""
+        """Produce children held for this worker; returns how many (none of those that no
+        longer wait)."""
         unblocked = self._backend.unblocked
         messages = unblocked.messages(task_ids)
         if messages:
@@ -38,20 +93,13 @@ class Unblocking:
         unblocked.sent(task_ids)
         return len(messages)
 
-    def send_due(self, _now: float) -> int:
-        """Move on wide fan-outs, then produce every readied child no worker holds (judged
-        on Redis's clock); returns how many were produced."""
-        self._backend.edges.settle()
-        taken = self._backend.unblocked.take_due()
-        return self.send(taken) if taken else 0
-
-    def repair(self, _now: float) -> int:
-        """Move blocked tasks nothing would move, warning of each; returns how many."""
-        repaired = self._backend.edges.repair()
-        for task_id in repaired:
-            logger.warning("task %s was blocked though its parents had all ended; it was "
-                           "moved on now (queued, or skipped if a parent failed)", task_id)
-        if repaired:
-            self.send_due(_now)
-        return len(repaired)
-
+    def look(self) -> int:
+        """Move on wide fan-outs and take the readied children due (judged on Redis's
+        clock), round after round while there are any; returns how many were produced."""
+        produced = 0
+        for _ in range(ROUNDS):
+            taken = self._backend.edges.settle()
+            if not taken:
+                break
+            produced += self.send(taken)
+        return produced

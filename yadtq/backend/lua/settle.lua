@@ -1,6 +1,8 @@
 -- settle.lua: go on telling the children of finished tasks what became of their parents,
 -- where the script that ended a parent stopped (a wide fan-out moves in bounded steps, see
--- lib/edges.lua). Any worker may run it at any time: each edge moves once.
+-- lib/edges.lua), then take the readied children due in the unblocked set (those no worker
+-- holds) for the caller to produce, holding them as take_due.lua does. Any worker may run
+-- it at any time: each edge moves once, and each due child is taken by one caller.
 --
 -- uses: edges.lua
 --
@@ -10,17 +12,21 @@
 --
 -- KEYS[1] settling set   yadtq:settling:<queue>  (finished task id -> since when)
 -- KEYS[2] blocked set    yadtq:blocked:<queue>
--- KEYS[3] unblocked set  yadtq:unblocked:<queue>  (readied children enter it due now)
+-- KEYS[3] unblocked set  yadtq:unblocked:<queue>  (child id -> when it is due)
 -- ARGV[1] the key prefix with its colon ("yadtq:")
 -- ARGV[2] now (unix seconds)
 -- ARGV[3] seconds a record lives after it finishes
 -- ARGV[4] events channel
 -- ARGV[5] how many edges to move at most
+-- ARGV[6] seconds the caller holds what it takes (the children it readies, and those due)
+-- ARGV[7] how many due children to take at most
 --
--- Returns the ids of the children it queued (due in the unblocked set).
+-- Returns the ids of the children the caller is to produce: those it readied, then those
+-- that were due.
 local now = tonumber(ARGV[2])
+local hold = now + tonumber(ARGV[6])
 local ctx = edges_context(ARGV[1], KEYS[2], KEYS[3], KEYS[1], now,
-                          math.floor(tonumber(ARGV[3])), now, tonumber(ARGV[5]))
+                          math.floor(tonumber(ARGV[3])), hold, tonumber(ARGV[5]))
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, 9)) do
   if ctx.budget <= 0 then
     break
@@ -35,4 +41,10 @@ end
 if #ctx.changes > 0 then
   redis.call('PUBLISH', ARGV[4], cjson.encode(ctx.changes))
 end
-return ctx.readied
+local taken = ctx.readied
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0,
+                               tonumber(ARGV[7]))) do
+  redis.call('ZADD', KEYS[3], hold, id)
+  taken[#taken + 1] = id
+end
+return taken
