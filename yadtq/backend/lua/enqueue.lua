@@ -82,6 +82,12 @@ end
 
 local ids, blocked, skipped = {}, {}, {}
 local batch_key = string.sub(KEYS[1], 1, #KEYS[1] - #':tasks')
+-- What the call's children do to their parents, gathered so that a parent shared by many
+-- (a fan-out) is read once and written once a call: its status, how many new readers it
+-- has, and its new children's entries.
+local parent_status, new_readers, new_children, parent_order = {}, {}, {}, {}
+local blocked_scores = {}
+local ctx
 for i = 1, tasks do
   local at = first + (i - 1) * stride
   local id, task_key = ARGV[at], KEYS[5 + i]
@@ -99,51 +105,70 @@ for i = 1, tasks do
     redis.call('ZADD', KEYS[3], due, id)
   end
   if edges[i] then
-    local ctx = edges_context(edges_prefix(task_key, id), KEYS[4], '', '', now, ttl, now, 0)
+    ctx = ctx or edges_context(edges_prefix(task_key, id), KEYS[4], '', '', now, ttl, now, 0)
     local tolerated = {}
     for _, parent in ipairs(edges[i].t or {}) do
       tolerated[parent] = true
     end
     local waiting, root, reason = 0, nil, nil
     for _, parent in ipairs(edges[i].p) do
-      local parent_key = ctx.P .. 'task:' .. parent
-      local status = redis.call('HGET', parent_key, 'status')
-      redis.call('HINCRBY', parent_key, 'readers', 1)  -- kept while this child may read it
-      redis.call('PERSIST', parent_key)
-      redis.call('PERSIST', parent_key .. ':attempts')
+      if parent_status[parent] == nil then
+        parent_status[parent] = redis.call('HGET', ctx.P .. 'task:' .. parent, 'status')
+        new_readers[parent], new_children[parent] = 0, {}
+        parent_order[#parent_order + 1] = parent
+      end
+      local status = parent_status[parent]
+      new_readers[parent] = new_readers[parent] + 1  -- kept while this child may read it
       if not EDGES_FINAL[status] then
         waiting = waiting + 1
-        redis.call('HSET', parent_key .. ':children', id, tolerated[parent] and '1' or '0')
+        local entries = new_children[parent]
+        entries[#entries + 1] = id
+        entries[#entries + 1] = tolerated[parent] and '1' or '0'
       elseif status ~= 'success' and not tolerated[parent] and not root then
         root, reason = edges_skip_reason(ctx, parent, status)
       end
     end
-    redis.call('HSET', task_key, 'parents', cjson.encode(edges[i].p), 'waiting', waiting)
+    local record = {'parents', cjson.encode(edges[i].p), 'waiting', waiting}
     if #(edges[i].t or {}) > 0 then
-      redis.call('HSET', task_key, 'tolerates', cjson.encode(edges[i].t))
+      record[#record + 1], record[#record + 2] = 'tolerates', cjson.encode(edges[i].t)
     end
-    local start = 'queued'
+    if root or waiting > 0 then
+      record[#record + 1], record[#record + 2] = 'status', 'blocked'
+    end
+    redis.call('HSET', task_key, unpack(record))
     if root then
-      start = 'skipped'
-      redis.call('HSET', task_key, 'status', 'blocked')
       edges_skip(ctx, id, task_key, {'blocked', redis.call('HGET', task_key, 'batch') or '',
         '1', cjson.encode(edges[i].p), false}, root, reason)
       skipped[#skipped + 1] = id
     elseif waiting > 0 then
-      start = 'blocked'
-      redis.call('HSET', task_key, 'status', 'blocked')
-      redis.call('ZADD', KEYS[4], now, id)
+      blocked_scores[#blocked_scores + 1] = now
+      blocked_scores[#blocked_scores + 1] = id
       blocked[#blocked + 1] = id
-    end
-    if start ~= 'queued' and ARGV[1] ~= '' then
-      redis.call('HINCRBY', batch_key, 'queued', -1)
-      redis.call('HINCRBY', batch_key, 'blocked', 1)
-    end
-    if #ctx.changes > 0 then
-      redis.call('PUBLISH', ARGV[8], cjson.encode(ctx.changes))
     end
   end
   ids[i] = id
+end
+for _, parent in ipairs(parent_order) do
+  local parent_key = ctx.P .. 'task:' .. parent
+  if #new_children[parent] > 0 then
+    redis.call('HSET', parent_key .. ':children', unpack(new_children[parent]))
+  end
+  -- (a child skipped above has released its parents already: readers may end at 0)
+  if redis.call('HINCRBY', parent_key, 'readers', new_readers[parent]) > 0 then
+    redis.call('PERSIST', parent_key)
+    redis.call('PERSIST', parent_key .. ':attempts')
+  end
+end
+if #blocked_scores > 0 then
+  redis.call('ZADD', KEYS[4], unpack(blocked_scores))
+end
+local not_queued = #blocked + #skipped
+if not_queued > 0 and ARGV[1] ~= '' then
+  redis.call('HINCRBY', batch_key, 'queued', -not_queued)
+  redis.call('HINCRBY', batch_key, 'blocked', not_queued)
+end
+if ctx and #ctx.changes > 0 then
+  redis.call('PUBLISH', ARGV[8], cjson.encode(ctx.changes))
 end
 if ARGV[1] ~= '' and tasks > 0 then
   redis.call('RPUSH', KEYS[1], unpack(ids))
