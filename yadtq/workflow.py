@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from yadtq.backend import RedisBackend
@@ -93,20 +93,14 @@ class Workflow:
     def refresh(self) -> None:
         """Read the workflow's tasks and their statuses from Redis again."""
         ids = self._backend.workflows.task_ids(self.id)
-        fields = self._backend.workflows.statuses(ids)
-        names = self._names([i for i in ids if i not in self._task])
+        states = self._backend.workflows.states(ids)
         with self._changes:
             self._ids = ids
             self._known = set(ids)
-            self._task.update(names)
-            self._status.update({task_id: status or "expired"
-                                 for task_id, status in zip(ids, fields, strict=True)})
+            for task_id, (status, task) in zip(ids, states, strict=True):
+                self._status[task_id] = status or "expired"
+                self._task[task_id] = task or "?"
             self._changes.notify_all()
-
-    def _names(self, task_ids: Sequence[str]) -> dict[str, str]:
-        records = self._store.task_records(task_ids) if task_ids else []
-        return {task_id: (record or {}).get("task", "?")
-                for task_id, record in zip(task_ids, records, strict=True)}
 
     def status_counts(self) -> dict[str, int]:
         """How many of its tasks are in each status (``blocked`` and ``skipped`` too), and
@@ -241,7 +235,7 @@ def workflow_rows(backend: RedisBackend, limit: int = RECENT) -> list[dict[str, 
     rows = []
     for info in backend.workflows.recent(limit):
         ids = backend.workflows.task_ids(info["id"])
-        counts = Counter(backend.workflows.statuses(ids))
+        counts = Counter(status for status, _ in backend.workflows.states(ids))
         rows.append({**info, "total": len(ids),
                      **{name: counts.get(name, 0) for name in COUNTERS}})
     return rows
