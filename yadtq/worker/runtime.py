@@ -135,13 +135,12 @@ class Worker:
         self._admission = Admission(config, self.backend, worker=self.name,
                                     task_names=self.task_names, served=self._served,
                                     served_elsewhere=self._hand_on.served_elsewhere)
-        self._outcomes = OutcomeStore(self.backend, self.name, self._finished, clock,
-                                      self._stopping,
-                                      on_readied=lambda ids: self._maintenance.unblocking.put(ids))
         self._maintenance = Maintenance(
             config, self.backend, self.producer, worker=self.name, record=self._record,
             on_cancelled=self._stop_cancelled, partitions=lambda: self.consumer.partitions,
             clock=clock)
+        self._outcomes = OutcomeStore(self.backend, self.name, self._finished, clock,
+                                      self._stopping, self._maintenance.unblocking.put)
         self._slots = Slots(
             config, self.backend, worker=self.name,
             runners=execution.make_runners(mode, concurrency, task_modules), ended=self._ended,
