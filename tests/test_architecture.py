@@ -14,10 +14,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "yadtq"
 # A module is named by its dotted path under yadtq/ ("cli", "local.stack"); a package
 # ("local", its __init__) stands for every module in it.
 LAYERS: list[set[str]] = [
-    {"errors", "status", "config", "protocol", "registry", "values", "extras", "due"},  # bottom
+    {"errors", "status", "config", "protocol", "registry", "values", "extras", "due",
+     "schedule_times"},  # bottom
     {"backend", "broker"},  # adapters: Redis and Kafka
     {"futures", "batch", "store", "events", "client", "worker", "plots", "shipping",
-     "routing", "acceptance", "worker_table"},  # core
+     "routing", "acceptance", "worker_table", "schedules"},  # core
     {"display", "local", "cli", "connection", "__init__", "__main__"},  # top
 ]
 LAYER_NAMES = ["bottom", "adapters", "core", "top"]

@@ -26,6 +26,7 @@ from yadtq.errors import (
     InvalidTransition,
     MessageTooLarge,
     ProtocolError,
+    ScheduleNotFound,
     SecretMismatch,
     TaskCancelled,
     TaskFailed,
@@ -37,6 +38,7 @@ from yadtq.errors import (
 )
 from yadtq.futures import TaskFuture
 from yadtq.registry import task
+from yadtq.schedules import Schedule
 from yadtq.status import TaskStatus
 
 __all__ = [
@@ -52,6 +54,8 @@ __all__ = [
     "LocalCluster",
     "MessageTooLarge",
     "ProtocolError",
+    "Schedule",
+    "ScheduleNotFound",
     "SecretMismatch",
     "TaskBatch",
     "TaskCancelled",

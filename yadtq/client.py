@@ -34,6 +34,7 @@ from yadtq.errors import (
 from yadtq.events import EventListener
 from yadtq.extras import require
 from yadtq.futures import TaskFuture
+from yadtq.schedules import Schedule, create, schedule_frame
 from yadtq.shipping import Shipment
 from yadtq.status import TaskStatus
 from yadtq.store import RedisTaskStore
@@ -265,6 +266,27 @@ class Client:
             fate = f"{what} is marked failed in Redis"
         return BrokerUnavailable(f"{exc}; {fate}; check that Kafka is running and reachable, "
                                  "then submit again")
+
+    def schedule(self, name: str, task: TaskRef, /, *, cron: str | None = None,
+                 every: float | None = None, args: Sequence[Any] = (),
+                 kwargs: dict[str, Any] | None = None, tz: str = "UTC", catchup: str = "one",
+                 overlap: str = "skip", **options: Any) -> Schedule:
+        """Store (or replace) schedule ``name``: ``task(*args, **kwargs)`` on a ``cron``
+        expression in zone ``tz``, or ``every`` seconds, fired by any live worker, one task
+        an occurrence. ``options`` as for :meth:`submit_with`; policies: ``docs/time.md``.
+
+        Raises:
+            ValueError: a bad name, timing, zone, policy or option.
+            TypeError, UntrustedCode, MessageTooLarge: as :meth:`submit` raises them.
+        """
+        self._check_open()
+        create(self.backend, name, task, cron=cron, every=every, args=args, kwargs=kwargs,
+               tz=tz, catchup=catchup, overlap=overlap, options=options)
+        return Schedule(name, self.backend, self.get)
+
+    def schedules(self) -> Any:
+        """The queue's schedules, next to fire first: a DataFrame, or rows without pandas."""
+        return schedule_frame(self.backend)
 
     def cancel(self, task_id: str, batch_id: str | None = None) -> bool:
         """Cancel a task that has not finished; returns False if it already had.

@@ -18,6 +18,7 @@ value, the cause and what to do next::
     ├── InvalidTransition         a status change the state machine refuses
     ├── TaskFailed                the remote task raised; carries its traceback
     ├── TaskNotFound              an id the result store does not know
+    ├── ScheduleNotFound          a schedule name the queue does not have
     ├── TaskTimeout               a task ran past its time limit (also a TimeoutError)
     └── TaskCancelled             a task was cancelled (also a CancelledError)
 """
@@ -113,6 +114,10 @@ class InvalidTransition(YadtqError):
 
 class TaskNotFound(YadtqError, LookupError):
     """The result store holds no record for a task id."""
+
+
+class ScheduleNotFound(YadtqError, LookupError):
+    """The queue has no schedule of that name (never made, or removed)."""
 
 
 class TaskFailed(YadtqError):

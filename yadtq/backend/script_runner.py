@@ -13,6 +13,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from yadtq.backend.keys import Keys
+from yadtq.backend.schedule_calls import FireScheduleCall
 from yadtq.backend.scripts import (
     CancelCall,
     ClaimCall,
@@ -30,7 +31,7 @@ R = TypeVar("R")
 
 CALLS: tuple[type[ScriptCall[Any]], ...] = (
     EnqueueCall, ClaimCall, FinishCall, RequeueCall, CancelCall, FailQueuedCall,
-    TakeDueCall, ReleaseCall, RenewCall)
+    TakeDueCall, ReleaseCall, RenewCall, FireScheduleCall)
 
 
 class Scripts:

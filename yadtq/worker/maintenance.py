@@ -10,7 +10,7 @@ a second of its death. Like RQ's
 maintenance tasks, these are safe to run in every worker at once: each step is
 a compare-and-set in Redis. While Redis is away, only this thread waits. A
 stopping worker hands its unfinished tasks back to the queue through the same
-re-queue.
+re-queue. Every due check, too: fire the queue's due schedules (``schedule_firing``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from yadtq.backend import RedisBackend
 from yadtq.broker import TaskProducer
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable, BrokerUnavailable
+from yadtq.worker.schedule_firing import ScheduleFirer
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Maintenance:
         self._on_cancelled = on_cancelled
         self._partitions = partitions
         self._clock = clock
+        self._firer = ScheduleFirer(backend, worker)
         self._detect_deaths = True  # off when Redis refuses CLIENT LIST
         self._now = threading.Event()  # beat at once
         self._stopped = threading.Event()
@@ -96,15 +98,15 @@ class Maintenance:
         while not self._stopped.is_set():
             now = self._clock()
             if time.monotonic() >= next_beat:
-                duties = (self._beat, self.send_due_retries, self.send_due_scheduled,
-                          self.reap)
+                duties = (self._beat, self.send_due_retries, self.fire_due_schedules,
+                          self.send_due_scheduled, self.reap)
                 next_beat = time.monotonic() + self.config.heartbeat_interval
                 next_death_check = time.monotonic() + DEATH_CHECK_INTERVAL
             elif time.monotonic() >= next_death_check:
-                duties = (self.send_due_scheduled, self.reap_dead)
+                duties = (self.fire_due_schedules, self.send_due_scheduled, self.reap_dead)
                 next_death_check = time.monotonic() + DEATH_CHECK_INTERVAL
             else:
-                duties = (self.send_due_scheduled,)
+                duties = (self.fire_due_schedules, self.send_due_scheduled)
             for duty in duties:
                 try:
                     duty(now)
@@ -173,6 +175,12 @@ class Maintenance:
             self._flush_and_ring(sent_to)
         scheduled.sent(taken)
         return len(sent_to)
+
+    def fire_due_schedules(self, _now: float) -> int:
+        """Fire the schedules now due, on Redis's clock (not ``_now``); returns how many
+        tasks were written. They wait in the scheduled set, due at their occurrences, so
+        :meth:`send_due_scheduled`, next in the round, produces them."""
+        return self._firer.fire_due()
 
     def reap(self, now: float) -> int:
         """Re-queue the tasks of workers that died, and tasks whose lease expired before
