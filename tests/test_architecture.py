@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"backend", "broker"},  # adapters: Redis and Kafka
     {"futures", "batch", "store", "events", "client", "worker", "plots", "shipping",
      "routing", "acceptance", "worker_table", "schedules"},  # core
-    {"display", "local", "cli", "connection", "__init__", "__main__"},  # top
+    {"display", "local", "cli", "cli_schedules", "connection", "__init__", "__main__"},  # top
 ]
 LAYER_NAMES = ["bottom", "adapters", "core", "top"]
 

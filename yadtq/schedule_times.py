@@ -70,7 +70,7 @@ class ScheduleSpec:
         """The first occurrence strictly after unix time ``t``."""
         if self.every is not None:
             steps = math.floor((t - self.anchor) / self.every) + 1
-            at = self.anchor + max(steps, 1) * self.every
+            at = self.anchor + steps * self.every
             return float(at if at > t else at + self.every)  # float rounding at a boundary
         from cronsim import CronSim  # a core dependency, imported where it is used
 
