@@ -289,3 +289,23 @@ def test_trigger_runs_one_now_and_the_cli_lists_pauses_and_removes(
     assert cli("remove", "nightly").strip() == "removed nightly"
     with pytest.raises(yadtq.ScheduleNotFound):
         schedule.trigger()
+
+
+def test_a_shipped_function_on_a_schedule_runs_on_trusting_workers_signed_for_each_task(
+    config, start_workers
+):
+    # Given workers that trust code signed with the client's secret
+    secret = uuid.uuid4().hex
+    start_workers(1, trust_code=True, settings={"secret": secret})
+    with yadtq.Client(dataclasses.replace(config, secret=secret)) as client:
+        offset = 40
+
+        # When a function defined here (a closure, shipped by value) runs every second
+        schedule = client.schedule("shipped", lambda x: x + offset, every=1, args=(2,),
+                                   overlap="allow")
+        ran = wait_until(lambda: [r for r in schedule.history_rows()
+                                  if r["status"] == "success"], 30, "a run of the schedule")
+
+        # Then each fired task passed the workers' signature checks and ran
+        assert client.get(ran[0]["task_id"]).result(timeout=10) == 42
+        schedule.remove()
