@@ -1,11 +1,12 @@
 """Firing schedules from a worker (worker runtime): the maintenance duty's body.
 
-Every worker looks (one ``ZRANGE`` of the schedules set and Redis's ``TIME``, one round
-trip, ``DUE_CHECK_INTERVAL`` apart) and fires what is due through ``yadtq.schedules.fire``:
-no leader, no lock to expire. Two workers firing the same schedule at once plan the same
-occurrences, and the compare-and-set in ``fire_schedule.lua`` lets one of them through;
-the tasks it writes wait in the scheduled set, which ``send_due_scheduled`` produces, so a
-worker that dies right after firing leaves nothing lost.
+Every worker looks, ``DUE_CHECK_INTERVAL`` apart (one ``ZRANGEBYSCORE`` of the schedules
+set while none is near; Redis's ``TIME`` too when one is), and fires what is due through
+``yadtq.schedules.fire``: no leader, no lock to expire. Two workers firing the same
+schedule at once plan the same occurrences, and the compare-and-set in
+``fire_schedule.lua`` lets one of them through; the tasks it writes wait in the scheduled
+set, which ``send_due_scheduled`` produces, so a worker that dies right after firing
+leaves nothing lost.
 """
 
 from __future__ import annotations
