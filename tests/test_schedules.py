@@ -162,6 +162,28 @@ def test_the_fired_record_is_the_one_submit_would_write_and_is_signed(config):
     assert record_signed(signed.secret, row["task_id"], fields)
 
 
+def test_a_schedule_whose_stored_message_was_altered_is_not_fired_and_others_still_are(
+    config,
+):
+    # Given two schedules stored by a client with a secret, one altered in Redis since
+    signed = dataclasses.replace(config, secret=uuid.uuid4().hex)
+    with yadtq.Client(signed) as client:
+        for name in ("altered", "intact"):
+            client.schedule(name, add, every=5, args=(1, 2))
+            set_next(client, name, 500.0)
+        key = client.backend.keys.schedule("altered")
+        template = client.backend.redis.hget(key, "template").decode()
+        client.backend.redis.hset(key, "template", template.replace("[1,2]", "[1,999]"))
+
+        # When a worker with the secret looks
+        fired = ScheduleFirer(client.backend, "w1").fire_due(now=500.1)
+
+        # Then only the intact one fired: the altered message fails its signature check
+        assert fired == 1
+        assert client.backend.schedules.history("altered") == []
+        assert [r["outcome"] for r in client.backend.schedules.history("intact")] == ["fired"]
+
+
 def test_catchup_and_overlap_are_recorded_in_the_history(client):
     # Given a 1 s schedule with overlap "skip" whose next run was at 100
     firer = ScheduleFirer(client.backend, "w1")
@@ -260,6 +282,10 @@ def test_workers_fire_a_one_second_schedule_once_per_occurrence_and_run_it(
     assert len(occurrences) == len(set(occurrences))
     assert all(r["outcome"] == "fired" and r["fired_by"] for r in finished)
     assert client.get(finished[0]["task_id"]).result(timeout=10) == 42
+    # And the workers table counts what each worker fired
+    fired_by = {r["fired_by"] for r in finished}
+    wait_until(lambda: {w["name"] for w in client.worker_rows() if w["fired"]} >= fired_by,
+               10, "the heartbeats to count the firings")
     schedule.remove()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import math
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -107,7 +108,7 @@ def create(backend: RedisBackend, name: str, task: Callable[..., Any] | str, *,
                          f"{', '.join(OPTIONS)}")
     config, store = backend.config, backend.schedules
     now = store.now()
-    spec = ScheduleSpec(cron, every, tz, now, catchup, overlap)
+    spec = ScheduleSpec(cron, every, tz, float(math.floor(now)), catchup, overlap)
     existing = store.get(name)
     if existing is not None:
         old = ScheduleSpec.from_json(existing["spec"])

@@ -106,18 +106,17 @@ class ScheduleStore:
     def set_paused(self, name: str, paused: bool, next_at: float | None = None) -> bool:
         """Pause, or resume from ``next_at``; False if there is no such schedule."""
         key = self._keys.schedule(name)
+        if not self.redis.exists(key):
+            return False
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.exists(key)
             pipe.hset(key, "paused", "1" if paused else "0")
             if next_at is not None:
                 pipe.hset(key, "next", repr(next_at))
             pipe.hincrby(key, "rev", 1)
             pipe.zadd(self._keys.schedules,
                       {name: PAUSED if paused or next_at is None else next_at})
-            exists, *_ = pipe.execute()
-        if not exists:
-            self.remove(name)  # undo what the pipeline wrote for a missing one
-        return bool(exists)
+            pipe.execute()
+        return True
 
     def remove(self, name: str) -> bool:
         """Delete the schedule and its history; its pickles expire like a finished task's.
@@ -137,4 +136,6 @@ class ScheduleStore:
         """The schedule's recorded occurrences, oldest first."""
         rows = [json.loads(row) for row in
                 self.redis.lrange(self._keys.schedule_history(name), 0, -1)]
+        for row in rows:
+            row["occurrence"] = float(row["occurrence"])  # kept as text: no digit lost
         return sorted(rows, key=lambda row: row["occurrence"])

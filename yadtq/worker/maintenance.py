@@ -142,6 +142,7 @@ class Maintenance:
     def heartbeat(self, now: float, status: str = "running") -> list[str]:
         """Record the worker in Redis and renew its leases; returns cancelled task ids."""
         info, leased = self._record(status)
+        info = {**info, "fired": self._firer.fired}  # schedule occurrences it fired
         return self._backend.heartbeat(self._worker, info, leased, now)
 
     def send_due_retries(self, now: float) -> int:

@@ -15,7 +15,7 @@ import logging
 
 from yadtq import protocol
 from yadtq.backend import RedisBackend
-from yadtq.errors import ProtocolError
+from yadtq.errors import BackendUnavailable, ProtocolError
 from yadtq.schedules import fire, template_message
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,8 @@ class ScheduleFirer:
         self._backend = backend
         self._worker = worker
         self._templates: dict[tuple[str, str], protocol.TaskMessage | None] = {}
+        self._failed: set[tuple[str, str | None]] = set()  # told of, until the rev moves
+        self.fired = 0  # tasks this worker wrote for schedules, for its heartbeat record
 
     def fire_due(self, now: float | None = None) -> int:
         """Fire every due schedule's occurrences; returns how many tasks were written.
@@ -40,7 +42,7 @@ class ScheduleFirer:
         written = 0
         for name in names:
             raw = store.get(name)
-            if raw is None or raw.get("paused") == "1":
+            if raw is None or raw.get("paused") == "1" or "template" not in raw:
                 continue
             template = self._template(name, raw)
             if template is None:
@@ -48,12 +50,19 @@ class ScheduleFirer:
             try:
                 verdict, ids = fire(self._backend, name, raw, judged, self._worker,
                                     inject_now=now is not None, template=template)
-            except ValueError as exc:  # a shipped function and no secret to sign it with
-                logger.error("Worker %s: cannot fire schedule %r: %s", self._worker, name, exc)
-                self._templates[(name, raw["template"])] = None
+            except BackendUnavailable:
+                raise  # the maintenance loop waits for Redis
+            except Exception as exc:  # noqa: BLE001 - one schedule never stops the others
+                # A shipped function and no secret to sign it with, a spec this version
+                # cannot read, ...: said once, not every look, until the schedule moves.
+                if (name, raw.get("rev")) not in self._failed:
+                    logger.error("Worker %s: cannot fire schedule %r: %s", self._worker,
+                                 name, exc)
+                    self._failed.add((name, raw.get("rev")))
                 continue
             if verdict == "ok":
                 written += len(ids)
+                self.fired += len(ids)
                 logger.debug("Worker %s: schedule %r fired %s", self._worker, name, ids)
         return written
 
@@ -63,6 +72,7 @@ class ScheduleFirer:
         if key not in self._templates:
             if len(self._templates) > 1000:
                 self._templates.clear()
+                self._failed.clear()
             try:
                 self._templates[key] = template_message(raw, self._backend.config)
             except ProtocolError as exc:

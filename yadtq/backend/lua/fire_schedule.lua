@@ -30,6 +30,8 @@
 -- then for each occurrence to fire 3 args: occurrence, task id, its record's fields as a
 --   JSON object (as enqueue.lua would write them)
 --
+-- History rows are JSON: occurrence (as given, text), task_id, outcome, fired_by, at.
+--
 -- Returns {"ok", ids of the tasks written...}, {"moved"}, {"paused"}, or {"early", now}
 -- when an occurrence is not yet due on the clock it judged by.
 local name, rev, next_at, firer, overlap = ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6]
@@ -75,7 +77,7 @@ end
 
 local rows, written, last = {}, {}, nil
 for i = 1, missed_count do
-  rows[#rows + 1] = cjson.encode({occurrence = tonumber(ARGV[10 + i]), task_id = '',
+  rows[#rows + 1] = cjson.encode({occurrence = ARGV[10 + i], task_id = '',
     outcome = 'missed', fired_by = firer, at = now})
 end
 local counts = {fired = 0, skipped = 0}
@@ -100,7 +102,7 @@ for i = 1, count do
     last = id
   end
   counts[outcome] = counts[outcome] + 1
-  rows[#rows + 1] = cjson.encode({occurrence = tonumber(occurrence),
+  rows[#rows + 1] = cjson.encode({occurrence = occurrence,
     task_id = outcome == 'fired' and id or '', outcome = outcome, fired_by = firer, at = now})
 end
 
