@@ -201,6 +201,28 @@ def test_catchup_and_overlap_are_recorded_in_the_history(client):
     assert rows[0]["task_id"] is None and rows[0]["status"] is None
 
 
+@pytest.mark.parametrize("catchup, outcomes", [
+    ("one", ["missed"] * 4 + ["fired"]),
+    ("all", ["fired"] * 5),
+    ("none", ["missed"] * 5),
+])
+def test_each_catchup_mode_records_what_it_fired_and_missed_after_downtime(
+    client, catchup, outcomes
+):
+    # Given a 2 s schedule due at 100, and no live worker until 109.5
+    client.schedule("down", add, every=2, args=(1, 1), catchup=catchup, overlap="allow")
+    set_next(client, "down", 100.0)
+
+    # When a worker looks then (the 108 run is 1.5 s late)
+    ScheduleFirer(client.backend, "w1").fire_due(now=109.5)
+
+    # Then the history says what the mode promises, one row per occurrence
+    rows = client.backend.schedules.history("down")
+    assert [r["occurrence"] for r in rows] == [100.0, 102.0, 104.0, 106.0, 108.0]
+    assert [r["outcome"] for r in rows] == outcomes
+    assert client.backend.schedules.get("down")["next"] == "110.0"
+
+
 def test_queue_one_fires_behind_a_started_run_but_never_piles_up(client):
     firer = ScheduleFirer(client.backend, "w1")
     client.schedule("q1", add, every=1, args=(1, 1), overlap="queue_one")
@@ -287,6 +309,23 @@ def test_workers_fire_a_one_second_schedule_once_per_occurrence_and_run_it(
     wait_until(lambda: {w["name"] for w in client.worker_rows() if w["fired"]} >= fired_by,
                10, "the heartbeats to count the firings")
     schedule.remove()
+
+
+def test_a_task_fired_by_a_worker_that_died_before_producing_it_runs_on_another(
+    client, start_workers
+):
+    # Given a due occurrence fired by a worker that then died (nothing produced it)
+    client.schedule("orphan", add, every=3600, args=(3, 4))
+    set_next(client, "orphan", client.backend.schedules.now() - 0.5)
+    assert ScheduleFirer(client.backend, "doomed").fire_due() == 1
+    [row] = client.backend.schedules.history("orphan")
+
+    # When another worker is live
+    start_workers(1)
+
+    # Then it sends the waiting task and it runs, once
+    assert client.get(row["task_id"]).result(timeout=30) == 7
+    assert client.task_record(row["task_id"])["attempt"] == 1
 
 
 def test_trigger_runs_one_now_and_the_cli_lists_pauses_and_removes(
