@@ -110,18 +110,16 @@ def create(backend: RedisBackend, name: str, task: Callable[..., Any] | str, *,
     now = store.now()
     spec = ScheduleSpec(cron, every, tz, float(math.floor(now)), catchup, overlap)
     existing = store.get(name)
-    if existing is not None:
-        old = ScheduleSpec.from_json(existing["spec"])
-        if old.same_timing(spec):
-            spec = ScheduleSpec(cron, every, tz, old.anchor, catchup, overlap)
+    old = ScheduleSpec.from_json(existing["spec"]) if existing is not None else None
+    keep_next = old is not None and old.same_timing(spec) and existing.get("paused") != "1"
+    if old is not None and old.same_timing(spec):
+        spec = ScheduleSpec(cron, every, tz, old.anchor, catchup, overlap)
     shipment = Shipment(task, config)
     retry_on = tuple(r if isinstance(r, str) else r.__name__
                      for r in options.get("retry_on", ()))
     message = shipment.message(args, kwargs, **{**options, "retry_on": retry_on})
     template = protocol.encode(message, config.max_message_bytes, config.secret).decode()
-    keep_next = (existing is not None and existing.get("paused") != "1"
-                 and old.same_timing(spec))
-    next_at = float(existing["next"]) if keep_next else spec.next_after(now)
+    next_at = float(existing["next"]) if keep_next and existing else spec.next_after(now)
     store.save(name, {"spec": spec.to_json(), "template": template, "task": shipment.name,
                       "created_at": repr(now)}, next_at, shipment.blobs)
 

@@ -71,9 +71,13 @@ class ScheduleStore:
 
     def save(self, name: str, fields: Mapping[str, str], next_at: float, blobs: dict[str, bytes]
              ) -> None:
-        """Create or replace a schedule (a firing planned from before is refused)."""
+        """Create or replace a schedule (a firing planned from before is refused); pickles
+        only a replaced one needed expire like a finished task's."""
         key = self._keys.schedule(name)
+        replaced = set(json.loads(text(self.redis.hget(key, "blobs")) or "[]")) - set(blobs)
         with self.redis.pipeline(transaction=True) as pipe:
+            for sha256 in replaced:
+                pipe.expire(self._keys.blob(sha256), int(self.config.result_ttl))
             for sha256, data in blobs.items():  # kept as long as the schedule
                 pipe.set(self._keys.blob(sha256), data)
             pipe.hset(key, mapping={**fields, "next": repr(next_at), "paused": "0",
