@@ -223,17 +223,39 @@ def test_each_catchup_mode_records_what_it_fired_and_missed_after_downtime(
     assert client.backend.schedules.get("down")["next"] == "110.0"
 
 
-def test_queue_one_fires_behind_a_started_run_but_never_piles_up(client):
+def test_queue_one_keeps_one_occurrence_waiting_until_the_previous_run_finishes(client):
+    # Given a minutely schedule whose first run (at 120) has not finished
     firer = ScheduleFirer(client.backend, "w1")
-    client.schedule("q1", add, every=1, args=(1, 1), overlap="queue_one")
-    set_next(client, "q1", 100.0)
-    firer.fire_due(now=100.1)
+    client.schedule("q1", add, every=60, args=(1, 1), overlap="queue_one")
+    set_next(client, "q1", 120.0)
+    firer.fire_due(now=120.1)
     [first] = [r["task_id"] for r in client.backend.schedules.history("q1")]
-    firer.fire_due(now=101.1)  # the first has not started: skipped
     client.backend.redis.hset(client.backend.keys.task(first), "status", "processing")
-    firer.fire_due(now=102.1)  # it runs: one may wait behind it
-    assert [r["outcome"] for r in client.backend.schedules.history("q1")] == \
-        ["fired", "skipped", "fired"]
+
+    # When the 180 occurrence comes while it runs, and the run ends a little later
+    assert firer.fire_due(now=180.1) == 0  # waits, looked at again a second later
+    assert firer.fire_due(now=180.9) == 0  # not looked at yet
+    assert firer.fire_due(now=181.2) == 0  # still running: still waits
+    client.backend.redis.hset(client.backend.keys.task(first), "status", "success")
+    assert firer.fire_due(now=182.3) == 1
+
+    # Then the waiting occurrence fired once the previous run finished, none skipped
+    rows = client.backend.schedules.history("q1")
+    assert [(r["occurrence"], r["outcome"]) for r in rows] == [(120.0, "fired"),
+                                                               (180.0, "fired")]
+    assert client.backend.schedules.get("q1")["buffered"] == ""
+
+
+def test_queue_one_keeps_only_the_latest_waiting_occurrence(client):
+    firer = ScheduleFirer(client.backend, "w1")
+    client.schedule("q2", add, every=1, args=(1, 1), overlap="queue_one")
+    set_next(client, "q2", 100.0)
+    firer.fire_due(now=100.1)  # fired, and stays scheduled: nothing produces it here
+    firer.fire_due(now=101.1)  # 101 waits
+    firer.fire_due(now=102.1)  # 102 waits instead; 101 skipped
+    assert [(r["occurrence"], r["outcome"]) for r in client.backend.schedules.history("q2")
+            ] == [(100.0, "fired"), (101.0, "skipped")]
+    assert client.backend.schedules.get("q2")["buffered"] == "102.0"
 
 
 def test_a_cron_schedule_fires_through_spring_forward_and_fall_back_once_a_day(client):

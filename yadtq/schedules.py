@@ -76,6 +76,10 @@ def fire(backend: RedisBackend, name: str, raw: Mapping[str, str], now: float, f
     else:
         plan = schedule_times.plan(spec, float(raw["next"]), now)
         next_at = plan.next_at
+        if raw.get("buffered") and spec.overlap == "queue_one":  # waiting for its turn
+            waiting = float(raw["buffered"])
+            plan = schedule_times.Plan([waiting, *(o for o in plan.fired if o != waiting)],
+                                       plan.missed, plan.next_at, plan.unrecorded)
     kind = "t" if trigger else "o"
     fired = []
     for occurrence in plan.fired:

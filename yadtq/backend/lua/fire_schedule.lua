@@ -57,8 +57,12 @@ for i = 1, count do
 end
 
 -- Overlap: the previous run unfinished holds back what would fire. Other than "allow",
--- at most one occurrence fires per call (the latest); "queue_one" lets it wait behind a
--- run that has started, "skip" never.
+-- at most one occurrence fires per call (the latest; earlier ones are skipped). "skip"
+-- skips it while the previous run is unfinished; "queue_one" keeps it waiting in the
+-- schedule (`buffered`, looked at again every BUFFER_LOOK s, a later one replacing it)
+-- and fires it once the previous run has finished: the caller passes a waiting
+-- occurrence back as the first of those to fire.
+local BUFFER_LOOK = 1.0
 local outcomes = {}
 for i = 1, count do
   outcomes[i] = 'fired'
@@ -68,10 +72,8 @@ if not trigger and overlap ~= 'allow' and count > 0 then
     outcomes[i] = 'skipped'
   end
   local previous = redis.call('HGET', KEYS[5], 'status')
-  local unfinished = previous == 'scheduled' or previous == 'queued' or
-    previous == 'processing'
-  if unfinished and not (overlap == 'queue_one' and previous == 'processing') then
-    outcomes[count] = 'skipped'
+  if previous == 'scheduled' or previous == 'queued' or previous == 'processing' then
+    outcomes[count] = overlap == 'queue_one' and 'buffered' or 'skipped'
   end
 end
 
@@ -80,7 +82,9 @@ for i = 1, missed_count do
   rows[#rows + 1] = cjson.encode({occurrence = ARGV[10 + i], task_id = '',
     outcome = 'missed', fired_by = firer, at = now})
 end
-local counts = {fired = 0, skipped = 0}
+local counts = {fired = 0, skipped = 0, buffered = 0}
+local buffered = ''
+
 for i = 1, count do
   local at = first + 3 * i - 3
   local occurrence, id = ARGV[at], ARGV[at + 1]
@@ -102,8 +106,12 @@ for i = 1, count do
     last = id
   end
   counts[outcome] = counts[outcome] + 1
-  rows[#rows + 1] = cjson.encode({occurrence = occurrence,
-    task_id = outcome == 'fired' and id or '', outcome = outcome, fired_by = firer, at = now})
+  if outcome == 'buffered' then
+    buffered = occurrence  -- no row yet: fired or skipped later
+  else
+    rows[#rows + 1] = cjson.encode({occurrence = occurrence,
+      task_id = outcome == 'fired' and id or '', outcome = outcome, fired_by = firer, at = now})
+  end
 end
 
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
@@ -113,9 +121,16 @@ redis.call('HINCRBY', KEYS[1], 'missed', missed_count + tonumber(ARGV[9]))
 if last ~= nil then
   redis.call('HSET', KEYS[1], 'last_task', last)
 end
+if not trigger then
+  redis.call('HSET', KEYS[1], 'buffered', buffered)
+end
 if next_at ~= '' then
   redis.call('HSET', KEYS[1], 'next', next_at)
-  redis.call('ZADD', KEYS[2], next_at, name)
+  local look = tonumber(next_at)
+  if buffered ~= '' and now + BUFFER_LOOK < look then
+    look = now + BUFFER_LOOK
+  end
+  redis.call('ZADD', KEYS[2], look, name)
 end
 if #rows > 0 then
   redis.call('RPUSH', KEYS[4], unpack(rows))
