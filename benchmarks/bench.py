@@ -6,6 +6,8 @@
     python benchmarks/bench.py --peers              # then the same on Celery, RQ and Dask
     python benchmarks/bench.py --broker apache-kafka   # on Apache Kafka instead of Tansu
     python benchmarks/bench.py workflows [CASE ...]    # issue 21's cases (workflows.py)
+    python benchmarks/bench.py schedules --schedule-every 2 --schedule-seconds 300 \\
+        --stop-seconds 20                           # issue 22's exactly-once run
 
 Each workload starts from a fresh queue on one embedded stack with 3 worker
 processes (see ``--mode`` and ``--concurrency``). Figures are wall-clock on
@@ -29,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout as-is
 
+import schedule_bench  # noqa: E402 - beside this script
 import workloads  # noqa: E402 - beside this script
 
 import yadtq  # noqa: E402
@@ -258,7 +261,7 @@ PEER_WORKLOADS = ("throughput", "latency", "balance")  # those peers.py runs too
 WORKLOADS: dict[str, Callable[[LocalStack, argparse.Namespace], dict[str, Any]]] = {
     "throughput": throughput, "latency": latency, "balance": balance, "kill": kill,
     "scale": scale, "memory": memory, "idle": idle, "shipped": shipped,
-    "countdown": countdown,
+    "countdown": countdown, "schedules": schedule_bench.schedules,
 }
 
 
@@ -283,6 +286,7 @@ def main() -> int:
                         help="heartbeat 0.5 s and lease 3 s instead of the defaults (2 s, 10 s)")
     parser.add_argument("--idle-seconds", type=float, default=30.0,
                         help="how long the idle workload measures (default: 30)")
+    schedule_bench.add_options(parser)
     parser.add_argument("--broker", choices=BROKERS, default=TANSU,
                         help="the local stack's broker (default: tansu)")
     parser.add_argument("--fetch-wait-ms", type=int, default=None, metavar="MS",

@@ -15,11 +15,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "yadtq"
 # ("local", its __init__) stands for every module in it.
 LAYERS: list[set[str]] = [
     {"errors", "status", "config", "protocol", "registry", "values", "extras", "due",
-     "inputs"},  # bottom
+     "inputs", "schedule_times"},  # bottom
     {"backend", "broker"},  # adapters: Redis and Kafka
     {"futures", "batch", "store", "events", "client", "worker", "plots", "shipping",
-     "routing", "acceptance", "worker_table", "dependencies", "workflow"},  # core
-    {"display", "workflow_display", "local", "cli", "connection", "__init__", "__main__"},  # top
+     "routing", "acceptance", "worker_table", "dependencies", "workflow", "schedules"},  # core
+    {"display", "workflow_display", "local", "cli", "cli_schedules", "connection", "__init__",
+     "__main__"},  # top
 ]
 LAYER_NAMES = ["bottom", "adapters", "core", "top"]
 

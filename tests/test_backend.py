@@ -712,9 +712,10 @@ LUA_STATUS_PATTERNS = [
     ("compared", r"(?:current\[1\]|\bstatus|record\[1\])\s*[~=]=\s*'(\w+)'"),
 ]
 LUA_COUNTER_PATTERN = r"'HINCRBY',\s*[^,]+,\s*'(\w+)'"
-# Task hash fields the scripts count up and down, which are not batch counters: a child's
-# parents not yet finished, and a parent's children not yet finished (lib/edges.lua).
-EDGE_COUNTS = {"waiting", "readers"}
+# Fields the scripts count up and down that are not batch counters: in a task's hash, a
+# child's parents not yet finished and a parent's children not yet finished (lib/edges.lua);
+# in a schedule's hash, its revision and its fired and missed occurrences (fire_schedule.lua).
+OTHER_COUNTS = {"waiting", "readers", "rev", "fired", "missed"}
 LUA_OUTCOME_PATTERN = r"\boutcome\s*[~=]=\s*'(\w+)'"  # finish.lua: success, failed or retry
 
 
@@ -743,7 +744,7 @@ def test_lua_scripts_name_only_statuses_of_the_status_table(what: str, pattern: 
 
 def test_lua_scripts_bump_only_the_batch_counters_of_the_status_table() -> None:
     # Given the batch counter fields the scripts bump by name
-    found = {name: words - EDGE_COUNTS for name, words in
+    found = {name: words - OTHER_COUNTS for name, words in
              lua_literals(LUA_COUNTER_PATTERN).items()}
 
     # Then each is one of status.COUNTERS, so the counters Python reads are the ones moved

@@ -107,8 +107,10 @@ def test_the_wheel_carries_every_module_the_license_the_lua_and_java_files_and_t
     assert {"yadtq/local/java/pom.xml", "yadtq/local/java/log4j2.properties"} <= set(names)
     modules = {str(p.relative_to(ROOT)) for p in (ROOT / "yadtq").rglob("*.py")}
     assert modules <= set(names), f"not in the wheel: {sorted(modules - set(names))}"
-    lua = {Path(n).name for n in names if n.startswith("yadtq/backend/lua/")}
-    assert lua == {p.name for p in (ROOT / "yadtq" / "backend" / "lua").glob("*.lua")}
+    lua = {n.removeprefix("yadtq/backend/lua/") for n in names
+           if n.startswith("yadtq/backend/lua/")}
+    sources = ROOT / "yadtq" / "backend" / "lua"
+    assert lua == {str(p.relative_to(sources)) for p in sources.rglob("*.lua")}
 
 
 def test_the_sdist_ships_no_half_test_tree_and_the_build_warns_of_nothing(
@@ -139,7 +141,7 @@ def test_docs_document_the_dataframe_columns_the_code_produces() -> None:
 
 def test_docs_name_only_commands_and_settings_that_exist() -> None:
     docs = _docs_text()
-    cli = (ROOT / "yadtq" / "cli.py").read_text()
+    cli = " ".join(path.read_text() for path in (ROOT / "yadtq").glob("cli*.py"))
     commands = set(re.findall(r'add_parser\(\s*"([\w-]+)"', cli))
     used = set(re.findall(r"`yadtq ([a-z][\w-]+)", docs)) - {"local"}
     assert used <= commands, used - commands
@@ -163,7 +165,7 @@ def test_worker_columns_in_docs_are_columns_of_workers() -> None:
 
 def test_every_command_line_option_in_docs_exists() -> None:
     docs = _docs_text()
-    parsers = [ROOT / "yadtq" / "cli.py", ROOT / "worker_node" / "__main__.py",
+    parsers = [*(ROOT / "yadtq").glob("cli*.py"), ROOT / "worker_node" / "__main__.py",
                *(ROOT / "benchmarks").glob("*.py")]
     options = {node.value for path in parsers for node in ast.walk(ast.parse(path.read_text()))
                if isinstance(node, ast.Constant) and isinstance(node.value, str)

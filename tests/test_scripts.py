@@ -31,6 +31,7 @@ from yadtq.backend.records import (
     shared_fields,
     unbatched_fields,
 )
+from yadtq.backend.schedule_calls import FireOccurrence, FireScheduleCall
 from yadtq.backend.script_runner import CALLS, Scripts
 from yadtq.backend.scripts import (
     MISSING,
@@ -535,6 +536,49 @@ def test_release_moves_due_scheduled_tasks_to_queued_once_and_says_which_to_prod
                                              "cancelled": 1}
     assert [json.loads(e)["event"] for e in client.lrange(keys.task_history(due.id), 0, -1)
             ] == ["due"]
+
+
+# --- fire_schedule.lua ------------------------------------------------------------------
+
+
+def test_fire_schedule_writes_each_occurrence_at_its_stride_once_and_records_the_missed(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    # Given a schedule at revision 3 and two occurrences to fire, one missed before them
+    client.hset(keys.schedule("s"), mapping={"rev": 3, "next": NOW - 2})
+    fire = [FireOccurrence(NOW - 2 + i, f"s-{i}", {"task": "add", "args": f"[{i}]"})
+            for i in range(2)]
+    call = FireScheduleCall("s", "3", NOW + 1, NOW, WORKER, "allow", None, [NOW - 3], fire,
+                            history_kept=10, unrecorded=4)
+
+    # When it is fired, and fired again from the same read
+    first, _ = scripts.run(call)
+    again, _ = scripts.run(call)
+
+    # Then each task got its own fields, scheduled at its occurrence, and only once
+    assert first == ("ok", ["s-0", "s-1"]) and again == ("moved", [])
+    for i, one in enumerate(fire):
+        record = text_hash(client, keys.task(one.task_id))
+        assert (record["args"], record["status"], float(record["due_at"]), record["fired_by"]
+                ) == (f"[{i}]", "scheduled", NOW - 2 + i, WORKER)
+        assert client.zscore(keys.scheduled, one.task_id) == NOW - 2 + i
+    assert client.zscore(keys.schedules, "s") == NOW + 1
+    schedule = text_hash(client, keys.schedule("s"))
+    assert (schedule["rev"], schedule["fired"], schedule["missed"], schedule["last_task"]) == \
+        ("4", "2", "5", "s-1")
+    assert [json.loads(row)["outcome"] for row in
+            client.lrange(keys.schedule_history("s"), 0, -1)] == ["missed", "fired", "fired"]
+
+
+def test_fire_schedule_refuses_an_occurrence_not_yet_due_on_the_clock_it_judges_by(
+    client: redis.Redis, keys: Keys, scripts: Scripts
+) -> None:
+    client.hset(keys.schedule("s"), mapping={"rev": 1, "next": NOW + 5})
+    call = FireScheduleCall("s", "1", NOW + 10, NOW, WORKER, "allow", None, [],
+                            [FireOccurrence(NOW + 5, "s-5", {"task": "add"})])
+    (verdict, judged_at), _ = scripts.run(call)
+    assert (verdict, float(judged_at[0])) == ("early", NOW)
+    assert not client.exists(keys.task("s-5"))
 
 
 # --- renew.lua --------------------------------------------------------------------------

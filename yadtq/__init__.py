@@ -26,6 +26,7 @@ from yadtq.errors import (
     InvalidTransition,
     MessageTooLarge,
     ProtocolError,
+    ScheduleNotFound,
     SecretMismatch,
     TaskCancelled,
     TaskFailed,
@@ -40,6 +41,7 @@ from yadtq.errors import (
 from yadtq.futures import TaskFuture
 from yadtq.inputs import TaskError, allow_failure
 from yadtq.registry import task
+from yadtq.schedules import Schedule
 from yadtq.status import TaskStatus
 from yadtq.workflow import Workflow
 
@@ -56,6 +58,8 @@ __all__ = [
     "LocalCluster",
     "MessageTooLarge",
     "ProtocolError",
+    "Schedule",
+    "ScheduleNotFound",
     "SecretMismatch",
     "TaskBatch",
     "TaskCancelled",

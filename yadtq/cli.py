@@ -22,7 +22,7 @@ from importlib import resources
 from types import FrameType
 from typing import Any
 
-from yadtq import __version__
+from yadtq import __version__, cli_schedules
 from yadtq.config import (
     Config,
     local_stack_record_path,
@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     workers = commands.add_parser("workers", parents=[servers],
                                   help="print the workers and their last heartbeats")
     workers.set_defaults(run=_workers)
+    cli_schedules.add_parser(commands, servers, _connect)
 
     unit = commands.add_parser("worker-unit",
                                help="print the systemd unit that runs a worker on a VM")

@@ -34,6 +34,7 @@ from yadtq.errors import (
 )
 from yadtq.events import EventListener
 from yadtq.futures import TaskFuture
+from yadtq.schedules import ScheduleMethods
 from yadtq.shipping import Shipment
 from yadtq.status import TaskStatus
 from yadtq.store import RedisTaskStore
@@ -45,7 +46,7 @@ TaskRef = Callable[..., Any] | str
 logger = logging.getLogger(__name__)
 
 
-class Client(WorkerViews, WorkflowMethods):
+class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
     """A connection to one queue: submit tasks, look them up, list workers."""
 
     def __init__(self, config: Config, *, on_close: Callable[[], None] | None = None) -> None:

@@ -20,6 +20,7 @@ value, the cause and what to do next::
     │   └── TaskSkipped           it never ran: a task it depends on failed (``root``)
     ├── TaskNotFound              an id the result store does not know
     ├── UnknownDependency         a parent the result store does not know
+    ├── ScheduleNotFound          a schedule name the queue does not have
     ├── TaskTimeout               a task ran past its time limit (also a TimeoutError)
     └── TaskCancelled             a task was cancelled (also a CancelledError)
 """
@@ -115,6 +116,10 @@ class InvalidTransition(YadtqError):
 
 class TaskNotFound(YadtqError, LookupError):
     """The result store holds no record for a task id."""
+
+
+class ScheduleNotFound(YadtqError, LookupError):
+    """The queue has no schedule of that name (never made, or removed)."""
 
 
 class TaskFailed(YadtqError):

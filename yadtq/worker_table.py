@@ -25,8 +25,8 @@ logger = logging.getLogger(__name__)
 
 WORKER_COLUMNS = [
     "name", "host", "pid", "status", "heartbeat_age", "in_flight", "processed", "failed",
-    "concurrency", "partitions", "topic_partitions", "tasks", "started_at", "last_heartbeat",
-    "settings_differ",
+    "fired", "concurrency", "partitions", "topic_partitions", "tasks", "started_at",
+    "last_heartbeat", "settings_differ",
 ]
 
 
@@ -76,6 +76,7 @@ def worker_row(record: dict[str, str], now: float, expected: dict[str, Any]) -> 
         "in_flight": int(record.get("in_flight") or 0),
         "processed": int(record.get("processed") or 0),
         "failed": int(record.get("failed") or 0),
+        "fired": int(record.get("fired") or 0),  # schedule occurrences it fired
         "concurrency": int(record.get("concurrency") or 0),
         "partitions": record.get("partitions", ""),
         "topic_partitions": int(record.get("topic_partitions") or 0),

@@ -86,6 +86,17 @@ class Keys:
         return f"{self.prefix}:scheduled:{self.queue}"
 
     @property
+    def schedules(self) -> str:
+        """Sorted set: each live schedule's name, scored by its next occurrence."""
+        return f"{self.prefix}:schedules:{self.queue}"
+
+    def schedule(self, name: str) -> str:
+        return f"{self.prefix}:schedule:{self.queue}:{name}"
+
+    def schedule_history(self, name: str) -> str:
+        return f"{self.prefix}:schedule-history:{self.queue}:{name}"
+
+    @property
     def events(self) -> str:
         return f"{self.prefix}:events:{self.queue}"
 

@@ -39,6 +39,7 @@ from yadtq.backend.records import (
     unbatched_fields,
 )
 from yadtq.backend.redis_errors import address, at_the_edge
+from yadtq.backend.schedule_store import ScheduleStore
 from yadtq.backend.script_runner import Scripts
 from yadtq.backend.scripts import (
     CancelCall,
@@ -97,6 +98,7 @@ class RedisBackend:
         self.workflows = Workflows(config, self.redis, self._scripts, self.keys)
         self.edges = Edges(config, self.redis, self._scripts, self.keys)
         self.unrunnable = Unrunnable(config, self.redis, self._scripts, self.keys)
+        self.schedules = ScheduleStore(config, self.redis, self._scripts, self.keys)
 
     def check_connection(self) -> None:
         """Fail fast with the address when Redis does not answer.

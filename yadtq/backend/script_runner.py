@@ -15,6 +15,7 @@ from redis.exceptions import NoScriptError
 
 from yadtq.backend.due_scripts import ReleaseCall, TakeDueCall
 from yadtq.backend.keys import Keys
+from yadtq.backend.schedule_calls import FireScheduleCall
 from yadtq.backend.scripts import (
     CancelCall,
     ClaimCall,
@@ -37,7 +38,7 @@ R = TypeVar("R")
 CALLS: tuple[type[ScriptCall[Any]], ...] = (
     EnqueueCall, ClaimCall, FinishCall, RequeueCall, CancelCall, FailQueuedCall,
     TakeDueCall, ReleaseCall, RenewCall, SettleCall, InputsCall, RetryWorkflowCall,
-    RepairBlockedCall)
+    RepairBlockedCall, FireScheduleCall)
 
 
 _USES = re.compile(r"^-- uses: (\S+\.lua)$", re.MULTILINE)

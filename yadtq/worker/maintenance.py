@@ -10,7 +10,7 @@ a second of its death. Like RQ's
 maintenance tasks, these are safe to run in every worker at once: each step is
 a compare-and-set in Redis. While Redis is away, only this thread waits. A
 stopping worker hands its unfinished tasks back to the queue through the same
-re-queue.
+re-queue. Every due check, too: fire the queue's due schedules (``schedule_firing``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from yadtq.backend import RedisBackend
 from yadtq.broker import TaskProducer
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable, BrokerUnavailable
+from yadtq.worker.schedule_firing import ScheduleFirer
 from yadtq.worker.unblocking import Unblocking
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class Maintenance:
         self._partitions = partitions
         self._clock = clock
         self.unblocking = Unblocking(backend, self.produce_now, worker)
+        self._firer = ScheduleFirer(backend, worker)
         self._detect_deaths = True  # off when Redis refuses CLIENT LIST
         self._now = threading.Event()  # beat at once
         self._stopped = threading.Event()
@@ -100,15 +102,15 @@ class Maintenance:
         while not self._stopped.is_set():
             now = self._clock()
             if time.monotonic() >= next_beat:
-                duties = (self._beat, self.send_due_retries, self.send_due_scheduled,
-                          self.repair_blocked, self.reap)
+                duties = (self._beat, self.send_due_retries, self.fire_due_schedules,
+                          self.send_due_scheduled, self.repair_blocked, self.reap)
                 next_beat = time.monotonic() + self.config.heartbeat_interval
                 next_death_check = time.monotonic() + DEATH_CHECK_INTERVAL
             elif time.monotonic() >= next_death_check:
-                duties = (self.send_due_scheduled, self.reap_dead)
+                duties = (self.fire_due_schedules, self.send_due_scheduled, self.reap_dead)
                 next_death_check = time.monotonic() + DEATH_CHECK_INTERVAL
             else:
-                duties = (self.send_due_scheduled,)
+                duties = (self.fire_due_schedules, self.send_due_scheduled)
             for duty in duties:
                 try:
                     duty(now)
@@ -144,6 +146,7 @@ class Maintenance:
     def heartbeat(self, now: float, status: str = "running") -> list[str]:
         """Record the worker in Redis and renew its leases; returns cancelled task ids."""
         info, leased = self._record(status)
+        info = {**info, "fired": self._firer.fired}  # schedule occurrences it fired
         return self._backend.heartbeat(self._worker, info, leased, now)
 
     def send_due_retries(self, now: float) -> int:
@@ -188,6 +191,12 @@ class Maintenance:
         if repaired:
             self.unblocking.wake()
         return len(repaired)
+
+    def fire_due_schedules(self, _now: float) -> int:
+        """Fire the schedules now due, on Redis's clock (not ``_now``); returns how many
+        tasks were written. They wait in the scheduled set, due at their occurrences, so
+        :meth:`send_due_scheduled`, next in the round, produces them."""
+        return self._firer.fire_due()
 
     def reap(self, now: float) -> int:
         """Re-queue the tasks of workers that died, and tasks whose lease expired before
