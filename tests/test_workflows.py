@@ -203,4 +203,5 @@ def test_cancelling_a_workflow_cancels_what_has_not_run_and_skips_below_it(
     assert counts["cancelled"] + counts["skipped"] == 4
     assert all(status in ("cancelled", "skipped")
                for status in workflow.to_dataframe()["status"])
-    assert children.status_counts()["success"] == 0
+    counts = children.status_counts()  # the batch's counters moved with its tasks
+    assert counts["cancelled"] + counts["skipped"] == 3 and counts["success"] == 0

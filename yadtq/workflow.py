@@ -66,6 +66,7 @@ class Workflow:
         self._known: set[str] = set()
         self._status: dict[str, str] = {}
         self._task: dict[str, str] = {}
+        self._batch: dict[str, str | None] = {}  # each task's batch, for its counters
         self._callbacks: list[Callable[[Workflow], None]] = []
         self._version = 0  # how many change events it has heard of
         self._token: contextvars.Token[Workflow | None] | None = None
@@ -97,9 +98,10 @@ class Workflow:
         with self._changes:
             self._ids = ids
             self._known = set(ids)
-            for task_id, (status, task) in zip(ids, states, strict=True):
+            for task_id, (status, task, batch) in zip(ids, states, strict=True):
                 self._status[task_id] = status or "expired"
                 self._task[task_id] = task or "?"
+                self._batch[task_id] = batch or None
             self._changes.notify_all()
 
     def status_counts(self) -> dict[str, int]:
@@ -178,7 +180,7 @@ class Workflow:
         how many were cancelled."""
         cancelled = 0
         for task_id, status in zip(self.task_ids, self._statuses(), strict=True):
-            if status not in _FINAL and self._store.cancel(task_id, None):
+            if status not in _FINAL and self._store.cancel(task_id, self._batch.get(task_id)):
                 cancelled += 1
         return cancelled
 
@@ -235,7 +237,7 @@ def workflow_rows(backend: RedisBackend, limit: int = RECENT) -> list[dict[str, 
     rows = []
     for info in backend.workflows.recent(limit):
         ids = backend.workflows.task_ids(info["id"])
-        counts = Counter(status for status, _ in backend.workflows.states(ids))
+        counts = Counter(status for status, _, _ in backend.workflows.states(ids))
         rows.append({**info, "total": len(ids),
                      **{name: counts.get(name, 0) for name in COUNTERS}})
     return rows

@@ -82,15 +82,16 @@ class Workflows:
         """The workflow's tasks, in the order they were submitted."""
         return [text(i) for i in self.redis.lrange(self._keys.workflow_tasks(workflow_id), 0, -1)]
 
-    def states(self, task_ids: Sequence[str]) -> list[tuple[str, str]]:
-        """Each task's status and task name ("" for one whose record is gone), in
-        pipelined chunks."""
-        found: list[tuple[str, str]] = []
+    def states(self, task_ids: Sequence[str]) -> list[tuple[str, str, str]]:
+        """Each task's status, task name and batch ("" where unset, or for one whose record
+        is gone), in pipelined chunks."""
+        found: list[tuple[str, str, str]] = []
         for start in range(0, len(task_ids), PIPELINE_CHUNK):
             with self.redis.pipeline(transaction=False) as pipe:
                 for task_id in task_ids[start:start + PIPELINE_CHUNK]:
-                    pipe.hmget(self._keys.task(task_id), "status", "task")
-                found.extend((text(status), text(task)) for status, task in pipe.execute())
+                    pipe.hmget(self._keys.task(task_id), "status", "task", "batch")
+                found.extend((text(status), text(task), text(batch))
+                             for status, task, batch in pipe.execute())
         return found
 
     def retry(self, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:

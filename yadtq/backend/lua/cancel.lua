@@ -12,7 +12,8 @@
 --
 -- KEYS[1] task hash          yadtq:task:<id>
 -- KEYS[2] leases sorted set  yadtq:leases:<queue>
--- KEYS[3] batch counters     yadtq:batch:<batch>
+-- KEYS[3] batch counters     yadtq:batch:<batch>  (the caller's idea of it; the record's
+--         own batch is the one counted, should the caller not know it)
 -- KEYS[4] attempts history   yadtq:task:<id>:attempts
 -- KEYS[5] retries sorted set yadtq:retries:<queue>
 -- KEYS[6] scheduled set      yadtq:scheduled:<queue>
@@ -49,8 +50,9 @@ redis.call('RPUSH', KEYS[4], cjson.encode({attempt = tonumber(current[2]), worke
 edges_expire(ctx, KEYS[1], current[5])
 local batch = current[4] or ''
 if batch ~= '' then
-  redis.call('HINCRBY', KEYS[3], current[1], -1)
-  redis.call('HINCRBY', KEYS[3], 'cancelled', 1)
+  local batch_key = ctx.P .. 'batch:' .. batch
+  redis.call('HINCRBY', batch_key, current[1], -1)
+  redis.call('HINCRBY', batch_key, 'cancelled', 1)
 end
 local changes = {{id = ARGV[1], status = 'cancelled', worker = current[3] or '',
   attempt = tonumber(current[2]), batch = batch, at = now}}
