@@ -20,9 +20,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from yadtq import protocol
 from yadtq.backend import RedisBackend
 from yadtq.backend.workflows import parents_of
 from yadtq.batch import DATAFRAME_COLUMNS, task_row
+from yadtq.config import Config
 from yadtq.errors import TaskNotFound
 from yadtq.extras import require
 from yadtq.status import COUNTERS, FINISHED
@@ -54,7 +56,10 @@ class Workflow:
     """A handle on a workflow: its tasks, their counts, waiting, cancelling and re-running."""
 
     def __init__(self, workflow_id: str, name: str, backend: RedisBackend, store: TaskStore,
-                 created_at: float | None = None) -> None:
+                 created_at: float | None = None,
+                 send: Callable[[list[str]], None] | None = None) -> None:
+        """``send(ids)``: produce queued tasks now (the client's producer); without it the
+        workers' next look does."""
         self.id = workflow_id
         self.name = name
         self.created_at = created_at
@@ -70,6 +75,7 @@ class Workflow:
         self._callbacks: list[Callable[[Workflow], None]] = []
         self._version = 0  # how many change events it has heard of
         self._token: contextvars.Token[Workflow | None] | None = None
+        self._send = send
 
     # --- grouping ---------------------------------------------------------------
 
@@ -188,6 +194,8 @@ class Workflow:
         """Run the failed and skipped tasks again (same ids, attempt + 1); succeeded tasks
         keep their results. Returns how many will run again."""
         queued, blocked = self._backend.workflows.retry(self.task_ids)
+        if queued and self._send is not None:
+            self._send(queued)  # else the workers' next look produces them
         self.refresh()
         return len(queued) + len(blocked)
 
@@ -254,8 +262,11 @@ class WorkflowMethods:
     event listener and store)."""
 
     backend: RedisBackend
+    config: Config
     _store: Any
     _events: Any
+    _producer: Any
+    _flush: Callable[[set[int]], None]
 
     def workflow(self, name: str = "workflow") -> Workflow:
         """Start a workflow: tasks submitted in ``with q.workflow(name) as wf:`` join it.
@@ -264,7 +275,8 @@ class WorkflowMethods:
         """
         workflow_id = new_workflow_id()
         created_at = self.backend.workflows.create(workflow_id, name)
-        return self._watched(Workflow(workflow_id, name, self.backend, self._store, created_at))
+        return self._watched(Workflow(workflow_id, name, self.backend, self._store, created_at,
+                                      self._send_queued))
 
     def get_workflow(self, workflow_id: str) -> Workflow:
         """A workflow re-attached by id, e.g. after a kernel restart.
@@ -277,8 +289,19 @@ class WorkflowMethods:
             raise TaskNotFound(f"no workflow {workflow_id!r} in Redis (or it has expired); "
                                "q.workflows() lists the recent ones")
         workflow = Workflow(workflow_id, info["name"], self.backend, self._store,
-                            info["created_at"])
+                            info["created_at"], self._send_queued)
         return self._watched(workflow)
+
+    def _send_queued(self, task_ids: list[str]) -> None:
+        """Produce tasks a retry queued (in the unblocked set, due now), as a map does;
+        a worker that takes one meanwhile produces a copy its claim then skips."""
+        unblocked = self.backend.unblocked
+        messages = unblocked.messages(task_ids)
+        if messages:
+            payloads = [protocol.encode(m, self.config.max_message_bytes, self.config.secret)
+                        for m in messages]
+            self._flush(self._producer.deal([m.id for m in messages], payloads))
+        unblocked.sent(task_ids)
 
     def _watched(self, workflow: Workflow) -> Workflow:
         self._events.start()

@@ -6,9 +6,11 @@ nothing is on Kafka for it until then. The worker whose outcome readied it produ
 once (its outcome store hands the ids over with :meth:`Unblocking.put`), holding it in the
 queue's ``unblocked`` set meanwhile; should that worker die first, the hold lapses and any
 worker's next look produces it, as it does children readied by a cancel, a workflow's retry
-or a repair. A look (every ``LOOK_INTERVAL``, and at once after readied children) also goes
-on moving the edges of wide fan-outs that one step could not move, round after round while
-there are any: one ``settle.lua`` call a round moves up to 500 edges and takes what is due.
+or a repair. A look (every ``LOOK_INTERVAL`` while there is dependent work about, every
+``IDLE_LOOK_INTERVAL`` once there has been none for a while, so an idle worker costs
+little, and at once after readied children) also goes on moving the edges of wide fan-outs
+that one step could not move, round after round while there are any: one ``settle.lua`` call
+a round moves up to 500 edges and takes what is due.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from yadtq.errors import BackendUnavailable, BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 
-LOOK_INTERVAL = 0.2  # seconds between looks for edges to move and children to produce
+LOOK_INTERVAL = 0.2  # seconds between looks while there has been work lately
+IDLE_LOOK_INTERVAL = 1.0  # seconds between looks once there has been none for a while
+BUSY_SPELL = 10.0  # seconds after the last work during which looks stay frequent
 ROUNDS = 100  # rounds one look may take, at most (a look of a wide fan-out is long)
 WARN_EVERY = 30.0  # seconds between warnings while Redis or Kafka is away
 
@@ -40,6 +44,7 @@ class Unblocking:
         self._worker = worker
         self._readied: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
         self._warned_at = 0.0
+        self._worked_at = -BUSY_SPELL  # monotonic time of the last look that found work
         self._thread = threading.Thread(target=self._run, name=f"{worker}-unblocking",
                                         daemon=True)
 
@@ -62,8 +67,9 @@ class Unblocking:
 
     def _run(self) -> None:
         while True:
+            busy = time.monotonic() - self._worked_at < BUSY_SPELL
             try:
-                readied = self._readied.get(timeout=LOOK_INTERVAL)
+                readied = self._readied.get(timeout=LOOK_INTERVAL if busy else IDLE_LOOK_INTERVAL)
             except queue.Empty:
                 readied = []
             while readied is not None and not self._readied.empty():
@@ -74,7 +80,8 @@ class Unblocking:
             try:
                 if readied:
                     self.send(readied)
-                self.look()
+                if self.look() or readied:
+                    self._worked_at = time.monotonic()
             except (BackendUnavailable, BrokerUnavailable) as exc:
                 if time.monotonic() - self._warned_at > WARN_EVERY:
                     self._warned_at = time.monotonic()
