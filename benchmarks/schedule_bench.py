@@ -186,14 +186,19 @@ def catchup(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
         histories = {mode: q.backend.schedules.history(name) for mode, name in names.items()}
         fired_ids = [r["task_id"] for rows in histories.values() for r in rows
                      if r["outcome"] == "fired"]
-        _wait(lambda: all(s in ("success", "failed") for s in q.backend.statuses(fired_ids)),
-              60, "end of the fired tasks")
+        deadline = time.monotonic() + 60  # then count what has not finished
+        while time.monotonic() < deadline and not all(
+                s in ("success", "failed") for s in q.backend.statuses(fired_ids)):
+            time.sleep(0.2)
         statuses = dict(zip(fired_ids, q.backend.statuses(fired_ids), strict=True))
     looks = sorted({float(r["at"]) for rows in histories.values() for r in rows})
     figures: dict[str, Any] = {
         "stopped_s": round(restarted - stopped, 1),
         # from the last look before the stop to the first after the restart
-        "unlooked_s": round(max(b - a for a, b in zip(looks, looks[1:], strict=False)), 1)}
+        "unlooked_s": round(max(b - a for a, b in zip(looks, looks[1:], strict=False)), 1),
+        # fired tasks not finished a minute after the last fired (should be none)
+        "unfinished": dict(collections.Counter(
+            s for s in statuses.values() if s not in ("success", "failed")))}
     for mode, rows in histories.items():
         verdict = catchup_verdict(mode, rows, args.schedule_every)
         verdict["ran"] = sum(statuses[r["task_id"]] == "success" for r in rows
