@@ -8,6 +8,7 @@
     python benchmarks/bench.py workflows [CASE ...]    # issue 21's cases (workflows.py)
     python benchmarks/bench.py schedules --schedule-every 2 --schedule-seconds 300 \\
         --stop-seconds 20                           # issue 22's exactly-once run
+    python benchmarks/bench.py catchup              # issue 22's catch-up check
 
 Each workload starts from a fresh queue on one embedded stack with 3 worker
 processes (see ``--mode`` and ``--concurrency``). Figures are wall-clock on
@@ -262,6 +263,7 @@ WORKLOADS: dict[str, Callable[[LocalStack, argparse.Namespace], dict[str, Any]]]
     "throughput": throughput, "latency": latency, "balance": balance, "kill": kill,
     "scale": scale, "memory": memory, "idle": idle, "shipped": shipped,
     "countdown": countdown, "schedules": schedule_bench.schedules,
+    "catchup": schedule_bench.catchup,
 }
 
 

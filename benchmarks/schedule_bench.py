@@ -1,8 +1,12 @@
-"""The ``schedules`` workload of bench.py: exactly once under faults, lateness, idle cost.
+"""The ``schedules`` and ``catchup`` workloads of bench.py.
 
-Short by default (every 1 s for 30 s, one worker SIGSTOPped 10 s, another SIGKILLed and
-restarted); issue 22's version is ``--schedule-every 2 --schedule-seconds 300
---stop-seconds 20``.
+``schedules``: exactly once under faults, lateness, idle cost. Short by default (every
+1 s for 30 s, one worker SIGSTOPped 10 s, another SIGKILLed and restarted); issue 22's
+version is ``--schedule-every 2 --schedule-seconds 300 --stop-seconds 20``.
+
+``catchup``: issue 22's catch-up check as it is: every worker stopped for
+``--catchup-down`` (10) s under three 1 s schedules, one per ``catchup`` mode; each
+mode's history must be what docs/time.md promises.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import collections
 import signal
 import time
 import uuid
+from itertools import groupby
 from typing import Any
 
 import redis
@@ -20,6 +25,7 @@ import workloads
 import yadtq
 from worker_node.tasks import add
 from yadtq.local import LocalCluster, LocalStack
+from yadtq.schedule_times import GRACE
 
 WORKERS = 3
 
@@ -33,6 +39,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-seconds", type=float, default=10.0, metavar="S",
                         help="schedules: how long one worker is SIGSTOPped (default: 10; the "
                         "issue's: 20)")
+    parser.add_argument("--catchup-down", type=float, default=10.0, metavar="S",
+                        help="catchup: how long every worker is stopped (default: 10)")
 
 
 def _cluster(stack: LocalStack) -> LocalCluster:
@@ -123,3 +131,109 @@ def idle_cost(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
 def schedules(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
     """Exactly once under faults, then the idle cost of ten schedules."""
     return {**exactly_once(stack, args), **idle_cost(stack, args)}
+
+
+CATCHUP_MODES = ("one", "all", "none")
+ON_TIME_AROUND = 3  # occurrences fired on time before the stop and after the restart
+
+
+def _fired_on_time_since(q: yadtq.Client, names: list[str], since: float) -> bool:
+    """True when each schedule has fired ``ON_TIME_AROUND`` occurrences looked at after
+    ``since`` (Redis time)."""
+    return all(sum(r["outcome"] == "fired" and r["occurrence"] > since
+                   for r in q.backend.schedules.history(name)) >= ON_TIME_AROUND
+               for name in names)
+
+
+def _wait(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"catchup: no {what} within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def catchup(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
+    """Three schedules every ``--schedule-every`` s, catchup one, all and none (overlap
+    "allow", so only catch-up decides), on 3 workers; every worker stopped (SIGTERM, and
+    gone) for ``--catchup-down`` s, then started again. Per mode: the history's fired,
+    missed and skipped counts, the occurrences due while no worker was live (``late``),
+    those of them fired, and whether that is what the mode promises. ``unlooked_s``: how
+    long no worker looked (the stop, plus the restarted workers' start)."""
+    names = {mode: f"catchup-{mode}" for mode in CATCHUP_MODES}
+    with _cluster(stack) as cluster, yadtq.connect(cluster) as q:
+        q.wait_for_workers(WORKERS, timeout=60)
+        handles = [q.schedule(name, add, every=args.schedule_every, args=(1, 1),
+                              catchup=mode, overlap="allow") for mode, name in names.items()]
+        clock = q.backend.schedules.now
+        began = clock()
+        _wait(lambda: _fired_on_time_since(q, list(names.values()), began), 60,
+              "occurrences fired before the stop")
+        workers = [w for w in cluster.worker_processes if w.alive]
+        for worker in workers:
+            cluster.kill_worker(worker.name, signal.SIGTERM)
+        for worker in workers:
+            worker.popen.wait(cluster.stop_timeout)
+        stopped = clock()
+        _pause(args.catchup_down)
+        for worker in workers:
+            cluster.start_worker(worker.name)
+        restarted = clock()
+        _wait(lambda: _fired_on_time_since(q, list(names.values()), restarted), 120,
+              "occurrences fired after the restart")
+        for handle in handles:
+            handle.pause()
+        histories = {mode: q.backend.schedules.history(name) for mode, name in names.items()}
+        fired_ids = [r["task_id"] for rows in histories.values() for r in rows
+                     if r["outcome"] == "fired"]
+        deadline = time.monotonic() + 60  # then count what has not finished
+        while time.monotonic() < deadline and not all(
+                s in ("success", "failed") for s in q.backend.statuses(fired_ids)):
+            time.sleep(0.2)
+        statuses = dict(zip(fired_ids, q.backend.statuses(fired_ids), strict=True))
+    looks = sorted({float(r["at"]) for rows in histories.values() for r in rows})
+    figures: dict[str, Any] = {
+        "stopped_s": round(restarted - stopped, 1),
+        # from the last look before the stop to the first after the restart
+        "unlooked_s": round(max(b - a for a, b in zip(looks, looks[1:], strict=False)), 1),
+        # fired tasks not finished a minute after the last fired (should be none)
+        "unfinished": dict(collections.Counter(
+            s for s in statuses.values() if s not in ("success", "failed")))}
+    for mode, rows in histories.items():
+        verdict = catchup_verdict(mode, rows, args.schedule_every)
+        verdict["ran"] = sum(statuses[r["task_id"]] == "success" for r in rows
+                             if r["outcome"] == "fired")
+        figures.update({f"{mode}_{k}": v for k, v in verdict.items()})
+    return figures
+
+
+def catchup_verdict(mode: str, rows: list[dict[str, Any]], every: float) -> dict[str, Any]:
+    """A schedule's history against what its catch-up mode promises (docs/time.md).
+
+    Every occurrence from the first to the last must be recorded once (``contiguous``).
+    One looked at more than ``GRACE`` s after it fell is late (``late``, over ``late_looks``
+    looks: one expected, the first after the restart). At such a look ``one`` fires the
+    latest due occurrence (the on-time ones, if any) and records the others missed,
+    ``all`` fires each, ``none`` only the on-time ones. Nothing is skipped (overlap "allow").
+    """
+    occurrences = [r["occurrence"] for r in rows]
+    contiguous = all(round((b - a) / every) == 1
+                     for a, b in zip(occurrences, occurrences[1:], strict=False))
+    late = [r for r in rows if float(r["at"]) - r["occurrence"] > GRACE]
+    kept = contiguous and bool(late) and not any(r["outcome"] == "skipped" for r in rows)
+    looks = 0
+    for at, group in groupby(rows, key=lambda r: float(r["at"])):
+        look = list(group)
+        on_time = [at - r["occurrence"] <= GRACE for r in look]
+        if all(on_time):
+            kept = kept and all(r["outcome"] == "fired" for r in look)
+            continue
+        looks += 1
+        promised = {"one": on_time if any(on_time) else [False] * (len(look) - 1) + [True],
+                    "all": [True] * len(look), "none": on_time}[mode]
+        kept = kept and [r["outcome"] == "fired" for r in look] == promised
+    return {"fired": sum(r["outcome"] == "fired" for r in rows),
+            "missed": sum(r["outcome"] == "missed" for r in rows),
+            "skipped": sum(r["outcome"] == "skipped" for r in rows),
+            "late": len(late), "late_fired": sum(r["outcome"] == "fired" for r in late),
+            "late_looks": looks, "contiguous": contiguous, "as_promised": kept}

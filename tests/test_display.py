@@ -340,3 +340,29 @@ def test_timeline_reuses_the_row_of_a_task_that_ended_as_the_next_began():
     a, b, r, s = axes.patches
     assert a.get_y() == b.get_y()
     assert r.get_y() != s.get_y()
+
+
+def test_batch_and_future_widgets_say_when_their_scheduled_tasks_are_due(client):
+    # Given a batch and a task due in 30 s, and a batch already due, with no worker
+    batch = client.map("add", [(i, i) for i in range(3)], countdown=30)
+    future = client.submit_with("add", (1, 2), countdown=30)
+    late = client.map("add", [(1, 1)], countdown=0)
+
+    # When the widgets and the text meter render them
+    text, html = display.batch_text(batch), display.batch_html(batch)
+
+    # Then they say when the first scheduled task is due, or how long ago it was
+    due_in_30 = r"due in (29\.\d|30\.0) s"
+    assert re.search(rf" · 3 scheduled · {due_in_30} · ", text), text
+    assert re.search(rf">{due_in_30}<", html), html
+    assert re.search(due_in_30, display.future_html(future))
+    assert re.search(r"1 scheduled · due \d+ ms ago", display.batch_text(late))
+    # And a batch re-attached by id (as by a restarted kernel) says so from the records
+    with yadtq.Client(client.config) as restarted:
+        assert re.search(due_in_30, display.batch_text(restarted.get_batch(batch.id)))
+    # And once none is scheduled, nothing is said to be due
+    for task in batch:
+        _move(client, task, TaskStatus.QUEUED)
+    wait_until(lambda: batch.local_counts() == {"queued": 3}, 10, "the batch to be queued")
+    assert "due" not in display.batch_text(batch)
+    assert batch.snapshot()["due_at"] is None

@@ -308,6 +308,25 @@ def test_declaring_a_schedule_again_keeps_its_next_run_and_removal_forgets_it(cl
 # --- end to end, with workers -------------------------------------------------------------
 
 
+def test_a_schedule_the_workers_would_refuse_is_refused_at_once_and_not_stored(
+    config, start_workers
+):
+    # Given a live worker that requires tasks signed with a secret this client lacks
+    start_workers(1, worker_env={"YADTQ_SECRET": "schedule-secret"})
+    with yadtq.Client(config) as client:
+        wait_until(lambda: client.worker_rows(), 30, "the worker's heartbeat")
+        # When it makes a schedule, it is refused at once, as a submit is
+        with pytest.raises(yadtq.SecretMismatch, match="YADTQ_SECRET"):
+            client.schedule("refused", add, every=1, args=(1, 2))
+        # Then nothing was stored, so no task fires to fail at every occurrence
+        assert client.backend.schedules.names() == []
+        assert client.backend.redis.keys(client.backend.keys.task("*")) == []
+    # And a client with the workers' secret makes it
+    with yadtq.Client(dataclasses.replace(config, secret="schedule-secret")) as signed:
+        signed.schedule("accepted", add, every=60, args=(1, 2))
+        assert signed.backend.schedules.names() == ["accepted"]
+
+
 def test_workers_fire_a_one_second_schedule_once_per_occurrence_and_run_it(
     client, start_workers
 ):

@@ -53,7 +53,10 @@ class TaskBatch(Sequence[TaskFuture]):
         submitted_at: float | None = None,
         status: TaskStatus = TaskStatus.QUEUED,
         workflow_id: str | None = None,
+        due_at: Sequence[float | None] | None = None,
     ) -> None:
+        """``due_at``: when each task is due, for tasks re-attached from their records
+        (a map with a countdown learns its tasks' from ``enqueue``: :meth:`_set_due`)."""
         self.id = batch_id
         self.workflow_id = workflow_id
         self.task = task
@@ -68,6 +71,8 @@ class TaskBatch(Sequence[TaskFuture]):
         self._all_done = threading.Condition(self._lock)
         self._position = {task_id: i for i, task_id in enumerate(self.ids)}
         self._status = [status] * total  # scheduled, for tasks submitted to run later
+        # When each is due (Redis's clock), so displays can say when scheduled ones start.
+        self._due_at: list[float | None] = list(due_at) if due_at is not None else [None] * total
         self._worker: list[str | None] = [None] * total
         self._attempt = [1] * total
         self._started_at: list[float | None] = [None] * total
@@ -79,7 +84,15 @@ class TaskBatch(Sequence[TaskFuture]):
         self._per_worker: Counter[str] = Counter()
         self._change_callbacks: list[Callable[[TaskBatch], None]] = []
 
-    # --- for the event listener only ---------------------------------------
+    # --- for the client and the event listener only -------------------------
+
+    def _set_due(self, task_ids: Sequence[str], due_at: float | None) -> None:
+        """Record when these tasks are due, as ``enqueue`` answered (Redis's clock)."""
+        with self._lock:
+            for task_id in task_ids:
+                position = self._position.get(task_id)
+                if position is not None:
+                    self._due_at[position] = due_at
 
     def _set_progress(self, task_id: str, status: TaskStatus, worker: str | None,
                       attempt: int | None, at: float | None) -> None:
@@ -165,14 +178,20 @@ class TaskBatch(Sequence[TaskFuture]):
         self._change_callbacks.append(callback)
 
     def snapshot(self) -> dict[str, Any]:
-        """Progress as plain data: counts, rate, elapsed, ETA, tasks finished per worker."""
+        """Progress as plain data: counts, rate, elapsed, ETA, tasks finished per worker,
+        and when the first of the scheduled tasks is due (``due_at``, unix seconds, and
+        ``due_in``, seconds from now: below 0 once overdue; both None with none scheduled)."""
         with self._lock:
             counts = dict(self._counts)
             per_worker = dict(sorted(self._per_worker.items()))
             finished_at = self.finished_at
             done = self._done
+            due_at = min((due for due, status in zip(self._due_at, self._status, strict=True)
+                          if due is not None and status is TaskStatus.SCHEDULED),
+                         default=None) if counts.get(TaskStatus.SCHEDULED.value) else None
         total = len(self.ids)
-        elapsed = (finished_at or time.time()) - self.submitted_at
+        now = time.time()
+        elapsed = (finished_at or now) - self.submitted_at
         rate = done / elapsed if elapsed > 0 else 0.0
         return {
             "id": self.id,
@@ -185,6 +204,8 @@ class TaskBatch(Sequence[TaskFuture]):
             "rate": rate,
             "eta": (total - done) / rate if rate > 0 and done < total else None,
             "per_worker": per_worker,
+            "due_at": due_at,
+            "due_in": due_at - now if due_at is not None else None,
         }
 
     def __len__(self) -> int:

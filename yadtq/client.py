@@ -138,7 +138,7 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
         if shipment.blobs:
             self.backend.put_blobs(shipment.blobs)
         if due:  # a worker produces it when it is due
-            self.backend.enqueue([message], due=due, workflow=workflow)
+            future.due_at = self.backend.enqueue([message], due=due, workflow=workflow).due_at
             return future
         if found.parents:  # blocked until its parents finish: their workers produce it
             started = self.backend.enqueue([message], edges=[found.spec], workflow=workflow)
@@ -229,9 +229,11 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
             self.backend.put_blobs(shipment.blobs)
         if due:  # workers produce them when they are due
             for start in range(0, len(messages), PIPELINE_CHUNK):
-                self.backend.enqueue(messages[start:start + PIPELINE_CHUNK], batch_id=batch_id,
-                                     batch_total=len(messages) if start == 0 else None, due=due,
-                                     workflow=workflow)
+                chunk = messages[start:start + PIPELINE_CHUNK]
+                reply = self.backend.enqueue(
+                    chunk, batch_id=batch_id, batch_total=len(messages) if start == 0 else None,
+                    due=due, workflow=workflow)
+                batch._set_due([m.id for m in chunk], reply.due_at)
             return batch
         # Chunk by chunk, so Kafka sends one chunk while Redis stores the next. After
         # chunks 1, 2, 4, 8, ... the workers are woken to what Kafka has so far: they
@@ -390,6 +392,7 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
                           ids, self._store, args=[r.get("args") or () for r in known],
                           kwargs=[r.get("kwargs") or None for r in known],
                           submitted_at=self.backend.batch_created_at(batch_id),
+                          due_at=[r.get("due_at") for r in known],
                           workflow_id=next((r["workflow"] for r in known if r.get("workflow")),
                                            None))
         self._events.start()
@@ -412,6 +415,7 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
             kwargs=record.get("kwargs") or {}, batch=record.get("batch") or None,
             index=record.get("index"), workflow_id=record.get("workflow") or None,
         )
+        future.due_at = future.due_at or record.get("due_at")
         self._events.start()
         self._events.watch([future])
         self._events.sync([future])

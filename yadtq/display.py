@@ -58,12 +58,22 @@ def format_seconds(seconds: float | None) -> str:
     return f"{minutes} min {rest:02d} s"
 
 
+def format_due(due_in: float) -> str:
+    """When scheduled tasks start: 'due in 4.2 s', or 'due 1.5 s ago' while they wait
+    for a worker to send them."""
+    return f"due in {format_seconds(due_in)}" if due_in >= 0 else \
+        f"due {format_seconds(-due_in)} ago"
+
+
 def batch_summary(snapshot: dict[str, Any]) -> str:
-    """One line of text for a batch: the count of every status it has, rate, elapsed, ETA."""
+    """One line of text for a batch: the count of every status it has (and when the first
+    scheduled task is due), rate, elapsed, ETA."""
     total, done = snapshot["total"], snapshot["done"]
     percent = 100.0 * done / total if total else 100.0
     parts = [f"{done}/{total} done ({percent:.0f}%)"]
     parts += [f"{snapshot[s.value]} {s.label}" for s in TaskStatus if snapshot[s.value]]
+    if snapshot.get("due_in") is not None:
+        parts.append(format_due(snapshot["due_in"]))
     parts += [f"{snapshot['rate']:.1f} tasks/s", f"elapsed {format_seconds(snapshot['elapsed'])}"]
     if not snapshot["finished"]:
         parts.append(f"ETA {format_seconds(snapshot['eta'])}")
@@ -144,6 +154,8 @@ def future_html(future: TaskFuture) -> str:
     elapsed = _elapsed(future)
     if elapsed is not None:
         details.append(format_seconds(elapsed))
+    if status is TaskStatus.SCHEDULED and future.due_at is not None:
+        details.append(format_due(future.due_at - time.time()))
     body = ""
     if future.done() and not future.cancelled():  # a cancelled one has no outcome to show
         error = future.exception()

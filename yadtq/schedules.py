@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from yadtq import protocol, schedule_times
+from yadtq.acceptance import Acceptance
 from yadtq.backend import RedisBackend
 from yadtq.backend.records import record_fields
 from yadtq.backend.schedule_calls import FireOccurrence, FireScheduleCall
@@ -96,13 +97,15 @@ def fire(backend: RedisBackend, name: str, raw: Mapping[str, str], now: float, f
 def create(backend: RedisBackend, name: str, task: Callable[..., Any] | str, *,
            cron: str | None, every: float | None, args: Sequence[Any],
            kwargs: Mapping[str, Any] | None, tz: str, catchup: str, overlap: str,
-           options: Mapping[str, Any]) -> None:
+           options: Mapping[str, Any], accepted: Callable[[bool], None] | None = None) -> None:
     """Store (or replace) schedule ``name``; a replacement with the same timing keeps its
-    next occurrence, so declaring a schedule again does not shift it.
+    next occurrence, so declaring a schedule again does not shift it. ``accepted(
+    needs_trust)`` (``Acceptance.check``) refuses, before anything is stored, a schedule
+    whose tasks the live workers would refuse: they would fail at every occurrence.
 
     Raises:
         ValueError: a bad name, timing, zone, policy or option.
-        TypeError, UntrustedCode, MessageTooLarge: as ``submit`` raises them.
+        TypeError, UntrustedCode, MessageTooLarge, SecretMismatch: as ``submit`` raises them.
     """
     if not name or len(name) > 200 or any(c.isspace() for c in name):
         raise ValueError(f"a schedule name is 1 to 200 characters without spaces, got {name!r}")
@@ -122,6 +125,8 @@ def create(backend: RedisBackend, name: str, task: Callable[..., Any] | str, *,
     retry_on = tuple(r if isinstance(r, str) else r.__name__
                      for r in options.get("retry_on", ()))
     message = shipment.message(args, kwargs, **{**options, "retry_on": retry_on})
+    if accepted is not None:
+        accepted(message.needs_trust)
     template = protocol.encode(message, config.max_message_bytes, config.secret).decode()
     next_at = float(existing["next"]) if keep_next and existing else spec.next_after(now)
     store.save(name, {"spec": spec.to_json(), "template": template, "task": shipment.name,
@@ -265,9 +270,10 @@ def _frame(rows: list[dict[str, Any]], columns: list[str], times: Sequence[str])
 
 class ScheduleMethods:
     """The client's schedule methods (mixed into ``Client``, which provides its backend,
-    ``get`` and ``_check_open``)."""
+    ``get``, ``_check_open`` and ``_acceptance``)."""
 
     backend: RedisBackend
+    _acceptance: Acceptance
     get: Callable[[str], Any]
     _check_open: Callable[[], None]
 
@@ -282,10 +288,13 @@ class ScheduleMethods:
         Raises:
             ValueError: a bad name, timing, zone, policy or option.
             TypeError, UntrustedCode, MessageTooLarge: as :meth:`submit` raises them.
+            SecretMismatch: as for :meth:`submit`: the live workers would refuse its
+                tasks (nothing is stored).
         """
         self._check_open()
         create(self.backend, name, task, cron=cron, every=every, args=args, kwargs=kwargs,
-               tz=tz, catchup=catchup, overlap=overlap, options=options)
+               tz=tz, catchup=catchup, overlap=overlap, options=options,
+               accepted=self._acceptance.check)
         return Schedule(name, self.backend, self.get)
 
     def schedules(self) -> Any:
