@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from yadtq import protocol, registry
@@ -50,6 +50,7 @@ from yadtq.errors import BackendUnavailable, BrokerUnavailable
 from yadtq.worker import execution, outcomes
 from yadtq.worker.admission import Admission
 from yadtq.worker.handing_on import HandOn
+from yadtq.worker.held import HeldTasks
 from yadtq.worker.maintenance import Maintenance
 from yadtq.worker.outcomes import OutcomeStore
 from yadtq.worker.redis_retry import GAVE_UP, retry_redis
@@ -63,14 +64,6 @@ IDLE_WAIT_MAX = 1.0  # seconds; the longest sleep on the doorbells, once idle fo
 RUNG_IDS_KEPT = 10_000  # ids of doorbell-claimed tasks remembered until their copy is read
 MIN_WAIT = 0.01  # seconds; the shortest (a wait of 0 on the doorbells would never end)
 STOLEN_AT_ONCE = 2  # tasks a slot one steal may take, at most (the owners keep the rest)
-
-
-@dataclass
-class _Running:
-    message: protocol.TaskMessage
-    attempt: int
-    runner: Any = None  # while it runs
-    cancelled: bool = False  # stopped on request (its group, if any, runs again without it)
 
 
 class Worker:
@@ -111,7 +104,7 @@ class Worker:
             "requires_signed": "1" if config.signatures_required else "0",
         }
         self._lock = threading.Lock()  # guards the counts below; never held across I/O
-        self._running: dict[str, _Running] = {}  # claimed, outcome not yet stored
+        self._held = HeldTasks(self.name)  # claimed, outcome not yet stored
         self._executing = 0  # claimed and not yet ended: waiting for a slot or in one
         self._ahead = 0  # how many claimed tasks may wait for a slot (0 while tasks are long)
         self._slot_freed = threading.Event()
@@ -137,15 +130,15 @@ class Worker:
                                     served_elsewhere=self._hand_on.served_elsewhere)
         self._maintenance = Maintenance(
             config, self.backend, self.producer, worker=self.name, record=self._record,
-            on_cancelled=self._stop_cancelled, partitions=lambda: self.consumer.partitions,
+            on_cancelled=self._held.stop_cancelled, partitions=lambda: self.consumer.partitions,
             clock=clock)
         self._outcomes = OutcomeStore(self.backend, self.name, self._finished, clock,
                                       self._stopping, self._maintenance.unblocking.put)
         self._slots = Slots(
             config, self.backend, worker=self.name,
             runners=execution.make_runners(mode, concurrency, task_modules), ended=self._ended,
-            grouping=lambda: self._ahead > 0, attach=self._attach, cancelled=self._cancelled,
-            clock=clock, stopping=self._stopping)
+            grouping=lambda: self._ahead > 0, attach=self._held.attach,
+            cancelled=self._held.cancelled, clock=clock, stopping=self._stopping)
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -288,7 +281,7 @@ class Worker:
 
     def _hold(self, message: protocol.TaskMessage, attempt: int) -> None:
         """Count a claimed task as this worker's (call with the lock held)."""
-        self._running[message.id] = _Running(message, attempt)
+        self._held.hold(message, attempt)
         self._executing += 1
 
     def _start_claimed(self, messages: list[protocol.TaskMessage], claims: list[Claim]) -> int:
@@ -407,8 +400,7 @@ class Worker:
     def _finished(self, message: protocol.TaskMessage, report: Outcome, refused: str | None
                   ) -> None:
         """Account for a stored outcome (on the outcome store's thread)."""
-        with self._lock:
-            self._running.pop(message.id, None)
+        self._held.release(message.id)
         if refused:
             logger.warning("Worker %s: outcome of task %s attempt %d refused: %s",
                            self.name, message.id, report.attempt, refused)
@@ -429,37 +421,10 @@ class Worker:
         """This worker's heartbeat record and the ids of the tasks it holds leases for."""
         if status == "running" and self._stopping.is_set():
             status = "stopping"
-        with self._lock:
-            leased = list(self._running)
+        leased = self._held.ids()
         return {**self._identity, "in_flight": len(leased), "status": status,
                 "partitions": ",".join(map(str, self.consumer.partitions)),
                 "topic_partitions": self.consumer.topic_partitions}, leased
-
-    def _attach(self, task_id: str, runner: Any) -> None:
-        """Note the runner a claimed task runs on, so cancelling it can stop it."""
-        with self._lock:
-            running = self._running.get(task_id)
-            if running is not None:
-                running.runner = runner
-
-    def _cancelled(self, task_id: str) -> bool:
-        """True if a claimed task was cancelled while it ran."""
-        with self._lock:
-            running = self._running.get(task_id)
-            return running is not None and running.cancelled
-
-    def _stop_cancelled(self, task_ids: list[str]) -> None:
-        """Stop running tasks that were cancelled (process mode kills their child)."""
-        for task_id in task_ids:
-            with self._lock:
-                task = self._running.get(task_id)
-                if task is not None:
-                    task.cancelled = True
-            if task is None or task.runner is None:
-                continue
-            stopped = task.runner.stop()
-            logger.info("Worker %s: task %s was cancelled; %s", self.name, task_id,
-                        "stopped it" if stopped else "its result will be discarded")
 
     # --- sending to Kafka --------------------------------------------------
 
@@ -486,12 +451,10 @@ class Worker:
         """Let running tasks finish (up to the grace), store their outcomes, hand back the
         rest, leave the group, and record the stop."""
         logger.info("Worker %s: stopping (%s); %d task(s) in flight", self.name,
-                    self._stop_reason, len(self._running))
+                    self._stop_reason, len(self._held))
         self._slots.stop(self.shutdown_grace)  # claimed tasks no slot has begun go back
         self._outcomes.close(timeout=outcomes.FINISH_RETRY_SECONDS)
-        with self._lock:
-            unfinished = [running.message for running in self._running.values()]
-        self._maintenance.hand_back(unfinished)
+        self._maintenance.hand_back(self._held.messages())
         self.consumer.close()
         self._maintenance.stop()
         try:
