@@ -19,8 +19,7 @@ from typing import Any
 from yadtq import inputs
 from yadtq.batch import TaskBatch
 from yadtq.futures import TaskFuture
-from yadtq.inputs import AllowFailure
-from yadtq.protocol import Inputs
+from yadtq.inputs import AllowFailure, Inputs
 
 Parent = TaskFuture | TaskBatch | AllowFailure
 

@@ -22,6 +22,19 @@ BATCH = "__yadtq_batch__"  # the key of a parent batch's marker
 MAX_DEPTH = 8  # how deep in nested arguments futures are looked for
 
 
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """A message's ``inputs`` field: the tasks and batches whose results stand in its
+    arguments (``protocol`` checks it on the wire)."""
+
+    tasks: tuple[str, ...] = ()
+    batches: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, list[str]]:
+        """The JSON object of the message's ``inputs`` field."""
+        return {"tasks": list(self.tasks), "batches": list(self.batches)}
+
+
 @dataclass(frozen=True)
 class TaskError:
     """What a child that tolerates a parent's failure gets in place of the parent's value."""

@@ -53,6 +53,7 @@ from typing import Any
 
 from yadtq import values
 from yadtq.errors import MessageTooLarge, ProtocolError
+from yadtq.inputs import Inputs
 from yadtq.values import Ref
 
 VERSION = 1
@@ -121,38 +122,6 @@ class TaskMessage:
         if self.inputs is not None:
             data["inputs"] = self.inputs.to_dict()
         return data
-
-
-@dataclass(frozen=True, slots=True)
-class Inputs:
-    """The tasks and batches whose results stand in a message's arguments.
-
-    The arguments name each by a marker (``dependencies``); the worker reads their
-    outcomes from Redis once it has claimed the task, and puts the values in place.
-    """
-
-    tasks: tuple[str, ...] = ()
-    batches: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, list[str]]:
-        """The JSON object of the message's ``inputs`` field."""
-        return {"tasks": list(self.tasks), "batches": list(self.batches)}
-
-    @classmethod
-    def from_dict(cls, obj: Any) -> Inputs:
-        """Validate a message's ``inputs`` field.
-
-        Raises:
-            ProtocolError: it is not an object of two lists of ids.
-        """
-        if not isinstance(obj, dict) or set(obj) - {"tasks", "batches"}:
-            raise ProtocolError("field 'inputs' must be an object with 'tasks' and 'batches'")
-        lists = [obj.get("tasks", []), obj.get("batches", [])]
-        for ids in lists:
-            if not (isinstance(ids, list)
-                    and all(isinstance(i, str) and _ID.match(i) for i in ids)):
-                raise ProtocolError("field 'inputs': 'tasks' and 'batches' must be lists of ids")
-        return cls(tuple(lists[0]), tuple(lists[1]))
 
 
 def new_task_id() -> str:
@@ -418,6 +387,21 @@ def _names(types: tuple[type, ...]) -> str:
     return " or ".join("null" if t is type(None) else t.__name__ for t in types)
 
 
+def read_inputs(obj: Any) -> Inputs:
+    """A message's (or a record's) ``inputs`` field, checked: an object of two lists of ids.
+
+    Raises:
+        ProtocolError: it is not; the text says what is wrong.
+    """
+    if not isinstance(obj, dict) or set(obj) - {"tasks", "batches"}:
+        raise ProtocolError("field 'inputs' must be an object with 'tasks' and 'batches'")
+    lists = [obj.get("tasks", []), obj.get("batches", [])]
+    if not all(isinstance(ids, list) and all(isinstance(i, str) and _ID.match(i) for i in ids)
+               for ids in lists):
+        raise ProtocolError("field 'inputs': 'tasks' and 'batches' must be lists of ids")
+    return Inputs(tuple(lists[0]), tuple(lists[1]))
+
+
 def validate(obj: Mapping[str, Any]) -> TaskMessage:
     """Turn a decoded JSON object (v1 or plain format) into a :class:`TaskMessage`.
 
@@ -478,7 +462,7 @@ def validate(obj: Mapping[str, Any]) -> TaskMessage:
     pickles_sig = _field(obj, "pickles_sig", (str, type(None)), None)
     if code is not None and python is None:
         raise ProtocolError("field 'python' (the client's Python version) must come with 'code'")
-    inputs = Inputs.from_dict(obj["inputs"]) if obj.get("inputs") is not None else None
+    inputs = read_inputs(obj["inputs"]) if obj.get("inputs") is not None else None
     return TaskMessage(
         id=task_id,
         task=task,

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from yadtq.protocol import Inputs, TaskMessage
+from yadtq.protocol import TaskMessage, read_inputs
 from yadtq.status import TaskStatus
 from yadtq.values import Ref
 
@@ -185,5 +185,5 @@ def message_from_payload(task_id: str, attempt: int, fields: Mapping[str, str]) 
         python=shipped["python"] if shipped else None,
         pickled=Ref.from_dict(json.loads(pickled), "pickled") if pickled else None,
         pickles_sig=fields["pickles_sig"] or None,
-        inputs=Inputs.from_dict(json.loads(fields["inputs"])) if fields["inputs"] else None,
+        inputs=read_inputs(json.loads(fields["inputs"])) if fields["inputs"] else None,
     )
