@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import yadtq
+from yadtq.backend import RedisBackend
 from yadtq.config import Config
 from yadtq.local import APACHE_KAFKA, BROKERS, LocalCluster, LocalStack
 
@@ -75,6 +76,15 @@ def config(stack: LocalStack) -> Config:
         lease_seconds=3.0,
         source="test fixture",
     )
+
+
+@pytest.fixture
+def backend(config: Config) -> Iterator[RedisBackend]:
+    """The test queue's Redis backend, connected (for tests of the scripts and records)."""
+    connected = RedisBackend(config)
+    connected.check_connection()
+    yield connected
+    connected.close()
 
 
 @pytest.fixture

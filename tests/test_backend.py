@@ -10,7 +10,6 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,6 @@ LUA = Path(__file__).resolve().parents[1] / "yadtq" / "backend" / "lua"
 WORKER = "worker-a"
 OTHER_WORKER = "worker-b"
 REAPER = "worker-reaper"
-
-
-@pytest.fixture
-def backend(config: Config) -> Iterator[RedisBackend]:
-    connected = RedisBackend(config)
-    connected.check_connection()
-    yield connected
-    connected.close()
 
 
 def text_hash(backend: RedisBackend, key: str) -> dict[str, str]:

@@ -8,28 +8,18 @@ it happens: a real Redis-protocol server, no broker needed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from yadtq import dependencies, protocol
 from yadtq.backend import Outcome, RedisBackend
 from yadtq.backend.scripts import EDGE_BUDGET
-from yadtq.config import Config
 from yadtq.errors import UnknownDependency
 from yadtq.futures import TaskFuture
 from yadtq.protocol import TaskMessage
 from yadtq.status import TaskStatus
 
 WORKER = "worker-a"
-
-
-@pytest.fixture
-def backend(config: Config) -> Iterator[RedisBackend]:
-    connected = RedisBackend(config)
-    connected.check_connection()
-    yield connected
-    connected.close()
 
 
 def submit(backend: RedisBackend, *parents: str, tolerate: bool = False,

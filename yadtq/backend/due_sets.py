@@ -19,14 +19,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-import redis
-
 from yadtq.backend.due_scripts import ReleaseCall, ReleaseTask, TakeDueCall
-from yadtq.backend.keys import Keys
+from yadtq.backend.parts import BackendPart
 from yadtq.backend.records import PAYLOAD_FIELDS, message_from_payload, payload, text
 from yadtq.backend.redis_errors import at_the_edge
-from yadtq.backend.script_runner import Scripts
-from yadtq.config import Config
 from yadtq.protocol import TaskMessage
 from yadtq.status import TaskStatus
 
@@ -34,17 +30,11 @@ HOLD = 30.0  # seconds a taken entry waits before another worker may take it aga
 
 
 @at_the_edge
-class _DueSet:
+class _DueSet(BackendPart):
     """One of the queue's due sets: take what is due, forget what was sent."""
 
     due_set = ""  # the Keys property naming the set
 
-    def __init__(self, config: Config, client: redis.Redis, scripts: Scripts, keys: Keys
-                 ) -> None:
-        self.config = config
-        self.redis = client
-        self._scripts = scripts
-        self._keys = keys
 
     def take_due(self, now: float | None = None, limit: int = 100) -> list[str]:
         """Ids now due, held for this caller to produce. ``now`` None judges by Redis's
@@ -64,21 +54,6 @@ class Retries(_DueSet):
 
     due_set = "retries"
 
-    def message(self, task_id: str) -> TaskMessage | None:
-        """The message to produce for a task waiting to retry, or None if it no longer waits."""
-        status, attempt, *values = self.redis.hmget(self._keys.task(task_id), "status",
-                                                    "attempt", *PAYLOAD_FIELDS)
-        if text(status) != TaskStatus.QUEUED.value:
-            return None
-        return message_from_payload(task_id, int(attempt), payload(values))
-
-
-@at_the_edge
-class Unblocked(Retries):
-    """Tasks whose parents all finished, queued and waiting to be produced."""
-
-    due_set = "unblocked"
-
     def messages(self, task_ids: Sequence[str]) -> list[TaskMessage]:
         """The messages to produce for these tasks, in one round trip; none of those that no
         longer wait (cancelled meanwhile, or produced by another worker and claimed)."""
@@ -89,6 +64,19 @@ class Unblocked(Retries):
         return [message_from_payload(task_id, int(attempt), payload(values))
                 for task_id, (status, attempt, *values) in zip(task_ids, records, strict=True)
                 if text(status) == TaskStatus.QUEUED.value]
+
+    def message(self, task_id: str) -> TaskMessage | None:
+        """The message to produce for one task, or None if it no longer waits."""
+        found = self.messages([task_id])
+        return found[0] if found else None
+
+
+@at_the_edge
+class Unblocked(Retries):
+    """Tasks whose parents all finished, queued and waiting to be produced (read back as
+    retries are)."""
+
+    due_set = "unblocked"
 
 
 @at_the_edge

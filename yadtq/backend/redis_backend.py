@@ -24,6 +24,7 @@ from redis.retry import Retry
 from yadtq.backend.due_sets import Retries, ScheduledTasks, Unblocked
 from yadtq.backend.keys import Keys
 from yadtq.backend.moves import Claim, Outcome, Stored
+from yadtq.backend.parts import PIPELINE_CHUNK
 from yadtq.backend.records import (
     PAYLOAD_FIELDS,
     RECORD_SIG,
@@ -58,7 +59,6 @@ from yadtq.errors import BackendUnavailable
 from yadtq.protocol import TaskMessage
 from yadtq.status import COUNTERS, TaskStatus
 
-PIPELINE_CHUNK = 1000
 DOORBELL_RINGS = 16  # rings a doorbell keeps; an older one is dropped (Kafka still has the task)
 UNNAMED_RING = "-"  # a ring for a batch: look in Kafka
 WORKER_RECORD_TTL = 24 * 3600

@@ -17,14 +17,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import redis
-
-from yadtq.backend.keys import Keys
+from yadtq.backend.parts import BackendPart
 from yadtq.backend.records import text
 from yadtq.backend.redis_errors import at_the_edge
 from yadtq.backend.schedule_calls import FireScheduleCall
-from yadtq.backend.script_runner import Scripts
-from yadtq.config import Config
 
 LOOK_AHEAD = 16  # schedules a look reads from the head of the set; more due wait a look
 HISTORY_KEPT = 1000  # history rows a schedule keeps
@@ -33,15 +29,9 @@ CLOCK_MARGIN = 10.0  # seconds this machine's clock may lag Redis's and still se
 
 
 @at_the_edge
-class ScheduleStore:
+class ScheduleStore(BackendPart):
     """One queue's schedules: stored, looked at, fired by compare-and-set, changed."""
 
-    def __init__(self, config: Config, client: redis.Redis, scripts: Scripts, keys: Keys
-                 ) -> None:
-        self.config = config
-        self.redis = client
-        self._scripts = scripts
-        self._keys = keys
 
     def now(self) -> float:
         """Redis's clock: the one every worker and client judges schedules by."""

@@ -13,28 +13,18 @@ from collections.abc import Sequence
 
 import redis
 
-from yadtq.backend.keys import Keys
+from yadtq.backend.parts import PIPELINE_CHUNK, BackendPart
 from yadtq.backend.records import PAYLOAD_FIELDS, RECORD_SIG, payload, record_signed, text
 from yadtq.backend.redis_errors import at_the_edge
-from yadtq.backend.script_runner import Scripts
 from yadtq.backend.scripts import FailQueuedCall, FailQueuedTask
-from yadtq.config import Config
 from yadtq.protocol import TaskMessage
 from yadtq.status import TaskStatus
 
-PIPELINE_CHUNK = 1000
-
 
 @at_the_edge
-class Unrunnable:
+class Unrunnable(BackendPart):
     """Ends the records of tasks whose messages never reached, or were refused by, workers."""
 
-    def __init__(self, config: Config, client: redis.Redis, scripts: Scripts, keys: Keys
-                 ) -> None:
-        self.config = config
-        self.redis = client
-        self._scripts = scripts
-        self.keys = keys
 
     def fail_undelivered(
         self,
@@ -60,8 +50,8 @@ class Unrunnable:
             shrink = None
             if first and batch_id is not None and unwritten:
                 def shrink(pipe: redis.client.Pipeline) -> None:
-                    pipe.hincrby(self.keys.batch(batch_id), "total", -unwritten)
-                    pipe.hincrby(self.keys.batch(batch_id), "queued", -unwritten)
+                    pipe.hincrby(self._keys.batch(batch_id), "total", -unwritten)
+                    pipe.hincrby(self._keys.batch(batch_id), "queued", -unwritten)
             first = False
             count, _ = self._scripts.run(call, also=shrink)
             failed += count
@@ -77,7 +67,7 @@ class Unrunnable:
         forged copy of a good task leaves the task to its good message. A task with no
         record (a plain message) gets a failed one.
         """
-        status, batch, *values = self.redis.hmget(self.keys.task(task_id), "status", "batch",
+        status, batch, *values = self.redis.hmget(self._keys.task(task_id), "status", "batch",
                                                   *PAYLOAD_FIELDS, RECORD_SIG)
         if status is not None:
             fields = {**payload(values[:-1]), RECORD_SIG: text(values[-1])}

@@ -16,35 +16,24 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import redis
-
-from yadtq.backend.keys import Keys
+from yadtq.backend.parts import PIPELINE_CHUNK, BackendPart
 from yadtq.backend.records import text
 from yadtq.backend.redis_errors import at_the_edge
-from yadtq.backend.script_runner import Scripts
 from yadtq.backend.workflow_scripts import (
     InputsCall,
     RepairBlockedCall,
     RetryWorkflowCall,
     SettleCall,
 )
-from yadtq.config import Config
 
-PIPELINE_CHUNK = 1000
 SETTLE_HOLD = 10.0  # seconds a caller of settle holds the children it takes, to produce them
 REPAIR_LOOK = 100  # how many of the longest-blocked tasks one repair looks at
 
 
 @at_the_edge
-class Workflows:
+class Workflows(BackendPart):
     """The queue's workflows: created, listed, their tasks, and run again."""
 
-    def __init__(self, config: Config, client: redis.Redis, scripts: Scripts, keys: Keys
-                 ) -> None:
-        self.config = config
-        self.redis = client
-        self._scripts = scripts
-        self._keys = keys
 
     def create(self, workflow_id: str, name: str, now: float | None = None) -> float:
         """Record a new workflow; returns when it was created."""
@@ -102,15 +91,9 @@ class Workflows:
 
 
 @at_the_edge
-class Edges:
+class Edges(BackendPart):
     """What workers do for dependent work: read a task's inputs, settle wide fan-outs."""
 
-    def __init__(self, config: Config, client: redis.Redis, scripts: Scripts, keys: Keys
-                 ) -> None:
-        self.config = config
-        self.redis = client
-        self._scripts = scripts
-        self._keys = keys
 
     def inputs(self, tasks: Sequence[str], batches: Sequence[str]
                ) -> tuple[dict[str, dict[str, str]], dict[str, list[tuple[str, dict[str, str]]]]]:
@@ -144,10 +127,6 @@ class Edges:
         now = time.time() if now is None else now
         repaired, _ = self._scripts.run(RepairBlockedCall(now, self.config.result_ttl, limit))
         return repaired
-
-    def blocked_count(self) -> int:
-        """How many tasks wait on parents."""
-        return int(self.redis.zcard(self._keys.blocked))
 
 
 def parents_of(record: dict[str, Any]) -> list[str]:

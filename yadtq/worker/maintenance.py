@@ -153,11 +153,8 @@ class Maintenance:
         """Produce again the tasks whose retry backoff is over; returns how many."""
         retries = self._backend.retries
         taken = retries.take_due(now)
-        sent_to = []
-        for task_id in taken:
-            message = retries.message(task_id)
-            if message is not None:
-                sent_to.append(self._produce(message, self._partitions()))
+        sent_to = [self._produce(message, self._partitions())
+                   for message in retries.messages(taken)] if taken else []
         if taken:
             self._flush_and_ring(sent_to)
             retries.sent(taken)
