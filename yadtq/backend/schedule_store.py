@@ -32,7 +32,6 @@ CLOCK_MARGIN = 10.0  # seconds this machine's clock may lag Redis's and still se
 class ScheduleStore(BackendPart):
     """One queue's schedules: stored, looked at, fired by compare-and-set, changed."""
 
-
     def now(self) -> float:
         """Redis's clock: the one every worker and client judges schedules by."""
         seconds, micros = self.redis.time()

@@ -25,7 +25,6 @@ from yadtq.status import TaskStatus
 class Unrunnable(BackendPart):
     """Ends the records of tasks whose messages never reached, or were refused by, workers."""
 
-
     def fail_undelivered(
         self,
         messages: Sequence[TaskMessage],

@@ -34,7 +34,6 @@ REPAIR_LOOK = 100  # how many of the longest-blocked tasks one repair looks at
 class Workflows(BackendPart):
     """The queue's workflows: created, listed, their tasks, and run again."""
 
-
     def create(self, workflow_id: str, name: str, now: float | None = None) -> float:
         """Record a new workflow; returns when it was created."""
         now = time.time() if now is None else now
@@ -93,7 +92,6 @@ class Workflows(BackendPart):
 @at_the_edge
 class Edges(BackendPart):
     """What workers do for dependent work: read a task's inputs, settle wide fan-outs."""
-
 
     def inputs(self, tasks: Sequence[str], batches: Sequence[str]
                ) -> tuple[dict[str, dict[str, str]], dict[str, list[tuple[str, dict[str, str]]]]]:
