@@ -788,3 +788,13 @@ def test_lua_scripts_allow_exactly_the_moves_in_the_status_table(
     assert {name: counts[name] for name in COUNTERS} == {
         name: int(name == status) for name in COUNTERS
     }
+
+
+def test_a_starting_worker_stores_its_counts_with_no_outcomes(backend: RedisBackend) -> None:
+    # When a worker starts, storing no outcomes but its counts at zero (worker/outcomes.py)
+    stored = backend.finish_many([], WORKER, counts={"processed": 0, "failed": 0})
+
+    # Then nothing is refused, and its record has the counts
+    assert (stored.refusals, stored.readied) == ([], [])
+    record = backend.redis.hgetall(backend.keys.worker(WORKER))
+    assert record[b"processed"] == b"0" and record[b"failed"] == b"0"

@@ -13,6 +13,8 @@ from helpers import messages_on_topic, wait_until
 import yadtq
 from worker_node.tasks import add, check_positive, describe, flaky, needs_file, sleep, total
 from yadtq.config import Config
+from yadtq.protocol import TaskMessage
+from yadtq.worker.rung_copies import RungCopies
 from yadtq.workflow_display import workflow_html
 
 
@@ -205,3 +207,19 @@ def test_cancelling_a_workflow_cancels_what_has_not_run_and_skips_below_it(
                for status in workflow.to_dataframe()["status"])
     counts = children.status_counts()  # the batch's counters moved with its tasks
     assert counts["cancelled"] + counts["skipped"] == 3 and counts["success"] == 0
+
+
+def test_a_retried_attempt_read_in_the_same_poll_as_the_first_attempts_copy_is_kept() -> None:
+    # Given attempt 1 of a lone task claimed by doorbell (its Kafka copy not read yet)
+    copies = RungCopies()
+    copies.claimed("t1", 1)
+    first_copy = TaskMessage(id="t1", task="needs_file", attempt=1)
+    # When a workflow retry's attempt 2 arrives in the same poll as that copy
+    retried = TaskMessage(id="t1", task="needs_file", attempt=2)
+    other = TaskMessage(id="t2", task="add")
+    kept = copies.without_copies([first_copy, retried, other])
+
+    # Then only the copy is dropped: attempt 2 is new work (notebook 06's retry hung on this)
+    assert kept == [retried, other]
+    # And a copy is dropped once: read again later, it goes to the claim, which skips it
+    assert copies.without_copies([first_copy]) == [first_copy]

@@ -54,6 +54,7 @@ from yadtq.worker.held import HeldTasks
 from yadtq.worker.maintenance import Maintenance
 from yadtq.worker.outcomes import OutcomeStore
 from yadtq.worker.redis_retry import GAVE_UP, retry_redis
+from yadtq.worker.rung_copies import RungCopies
 from yadtq.worker.slots import GROUP, SHORT_TASK, Slots
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_TASK_MODULES = ("worker_node.tasks",)
 SLOT_WAIT = 0.2  # seconds; with every slot busy, how long to wait for one between group polls
 IDLE_WAIT_MAX = 1.0  # seconds; the longest sleep on the doorbells, once idle for a while
-RUNG_IDS_KEPT = 10_000  # ids of doorbell-claimed tasks remembered until their copy is read
 MIN_WAIT = 0.01  # seconds; the shortest (a wait of 0 on the doorbells would never end)
 STOLEN_AT_ONCE = 2  # tasks a slot one steal may take, at most (the owners keep the rest)
 
@@ -113,7 +113,7 @@ class Worker:
         self._poll_waits = True  # False when the next messages are expected already there
         self._idle_wait = config.idle_wait  # how long the next sleep on the doorbells lasts
         self._rung_for_one = False  # the last ring named a task: wait for the next ring first
-        self._rung_ids: dict[str, int] = {}  # claimed by doorbell, copy unread: id -> attempt
+        self._rung_copies = RungCopies()  # claimed by doorbell, Kafka copy not read yet
         self.backend = RedisBackend(config, worker_id=self.name)
         self.backend.check_connection()
         create_topics(config)
@@ -191,7 +191,7 @@ class Worker:
         tasks = self._accept(deliveries)
         if tasks is None:
             return  # the worker is stopping; nothing was committed, so nothing is lost
-        tasks = self._without_copies_of_rung(tasks)
+        tasks = self._rung_copies.without_copies(tasks)
         claims = self._claim(tasks, offsets={d.partition: d.offset + 1 for d in deliveries})
         if claims is None:
             logger.warning("Worker %s: stopping while Redis is unreachable; %d task(s) taken "
@@ -243,18 +243,6 @@ class Worker:
             self.stop(f"Kafka did not take the {what}: {exc}")
             return False
         return True
-
-    def _without_copies_of_rung(self, tasks: list[protocol.TaskMessage]
-                                ) -> list[protocol.TaskMessage]:
-        """Drop the Kafka copies of tasks this worker claimed by doorbell: no claim of
-        theirs is needed to skip them (their offsets are still committed). A message
-        of another attempt (a retry, a reaped task) is no copy, and is claimed."""
-        copies = {m.id for m in tasks if self._rung_ids.get(m.id) == m.attempt}
-        if not copies:
-            return tasks
-        for task_id in copies:
-            del self._rung_ids[task_id]
-        return [m for m in tasks if m.id not in copies]
 
     def _claim(
         self,
@@ -363,9 +351,7 @@ class Worker:
             task_id, self.name, sorted(self._served), now=self.clock())
         if message is None or claim.attempt is None:
             return
-        if len(self._rung_ids) >= RUNG_IDS_KEPT:  # copies Kafka never took: forget them
-            self._rung_ids.clear()  # (a copy read later is claimed, and skipped, as before)
-        self._rung_ids[message.id] = message.attempt
+        self._rung_copies.claimed(message.id, message.attempt)
         with self._lock:
             self._hold(message, claim.attempt)
         self._start(message, claim.attempt, record_signed=signed)

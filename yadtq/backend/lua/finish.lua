@@ -47,6 +47,9 @@ local worker, now_text, channel = ARGV[1], ARGV[2], ARGV[4]
 local now = tonumber(now_text)
 local ttl = math.floor(tonumber(ARGV[3]))
 local replies, changes = {}, {}
+if #KEYS == 5 then
+  return {{}, {}}  -- no tasks: the caller (a worker starting) writes only its counts
+end
 local ctx = edges_context(edges_prefix(KEYS[6], ARGV[7]), KEYS[3], KEYS[4], KEYS[5], now, ttl,
                           now + tonumber(ARGV[5]), tonumber(ARGV[6]))
 -- Batch counter moves, tallied per batch and applied once at the end: {key, list key,
