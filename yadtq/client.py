@@ -21,6 +21,7 @@ from yadtq.backend import PIPELINE_CHUNK, RedisBackend
 from yadtq.backend.scripts import EnqueueReply
 from yadtq.batch import TaskBatch
 from yadtq.broker import TaskProducer, create_topics
+from yadtq.call_options import call_options, split_item
 from yadtq.config import Config
 from yadtq.due import due_spec
 from yadtq.errors import (
@@ -34,6 +35,7 @@ from yadtq.errors import (
 )
 from yadtq.events import EventListener
 from yadtq.futures import TaskFuture
+from yadtq.priority import Priority
 from yadtq.schedules import ScheduleMethods
 from yadtq.shipping import Shipment
 from yadtq.status import TaskStatus
@@ -96,6 +98,7 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
         countdown: float | None = None,
         eta: datetime.datetime | None = None,
         depends_on: Iterable[Any] = (),
+        priority: Priority | str | None = None,
     ) -> TaskFuture:
         """Submit with per-call options that override the task's declared defaults.
 
@@ -113,11 +116,13 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
                 ``scheduled``: in Redis only, not on Kafka, and it can be cancelled.
             depends_on: futures and batches (or ``yadtq.allow_failure`` of them) it waits
                 for without taking their results.
+            priority: "high", "normal" or "low" (default: the task's declared one, else
+                normal). Workers start higher levels first; see docs/priorities.md.
 
         Raises:
             TypeError: an argument is not JSON-serialisable (nothing is sent).
             ValueError: ``countdown`` or ``eta`` is not a valid due time, or is given
-                with parents.
+                with parents; ``priority`` is not a level.
             UnknownDependency: a parent is not in Redis (nothing is sent).
             ClientClosed: the client was closed (nothing is sent).
         """
@@ -127,8 +132,8 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
         _no_due_with_parents(due, found)
         workflow = joining(found.workflow)
         shipment = Shipment(task, self.config)
-        message = shipment.message(found.args, found.kwargs, inputs=found.inputs, **_options(
-            timeout, max_retries, retry_on, retry_backoff))
+        message = shipment.message(found.args, found.kwargs, inputs=found.inputs, **call_options(
+            shipment.name, timeout, max_retries, retry_on, retry_backoff, priority))
         self._acceptance.check(message.needs_trust)
         payload = protocol.encode(message, self.config.max_message_bytes, self.config.secret)
         future = self._future(message, args, kwargs or {}, scheduled=bool(due),
@@ -154,7 +159,8 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
         if not found.parents:
             self.backend.enqueue([message], ring=partition, workflow=workflow)
         try:
-            self._lone_producer.send_until(message.id, payload, partition, taken)
+            self._lone_producer.send_until(message.id, payload, partition, taken,
+                                               message.priority)
         except BrokerUnavailable as exc:
             error = self._failed_undelivered(exc, [message])
             if error is not None:
@@ -174,6 +180,7 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
         countdown: float | None = None,
         eta: datetime.datetime | None = None,
         depends_on: Iterable[Any] = (),
+        priority: Priority | str | None = None,
     ) -> TaskBatch:
         """Submit one task per item: a tuple is star-args, a dict is kwargs, else one argument.
 
@@ -193,12 +200,13 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
         due = due_spec(countdown, eta)
         shipment = Shipment(task, self.config)
         batch_id = protocol.new_batch_id()
-        options = _options(timeout, max_retries, retry_on, retry_backoff)
+        options = call_options(shipment.name, timeout, max_retries, retry_on, retry_backoff,
+                               priority)
         depends_on = list(depends_on)
         messages, payloads, calls, edges = [], [], [], []
         workflow, parents = None, []
         for index, item in enumerate(items):
-            args, kwargs = _split_item(item)
+            args, kwargs = split_item(item)
             found = dependencies.find(args, kwargs, depends_on)
             _no_due_with_parents(due, found)
             workflow = workflow or found.workflow
@@ -255,7 +263,8 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
                 send = [(m.id, p) for m, p in zip(chunk, payloads[start:start + len(chunk)],
                                                    strict=True) if m.id not in waiting]
                 if send:
-                    partitions |= self._producer.deal([i for i, _ in send], [p for _, p in send])
+                    partitions |= self._producer.deal([i for i, _ in send], [p for _, p in send],
+                                                      messages[0].priority)
                 if partitions and (number & (number - 1) == 0 or written == len(messages)):
                     self._flush(partitions)
         except BrokerUnavailable as exc:
@@ -462,17 +471,6 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
                 f"redis={self.config.redis_address}>")
 
 
-def _options(
-    timeout: float | None,
-    max_retries: int | None,
-    retry_on: Sequence[type[BaseException] | str],
-    retry_backoff: float | None,
-) -> dict[str, Any]:
-    names = tuple(r if isinstance(r, str) else r.__name__ for r in retry_on)
-    return {"timeout": timeout, "max_retries": max_retries, "retry_on": names,
-            "retry_backoff": retry_backoff}
-
-
 def _refuse_unknown(unknown: list[str]) -> None:
     if unknown:
         more = f" (nor on {len(unknown) - 1} more)" if unknown[1:] else ""
@@ -485,11 +483,3 @@ def _no_due_with_parents(due: str, found: dependencies.Dependencies) -> None:
     if due and found.parents:
         raise ValueError("a task with parents starts when they finish, so it cannot also "
                          "have a countdown or an eta; give the delay to a parent instead")
-
-
-def _split_item(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if isinstance(item, tuple):
-        return item, {}
-    if isinstance(item, dict):
-        return (), item
-    return (item,), {}

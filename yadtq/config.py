@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from yadtq.errors import ConfigurationError
+from yadtq.priority import LEVELS
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
@@ -73,6 +74,9 @@ class Config:
     idle_wait: float = 0.2
     default_timeout: float | None = None
     retry_backoff: float = 1.0
+    # Seconds a task may wait before a worker takes it ahead of higher priorities, so no
+    # level starves (``yadtq.priority``).
+    priority_starvation: float = 30.0
     secret: str | None = field(default=None, repr=False)
     # A worker that trusts code runs functions shipped by value and loads pickled values,
     # from messages signed with ``secret`` only: anyone with the secret can run code on it.
@@ -123,6 +127,10 @@ class Config:
                 f"inline_bytes ({self.inline_bytes}) must be positive and at most "
                 f"max_payload_bytes ({self.max_payload_bytes})"
             )
+        if not self.priority_starvation > 0:
+            raise ConfigurationError(
+                f"priority_starvation must be a positive number of seconds, got "
+                f"{self.priority_starvation}")
         if self.lease_seconds <= self.heartbeat_interval:
             raise ConfigurationError(
                 f"lease_seconds ({self.lease_seconds}) must be longer than heartbeat_interval "
@@ -148,6 +156,10 @@ class Config:
     def tasks_topic(self) -> str:
         """Kafka topic that carries this queue's tasks."""
         return f"yadtq.{self.queue}.tasks"
+
+    def level_topics(self) -> list[str]:
+        """The tasks topic of each priority level, highest first (``yadtq.priority``)."""
+        return [level.topic(self.tasks_topic) for level in LEVELS]
 
     @property
     def dead_letter_topic(self) -> str:
@@ -242,6 +254,7 @@ _ENV_SETTINGS = {
     "default_timeout": ("YADTQ_DEFAULT_TIMEOUT", float),
     "fetch_wait_ms": ("YADTQ_FETCH_WAIT_MS", int),
     "retry_backoff": ("YADTQ_RETRY_BACKOFF", float),
+    "priority_starvation": ("YADTQ_PRIORITY_STARVATION", float),
     "secret": ("YADTQ_SECRET", str),
     "trust_code": ("YADTQ_TRUST_CODE", boolean),
     "require_signed": ("YADTQ_REQUIRE_SIGNED", boolean),

@@ -8,7 +8,8 @@ A Kafka message value is UTF-8 JSON (DESIGN.md, "Wire format")::
 
 ``max_retries`` and ``timeout`` may be null: the task's declared default applies.
 Optional ``retry_on`` (exception type names) and ``retry_backoff`` (base
-seconds) refine retries.
+seconds) refine retries; optional ``priority`` ("high" or "low", absent for normal)
+names the level whose topic it travels on (``yadtq.priority``).
 
 A function shipped by value (to workers that trust signed code) adds
 ``"code": {"sha256": ..., "bytes": n}`` (its cloudpickle, a blob in Redis under
@@ -54,6 +55,7 @@ from typing import Any
 from yadtq import values
 from yadtq.errors import MessageTooLarge, ProtocolError
 from yadtq.inputs import Inputs
+from yadtq.priority import Priority, read_priority
 from yadtq.values import Ref
 
 VERSION = 1
@@ -89,6 +91,7 @@ class TaskMessage:
     pickled: Ref | None = None  # (args, kwargs) as a pickle, instead of JSON
     pickles_sig: str | None = None  # ``values.pickles_signature`` of code and pickled
     inputs: Inputs | None = None  # parents whose results are arguments (``dependencies``)
+    priority: Priority = Priority.NORMAL  # its level's topic (``yadtq.priority``)
     plain: bool = False
 
     @property
@@ -121,6 +124,8 @@ class TaskMessage:
             data["pickles_sig"] = self.pickles_sig
         if self.inputs is not None:
             data["inputs"] = self.inputs.to_dict()
+        if self.priority is not Priority.NORMAL:
+            data["priority"] = self.priority.value
         return data
 
 
@@ -170,6 +175,7 @@ def build(
     python: str | None = None,
     pickled: Ref | None = None,
     inputs: Inputs | None = None,
+    priority: Priority = Priority.NORMAL,
     secret: str | None = None,
 ) -> TaskMessage:
     """Build a validated message for ``task(*args, **kwargs)``.
@@ -203,6 +209,8 @@ def build(
         payload["pickled"] = pickled.to_dict()
     if inputs is not None:
         payload["inputs"] = inputs.to_dict()
+    if priority is not Priority.NORMAL:
+        payload["priority"] = priority.value
     if code is not None or pickled is not None:
         if not secret:
             raise ValueError("a message with code or pickled arguments must be signed")
@@ -481,5 +489,6 @@ def validate(obj: Mapping[str, Any]) -> TaskMessage:
         pickled=pickled,
         pickles_sig=pickles_sig,
         inputs=inputs,
+        priority=read_priority(obj.get("priority")),
         plain=plain,
     )

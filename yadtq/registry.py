@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from yadtq.errors import ConfigurationError, UnknownTask
+from yadtq.priority import priority as priority_level
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class TaskOptions:
     max_retries: int | None = None
     retry_on: tuple[type[BaseException], ...] = ()
     retry_backoff: float | None = None
+    priority: str | None = None  # "high", "normal" or "low"; None: normal
 
 
 _TASKS: dict[str, Callable[..., Any]] = {}
@@ -46,6 +48,7 @@ def task(
     max_retries: int | None = None,
     retry_on: tuple[type[BaseException], ...] = (),
     retry_backoff: float | None = None,
+    priority: str | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -58,6 +61,7 @@ def task(
     max_retries: int | None = None,
     retry_on: tuple[type[BaseException], ...] = (),
     retry_backoff: float | None = None,
+    priority: str | None = None,
 ) -> Any:
     """Register a function as a task under its own name (or ``name=``).
 
@@ -65,9 +69,14 @@ def task(
     ``q.submit(fn, ...)`` sends its registered name. ``timeout`` (seconds),
     ``max_retries``, ``retry_on`` (exception types worth retrying; all when
     empty) and ``retry_backoff`` (base seconds, doubled per attempt, with
-    jitter) are defaults that a call may override.
+    jitter) are defaults that a call may override, and so is ``priority`` ("high",
+    "normal" or "low"), which yadtq clients apply when they send the task.
+
+    Raises:
+        ValueError: ``priority`` is not one of those levels.
     """
-    options = TaskOptions(timeout, max_retries, tuple(retry_on), retry_backoff)
+    options = TaskOptions(timeout, max_retries, tuple(retry_on), retry_backoff,
+                          None if priority is None else priority_level(priority).value)
 
     def register(func: F) -> F:
         task_name = name or func.__name__

@@ -298,9 +298,13 @@ class WorkflowMethods:
         unblocked = self.backend.unblocked
         messages = unblocked.messages(task_ids)
         if messages:
-            payloads = [protocol.encode(m, self.config.max_message_bytes, self.config.secret)
-                        for m in messages]
-            self._flush(self._producer.deal([m.id for m in messages], payloads))
+            partitions: set[int] = set()
+            for level in {m.priority for m in messages}:
+                same = [m for m in messages if m.priority is level]
+                payloads = [protocol.encode(m, self.config.max_message_bytes,
+                                            self.config.secret) for m in same]
+                partitions |= self._producer.deal([m.id for m in same], payloads, level)
+            self._flush(partitions)
         unblocked.sent(task_ids)
 
     def _watched(self, workflow: Workflow) -> Workflow:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from yadtq.priority import Priority, read_priority
 from yadtq.protocol import TaskMessage, read_inputs
 from yadtq.status import TaskStatus
 from yadtq.values import Ref
@@ -22,7 +23,7 @@ from yadtq.values import Ref
 # The fields that hold a message's payload, for an HMGET (or requeue.lua) to read back.
 PAYLOAD_FIELDS = ("task", "args", "kwargs", "batch", "index", "max_retries", "timeout",
                   "submitted_at", "retry_on", "retry_backoff", "code", "pickled",
-                  "pickles_sig", "inputs")
+                  "pickles_sig", "inputs", "priority")
 
 
 def text(value: bytes | str | None) -> str:
@@ -119,6 +120,7 @@ def shared_fields(message: TaskMessage, now: float) -> dict[str, str]:
         "timeout": message.timeout,
         "retry_on": json.dumps(list(message.retry_on)) if message.retry_on else None,
         "retry_backoff": message.retry_backoff,
+        "priority": None if message.priority is Priority.NORMAL else message.priority.value,
         # A shipped function, kept to produce the task again.
         "code": json.dumps({"ref": message.code.to_dict(), "python": message.python})
         if message.code else None,
@@ -131,7 +133,7 @@ def shares_fields(message: TaskMessage) -> tuple[Any, ...]:
     """What :func:`shared_fields` is made of: messages equal in it share those fields."""
     return (message.task, message.attempt, message.plain, message.batch, message.max_retries,
             message.timeout, message.retry_on, message.retry_backoff, message.code,
-            message.python)
+            message.python, message.priority)
 
 
 def own_values(message: TaskMessage, signer: RecordSigner | None) -> list[str]:
@@ -186,4 +188,5 @@ def message_from_payload(task_id: str, attempt: int, fields: Mapping[str, str]) 
         pickled=Ref.from_dict(json.loads(pickled), "pickled") if pickled else None,
         pickles_sig=fields["pickles_sig"] or None,
         inputs=read_inputs(json.loads(fields["inputs"])) if fields["inputs"] else None,
+        priority=read_priority(fields["priority"] or None),
     )

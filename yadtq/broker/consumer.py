@@ -1,11 +1,16 @@
 """The worker's side of the tasks topic (Kafka adapter): take, mark claimed, commit.
 
-A :class:`TaskConsumer` is one member of the queue's consumer group. It polls up
-to 100 messages ahead into a local buffer, decoded once, and hands them out
-oldest first; with every slot busy it pauses its partitions and polls only to
-stay in the group. It commits, every half second, the offsets of what the
-worker marked claimed (never of what is only buffered), and it reads other
-members' partitions for the worker to steal from (``yadtq.broker.stealing``).
+A :class:`TaskConsumer` is one member of the queue's consumer group, which reads
+the tasks topic of every priority level (``yadtq.priority``). It polls up to 100
+messages ahead into a local buffer, decoded once, and hands them out highest level
+first, oldest first within a level, except that a task waiting longer than
+``Config.priority_starvation`` goes first whatever its level. While the buffer holds
+tasks it still looks at Kafka every 0.1 s, for tasks of a higher level sent meanwhile
+(with a full buffer, at the high level only). With every slot busy it pauses its
+partitions and polls only to stay in the group. It commits, every half second, the
+offsets of what the worker marked claimed (never of what is only buffered), and it
+reads other members' partitions of the normal level for the worker to steal from
+(``yadtq.broker.stealing``).
 The worker sees only :class:`Delivery` objects and partition numbers, so
 another consumer model (Kafka share groups, KIP-932) can be another class with
 the same methods.
@@ -29,11 +34,13 @@ from yadtq.broker.clients import make_consumer, partition_count
 from yadtq.broker.stealing import Stealer
 from yadtq.config import Config
 from yadtq.errors import ProtocolError
+from yadtq.priority import Priority, level_of_topic
 
 logger = logging.getLogger(__name__)
 
 READ_AHEAD = 100  # messages polled ahead: one poll feeds many claims, oldest first
 POLL_MS = 20  # a poll returns as soon as records arrive; this is how long it looks when none do
+LOOK_INTERVAL = 0.1  # seconds; with tasks buffered, how often to look for higher levels' news
 JOIN_POLL_MS = 200  # a group join completes over polls this long
 POLL_RETRY_SECONDS = 0.5  # after a poll that failed
 GROUP_POLL_INTERVAL = 0.1  # seconds; with every slot busy, a poll only serves the group
@@ -78,33 +85,49 @@ def decode(record: Any, config: Config) -> Delivery:
 
 
 class ReadAhead:
-    """Polled deliveries not yet taken, handed out oldest first across partitions.
+    """Polled deliveries not yet taken: highest level first, oldest first within one.
 
     Each partition's deliveries leave in offset order, so committing up to the
-    last one taken never skips one. Between partitions, the one whose next task
-    was submitted first goes first: tasks run in about the order they were
-    submitted, not one partition after another.
+    last one taken never skips one. Between partitions of one level, the one whose
+    next task was submitted first goes first: tasks run in about the order they were
+    submitted, not one partition after another. A task that has waited (since Kafka
+    received it) longer than ``starvation_ms`` goes before every level, oldest first.
     """
 
-    def __init__(self) -> None:
-        self._partitions: dict[int, deque[Delivery]] = {}
+    def __init__(self, tasks_topic: str, starvation_ms: float) -> None:
+        self._tasks_topic = tasks_topic
+        self._starvation_ms = starvation_ms
+        self._queues: dict[tuple[int, str, int], deque[Delivery]] = {}  # (rank, topic, p)
+        self._count = 0
 
-    def add(self, partition: int, deliveries: list[Delivery]) -> None:
+    def add(self, topic: str, partition: int, deliveries: list[Delivery]) -> None:
         if deliveries:
-            self._partitions.setdefault(partition, deque()).extend(deliveries)
+            rank = level_of_topic(topic, self._tasks_topic).rank
+            self._queues.setdefault((rank, topic, partition), deque()).extend(deliveries)
+            self._count += len(deliveries)
 
-    def take(self, count: int) -> list[Delivery]:
+    def take(self, count: int, now_ms: float | None = None) -> list[Delivery]:
+        """Up to ``count`` deliveries, the next to run first."""
+        now_ms = time.time() * 1000 if now_ms is None else now_ms
+        starved_before = now_ms - self._starvation_ms
+
+        def turn(key: tuple[int, str, int]) -> tuple[bool, int, tuple[int, float]]:
+            head = self._queues[key][0]
+            starved = head.timestamp < starved_before
+            return not starved, 0 if starved else key[0], head.order
+
         taken = []
-        while len(taken) < count and self._partitions:
-            oldest = min(self._partitions, key=lambda p: self._partitions[p][0].order)
-            waiting = self._partitions[oldest]
+        while len(taken) < count and self._queues:
+            first = min(self._queues, key=turn)
+            waiting = self._queues[first]
             taken.append(waiting.popleft())
             if not waiting:
-                del self._partitions[oldest]
+                del self._queues[first]
+        self._count -= len(taken)
         return taken
 
-    def __bool__(self) -> bool:
-        return bool(self._partitions)
+    def __len__(self) -> int:
+        return self._count
 
 
 class TaskConsumer:
@@ -139,15 +162,17 @@ class TaskConsumer:
         self.partitions: list[int] = []  # this member's partitions of the tasks topic
         self.topic_partitions = 0  # how many the topic has
         self._assignment_news = False  # set in kafka-python's callback, reported after the poll
-        self._buffer = ReadAhead()
+        self._buffer = ReadAhead(config.tasks_topic, config.priority_starvation * 1000)
         self._paused = False
         self._polled_at = 0.0
+        self._looked_at = 0.0  # the last poll that could fetch (not one while paused)
         self._drained = False  # the last poll brought less than it could: Kafka had no more
-        self._claimed_through: dict[int, int] = {}  # partition -> next offset to commit
+        self._claimed_through: dict[TopicPartition, int] = {}  # next offset to commit
         self._commit_due = False
         self._last_commit = 0.0
         self._consumer = make_consumer(config, client_id=client_id,
                                        on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._high_topic = Priority.HIGH.topic(config.tasks_topic)
         self._stealer = None if claimed_up_to is None else Stealer(config, client_id,
                                                                    claimed_up_to)
         self._steal_backoff = 0.0
@@ -156,7 +181,8 @@ class TaskConsumer:
     # --- taking ------------------------------------------------------------
 
     def take(self, count: int, wait: bool = True) -> list[Delivery]:
-        """Up to ``count`` deliveries, oldest first; polls Kafka when none are buffered.
+        """Up to ``count`` deliveries, the next to run first; polls Kafka when none are
+        buffered, and at least every ``LOOK_INTERVAL`` for higher levels' tasks.
 
         ``wait``: let the poll wait a moment for messages to arrive (False when
         the caller expects them already there). While the group is forming the
@@ -165,6 +191,8 @@ class TaskConsumer:
         self._resume()
         if not self._buffer:
             self._poll(POLL_MS if wait else 0) if self.partitions else self._poll(JOIN_POLL_MS)
+        elif self.partitions and time.monotonic() - self._looked_at > LOOK_INTERVAL:
+            self._poll(0)
         return self._buffer.take(count)
 
     @property
@@ -190,7 +218,8 @@ class TaskConsumer:
         """Mark deliveries as claimed in Redis (or dead-lettered): their offsets may be
         committed."""
         for delivery in deliveries:
-            self._claimed_through[delivery.partition] = delivery.offset + 1
+            self._claimed_through[TopicPartition(delivery.topic, delivery.partition)] = \
+                delivery.offset + 1
             self._commit_due = True
 
     def commit(self, now: bool = False) -> None:
@@ -203,9 +232,9 @@ class TaskConsumer:
             return
         if not now and time.monotonic() - self._last_commit < COMMIT_INTERVAL:
             return
-        topic = self.config.tasks_topic
-        offsets = {TopicPartition(topic, p): OffsetAndMetadata(offset, "", -1)
-                   for p, offset in self._claimed_through.items() if p in self.partitions}
+        offsets = {tp: OffsetAndMetadata(offset, "", -1)
+                   for tp, offset in self._claimed_through.items()
+                   if tp.partition in self.partitions}
         self._commit_due = False
         if not offsets:
             return
@@ -275,18 +304,29 @@ class TaskConsumer:
         return decode(record, self.config)
 
     def _poll(self, timeout_ms: int) -> None:
+        # A full buffer takes only the high level's news: the rest stays in Kafka.
+        lower = [tp for tp in self._consumer.assignment() if tp.topic != self._high_topic] \
+            if len(self._buffer) >= READ_AHEAD and not self._paused else []
+        if lower:
+            self._consumer.pause(*lower)
         try:
             polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=READ_AHEAD)
         except KafkaError as exc:  # a failed rebalance or fetch: the next poll retries it
             logger.warning("Worker %s: polling Kafka failed (%s); retrying", self._name, exc)
             self._stopping.wait(POLL_RETRY_SECONDS)
             return
+        finally:
+            if lower:
+                self._consumer.resume(*lower)
         self._polled_at = time.monotonic()
+        if not self._paused:
+            self._looked_at = self._polled_at
         if self._assignment_news:
             self._report_assignment()
         self._drained = sum(map(len, polled.values())) < READ_AHEAD
         for partition, records in polled.items():
-            self._buffer.add(partition.partition, [self._decode(r) for r in records])
+            self._buffer.add(partition.topic, partition.partition,
+                             [self._decode(r) for r in records])
 
     def _resume(self) -> None:
         if self._paused:
@@ -307,7 +347,8 @@ class TaskConsumer:
     # keeps its position in a partition this worker keeps, so dropping it would skip it.
 
     def _on_assign(self, assigned: set[Any]) -> None:
-        self.partitions = sorted(tp.partition for tp in assigned)
+        # The same partition numbers of every level's topic (the range assignor).
+        self.partitions = sorted({tp.partition for tp in assigned})
         self._assignment_news = True
 
     def _on_revoke(self, _revoked: set[Any]) -> None:

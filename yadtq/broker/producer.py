@@ -1,6 +1,7 @@
 """The task producer (Kafka adapter), shared by client and worker.
 
-It deals a batch's messages round-robin over the tasks topic's partitions,
+It deals a batch's messages round-robin over the partitions of their priority
+level's tasks topic (``yadtq.priority``),
 sends a task to one partition (a retry, a hand-on, a reaped task), sends dead
 letters, and turns kafka-python's many failure types into one
 :class:`BrokerUnavailable` that says how many tasks were not delivered. A flush
@@ -21,6 +22,7 @@ from yadtq.broker.clients import make_producer
 from yadtq.broker.consumer import Delivery
 from yadtq.config import Config
 from yadtq.errors import BrokerUnavailable
+from yadtq.priority import Priority
 
 # Seconds a send may take to be acknowledged: longer than a leader failover after a
 # broker dies (Apache Kafka fences it after broker.session.timeout.ms, 9 s by default,
@@ -54,14 +56,16 @@ class TaskProducer:
         self._refusals: list[Exception] = []
         self._sent_lock = threading.Lock()  # client and worker threads share a producer
 
-    def deal(self, keys: Sequence[str], payloads: Sequence[bytes]) -> set[int]:
-        """Send each payload (keyed by its task id) to the next partition in turn; returns
-        the partitions used. Sent is not delivered: :meth:`flush` waits for that.
+    def deal(self, keys: Sequence[str], payloads: Sequence[bytes],
+             priority: Priority = Priority.NORMAL) -> set[int]:
+        """Send each payload (keyed by its task id) to the next partition in turn of its
+        level's topic; returns the partitions used. Sent is not delivered: :meth:`flush`
+        waits for that.
 
         Raises:
             BrokerUnavailable: the producer refused a message.
         """
-        topic = self.config.tasks_topic
+        topic = priority.topic(self.config.tasks_topic)
         used = set()
         try:
             partitions = sorted(self._producer.partitions_for(topic))
@@ -90,13 +94,15 @@ class TaskProducer:
         self._next_partition = (self._next_partition + 1) % len(partitions)
         return partitions[self._next_partition]
 
-    def send(self, key: str, payload: bytes, partition: int | None = None) -> None:
-        """Send one task message, to ``partition`` if given, else where its key hashes."""
-        self._track(self._producer.send(self.config.tasks_topic, payload, key=key.encode(),
-                                        partition=partition))
+    def send(self, key: str, payload: bytes, partition: int | None = None,
+             priority: Priority = Priority.NORMAL) -> None:
+        """Send one task message to its level's topic, to ``partition`` if given, else
+        where its key hashes."""
+        self._track(self._producer.send(priority.topic(self.config.tasks_topic), payload,
+                                        key=key.encode(), partition=partition))
 
-    def send_until(self, key: str, payload: bytes, partition: int,
-                   done: threading.Event) -> None:
+    def send_until(self, key: str, payload: bytes, partition: int, done: threading.Event,
+                   priority: Priority = Priority.NORMAL) -> None:
         """Send one message now (untracked) and wait until Kafka has it or the caller sets
         ``done``: a lone task a worker took from its Redis record needs no copy, which
         then goes on unchecked.
@@ -106,8 +112,8 @@ class TaskProducer:
         """
         timeout = max(self.config.connect_timeout, DELIVERY_TIMEOUT)
         try:
-            sent = self._producer.send(self.config.tasks_topic, payload, key=key.encode(),
-                                       partition=partition)
+            sent = self._producer.send(priority.topic(self.config.tasks_topic), payload,
+                                       key=key.encode(), partition=partition)
         except Exception as exc:  # kafka-python raises several unrelated types here
             raise self._undelivered(1, exc) from exc
         sent.add_both(lambda _: done.set())

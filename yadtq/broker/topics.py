@@ -15,7 +15,8 @@ logger = logging.getLogger(__name__)
 
 
 def create_topics(config: Config) -> None:
-    """Create the queue's tasks and dead-letter topics if they do not exist yet.
+    """Create the queue's tasks topics (one a priority level, with as many partitions as
+    the normal level's) and its dead-letter topic if they do not exist yet.
 
     yadtq makes its own topics, because production clusters usually turn
     auto-creation off. Replicas: ``config.replication_factor``, else min(3, brokers
@@ -38,25 +39,27 @@ def create_topics(config: Config) -> None:
         raise unavailable(config, exc) from None
     try:
         existing = set(admin.list_topics())
+        partitions = config.partitions
         if config.tasks_topic in existing:
-            _warn_if_fewer_partitions(admin, config)
-        if {config.tasks_topic, config.dead_letter_topic} <= existing:
+            partitions = _partitions_of_tasks_topic(admin, config)
+        wanted = {name: partitions for name in config.level_topics()}
+        wanted[config.dead_letter_topic] = 1
+        if set(wanted) <= existing:
             return
         replicas = _replication_factor(admin, config)
         settings = {"min.insync.replicas": "2" if replicas >= 3 else "1"}
-        wanted = {config.tasks_topic: config.partitions, config.dead_letter_topic: 1}
-        for name, partitions in wanted.items():
+        for name, count in wanted.items():
             if name in existing:
                 continue
             try:
                 # Waits until every partition has a leader: a KRaft cluster's metadata lags.
                 admin.create_topics(
-                    {name: {"num_partitions": partitions, "replication_factor": replicas,
+                    {name: {"num_partitions": count, "replication_factor": replicas,
                             "configs": settings}},
                     wait_for_metadata=True,
                 )
                 logger.info("created topic %s with %d partitions and %d replicas", name,
-                            partitions, replicas)
+                            count, replicas)
             except TopicAlreadyExistsError:
                 pass
     except KafkaError as exc:
@@ -78,7 +81,9 @@ def _replication_factor(admin: KafkaAdminClient, config: Config) -> int:
     return config.replication_factor
 
 
-def _warn_if_fewer_partitions(admin: KafkaAdminClient, config: Config) -> None:
+def _partitions_of_tasks_topic(admin: KafkaAdminClient, config: Config) -> int:
+    """How many partitions the existing tasks topic has (the other levels get as many),
+    with a warning when fewer than configured."""
     [described] = admin.describe_topics([config.tasks_topic])
     count = len(described["partitions"])
     if count < config.partitions:
@@ -88,6 +93,7 @@ def _warn_if_fewer_partitions(admin: KafkaAdminClient, config: Config) -> None:
             "partitions=%d", config.tasks_topic, count, config.partitions, count, config.queue,
             count,
         )
+    return count
 
 
 def _probe_admin(bootstrap: str) -> KafkaAdminClient | None:

@@ -290,7 +290,7 @@ class Maintenance:
         self._producer.send(
             message.id,
             protocol.encode(message, self.config.max_message_bytes, self.config.secret),
-            partition=partition,
+            partition=partition, priority=message.priority,
         )
         return partition
 

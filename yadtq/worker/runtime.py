@@ -192,7 +192,10 @@ class Worker:
         if tasks is None:
             return  # the worker is stopping; nothing was committed, so nothing is lost
         tasks = self._rung_copies.without_copies(tasks)
-        claims = self._claim(tasks, offsets={d.partition: d.offset + 1 for d in deliveries})
+        # How far each partition of the normal level is claimed, for thieves (who steal
+        # from that level only).
+        claims = self._claim(tasks, offsets={d.partition: d.offset + 1 for d in deliveries
+                                             if d.topic == self.config.tasks_topic})
         if claims is None:
             logger.warning("Worker %s: stopping while Redis is unreachable; %d task(s) taken "
                            "but not claimed stay uncommitted for the partition's next owner",
@@ -426,7 +429,7 @@ class Worker:
         self.producer.send(
             message.id,
             protocol.encode(message, self.config.max_message_bytes, self.config.secret),
-            partition=partition)
+            partition=partition, priority=message.priority)
 
     def _retry_redis(self, step: Callable[[], Any], what: str) -> Any:
         return retry_redis(step, what, worker=self.name, stopping=self._stopping)
