@@ -9,6 +9,7 @@
     python benchmarks/bench.py schedules --schedule-every 2 --schedule-seconds 300 \\
         --stop-seconds 20                           # issue 22's exactly-once run
     python benchmarks/bench.py catchup              # issue 22's catch-up check
+    python benchmarks/bench.py priority starvation  # issue 23's priorities (priority_bench.py)
 
 Each workload starts from a fresh queue on one embedded stack with 3 worker
 processes (see ``--mode`` and ``--concurrency``). Figures are wall-clock on
@@ -32,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout as-is
 
+import priority_bench  # noqa: E402 - beside this script
 import schedule_bench  # noqa: E402 - beside this script
 import workloads  # noqa: E402 - beside this script
 
@@ -263,7 +265,8 @@ WORKLOADS: dict[str, Callable[[LocalStack, argparse.Namespace], dict[str, Any]]]
     "throughput": throughput, "latency": latency, "balance": balance, "kill": kill,
     "scale": scale, "memory": memory, "idle": idle, "shipped": shipped,
     "countdown": countdown, "schedules": schedule_bench.schedules,
-    "catchup": schedule_bench.catchup,
+    "catchup": schedule_bench.catchup, "priority": priority_bench.priority,
+    "starvation": priority_bench.starvation,
 }
 
 

@@ -18,6 +18,7 @@ from yadtq.broker.consumer import Delivery, ReadAhead
 from yadtq.config import Config
 from yadtq.errors import ProtocolError
 from yadtq.priority import Priority
+from yadtq.worker_table import format_rows
 
 TOPIC = "yadtq.q.tasks"
 
@@ -119,20 +120,27 @@ def test_low_tasks_wait_for_normal_ones_but_not_past_the_starvation_bound(
     assert all(1.5 <= r["started_at"] - r["queued_at"] < 1.5 + 1.0 for r in lows)
 
 
-def test_a_retried_high_task_goes_back_to_the_high_topic(
+def test_retried_scheduled_and_dependent_high_tasks_go_back_to_the_high_topic(
     client: yadtq.Client, config: Config, start_workers, tmp_path
 ) -> None:
-    # Given a high task that fails once, then succeeds
+    # Given high tasks that fail once, wait for a countdown, and wait for a parent
     start_workers(1)
-    future = client.submit_with(flaky, (str(tmp_path / "runs"), 1), max_retries=2,
-                                retry_backoff=0.05, priority="high")
+    retried = client.submit_with(flaky, (str(tmp_path / "runs"), 1), max_retries=2,
+                                 retry_backoff=0.05, priority="high")
+    later = client.submit_with(add, (1, 2), countdown=0.3, priority="high")
+    child = client.submit_with(add, (later, 10), priority="high")
 
-    # Then its retry ran, and both attempts' messages are on the high topic only
-    assert future.result(timeout=30) == 2
-    assert client.task_record(future.id)["attempt"] == 2
-    copies = [t for t, m in _read_all(config) if m["id"] == future.id]
-    assert copies and set(copies) == {f"{config.tasks_topic}.high"}
-    assert len(copies) >= 2
+    # Then all ran, and every message of theirs, first or produced again, is on the high
+    # topic only
+    assert (retried.result(timeout=30), later.result(timeout=30), child.result(timeout=30)
+            ) == (2, 3, 13)
+    assert client.task_record(retried.id)["attempt"] == 2
+    topics: dict[str, list[str]] = {}
+    for topic, message in _read_all(config):
+        topics.setdefault(message["id"], []).append(topic)
+    high = f"{config.tasks_topic}.high"
+    assert topics[retried.id] == [high, high]
+    assert topics[later.id] == [high] and topics[child.id] == [high]
 
 
 def _read_all(config: Config) -> list[tuple[str, dict]]:
@@ -151,3 +159,22 @@ def _read_all(config: Config) -> list[tuple[str, dict]]:
         return found
     finally:
         consumer.close()
+
+
+def test_what_waits_at_each_level_shows_in_the_workers_table(
+    client: yadtq.Client, start_workers
+) -> None:
+    # Given a worker of one slot busy for a while, with tasks waiting at two levels
+    start_workers(1, concurrency=1)
+    client.wait_for_workers(1, timeout=30)
+    [busy] = client.map(sleep, [6.0])  # from Kafka (a lone submit's copy would count)
+    wait_until(lambda: busy.status == "processing", 30, "the long task to start")
+    client.map(add, [(1, i) for i in range(3)], priority="high")
+    client.map(add, [(2, i) for i in range(5)], priority="low")
+
+    # Then its heartbeat reports them by level, in q.worker_rows() and the CLI's table
+    row = wait_until(lambda: next((r for r in client.worker_rows()
+                                   if (r["waiting_high"], r["waiting_low"]) == (3, 5)), None),
+                     10, "the worker to report 3 high and 5 low tasks waiting")
+    assert row["waiting_normal"] == 0
+    assert "3/0/5" in format_rows([row]).splitlines()[1]

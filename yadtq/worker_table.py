@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from yadtq.extras import require
+from yadtq.priority import LEVELS
 from yadtq.routing import liveness
 
 if TYPE_CHECKING:
@@ -26,19 +27,27 @@ logger = logging.getLogger(__name__)
 WORKER_COLUMNS = [
     "name", "host", "pid", "status", "heartbeat_age", "in_flight", "processed", "failed",
     "fired", "concurrency", "partitions", "topic_partitions", "tasks", "started_at",
-    "last_heartbeat", "settings_differ",
+    "last_heartbeat", "settings_differ", "waiting_high", "waiting_normal", "waiting_low",
 ]
 
 
 def format_rows(rows: list[dict[str, Any]],
                 columns: Sequence[str] = ("name", "host", "pid", "status", "heartbeat_age",
-                                          "in_flight", "processed", "failed", "partitions")
+                                          "in_flight", "processed", "failed", "partitions",
+                                          "waiting")
                 ) -> str:
-    """Worker rows as an aligned text table (for terminals, without pandas)."""
-    table = [list(columns)] + [[str(row.get(c, "")) for c in columns] for row in rows]
+    """Worker rows as an aligned text table (for terminals, without pandas); ``waiting``
+    is what waits for the worker at each priority level, high/normal/low."""
+    table = [list(columns)] + [[_cell(row, c) for c in columns] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
                      .rstrip() for line in table)
+
+
+def _cell(row: dict[str, Any], column: str) -> str:
+    if column == "waiting":
+        return "/".join(str(row.get(f"waiting_{level.value}", 0)) for level in LEVELS)
+    return str(row.get(column, ""))
 
 
 def settled(alive: list[dict[str, Any]], count: int) -> bool:
@@ -84,7 +93,17 @@ def worker_row(record: dict[str, str], now: float, expected: dict[str, Any]) -> 
         "started_at": float(record.get("started_at") or 0),
         "last_heartbeat": last,
         "settings_differ": settings_differ(record, expected),
+        # What waits for it at each priority level (buffered, or in its partitions).
+        **{f"waiting_{level}": count for level, count in _waiting(record).items()},
     }
+
+
+def _waiting(record: dict[str, str]) -> dict[str, int]:
+    try:
+        reported = json.loads(record.get("waiting") or "{}")
+    except ValueError:
+        reported = {}
+    return {level.value: int(reported.get(level.value, 0)) for level in LEVELS}
 
 
 class WorkerViews:

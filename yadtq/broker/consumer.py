@@ -34,7 +34,7 @@ from yadtq.broker.clients import make_consumer, partition_count
 from yadtq.broker.stealing import Stealer
 from yadtq.config import Config
 from yadtq.errors import ProtocolError
-from yadtq.priority import Priority, level_of_topic
+from yadtq.priority import LEVELS, Priority, level_of_topic
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ JOIN_POLL_MS = 200  # a group join completes over polls this long
 POLL_RETRY_SECONDS = 0.5  # after a poll that failed
 GROUP_POLL_INTERVAL = 0.1  # seconds; with every slot busy, a poll only serves the group
 COMMIT_INTERVAL = 0.5  # seconds; a claim, not the offset, is what keeps a task from running twice
+COUNT_INTERVAL = 2.0  # seconds between counts of what waits at each level (for heartbeats)
+COUNT_TIMEOUT_MS = 200  # a count Kafka does not answer at once is skipped
 STEAL_BACKOFF_MIN, STEAL_BACKOFF_MAX = 0.05, 5.0  # seconds between looks that find nothing
 
 
@@ -126,6 +128,13 @@ class ReadAhead:
         self._count -= len(taken)
         return taken
 
+    def waiting(self) -> dict[int, int]:
+        """How many deliveries are buffered at each level's rank."""
+        counts: dict[int, int] = {}
+        for (rank, _, _), queue in self._queues.items():
+            counts[rank] = counts.get(rank, 0) + len(queue)
+        return counts
+
     def __len__(self) -> int:
         return self._count
 
@@ -170,6 +179,10 @@ class TaskConsumer:
         self._claimed_through: dict[TopicPartition, int] = {}  # next offset to commit
         self._commit_due = False
         self._last_commit = 0.0
+        # Tasks waiting for this worker at each level: buffered, or in Kafka after what
+        # it fetched (read by the heartbeat thread; replaced whole, never changed).
+        self.waiting: dict[str, int] = {}
+        self._counted_at = 0.0
         self._consumer = make_consumer(config, client_id=client_id,
                                        on_assign=self._on_assign, on_revoke=self._on_revoke)
         self._high_topic = Priority.HIGH.topic(config.tasks_topic)
@@ -228,6 +241,8 @@ class TaskConsumer:
         Only claimed deliveries count, not buffered ones: a worker that dies
         with messages in its buffer leaves them to the partition's next owner.
         """
+        if time.monotonic() - self._counted_at > COUNT_INTERVAL:
+            self._count_waiting()
         if not self._commit_due:
             return
         if not now and time.monotonic() - self._last_commit < COMMIT_INTERVAL:
@@ -327,6 +342,25 @@ class TaskConsumer:
         for partition, records in polled.items():
             self._buffer.add(partition.topic, partition.partition,
                              [self._decode(r) for r in records])
+
+    def _count_waiting(self) -> None:
+        """Count what waits at each level: buffered here, or in this worker's partitions
+        beyond its position (their end offsets, asked of Kafka: a busy worker does not
+        fetch, so its last fetch is no guide)."""
+        self._counted_at = time.monotonic()
+        by_rank = self._buffer.waiting()
+        assigned = list(self._consumer.assignment())
+        try:
+            ends = self._consumer.end_offsets(assigned, timeout_ms=COUNT_TIMEOUT_MS) \
+                if assigned else {}
+        except KafkaError:  # the next count asks again
+            return
+        for tp, end in ends.items():
+            position = self._consumer.position(tp, timeout_ms=0)  # None until first fetched
+            if position is not None:
+                rank = level_of_topic(tp.topic, self.config.tasks_topic).rank
+                by_rank[rank] = by_rank.get(rank, 0) + max(0, end - position)
+        self.waiting = {level.value: by_rank.get(level.rank, 0) for level in LEVELS}
 
     def _resume(self) -> None:
         if self._paused:

@@ -413,7 +413,8 @@ class Worker:
         leased = self._held.ids()
         return {**self._identity, "in_flight": len(leased), "status": status,
                 "partitions": ",".join(map(str, self.consumer.partitions)),
-                "topic_partitions": self.consumer.topic_partitions}, leased
+                "topic_partitions": self.consumer.topic_partitions,
+                "waiting": json.dumps(self.consumer.waiting)}, leased
 
     # --- sending to Kafka --------------------------------------------------
 
