@@ -77,6 +77,10 @@ class Keys:
     def claimed_offsets(self) -> str:
         return f"{self.prefix}:claimed-offsets:{self.queue}"
 
+    def level_offsets(self, level: str) -> str:
+        """Hash: partition of a priority level's topic → next offset to read."""
+        return f"{self.prefix}:level-offsets:{self.queue}:{level}"
+
     @property
     def retries(self) -> str:
         return f"{self.prefix}:retries:{self.queue}"

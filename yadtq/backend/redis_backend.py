@@ -23,6 +23,7 @@ from redis.retry import Retry
 
 from yadtq.backend.due_sets import Retries, ScheduledTasks, Unblocked
 from yadtq.backend.keys import Keys
+from yadtq.backend.level_offsets import LevelOffsets
 from yadtq.backend.moves import Claim, Outcome, Stored
 from yadtq.backend.parts import PIPELINE_CHUNK
 from yadtq.backend.records import (
@@ -95,6 +96,7 @@ class RedisBackend:
         self.retries = Retries(config, self.redis, self._scripts, self.keys)
         self.scheduled = ScheduledTasks(config, self.redis, self._scripts, self.keys)
         self.unblocked = Unblocked(config, self.redis, self._scripts, self.keys)
+        self.level_offsets = LevelOffsets(config, self.redis, self._scripts, self.keys)
         self.workflows = Workflows(config, self.redis, self._scripts, self.keys)
         self.edges = Edges(config, self.redis, self._scripts, self.keys)
         self.unrunnable = Unrunnable(config, self.redis, self._scripts, self.keys)

@@ -68,8 +68,7 @@ def make_consumer(
     on_assign: Callable[[set[TopicPartition]], None] | None = None,
     on_revoke: Callable[[set[TopicPartition]], None] | None = None,
 ) -> KafkaConsumer:
-    """A consumer in the queue's worker group, subscribed to its tasks topic of every
-    priority level.
+    """A consumer in the queue's worker group, subscribed to its tasks topic.
 
     Offsets are committed by hand, after the claim; a new group starts from
     the earliest message so tasks submitted before any worker ran are served.
@@ -96,7 +95,7 @@ def make_consumer(
         )
     except (KafkaError, OSError) as exc:
         raise unavailable(config, exc) from None
-    consumer.subscribe(config.level_topics(), listener=_Rebalance(on_assign, on_revoke))
+    consumer.subscribe([config.tasks_topic], listener=_Rebalance(on_assign, on_revoke))
     _await_topic_metadata(consumer, config)
     return consumer
 
@@ -105,7 +104,7 @@ TOPIC_METADATA_RETRY = 0.05  # seconds between metadata requests while a new top
 
 
 def _await_topic_metadata(consumer: KafkaConsumer, config: Config) -> None:
-    """Fetch metadata until it shows the tasks topics' partitions, before the first join.
+    """Fetch metadata until it shows the tasks topic's partitions, before the first join.
 
     kafka-python's group leader records the metadata it assigned from; joining
     before its subscription's metadata arrived, it records none, rejoins when
@@ -118,20 +117,14 @@ def _await_topic_metadata(consumer: KafkaConsumer, config: Config) -> None:
     """
     deadline = time.monotonic() + config.connect_timeout
     # topics() always asks the broker, and the answer reaches the group coordinator.
-    while missing := _not_shown(consumer, config.level_topics()):
+    while config.tasks_topic not in consumer.topics() \
+            or not partition_count(consumer, config.tasks_topic):
         if time.monotonic() > deadline:
             consumer.close()
             raise BrokerUnavailable(
-                f"Kafka at {config.bootstrap} does not show topic {missing[0]} "
+                f"Kafka at {config.bootstrap} does not show topic {config.tasks_topic} "
                 f"{config.connect_timeout:g} s after it was created; check the broker's logs")
         time.sleep(TOPIC_METADATA_RETRY)  # the next metadata request, not a synchronisation
-
-
-def _not_shown(consumer: KafkaConsumer, topics: list[str]) -> list[str]:
-    """The topics whose partitions the consumer's metadata does not show yet."""
-    known = consumer.topics()
-    return [topic for topic in topics if topic not in known
-            or not partition_count(consumer, topic)]
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -1,13 +1,12 @@
 """The worker's side of the tasks topic (Kafka adapter): take, mark claimed, commit.
 
 A :class:`TaskConsumer` is one member of the queue's consumer group, which reads
-the tasks topic of every priority level (``yadtq.priority``). It polls up to 100
-messages ahead into a local buffer, decoded once, and hands them out highest level
-first, oldest first within a level, except that a task waiting longer than
-``Config.priority_starvation`` goes first whatever its level. While the buffer holds
-tasks it still looks at Kafka every 0.1 s, for tasks of a higher level sent meanwhile
-(with a full buffer, at the high level only). With every slot busy it pauses its
-partitions and polls only to stay in the group. It commits, every half second, the
+the normal priority level's topic (``yadtq.priority``); the high and low levels' are
+read by every worker outside the group (``level_lanes``). It polls up to 100 messages
+ahead into a local buffer, decoded once, and hands them out highest level first,
+oldest first within a level, except that a task waiting longer than
+``Config.priority_starvation`` goes first whatever its level. With every slot busy it
+pauses its partitions and polls only to stay in the group. It commits, every half second, the
 offsets of what the worker marked claimed (never of what is only buffered), and it
 reads other members' partitions of the normal level for the worker to steal from
 (``yadtq.broker.stealing``).
@@ -31,16 +30,18 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from yadtq import protocol
 from yadtq.broker.clients import make_consumer, partition_count
+from yadtq.broker.level_lanes import READ_AHEAD as LANE_READ_AHEAD
+from yadtq.broker.level_lanes import LevelLane, OffsetStore
 from yadtq.broker.stealing import Stealer
 from yadtq.config import Config
-from yadtq.errors import ProtocolError
+from yadtq.errors import ProtocolError, YadtqError
 from yadtq.priority import LEVELS, Priority, level_of_topic
 
 logger = logging.getLogger(__name__)
 
 READ_AHEAD = 100  # messages polled ahead: one poll feeds many claims, oldest first
 POLL_MS = 20  # a poll returns as soon as records arrive; this is how long it looks when none do
-LOOK_INTERVAL = 0.1  # seconds; with tasks buffered, how often to look for higher levels' news
+LOW_ONLY_POLL_MS = 10  # with only low tasks buffered, how long to look for normal ones
 JOIN_POLL_MS = 200  # a group join completes over polls this long
 POLL_RETRY_SECONDS = 0.5  # after a poll that failed
 GROUP_POLL_INTERVAL = 0.1  # seconds; with every slot busy, a poll only serves the group
@@ -128,6 +129,10 @@ class ReadAhead:
         self._count -= len(taken)
         return taken
 
+    def holds(self, rank: int) -> bool:
+        """True if a delivery of this level's rank or a higher one is buffered."""
+        return any(key[0] <= rank for key in self._queues)
+
     def waiting(self) -> dict[int, int]:
         """How many deliveries are buffered at each level's rank."""
         counts: dict[int, int] = {}
@@ -156,10 +161,13 @@ class TaskConsumer:
         client_id: str,
         on_assignment: Callable[[], None],
         claimed_up_to: Callable[[], dict[int, int]] | None,
+        level_offsets: OffsetStore | None,
         stopping: threading.Event,
     ) -> None:
         """``claimed_up_to``: each partition's next unclaimed offset (from Redis), for
-        stealing; None turns stealing off. ``stopping`` cuts a retry's wait short.
+        stealing; None turns stealing off. ``level_offsets``: where the queue's reads of
+        the high and low levels are done; None leaves those levels unread.
+        ``stopping`` cuts a retry's wait short.
 
         Raises:
             BrokerUnavailable: no broker answered within the connect timeout.
@@ -174,7 +182,6 @@ class TaskConsumer:
         self._buffer = ReadAhead(config.tasks_topic, config.priority_starvation * 1000)
         self._paused = False
         self._polled_at = 0.0
-        self._looked_at = 0.0  # the last poll that could fetch (not one while paused)
         self._drained = False  # the last poll brought less than it could: Kafka had no more
         self._claimed_through: dict[TopicPartition, int] = {}  # next offset to commit
         self._commit_due = False
@@ -185,7 +192,10 @@ class TaskConsumer:
         self._counted_at = 0.0
         self._consumer = make_consumer(config, client_id=client_id,
                                        on_assign=self._on_assign, on_revoke=self._on_revoke)
-        self._high_topic = Priority.HIGH.topic(config.tasks_topic)
+        # The high and low levels' readers, by topic (``level_lanes``).
+        self._lanes = {} if level_offsets is None else {
+            lane.topic: lane for lane in (LevelLane(config, client_id, level, level_offsets)
+                                          for level in (Priority.HIGH, Priority.LOW))}
         self._stealer = None if claimed_up_to is None else Stealer(config, client_id,
                                                                    claimed_up_to)
         self._steal_backoff = 0.0
@@ -194,18 +204,21 @@ class TaskConsumer:
     # --- taking ------------------------------------------------------------
 
     def take(self, count: int, wait: bool = True) -> list[Delivery]:
-        """Up to ``count`` deliveries, the next to run first; polls Kafka when none are
-        buffered, and at least every ``LOOK_INTERVAL`` for higher levels' tasks.
+        """Up to ``count`` deliveries, the next to run first; looks at the high level,
+        and polls the group's topics when nothing is buffered.
 
         ``wait``: let the poll wait a moment for messages to arrive (False when
         the caller expects them already there). While the group is forming the
         poll is longer: a join completes only over polls.
         """
         self._resume()
+        if self._lanes and self.partitions:
+            self._look_at_levels()
         if not self._buffer:
             self._poll(POLL_MS if wait else 0) if self.partitions else self._poll(JOIN_POLL_MS)
-        elif self.partitions and time.monotonic() - self._looked_at > LOOK_INTERVAL:
-            self._poll(0)
+        elif not self._buffer.holds(Priority.NORMAL.rank):
+            # Only low tasks here: a normal one Kafka has goes first, so ask it (briefly).
+            self._poll(LOW_ONLY_POLL_MS)
         return self._buffer.take(count)
 
     @property
@@ -231,6 +244,10 @@ class TaskConsumer:
         """Mark deliveries as claimed in Redis (or dead-lettered): their offsets may be
         committed."""
         for delivery in deliveries:
+            lane = self._lanes.get(delivery.topic)
+            if lane is not None:
+                lane.done(delivery.partition, delivery.offset)
+                continue
             self._claimed_through[TopicPartition(delivery.topic, delivery.partition)] = \
                 delivery.offset + 1
             self._commit_due = True
@@ -243,6 +260,8 @@ class TaskConsumer:
         """
         if time.monotonic() - self._counted_at > COUNT_INTERVAL:
             self._count_waiting()
+        for lane in self._lanes.values():
+            lane.record()
         if not self._commit_due:
             return
         if not now and time.monotonic() - self._last_commit < COMMIT_INTERVAL:
@@ -312,6 +331,12 @@ class TaskConsumer:
             logger.warning("Worker %s: leaving the group failed: %s", self._name, exc)
         if self._stealer is not None:
             self._stealer.close()
+        for lane in self._lanes.values():
+            try:
+                lane.close()
+            except YadtqError as exc:  # Redis away: the next worker reads some again
+                logger.warning("Worker %s: could not record the %s level's reads: %s",
+                               self._name, lane.level.value, exc)
 
     # --- inside ------------------------------------------------------------
 
@@ -319,29 +344,40 @@ class TaskConsumer:
         return decode(record, self.config)
 
     def _poll(self, timeout_ms: int) -> None:
-        # A full buffer takes only the high level's news: the rest stays in Kafka.
-        lower = [tp for tp in self._consumer.assignment() if tp.topic != self._high_topic] \
-            if len(self._buffer) >= READ_AHEAD and not self._paused else []
-        if lower:
-            self._consumer.pause(*lower)
         try:
             polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=READ_AHEAD)
         except KafkaError as exc:  # a failed rebalance or fetch: the next poll retries it
             logger.warning("Worker %s: polling Kafka failed (%s); retrying", self._name, exc)
             self._stopping.wait(POLL_RETRY_SECONDS)
             return
-        finally:
-            if lower:
-                self._consumer.resume(*lower)
         self._polled_at = time.monotonic()
-        if not self._paused:
-            self._looked_at = self._polled_at
         if self._assignment_news:
             self._report_assignment()
         self._drained = sum(map(len, polled.values())) < READ_AHEAD
         for partition, records in polled.items():
             self._buffer.add(partition.topic, partition.partition,
                              [self._decode(r) for r in records])
+
+    def _look_at_levels(self) -> None:
+        """Buffer what the high and low levels' readers bring: high tasks whenever there
+        are, low ones while fewer than a read-ahead wait here. An undecodable message
+        is dead-lettered by the worker whose partition of the normal level has its
+        number; the others drop it (every worker reads it)."""
+        for lane in self._lanes.values():
+            room = LANE_READ_AHEAD - self._buffer.waiting().get(lane.level.rank, 0) \
+                if lane.level is Priority.LOW else LANE_READ_AHEAD
+            try:
+                records = lane.look(room)
+            except YadtqError as exc:  # Redis away: the level waits for the next look
+                logger.warning("Worker %s: cannot read the %s level: %s", self._name,
+                               lane.level.value, exc)
+                continue
+            for record in records:
+                delivery = self._decode(record)
+                if delivery.message is None and delivery.partition not in self.partitions:
+                    lane.done(delivery.partition, delivery.offset)
+                else:
+                    self._buffer.add(delivery.topic, delivery.partition, [delivery])
 
     def _count_waiting(self) -> None:
         """Count what waits at each level: buffered here, or in this worker's partitions
@@ -360,6 +396,9 @@ class TaskConsumer:
             if position is not None:
                 rank = level_of_topic(tp.topic, self.config.tasks_topic).rank
                 by_rank[rank] = by_rank.get(rank, 0) + max(0, end - position)
+        for lane in self._lanes.values():
+            rank = lane.level.rank
+            by_rank[rank] = by_rank.get(rank, 0) + lane.waiting()
         self.waiting = {level.value: by_rank.get(level.rank, 0) for level in LEVELS}
 
     def _resume(self) -> None:

@@ -4,7 +4,8 @@ Workers of one queue may be started with different task modules, while Kafka
 deals partitions without regard to what a worker can run. A task another live
 worker serves is produced again, unclaimed, to one of that worker's partitions
 (``yadtq.routing`` reads who holds which from the heartbeat records); its
-claim still happens once, wherever it lands.
+claim still happens once, wherever it lands. A high priority task is not: every
+worker reads the high level (``broker.high_lane``), so one that serves it takes it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from yadtq import protocol
 from yadtq.backend import RedisBackend
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable
+from yadtq.priority import Priority
 from yadtq.routing import Routes
 from yadtq.worker.redis_retry import GAVE_UP, retry_redis
 
@@ -77,6 +79,9 @@ class HandOn:
         rings = set()
         for message in unserved:
             if not routes.serves(message.route):
+                continue
+            if message.priority is Priority.HIGH:  # they read the high level too: drop it
+                handed_on.add(message.id)
                 continue
             partitions = routes.partitions_for(message.route)
             to_joining |= not partitions
