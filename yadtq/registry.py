@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from yadtq.errors import ConfigurationError, UnknownTask
+from yadtq.limits import Limits
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class TaskOptions:
     max_retries: int | None = None
     retry_on: tuple[type[BaseException], ...] = ()
     retry_backoff: float | None = None
+    limits: Limits | None = None  # rate and concurrency limits (``yadtq.limits``)
 
 
 _TASKS: dict[str, Callable[..., Any]] = {}
@@ -46,6 +48,9 @@ def task(
     max_retries: int | None = None,
     retry_on: tuple[type[BaseException], ...] = (),
     retry_backoff: float | None = None,
+    rate_limit: str | None = None,
+    rate_key: str | None = None,
+    concurrency: int | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -58,6 +63,9 @@ def task(
     max_retries: int | None = None,
     retry_on: tuple[type[BaseException], ...] = (),
     retry_backoff: float | None = None,
+    rate_limit: str | None = None,
+    rate_key: str | None = None,
+    concurrency: int | None = None,
 ) -> Any:
     """Register a function as a task under its own name (or ``name=``).
 
@@ -66,11 +74,20 @@ def task(
     ``max_retries``, ``retry_on`` (exception types worth retrying; all when
     empty) and ``retry_backoff`` (base seconds, doubled per attempt, with
     jitter) are defaults that a call may override.
+
+    Limits hold across every worker of the queue, decided where tasks are claimed on
+    Redis's clock (``yadtq.limits``): ``rate_limit`` ("20/s", "100/m", "5000/h") lets at
+    most that many calls start in any such window, one limit per value of the
+    ``rate_key`` parameter if given; ``concurrency`` lets at most that many run at once.
+
+    Raises:
+        ValueError: a bad limit (the text says what is allowed), or a name taken.
     """
-    options = TaskOptions(timeout, max_retries, tuple(retry_on), retry_backoff)
 
     def register(func: F) -> F:
         task_name = name or func.__name__
+        options = TaskOptions(timeout, max_retries, tuple(retry_on), retry_backoff,
+                              Limits.declare(func, rate_limit, rate_key, concurrency))
         existing = _TASKS.get(task_name)
         if existing is not None and existing is not func and (
             existing.__module__,

@@ -15,6 +15,7 @@ from redis.exceptions import NoScriptError
 
 from yadtq.backend.due_scripts import ReleaseCall, TakeDueCall
 from yadtq.backend.keys import Keys
+from yadtq.backend.limit_calls import WakeLimitsCall
 from yadtq.backend.schedule_calls import FireScheduleCall
 from yadtq.backend.scripts import (
     CancelCall,
@@ -38,7 +39,7 @@ R = TypeVar("R")
 CALLS: tuple[type[ScriptCall[Any]], ...] = (
     EnqueueCall, ClaimCall, FinishCall, RequeueCall, CancelCall, FailQueuedCall,
     TakeDueCall, ReleaseCall, RenewCall, SettleCall, InputsCall, RetryWorkflowCall,
-    RepairBlockedCall, FireScheduleCall)
+    RepairBlockedCall, FireScheduleCall, WakeLimitsCall)
 
 
 _USES = re.compile(r"^-- uses: (\S+\.lua)$", re.MULTILINE)
