@@ -707,8 +707,8 @@ def _claim_over_a_rate_limit(backend: RedisBackend, message: TaskMessage) -> boo
     return reply.reason == "rate limited"
 
 
-SCRIPTED_TARGETS = [TaskStatus.PROCESSING, TaskStatus.SCHEDULED, TaskStatus.SUCCESS, TaskStatus.FAILED,
-                    TaskStatus.QUEUED, TaskStatus.CANCELLED, TaskStatus.SKIPPED]
+SCRIPTED_TARGETS = [TaskStatus.PROCESSING, TaskStatus.SCHEDULED, TaskStatus.SUCCESS,
+                    TaskStatus.FAILED, TaskStatus.QUEUED, TaskStatus.CANCELLED, TaskStatus.SKIPPED]
 
 
 # What the scripts say about statuses: the literals they write, publish and compare, and
