@@ -139,6 +139,8 @@ local function claim(i)
     end
     if record[7] then
       redis.call('ZREM', record[7] .. ':waiting', id)
+    end
+    if record[8] then  -- it waited: it no longer does
       redis.call('HDEL', task_key, 'waits_on', 'waits_for', 'due_at')
     end
   end
