@@ -9,6 +9,7 @@
     python benchmarks/bench.py schedules --schedule-every 2 --schedule-seconds 300 \\
         --stop-seconds 20                           # issue 22's exactly-once run
     python benchmarks/bench.py catchup              # issue 22's catch-up check
+    python benchmarks/bench.py rate_limit concurrency_limit   # issue 23's limits (limits.py)
 
 Each workload starts from a fresh queue on one embedded stack with 3 worker
 processes (see ``--mode`` and ``--concurrency``). Figures are wall-clock on
@@ -32,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout as-is
 
+import limits as limit_bench  # noqa: E402 - beside this script
 import schedule_bench  # noqa: E402 - beside this script
 import workloads  # noqa: E402 - beside this script
 
@@ -264,6 +266,8 @@ WORKLOADS: dict[str, Callable[[LocalStack, argparse.Namespace], dict[str, Any]]]
     "scale": scale, "memory": memory, "idle": idle, "shipped": shipped,
     "countdown": countdown, "schedules": schedule_bench.schedules,
     "catchup": schedule_bench.catchup,
+    "rate_limit": lambda stack, args: limit_bench.rate_limit(stack, args, _cluster),
+    "concurrency_limit": lambda stack, args: limit_bench.concurrency_limit(stack, args, _cluster),
 }
 
 
