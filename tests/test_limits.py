@@ -451,3 +451,30 @@ def test_a_plain_format_message_is_limited_by_the_workers_registry(
     records = client.backend.task_records(ids)
     assert most_at_once([(r["started_at"], r["finished_at"]) for r in records]) <= 2
     assert any(e["event"] == "limited" for i in ids for e in client.backend.task_history(i))
+
+
+def test_what_waits_for_a_limit_shows_in_the_widget_the_dataframe_and_the_queue_view(
+    client: yadtq.Client,
+) -> None:
+    # Given a map of 3 tasks allowed 2 at once, claimed by a worker in one go
+    from yadtq.display import batch_text
+
+    batch = client.map(exclusive, [1.0] * 3)
+    messages = [protocol.TaskMessage(id=task_id, task="exclusive", args=(1.0,), batch=batch.id,
+                                     index=i) for i, task_id in enumerate(batch.ids)]
+    claims = client.backend.claim_many(messages, WORKER)
+    assert [c.skipped_because for c in claims] == [None, None, "concurrency limited"]
+
+    # Then the batch's widget says what the third waits for, as soon as its event arrives
+    wait_until(lambda: batch.snapshot()["waits_for"] == {"concurrency 2": 1}, 10,
+               "the waiting task's event")
+    assert "1 waiting for concurrency 2" in batch_text(batch)
+    # And the DataFrame names the limit per task
+    frame = batch.to_dataframe()
+    assert frame["waits_for"].isna().tolist() == [True, True, False]
+    assert frame["waits_for"][2] == "concurrency 2"
+    # And the queue view lists the limit, who holds it and how many wait
+    row = {"limit": "concurrency 2", "task": "exclusive", "kind": "concurrency",
+           "running": 2, "waiting": 1}
+    assert client.limit_rows() == [row]
+    assert client.workers().attrs["limits"] == [row]
