@@ -239,8 +239,8 @@ class RedisBackend:
         """
         now = time.time() if now is None else now
         [reply], [values] = self._scripts.run(
-            self._claim_call([ClaimTask(task_id, None)], worker_id, now, limit=1, served=served,
-                             need_message=limited_names()),
+            self._claim_call([ClaimTask(task_id, None)], worker_id, now, 1, served,
+                             limited_names()),
             also=lambda pipe: pipe.hmget(self.keys.task(task_id), *PAYLOAD_FIELDS, RECORD_SIG))
         claim = Claim.of(task_id, reply)
         if claim.attempt is None:
