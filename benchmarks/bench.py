@@ -10,6 +10,7 @@
         --stop-seconds 20                           # issue 22's exactly-once run
     python benchmarks/bench.py catchup              # issue 22's catch-up check
     python benchmarks/bench.py priority starvation  # issue 23's priorities (priority_bench.py)
+    python benchmarks/bench.py rate_limit concurrency_limit   # issue 23's limits (limits.py)
 
 Each workload starts from a fresh queue on one embedded stack with 3 worker
 processes (see ``--mode`` and ``--concurrency``). Figures are wall-clock on
@@ -33,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout as-is
 
+import limits as limit_bench  # noqa: E402 - beside this script
 import priority_bench  # noqa: E402 - beside this script
 import schedule_bench  # noqa: E402 - beside this script
 import workloads  # noqa: E402 - beside this script
@@ -267,6 +269,8 @@ WORKLOADS: dict[str, Callable[[LocalStack, argparse.Namespace], dict[str, Any]]]
     "countdown": countdown, "schedules": schedule_bench.schedules,
     "catchup": schedule_bench.catchup, "priority": priority_bench.priority,
     "starvation": priority_bench.starvation,
+    "rate_limit": lambda stack, args: limit_bench.rate_limit(stack, args, _cluster),
+    "concurrency_limit": lambda stack, args: limit_bench.concurrency_limit(stack, args, _cluster),
 }
 
 

@@ -18,7 +18,9 @@ import redis
 
 from yadtq import protocol
 from yadtq.backend import Outcome, RedisBackend
+from yadtq.backend.scripts import ClaimCall, ClaimTask
 from yadtq.config import Config
+from yadtq.limits import Limits, Rate
 from yadtq.protocol import TaskMessage
 from yadtq.status import ALLOWED, COUNTERS, TaskStatus
 
@@ -665,6 +667,8 @@ def _perform(backend: RedisBackend, message: TaskMessage, current: TaskStatus,
     if target is TaskStatus.PROCESSING:
         [claim] = backend.claim_many([message], WORKER)
         return claim.claimed
+    if target is TaskStatus.SCHEDULED:  # a claim of a task over its rate limit (limits.lua)
+        return _claim_over_a_rate_limit(backend, message)
     if target in (TaskStatus.SUCCESS, TaskStatus.FAILED):
         outcome = Outcome(message.id, message.batch, 1, target, result=1, error_type="E",
                           error="e")
@@ -691,8 +695,20 @@ def _parent_ends(backend: RedisBackend, message: TaskMessage, status: str) -> bo
     return backend.redis.hget(key, "status") != before
 
 
-SCRIPTED_TARGETS = [TaskStatus.PROCESSING, TaskStatus.SUCCESS, TaskStatus.FAILED,
-                    TaskStatus.QUEUED, TaskStatus.CANCELLED, TaskStatus.SKIPPED]
+def _claim_over_a_rate_limit(backend: RedisBackend, message: TaskMessage) -> bool:
+    """Claim the task as one of a task whose 1/h rate was spent a minute ago; True if that
+    moved it to scheduled."""
+    window = f"{backend.keys.limit_base}rate:{message.task}|:window"
+    backend.redis.zadd(window, {"earlier:1": time.time() - 60})
+    spec = Limits(Rate(1, 3600.0, "1/h")).claim_spec((), {})
+    [reply], _ = backend._scripts.run(ClaimCall(WORKER, time.time() + 60, time.time(), 1,
+                                                [ClaimTask(message.id, message.batch,
+                                                           limits=spec)]))
+    return reply.reason == "rate limited"
+
+
+SCRIPTED_TARGETS = [TaskStatus.PROCESSING, TaskStatus.SCHEDULED, TaskStatus.SUCCESS,
+                    TaskStatus.FAILED, TaskStatus.QUEUED, TaskStatus.CANCELLED, TaskStatus.SKIPPED]
 
 
 # What the scripts say about statuses: the literals they write, publish and compare, and

@@ -131,3 +131,31 @@ def needs_file(path: str) -> str:
     fails until someone fixes its input (then ``Workflow.retry()`` runs it again)."""
     with open(path) as file:
         return file.read()
+
+
+# --- limits (docs/limits.md): they hold across every worker of the queue ---------------
+
+
+@yadtq.task(rate_limit="20/s")
+def throttled(seconds: float = 0.0) -> float:
+    """Sleep ``seconds``: at most 20 calls start in any second, across all workers."""
+    time.sleep(seconds)
+    return seconds
+
+
+@yadtq.task(rate_limit="5/s", rate_key="customer")
+def call_api(customer: str, seconds: float = 0.0) -> str:
+    """Stand in for a call to a rate-limited API: at most 5 a second per ``customer``."""
+    time.sleep(seconds)
+    return customer
+
+
+@yadtq.task(concurrency=2)
+def exclusive(seconds: float, marker: str | None = None) -> float:
+    """Sleep ``seconds`` (busy-looping as :func:`spin` does, with ``marker``); at most 2
+    run at once across all workers, as for a licence or a database that takes two."""
+    if marker:
+        spin(seconds, marker)
+    else:
+        time.sleep(seconds)
+    return seconds

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 DATAFRAME_COLUMNS = [
     "id", "index", "task", "args", "kwargs", "status", "result", "error", "worker", "attempt",
-    "due_at", "queued_at", "started_at", "finished_at", "duration",
+    "waits_for", "due_at", "queued_at", "started_at", "finished_at", "duration",
 ]
 BATCH_COUNTERS = ("total", *COUNTERS)
 RESULT_ERRORS = ("raise", "return", "skip")  # what TaskBatch.results does with a failed task
@@ -74,6 +74,7 @@ class TaskBatch(Sequence[TaskFuture]):
         # When each is due (Redis's clock), so displays can say when scheduled ones start.
         self._due_at: list[float | None] = list(due_at) if due_at is not None else [None] * total
         self._worker: list[str | None] = [None] * total
+        self._waits: dict[int, str] = {}  # position -> the limit it waits for (claim.lua)
         self._attempt = [1] * total
         self._started_at: list[float | None] = [None] * total
         self._finished_at: list[float | None] = [None] * total
@@ -93,6 +94,13 @@ class TaskBatch(Sequence[TaskFuture]):
                 position = self._position.get(task_id)
                 if position is not None:
                     self._due_at[position] = due_at
+
+    def _set_waiting(self, task_id: str, waits_for: str, due_at: float | None) -> None:
+        """Record that a task waits for a limit (and until when, for a rate)."""
+        position = self._position.get(task_id)
+        if position is not None:
+            with self._lock:
+                self._waits[position], self._due_at[position] = waits_for, due_at
 
     def _set_progress(self, task_id: str, status: TaskStatus, worker: str | None,
                       attempt: int | None, at: float | None) -> None:
@@ -189,6 +197,8 @@ class TaskBatch(Sequence[TaskFuture]):
             due_at = min((due for due, status in zip(self._due_at, self._status, strict=True)
                           if due is not None and status is TaskStatus.SCHEDULED),
                          default=None) if counts.get(TaskStatus.SCHEDULED.value) else None
+            waits = Counter(text for position, text in self._waits.items()
+                            if self._status[position] is TaskStatus.SCHEDULED)
         total = len(self.ids)
         now = time.time()
         elapsed = (finished_at or now) - self.submitted_at
@@ -206,6 +216,7 @@ class TaskBatch(Sequence[TaskFuture]):
             "per_worker": per_worker,
             "due_at": due_at,
             "due_in": due_at - now if due_at is not None else None,
+            "waits_for": dict(waits),  # limit -> how many scheduled tasks wait for it
         }
 
     def __len__(self) -> int:
@@ -395,6 +406,7 @@ def task_row(task_id: str, index: int | None, task: str, args: Sequence[Any],
         "error": error,
         "worker": record.get("worker") or None,
         "attempt": record.get("attempt"),
+        "waits_for": record.get("waits_for") or None,  # a rate or concurrency limit
         "due_at": record.get("due_at"),
         "queued_at": record.get("queued_at"),
         "started_at": started,

@@ -33,7 +33,7 @@ from yadtq.config import (
 from yadtq.errors import YadtqError
 from yadtq.local import BROKERS, LocalCluster, registry
 from yadtq.store import no_worker_hint
-from yadtq.worker_table import format_rows
+from yadtq.worker_table import LIMIT_COLUMNS, format_rows
 
 READY_TIMEOUT = 120.0  # seconds `local up` gives its workers to take their partitions
 
@@ -244,13 +244,15 @@ def _cancel(args: argparse.Namespace) -> int:
 def _workers(args: argparse.Namespace) -> int:
     client = _connect(args)
     try:
-        rows = client.worker_rows()
+        rows, limits = client.worker_rows(), client.limit_rows()
     finally:
         client.close()
     if not rows:
         print("no worker has sent a heartbeat on this queue", file=sys.stderr)
     else:
         print(format_rows(rows))
+    if limits:  # what waits for which limit
+        print("\nlimits\n" + format_rows(limits, LIMIT_COLUMNS))
     return 0
 
 

@@ -74,6 +74,8 @@ def batch_summary(snapshot: dict[str, Any]) -> str:
     parts += [f"{snapshot[s.value]} {s.label}" for s in TaskStatus if snapshot[s.value]]
     if snapshot.get("due_in") is not None:
         parts.append(format_due(snapshot["due_in"]))
+    parts += [f"{count} waiting for {limit}"
+              for limit, count in (snapshot.get("waits_for") or {}).items()]
     parts += [f"{snapshot['rate']:.1f} tasks/s", f"elapsed {format_seconds(snapshot['elapsed'])}"]
     if not snapshot["finished"]:
         parts.append(f"ETA {format_seconds(snapshot['eta'])}")
@@ -154,6 +156,8 @@ def future_html(future: TaskFuture) -> str:
     elapsed = _elapsed(future)
     if elapsed is not None:
         details.append(format_seconds(elapsed))
+    if status is TaskStatus.SCHEDULED and future.waits_for:
+        details.append(f"waits for {html.escape(future.waits_for)}")
     if status is TaskStatus.SCHEDULED and future.due_at is not None:
         details.append(format_due(future.due_at - time.time()))
     body = ""

@@ -222,6 +222,8 @@ class EventListener:
         else:
             record = {"status": status.value, "worker": change.get("worker"),
                       "attempt": change.get("attempt"), "started_at": change.get("at")}
+            if change.get("waits_for"):  # over a rate or concurrency limit (claim.lua)
+                record.update(waits_for=change["waits_for"], due_at=change.get("due_at") or None)
         _apply(record, task_id, batch, future)
 
 
@@ -250,5 +252,9 @@ def _apply(
     worker, attempt, at = record.get("worker"), record.get("attempt"), record.get("started_at")
     if batch is not None:
         batch._set_progress(task_id, status, worker, attempt, at)
+        if "waits_for" in record:
+            batch._set_waiting(task_id, record["waits_for"], record.get("due_at"))
     if future is not None:
+        if "waits_for" in record:
+            future.waits_for, future.due_at = record["waits_for"], record.get("due_at")
         future._set_progress(status, worker, attempt, at)

@@ -83,6 +83,7 @@ class TaskFuture(concurrent.futures.Future):
         self._store = store
         self._status = status  # scheduled, for a task submitted to run later
         self.due_at: float | None = None  # when it is due (Redis's clock), if it was scheduled
+        self.waits_for: str | None = None  # the limit it last waited for ("rate 20/s")
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self._worker: str | None = None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from yadtq.errors import ConfigurationError, UnknownTask
+from yadtq.limits import Limits
 from yadtq.priority import priority as priority_level
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class TaskOptions:
     retry_on: tuple[type[BaseException], ...] = ()
     retry_backoff: float | None = None
     priority: str | None = None  # "high", "normal" or "low"; None: normal
+    limits: Limits | None = None  # rate and concurrency limits (``yadtq.limits``)
 
 
 _TASKS: dict[str, Callable[..., Any]] = {}
@@ -49,6 +51,9 @@ def task(
     retry_on: tuple[type[BaseException], ...] = (),
     retry_backoff: float | None = None,
     priority: str | None = None,
+    rate_limit: str | None = None,
+    rate_key: str | None = None,
+    concurrency: int | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -62,6 +67,9 @@ def task(
     retry_on: tuple[type[BaseException], ...] = (),
     retry_backoff: float | None = None,
     priority: str | None = None,
+    rate_limit: str | None = None,
+    rate_key: str | None = None,
+    concurrency: int | None = None,
 ) -> Any:
     """Register a function as a task under its own name (or ``name=``).
 
@@ -72,14 +80,21 @@ def task(
     jitter) are defaults that a call may override, and so is ``priority`` ("high",
     "normal" or "low"), which yadtq clients apply when they send the task.
 
+    Limits hold across every worker of the queue, decided where tasks are claimed on
+    Redis's clock (``yadtq.limits``): ``rate_limit`` ("20/s", "100/m", "5000/h") lets at
+    most that many calls start in any such window, one limit per value of the
+    ``rate_key`` parameter if given; ``concurrency`` lets at most that many run at once.
+
     Raises:
-        ValueError: ``priority`` is not one of those levels.
+        ValueError: a bad priority or limit (the text says what is allowed), or a name
+            taken.
     """
-    options = TaskOptions(timeout, max_retries, tuple(retry_on), retry_backoff,
-                          None if priority is None else priority_level(priority).value)
+    level = None if priority is None else priority_level(priority).value
 
     def register(func: F) -> F:
         task_name = name or func.__name__
+        options = TaskOptions(timeout, max_retries, tuple(retry_on), retry_backoff, level,
+                              Limits.declare(func, rate_limit, rate_key, concurrency))
         existing = _TASKS.get(task_name)
         if existing is not None and existing is not func and (
             existing.__module__,

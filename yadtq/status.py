@@ -64,7 +64,8 @@ FINISHED = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLE
 ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.BLOCKED: frozenset({TaskStatus.QUEUED, TaskStatus.SKIPPED, TaskStatus.CANCELLED}),
     TaskStatus.SCHEDULED: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED}),
-    TaskStatus.QUEUED: frozenset({TaskStatus.PROCESSING, TaskStatus.CANCELLED}),
+    TaskStatus.QUEUED: frozenset(
+        {TaskStatus.PROCESSING, TaskStatus.SCHEDULED, TaskStatus.CANCELLED}),
     TaskStatus.PROCESSING: frozenset(
         {TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.QUEUED, TaskStatus.CANCELLED}
     ),
@@ -73,7 +74,8 @@ ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.CANCELLED: frozenset(),
     TaskStatus.SKIPPED: frozenset(),
 }
-"""The moves tasks make on their own. A workflow's ``retry()`` also moves failed and
+"""The moves tasks make on their own (queued -> scheduled: a claim found the task over a
+rate or concurrency limit, ``yadtq.limits``). A workflow's ``retry()`` also moves failed and
 skipped tasks back (:data:`RETRIED`)."""
 
 RETRIED: dict[TaskStatus, frozenset[TaskStatus]] = {

@@ -30,6 +30,8 @@ WORKER_COLUMNS = [
     "last_heartbeat", "settings_differ", "waiting_high", "waiting_normal", "waiting_low",
 ]
 
+LIMIT_COLUMNS = ["limit", "task", "kind", "running", "waiting"]
+
 
 def format_rows(rows: list[dict[str, Any]],
                 columns: Sequence[str] = ("name", "host", "pid", "status", "heartbeat_age",
@@ -141,7 +143,24 @@ class WorkerViews:
         frame = pandas.DataFrame(self.worker_rows(), columns=WORKER_COLUMNS)
         for column in ("started_at", "last_heartbeat"):
             frame[column] = pandas.to_datetime(frame[column], unit="s", utc=True)
+        frame.attrs["limits"] = self.limit_rows()  # what waits for which limit
         return frame
+
+    def limit_rows(self) -> list[dict[str, Any]]:
+        """The queue's rate and concurrency limits in use, busiest first: ``limit``
+        ("rate 20/s", "concurrency 2"), ``task``, ``kind``, ``running`` (holding a share,
+        or started within the rate's period) and ``waiting`` (``scheduled`` until the
+        limit lets them start)."""
+        return self.backend.limits.waiting()
+
+    def limits(self) -> pandas.DataFrame:
+        """:meth:`limit_rows` as a DataFrame (also ``workers().attrs["limits"]``).
+
+        Raises:
+            ImportError: pandas is not installed (the ``notebook`` extra).
+        """
+        pandas = require("pandas", "Client.limits()")
+        return pandas.DataFrame(self.limit_rows(), columns=LIMIT_COLUMNS)
 
     def wait_for_workers(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Wait until ``count`` live workers together hold every partition of the topic.

@@ -1,5 +1,6 @@
-"""The codecs of the due-set scripts (adapter layer, beside the backend): ``take_due.lua``
-and ``release.lua`` (see ``scripts`` for how a codec lays out a script's KEYS and ARGV).
+"""The codecs of the due-set scripts (adapter layer, beside the backend): ``take_due.lua``,
+``release.lua`` and ``forget_sent.lua`` (see ``scripts`` for how a codec lays out a
+script's KEYS and ARGV).
 """
 
 from __future__ import annotations
@@ -70,3 +71,24 @@ class ReleaseCall:
     def parse(self, reply: Sequence[Any]) -> list[bool]:
         """For each task, whether to produce it now."""
         return [int(verdict) == 1 for verdict in reply]
+
+
+# --- forget_sent.lua ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ForgetSentCall:
+    """forget_sent.lua: forget produced tasks' scheduled entries, unless they wait again."""
+
+    script: ClassVar[str] = "forget_sent.lua"
+    task_ids: Sequence[str]
+
+    def keys(self, keys: Keys) -> list[str]:
+        return [keys.scheduled]
+
+    def args(self, keys: Keys) -> list[Any]:
+        return [keys.task(""), *self.task_ids]
+
+    def parse(self, reply: Any) -> int:
+        """How many entries were removed."""
+        return int(reply)

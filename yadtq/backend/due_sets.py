@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from yadtq.backend.due_scripts import ReleaseCall, ReleaseTask, TakeDueCall
+from yadtq.backend.due_scripts import ForgetSentCall, ReleaseCall, ReleaseTask, TakeDueCall
 from yadtq.backend.parts import BackendPart
 from yadtq.backend.records import PAYLOAD_FIELDS, message_from_payload, payload, text
 from yadtq.backend.redis_errors import at_the_edge
@@ -84,6 +84,12 @@ class ScheduledTasks(_DueSet):
     """Tasks submitted to run later, due on Redis's clock."""
 
     due_set = "scheduled"
+
+    def sent(self, task_ids: Sequence[str]) -> None:
+        """Forget entries once their tasks are on the topic, but not of those that wait
+        again: claimed meanwhile over a limit, and put back due anew (``forget_sent.lua``)."""
+        if task_ids:
+            self._scripts.run(ForgetSentCall(task_ids))
 
     def release(self, task_ids: Sequence[str], worker_id: str, now: float | None = None
                 ) -> list[TaskMessage]:

@@ -90,6 +90,16 @@ class Keys:
         return f"{self.prefix}:scheduled:{self.queue}"
 
     @property
+    def limits(self) -> str:
+        """Set: the queue's rate and concurrency limits in use (``lua/lib/limits.lua``)."""
+        return f"{self.prefix}:limits:{self.queue}"
+
+    @property
+    def limit_base(self) -> str:
+        """What each limit's keys start with (``lua/lib/limits.lua`` adds the rest)."""
+        return f"{self.prefix}:limit:{self.queue}:"
+
+    @property
     def schedules(self) -> str:
         """Sorted set: each live schedule's name, scored by its next occurrence."""
         return f"{self.prefix}:schedules:{self.queue}"

@@ -23,9 +23,10 @@ from redis.retry import Retry
 
 from yadtq.backend.due_sets import Retries, ScheduledTasks, Unblocked
 from yadtq.backend.keys import Keys
-from yadtq.backend.level_offsets import LevelOffsets
+from yadtq.backend.limit_store import LimitStore, claim_limits, limited_names
 from yadtq.backend.moves import Claim, Outcome, Stored
 from yadtq.backend.parts import PIPELINE_CHUNK
+from yadtq.backend.read_positions import ReadPositions
 from yadtq.backend.records import (
     PAYLOAD_FIELDS,
     RECORD_SIG,
@@ -96,11 +97,12 @@ class RedisBackend:
         self.retries = Retries(config, self.redis, self._scripts, self.keys)
         self.scheduled = ScheduledTasks(config, self.redis, self._scripts, self.keys)
         self.unblocked = Unblocked(config, self.redis, self._scripts, self.keys)
-        self.level_offsets = LevelOffsets(config, self.redis, self._scripts, self.keys)
+        self.read_positions = ReadPositions(config, self.redis, self._scripts, self.keys)
         self.workflows = Workflows(config, self.redis, self._scripts, self.keys)
         self.edges = Edges(config, self.redis, self._scripts, self.keys)
         self.unrunnable = Unrunnable(config, self.redis, self._scripts, self.keys)
         self.schedules = ScheduleStore(config, self.redis, self._scripts, self.keys)
+        self.limits = LimitStore(config, self.redis, self._scripts, self.keys)
 
     def check_connection(self) -> None:
         """Fail fast with the address when Redis does not answer.
@@ -239,7 +241,8 @@ class RedisBackend:
         """
         now = time.time() if now is None else now
         [reply], [values] = self._scripts.run(
-            self._claim_call([ClaimTask(task_id, None)], worker_id, now, limit=1, served=served),
+            self._claim_call([ClaimTask(task_id, None)], worker_id, now, 1, served,
+                             limited_names()),
             also=lambda pipe: pipe.hmget(self.keys.task(task_id), *PAYLOAD_FIELDS, RECORD_SIG))
         claim = Claim.of(task_id, reply)
         if claim.attempt is None:
@@ -337,14 +340,15 @@ class RedisBackend:
         """A message's share of a claim, with the fields to create a missing record from
         (signed: the worker checked the message)."""
         fields = unbatched_fields(message, now, self.config.secret) if with_fields else None
-        return ClaimTask(message.id, message.batch, fields)
+        return ClaimTask(message.id, message.batch, fields, claim_limits(message))
 
     def _claim_call(
         self, tasks: Sequence[ClaimTask], worker_id: str, now: float, limit: int,
-        served: Sequence[str] | None = None,
+        served: Sequence[str] | None = None, need_message: Sequence[str] = (),
     ) -> ClaimCall:
         """A claim of ``tasks`` under a new lease; with ``served``, only of tasks so named."""
-        return ClaimCall(worker_id, now + self.config.lease_seconds, now, limit, tasks, served)
+        return ClaimCall(worker_id, now + self.config.lease_seconds, now, limit, tasks, served,
+                         need_message=need_message)
 
     def finish(self, outcome: Outcome, worker_id: str, now: float | None = None) -> str | None:
         """Store an outcome; returns None if accepted, else why it was refused."""
@@ -422,11 +426,6 @@ class RedisBackend:
     def task_history(self, task_id: str) -> list[dict[str, Any]]:
         """Every recorded event of the task's attempts, oldest first."""
         return [json.loads(e) for e in self.redis.lrange(self.keys.task_history(task_id), 0, -1)]
-
-    def claimed_offsets(self) -> dict[int, int]:
-        """Partition → the offset up to which its owner has claimed."""
-        raw = self.redis.hgetall(self.keys.claimed_offsets)
-        return {int(k): int(v) for k, v in raw.items()}
 
     def expired_leases(self, now: float, limit: int = 100) -> list[tuple[str, str | None]]:
         """(task id, batch id) of tasks whose lease ran out before ``now``."""

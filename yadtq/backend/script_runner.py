@@ -13,8 +13,9 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from yadtq.backend.due_scripts import ReleaseCall, TakeDueCall
+from yadtq.backend.due_scripts import ForgetSentCall, ReleaseCall, TakeDueCall
 from yadtq.backend.keys import Keys
+from yadtq.backend.limit_calls import WakeLimitsCall
 from yadtq.backend.schedule_calls import FireScheduleCall
 from yadtq.backend.scripts import (
     CancelCall,
@@ -38,7 +39,7 @@ R = TypeVar("R")
 CALLS: tuple[type[ScriptCall[Any]], ...] = (
     EnqueueCall, ClaimCall, FinishCall, RequeueCall, CancelCall, FailQueuedCall,
     TakeDueCall, ReleaseCall, RenewCall, SettleCall, InputsCall, RetryWorkflowCall,
-    RepairBlockedCall, FireScheduleCall)
+    RepairBlockedCall, FireScheduleCall, WakeLimitsCall, ForgetSentCall)
 
 
 _USES = re.compile(r"^-- uses: (\S+\.lua)$", re.MULTILINE)

@@ -158,12 +158,13 @@ class EnqueueCall:
 
 @dataclass(frozen=True)
 class ClaimTask:
-    """One task of a claim: claim.lua reads task i's 3 KEYS from ``KEYS[3 * i - 1]`` and
-    its 3 ARGV from ``ARGV[3 * i + 4]``."""
+    """One task of a claim: claim.lua reads task i's 3 KEYS from ``KEYS[3 * i + 1]`` and
+    its 4 ARGV from ``ARGV[4 * i + 6]``."""
 
     task_id: str
     batch: str | None  # the batch the message names
     fields: Mapping[str, str] | None = None  # the record to create if none exists; None: skip
+    limits: str = ""  # the call's limits (``Limits.claim_spec``); "": none
 
     def keys(self, keys: Keys) -> list[str]:
         return [keys.task(self.task_id), keys.batch(self.batch or NO_BATCH),
@@ -171,7 +172,7 @@ class ClaimTask:
 
     def args(self) -> list[Any]:
         return [self.task_id, self.batch or "",
-                "" if self.fields is None else json.dumps(self.fields)]
+                "" if self.fields is None else json.dumps(self.fields), self.limits]
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,8 @@ class ClaimReply(_Reply):
     """claim.lua's answer for one task: ``{"ok", attempt}`` or ``{"skip", reason}``."""
 
     attempt: int | None = None  # the attempt this worker now holds, when ok
-    reason: str = ""  # when skipped: the task's status, MISSING, "over the limit", ...
+    reason: str = ""  # when skipped: the task's status, MISSING, "over the limit",
+    # "rate limited" or "concurrency limited" (now scheduled), ...
 
     @classmethod
     def parse(cls, reply: Sequence[Any]) -> ClaimReply:
@@ -205,13 +207,18 @@ class ClaimCall:
     limit: int
     tasks: Sequence[ClaimTask]
     served: Sequence[str] | None = None  # claim only tasks of these names; None: any
+    limits_now: float | None = None  # the limits' clock; None: Redis's
+    need_message: Sequence[str] = ()  # names whose limits a claim from the record lacks
 
     def keys(self, keys: Keys) -> list[str]:
-        return [keys.leases, *(key for task in self.tasks for key in task.keys(keys))]
+        return [keys.leases, keys.scheduled, keys.limits,
+                *(key for task in self.tasks for key in task.keys(keys))]
 
     def args(self, keys: Keys) -> list[Any]:
         served = "" if self.served is None else json.dumps(list(self.served))
         return [self.worker_id, self.lease_expiry, self.now, keys.events, self.limit, served,
+                "" if self.limits_now is None else self.limits_now, keys.limit_base,
+                json.dumps(list(self.need_message)) if self.need_message else "",
                 *(arg for task in self.tasks for arg in task.args())]
 
     def parse(self, reply: Sequence[Any]) -> list[ClaimReply]:

@@ -9,7 +9,7 @@ every worker reads all of their partitions with readers of its own (like the thi
 ``stealing``), and the claim in Redis decides who runs each task. A worker looks at the
 high level a few times a second while it has free slots, and at the low level as long
 as it buffers fewer than ``READ_AHEAD`` low tasks (so it can tell when one has waited
-too long). How far the reads are done is kept in Redis (``backend.level_offsets``),
+too long). How far the reads are done is kept in Redis (``backend.read_positions``),
 recorded only up to a message before which every message was claimed, found taken or
 dropped, so a worker that starts reads on from there and no task is passed over.
 """
@@ -36,7 +36,7 @@ RECORD_INTERVAL = 0.5  # seconds between records of how far the reads are done
 
 
 class OffsetStore(Protocol):
-    """Where the queue's reads of the levels are done (``backend.level_offsets``)."""
+    """Where the queue's reads of the levels are done (``backend.read_positions``)."""
 
     def read(self, level: Priority) -> dict[int, int]: ...
     def record(self, level: Priority, offsets: dict[int, int]) -> None: ...

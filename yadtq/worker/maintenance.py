@@ -11,6 +11,8 @@ maintenance tasks, these are safe to run in every worker at once: each step is
 a compare-and-set in Redis. While Redis is away, only this thread waits. A
 stopping worker hands its unfinished tasks back to the queue through the same
 re-queue. Every due check, too: fire the queue's due schedules (``schedule_firing``).
+Every heartbeat, wake tasks waiting for a concurrency limit that a missed wake-up left
+behind (``backend.limits``).
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ class Maintenance:
             now = self._clock()
             if time.monotonic() >= next_beat:
                 duties = (self._beat, self.send_due_retries, self.fire_due_schedules,
-                          self.send_due_scheduled, self.repair_blocked, self.reap)
+                          self.wake_limited, self.send_due_scheduled, self.repair_blocked,
+                          self.reap)
                 next_beat = time.monotonic() + self.config.heartbeat_interval
                 next_death_check = time.monotonic() + DEATH_CHECK_INTERVAL
             elif time.monotonic() >= next_death_check:
@@ -177,6 +180,12 @@ class Maintenance:
             self._flush_and_ring(sent_to)
         scheduled.sent(taken)
         return len(sent_to)
+
+    def wake_limited(self, _now: float) -> int:
+        """Wake tasks waiting for a concurrency limit whose shares are free though no
+        wake-up reached them (on Redis's clock); returns how many. They are due at once,
+        so :meth:`send_due_scheduled`, next in the round, produces them."""
+        return self._backend.limits.wake_stranded()
 
     def repair_blocked(self, _now: float) -> int:
         """Move blocked tasks nothing would move, warning of each; returns how many."""

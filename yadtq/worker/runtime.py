@@ -120,8 +120,8 @@ class Worker:
         self.producer = TaskProducer(config, linger_ms=2)
         self.consumer = TaskConsumer(
             config, client_id=self.name, on_assignment=self._on_assignment,
-            claimed_up_to=self.backend.claimed_offsets if steal else None,
-            level_offsets=self.backend.level_offsets, stopping=self._stopping)
+            claimed_up_to=self.backend.read_positions.claimed if steal else None,
+            level_offsets=self.backend.read_positions, stopping=self._stopping)
         self._hand_on = HandOn(config, self.backend, worker=self.name, served=self._served,
                                send=self._produce, flushed=self._flushed, clock=clock,
                                stopping=self._stopping)

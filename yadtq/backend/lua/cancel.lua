@@ -5,6 +5,7 @@
 -- result is refused by finish.lua because the task is no longer processing.
 --
 -- uses: edges.lua
+-- uses: limits.lua
 --
 -- Python side: yadtq/backend/scripts.py, CancelCall and CancelReply. They lay out
 -- these KEYS and ARGV and name the reply's fields: change the two together
@@ -25,9 +26,11 @@
 -- ARGV[5] who asked, for the history
 -- ARGV[6] how many edges the call may move (the rest go to settle.lua)
 --
+-- A cancelled task gives back its concurrency share and wakes the oldest task waiting for
+-- it, or, waiting for a limit itself, leaves its waiting list (lib/limits.lua).
 -- Returns {"ok", previous status, worker that held it or ""} or {"skip", current status}.
 local current = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker', 'batch',
-                           'readers', 'parents')
+                           'readers', 'parents', 'share', 'waits_on')
 if current[1] ~= 'queued' and current[1] ~= 'processing' and current[1] ~= 'scheduled'
     and current[1] ~= 'blocked' then
   return {'skip', current[1] or 'missing'}
@@ -44,6 +47,8 @@ redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('ZREM', KEYS[7], ARGV[1])
 redis.call('ZREM', KEYS[8], ARGV[1])
+limits_release(KEYS[1], ARGV[1], current[7])
+limits_unwait(ARGV[1], current[8])
 redis.call('RPUSH', KEYS[4], cjson.encode({attempt = tonumber(current[2]), worker = current[3] or '',
   event = 'cancelled', detail = 'was ' .. current[1] .. '; cancelled by ' .. ARGV[5],
   at = tonumber(ARGV[2])}))

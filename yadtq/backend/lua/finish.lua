@@ -8,6 +8,7 @@
 -- (tests/test_scripts.py runs the codec against this script).
 --
 -- uses: edges.lua
+-- uses: limits.lua
 --
 -- KEYS[1] leases sorted set  yadtq:leases:<queue>
 -- KEYS[2] retries sorted set yadtq:retries:<queue>   (task id -> when to run again)
@@ -40,6 +41,8 @@
 -- resolve their futures without reading the record back.
 -- A final outcome tells the task's children (lib/edges.lua): in this step, in the branch
 -- that accepted it, so a duplicated or replayed outcome cannot count twice.
+-- An accepted outcome gives back the task's concurrency share, if it holds one, and wakes
+-- the oldest task waiting for it (lib/limits.lua).
 -- Returns {replies, readied}: for each task {"ok"} or {"refused", status or "missing",
 -- attempt, worker}; and the ids of the children it queued, held for this worker to produce.
 -- Publishes one event message: a JSON array of the accepted outcomes' changes.
@@ -80,7 +83,7 @@ for i = 1, (#KEYS - 5) / 4 do
     ARGV[a + 4], ARGV[a + 5]
   local ended = ARGV[a + 9]
   local current = redis.call('HMGET', task_key, 'status', 'attempt', 'worker', 'batch',
-                             'readers', 'parents')
+                             'readers', 'parents', 'share')
   if current[1] ~= 'processing' or current[2] ~= held or current[3] ~= worker then
     if current[1] then
       redis.call('RPUSH', history_key, cjson.encode({attempt = tonumber(held),
@@ -90,6 +93,7 @@ for i = 1, (#KEYS - 5) / 4 do
     replies[i] = {'refused', current[1] or 'missing', current[2] or '', current[3] or ''}
   else
     redis.call('ZREM', KEYS[1], id)
+    limits_release(task_key, id, current[7])
     local batch = current[4] or ''
     local event = {attempt = tonumber(held), worker = worker, event = outcome, at = now}
     if summary ~= '' then

@@ -5,6 +5,8 @@
 -- these KEYS and ARGV and name the reply's fields: change the two together
 -- (tests/test_scripts.py runs the codec against this script).
 --
+-- uses: limits.lua
+--
 -- KEYS[1] task hash          yadtq:task:<id>
 -- KEYS[2] leases sorted set  yadtq:leases:<queue>
 -- KEYS[3] batch counters     yadtq:batch:<batch>
@@ -20,7 +22,9 @@
 --
 -- Returns {"ok", new attempt, then those fields' values in that order ("" when unset)}
 -- so the caller can produce the message again, or {"skip", reason}.
-local current = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker', 'batch')
+-- A requeued task gives back its concurrency share, if it holds one, and wakes the oldest
+-- task waiting for it (lib/limits.lua): a dead worker's share comes back with its lease.
+local current = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker', 'batch', 'share')
 if current[1] ~= 'processing' then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return {'skip', current[1] or 'missing'}
@@ -46,6 +50,7 @@ local attempt = (tonumber(current[2]) or 1) + 1
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempt', tostring(attempt), 'worker', '',
            'requeued_at', ARGV[3], 'requeue_reason', detail)
 redis.call('ZREM', KEYS[2], ARGV[1])
+limits_release(KEYS[1], ARGV[1], current[5])
 redis.call('RPUSH', KEYS[4], cjson.encode({attempt = tonumber(current[2]), worker = current[3],
   event = ({expired = 'lease expired', orphaned = 'worker died',
             handback = 'handed back'})[ARGV[2]], detail = detail,

@@ -1,4 +1,8 @@
-"""How far the high and low priority levels' topics are read (adapter layer).
+"""How far the queue's topics are read (adapter layer), for readers outside the group.
+
+The normal level's partitions are read by their owner in the consumer group, which
+records with every claim how far it has claimed (``RedisBackend.claim_many``), so a
+thief reads on from there (``broker.stealing``).
 
 Every worker reads every partition of those levels (``broker.level_lanes``), so no
 consumer group commits those reads: a worker records here, per partition, the offset
@@ -16,8 +20,13 @@ from yadtq.priority import Priority
 
 
 @at_the_edge
-class LevelOffsets(BackendPart):
-    """Per level: partition → the next offset of its topic not yet done."""
+class ReadPositions(BackendPart):
+    """Per topic: partition → the next offset not yet done."""
+
+    def claimed(self) -> dict[int, int]:
+        """The normal level's partitions → the offset up to which their owners claimed."""
+        raw = self.redis.hgetall(self._keys.claimed_offsets)
+        return {int(k): int(v) for k, v in raw.items()}
 
     def read(self, level: Priority) -> dict[int, int]:
         """Each partition's next offset to read (absent: from the start)."""
