@@ -14,7 +14,8 @@ from kafka import KafkaConsumer, TopicPartition
 import yadtq
 from worker_node.tasks import add, flaky, sleep
 from yadtq import protocol
-from yadtq.broker.consumer import Delivery, ReadAhead
+from yadtq.broker.delivery import Delivery
+from yadtq.broker.read_ahead import ReadAhead
 from yadtq.config import Config
 from yadtq.errors import ProtocolError
 from yadtq.priority import Priority
@@ -43,6 +44,17 @@ def test_the_read_ahead_hands_out_higher_levels_first_then_the_starved_before_al
     assert [d.message.id for d in buffer.take(1, now_ms=500 + 30_001)] == ["low-1-0"]
     assert [d.message.id for d in buffer.take(5, now_ms=40_000)] == ["normal-0-2"]
     assert len(buffer) == 0
+
+
+def test_starved_tasks_get_a_share_of_the_picks_not_all_of_them() -> None:
+    # Given a deep low backlog all past the bound, and fresh normal tasks
+    buffer = ReadAhead(TOPIC, starvation_ms=30_000)
+    buffer.add(f"{TOPIC}.low", 0, [delivery(Priority.LOW, 0, o, o) for o in range(8)])
+    buffer.add(TOPIC, 1, [delivery(Priority.NORMAL, 1, o, 60_000 + o) for o in range(12)])
+
+    # Then one pick in four goes to the oldest starved low task, the rest to normal ones
+    levels = [d.topic == TOPIC for d in buffer.take(12, now_ms=61_000)]
+    assert levels == [True, True, True, False] * 3
 
 
 def test_priority_travels_on_its_own_topic_and_in_an_optional_wire_field(

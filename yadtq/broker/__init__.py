@@ -12,7 +12,8 @@
 Nothing outside this package imports kafka-python.
 """
 
-from yadtq.broker.consumer import Delivery, TaskConsumer
+from yadtq.broker.consumer import TaskConsumer
+from yadtq.broker.delivery import Delivery
 from yadtq.broker.producer import DELIVERY_TIMEOUT, TaskProducer
 from yadtq.broker.topics import create_topics
 

@@ -3,13 +3,11 @@
 A :class:`TaskConsumer` is one member of the queue's consumer group, which reads
 the normal priority level's topic (``yadtq.priority``); the high and low levels' are
 read by every worker outside the group (``level_lanes``). It polls up to 100 messages
-ahead into a local buffer, decoded once, and hands them out highest level first,
-oldest first within a level, except that a task waiting longer than
-``Config.priority_starvation`` goes first whatever its level. With every slot busy it
-pauses its partitions and polls only to stay in the group. It commits, every half second, the
-offsets of what the worker marked claimed (never of what is only buffered), and it
-reads other members' partitions of the normal level for the worker to steal from
-(``yadtq.broker.stealing``).
+ahead into a local buffer (``read_ahead``: highest level first, no level starved).
+With every slot busy it pauses its partitions and polls only to stay in the group. It
+commits, every half second, the offsets of what the worker marked claimed (never of
+what is only buffered), and it reads other members' partitions of the normal level for
+the worker to steal from (``yadtq.broker.stealing``).
 The worker sees only :class:`Delivery` objects and partition numbers, so
 another consumer model (Kafka share groups, KIP-932) can be another class with
 the same methods.
@@ -20,21 +18,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from yadtq import protocol
 from yadtq.broker.clients import make_consumer, partition_count
+from yadtq.broker.delivery import Delivery, decode
 from yadtq.broker.level_lanes import READ_AHEAD as LANE_READ_AHEAD
 from yadtq.broker.level_lanes import LevelLane, OffsetStore
+from yadtq.broker.read_ahead import ReadAhead
 from yadtq.broker.stealing import Stealer
 from yadtq.config import Config
-from yadtq.errors import ProtocolError, YadtqError
+from yadtq.errors import YadtqError
 from yadtq.priority import LEVELS, Priority, level_of_topic
 
 logger = logging.getLogger(__name__)
@@ -49,99 +46,6 @@ COMMIT_INTERVAL = 0.5  # seconds; a claim, not the offset, is what keeps a task 
 COUNT_INTERVAL = 2.0  # seconds between counts of what waits at each level (for heartbeats)
 COUNT_TIMEOUT_MS = 200  # a count Kafka does not answer at once is skipped
 STEAL_BACKOFF_MIN, STEAL_BACKOFF_MAX = 0.05, 5.0  # seconds between looks that find nothing
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """A message read from the tasks topic: the task it holds, or why it holds none."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int  # when Kafka received it (ms)
-    key: bytes | None
-    value: bytes
-    message: protocol.TaskMessage | None  # None when ``error`` says why
-    error: ProtocolError | None = None
-
-    @property
-    def where(self) -> str:
-        """The message's place, for logs and dead letters: ``topic[partition]@offset``."""
-        return f"{self.topic}[{self.partition}]@{self.offset}"
-
-    @property
-    def order(self) -> tuple[int, float]:
-        """Sorts deliveries in the order they were sent, then submitted."""
-        return self.timestamp, (self.message.submitted_at or 0.0) if self.message else 0.0
-
-
-def decode(record: Any, config: Config) -> Delivery:
-    """A polled kafka-python record as a :class:`Delivery` (decoded here, once)."""
-    try:
-        message = protocol.decode(record.value, config.max_message_bytes, config.secret,
-                                   config.signatures_required)
-        error = None
-    except ProtocolError as exc:
-        message, error = None, exc
-    return Delivery(record.topic, record.partition, record.offset, record.timestamp,
-                    record.key, record.value or b"", message, error)
-
-
-class ReadAhead:
-    """Polled deliveries not yet taken: highest level first, oldest first within one.
-
-    Each partition's deliveries leave in offset order, so committing up to the
-    last one taken never skips one. Between partitions of one level, the one whose
-    next task was submitted first goes first: tasks run in about the order they were
-    submitted, not one partition after another. A task that has waited (since Kafka
-    received it) longer than ``starvation_ms`` goes before every level, oldest first.
-    """
-
-    def __init__(self, tasks_topic: str, starvation_ms: float) -> None:
-        self._tasks_topic = tasks_topic
-        self._starvation_ms = starvation_ms
-        self._queues: dict[tuple[int, str, int], deque[Delivery]] = {}  # (rank, topic, p)
-        self._count = 0
-
-    def add(self, topic: str, partition: int, deliveries: list[Delivery]) -> None:
-        if deliveries:
-            rank = level_of_topic(topic, self._tasks_topic).rank
-            self._queues.setdefault((rank, topic, partition), deque()).extend(deliveries)
-            self._count += len(deliveries)
-
-    def take(self, count: int, now_ms: float | None = None) -> list[Delivery]:
-        """Up to ``count`` deliveries, the next to run first."""
-        now_ms = time.time() * 1000 if now_ms is None else now_ms
-        starved_before = now_ms - self._starvation_ms
-
-        def turn(key: tuple[int, str, int]) -> tuple[bool, int, tuple[int, float]]:
-            head = self._queues[key][0]
-            starved = head.timestamp < starved_before
-            return not starved, 0 if starved else key[0], head.order
-
-        taken = []
-        while len(taken) < count and self._queues:
-            first = min(self._queues, key=turn)
-            waiting = self._queues[first]
-            taken.append(waiting.popleft())
-            if not waiting:
-                del self._queues[first]
-        self._count -= len(taken)
-        return taken
-
-    def holds(self, rank: int) -> bool:
-        """True if a delivery of this level's rank or a higher one is buffered."""
-        return any(key[0] <= rank for key in self._queues)
-
-    def waiting(self) -> dict[int, int]:
-        """How many deliveries are buffered at each level's rank."""
-        counts: dict[int, int] = {}
-        for (rank, _, _), queue in self._queues.items():
-            counts[rank] = counts.get(rank, 0) + len(queue)
-        return counts
-
-    def __len__(self) -> int:
-        return self._count
 
 
 class TaskConsumer:

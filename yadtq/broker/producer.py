@@ -19,7 +19,7 @@ from typing import Any
 
 from yadtq import protocol
 from yadtq.broker.clients import make_producer
-from yadtq.broker.consumer import Delivery
+from yadtq.broker.delivery import Delivery
 from yadtq.config import Config
 from yadtq.errors import BrokerUnavailable
 from yadtq.priority import Priority

@@ -1,0 +1,48 @@
+"""A message read from a tasks topic (Kafka adapter): what the worker sees of Kafka."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from yadtq import protocol
+from yadtq.config import Config
+from yadtq.errors import ProtocolError
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message read from the tasks topic: the task it holds, or why it holds none."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int  # when Kafka received it (ms)
+    key: bytes | None
+    value: bytes
+    message: protocol.TaskMessage | None  # None when ``error`` says why
+    error: ProtocolError | None = None
+
+    @property
+    def where(self) -> str:
+        """The message's place, for logs and dead letters: ``topic[partition]@offset``."""
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+    @property
+    def order(self) -> tuple[int, float]:
+        """Sorts deliveries in the order they were sent, then submitted."""
+        return self.timestamp, (self.message.submitted_at or 0.0) if self.message else 0.0
+
+
+def decode(record: Any, config: Config) -> Delivery:
+    """A polled kafka-python record as a :class:`Delivery` (decoded here, once)."""
+    try:
+        message = protocol.decode(record.value, config.max_message_bytes, config.secret,
+                                   config.signatures_required)
+        error = None
+    except ProtocolError as exc:
+        message, error = None, exc
+    return Delivery(record.topic, record.partition, record.offset, record.timestamp,
+                    record.key, record.value or b"", message, error)
+
+

@@ -1,0 +1,83 @@
+"""The worker's read-ahead buffer (Kafka adapter): which polled task goes next.
+
+Deliveries wait here, decoded once, until the worker has slots for them. Each
+partition's deliveries leave in offset order, so committing up to the last one taken
+never skips one. Otherwise the next to go is:
+
+- the highest priority level's (``yadtq.priority``), and within a level the partition
+  whose next task was sent first: tasks run in about the order they were sent, not one
+  partition after another;
+- except that no level starves: while a task of a level below the highest has waited
+  (since Kafka received it) longer than the starvation bound, at least one pick in
+  ``STARVED_SHARE`` goes to such a task, the lowest level's oldest first. A share, not
+  every pick: a 100,000-task low map, all of it past the bound, must not take every slot
+  from normal and high work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from yadtq.broker.delivery import Delivery
+from yadtq.priority import level_of_topic
+
+STARVED_SHARE = 4  # at least one pick in this many goes to a starved task, if any
+
+
+class ReadAhead:
+    """Polled deliveries not yet taken, the next to run first."""
+
+    def __init__(self, tasks_topic: str, starvation_ms: float) -> None:
+        self._tasks_topic = tasks_topic
+        self._starvation_ms = starvation_ms
+        self._queues: dict[tuple[int, str, int], deque[Delivery]] = {}  # (rank, topic, p)
+        self._count = 0
+        self._since_starved_pick = 0  # picks since a starved task was last picked
+
+    def add(self, topic: str, partition: int, deliveries: list[Delivery]) -> None:
+        if deliveries:
+            rank = level_of_topic(topic, self._tasks_topic).rank
+            self._queues.setdefault((rank, topic, partition), deque()).extend(deliveries)
+            self._count += len(deliveries)
+
+    def take(self, count: int, now_ms: float | None = None) -> list[Delivery]:
+        """Up to ``count`` deliveries, the next to run first."""
+        now_ms = time.time() * 1000 if now_ms is None else now_ms
+        starved_before = now_ms - self._starvation_ms
+        taken = []
+        while len(taken) < count and self._queues:
+            first = None
+            if self._since_starved_pick >= STARVED_SHARE - 1:
+                first = self._starved(starved_before)
+            if first is None:
+                first = min(self._queues, key=lambda k: (k[0], self._queues[k][0].order))
+                self._since_starved_pick += 1
+            else:
+                self._since_starved_pick = 0
+            waiting = self._queues[first]
+            taken.append(waiting.popleft())
+            if not waiting:
+                del self._queues[first]
+        self._count -= len(taken)
+        return taken
+
+    def _starved(self, starved_before: float) -> tuple[int, str, int] | None:
+        """The queue whose head is the oldest starved task of the lowest level, if any."""
+        starved = [k for k, queue in self._queues.items()
+                   if k[0] > 0 and queue[0].timestamp < starved_before]
+        return min(starved, key=lambda k: (-k[0], self._queues[k][0].order), default=None)
+
+    def holds(self, rank: int) -> bool:
+        """True if a delivery of this level's rank or a higher one is buffered."""
+        return any(key[0] <= rank for key in self._queues)
+
+    def waiting(self) -> dict[int, int]:
+        """How many deliveries are buffered at each level's rank."""
+        counts: dict[int, int] = {}
+        for (rank, _, _), queue in self._queues.items():
+            counts[rank] = counts.get(rank, 0) + len(queue)
+        return counts
+
+    def __len__(self) -> int:
+        return self._count
