@@ -187,6 +187,6 @@ def test_what_waits_at_each_level_shows_in_the_workers_table(
     # Then its heartbeat reports them by level, in q.worker_rows() and the CLI's table
     row = wait_until(lambda: next((r for r in client.worker_rows()
                                    if (r["waiting_high"], r["waiting_low"]) == (3, 5)), None),
-                     10, "the worker to report 3 high and 5 low tasks waiting")
+                     20, "the worker to report 3 high and 5 low tasks waiting")
     assert row["waiting_normal"] == 0
     assert "3/0/5" in format_rows([row]).splitlines()[1]

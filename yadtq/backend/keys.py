@@ -77,6 +77,10 @@ class Keys:
     def claimed_offsets(self) -> str:
         return f"{self.prefix}:claimed-offsets:{self.queue}"
 
+    def level_news(self, level: str) -> str:
+        """Channel: tasks were just sent at a priority level (``backend.level_news``)."""
+        return f"{self.prefix}:level-news:{self.queue}:{level}"
+
     def level_offsets(self, level: str) -> str:
         """Hash: partition of a priority level's topic → next offset to read."""
         return f"{self.prefix}:level-offsets:{self.queue}:{level}"

@@ -4,12 +4,12 @@ The normal level's partitions are read by their owner in the consumer group, whi
 records with every claim how far it has claimed (``RedisBackend.claim_many``), so a
 thief reads on from there (``broker.stealing``).
 
-Every worker reads every partition of those levels (``broker.level_lanes``), so no
-consumer group commits those reads: a worker records here, per partition, the offset
-before which it claimed (or found claimed, or dropped) every message, and a worker that
-starts reads on from there. Going back is harmless (a claim skips a task already taken);
-going past an unclaimed message cannot happen, as a worker records an offset only once
-all before it are done.
+Every worker reads every partition of the high and low levels' topics
+(``broker.level_lanes``), so no consumer group commits those reads: a worker records
+here, per partition, the offset before which it claimed (or found claimed, or dropped)
+every message, and a worker that starts reads on from there. Going back is harmless (a
+claim skips a task already taken); going past an unclaimed message cannot happen, as a
+worker records an offset only once all before it are done.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from redis.retry import Retry
 
 from yadtq.backend.due_sets import Retries, ScheduledTasks, Unblocked
 from yadtq.backend.keys import Keys
+from yadtq.backend.level_news import LevelNews
 from yadtq.backend.limit_store import LimitStore, claim_limits, limited_names
 from yadtq.backend.moves import Claim, Outcome, Stored
 from yadtq.backend.parts import PIPELINE_CHUNK
@@ -98,6 +99,7 @@ class RedisBackend:
         self.scheduled = ScheduledTasks(config, self.redis, self._scripts, self.keys)
         self.unblocked = Unblocked(config, self.redis, self._scripts, self.keys)
         self.read_positions = ReadPositions(config, self.redis, self._scripts, self.keys)
+        self.level_news = LevelNews(config, self.redis, self._scripts, self.keys)
         self.workflows = Workflows(config, self.redis, self._scripts, self.keys)
         self.edges = Edges(config, self.redis, self._scripts, self.keys)
         self.unrunnable = Unrunnable(config, self.redis, self._scripts, self.keys)

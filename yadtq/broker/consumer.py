@@ -26,8 +26,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from yadtq.broker.clients import make_consumer, partition_count
 from yadtq.broker.delivery import Delivery, decode
-from yadtq.broker.level_lanes import READ_AHEAD as LANE_READ_AHEAD
-from yadtq.broker.level_lanes import LevelLane, OffsetStore
+from yadtq.broker.level_lanes import LevelLane, NewsSource, OffsetStore
 from yadtq.broker.read_ahead import ReadAhead
 from yadtq.broker.stealing import Stealer
 from yadtq.config import Config
@@ -43,7 +42,7 @@ JOIN_POLL_MS = 200  # a group join completes over polls this long
 POLL_RETRY_SECONDS = 0.5  # after a poll that failed
 GROUP_POLL_INTERVAL = 0.1  # seconds; with every slot busy, a poll only serves the group
 COMMIT_INTERVAL = 0.5  # seconds; a claim, not the offset, is what keeps a task from running twice
-COUNT_INTERVAL = 2.0  # seconds between counts of what waits at each level (for heartbeats)
+COUNT_INTERVAL = 5.0  # seconds between counts of what waits at each level (for heartbeats)
 COUNT_TIMEOUT_MS = 200  # a count Kafka does not answer at once is skipped
 STEAL_BACKOFF_MIN, STEAL_BACKOFF_MAX = 0.05, 5.0  # seconds between looks that find nothing
 
@@ -66,11 +65,13 @@ class TaskConsumer:
         on_assignment: Callable[[], None],
         claimed_up_to: Callable[[], dict[int, int]] | None,
         level_offsets: OffsetStore | None,
+        level_news: NewsSource | None = None,
         stopping: threading.Event,
     ) -> None:
         """``claimed_up_to``: each partition's next unclaimed offset (from Redis), for
         stealing; None turns stealing off. ``level_offsets``: where the queue's reads of
-        the high and low levels are done; None leaves those levels unread.
+        the high and low levels are done, ``level_news`` where news of their tasks comes;
+        None leaves those levels unread.
         ``stopping`` cuts a retry's wait short.
 
         Raises:
@@ -97,9 +98,10 @@ class TaskConsumer:
         self._consumer = make_consumer(config, client_id=client_id,
                                        on_assign=self._on_assign, on_revoke=self._on_revoke)
         # The high and low levels' readers, by topic (``level_lanes``).
-        self._lanes = {} if level_offsets is None else {
-            lane.topic: lane for lane in (LevelLane(config, client_id, level, level_offsets)
-                                          for level in (Priority.HIGH, Priority.LOW))}
+        self._lanes = {} if level_offsets is None or level_news is None else {
+            lane.topic: lane for lane in (
+                LevelLane(config, client_id, level, level_offsets, level_news)
+                for level in (Priority.HIGH, Priority.LOW))}
         self._stealer = None if claimed_up_to is None else Stealer(config, client_id,
                                                                    claimed_up_to)
         self._steal_backoff = 0.0
@@ -263,20 +265,13 @@ class TaskConsumer:
                              [self._decode(r) for r in records])
 
     def _look_at_levels(self) -> None:
-        """Buffer what the high and low levels' readers bring: high tasks whenever there
-        are, low ones while fewer than a read-ahead wait here. An undecodable message
-        is dead-lettered by the worker whose partition of the normal level has its
-        number; the others drop it (every worker reads it)."""
+        """Buffer what the high and low levels' readers brought, up to ``READ_AHEAD``
+        tasks a level. An undecodable message is dead-lettered by the worker whose
+        partition of the normal level has its number; the others drop it (every worker
+        reads it)."""
+        buffered = self._buffer.waiting()
         for lane in self._lanes.values():
-            room = LANE_READ_AHEAD - self._buffer.waiting().get(lane.level.rank, 0) \
-                if lane.level is Priority.LOW else LANE_READ_AHEAD
-            try:
-                records = lane.look(room)
-            except YadtqError as exc:  # Redis away: the level waits for the next look
-                logger.warning("Worker %s: cannot read the %s level: %s", self._name,
-                               lane.level.value, exc)
-                continue
-            for record in records:
+            for record in lane.take(READ_AHEAD - buffered.get(lane.level.rank, 0)):
                 delivery = self._decode(record)
                 if delivery.message is None and delivery.partition not in self.partitions:
                     lane.done(delivery.partition, delivery.offset)
@@ -302,7 +297,7 @@ class TaskConsumer:
                 by_rank[rank] = by_rank.get(rank, 0) + max(0, end - position)
         for lane in self._lanes.values():
             rank = lane.level.rank
-            by_rank[rank] = by_rank.get(rank, 0) + lane.waiting()
+            by_rank[rank] = by_rank.get(rank, 0) + lane.unread
         self.waiting = {level.value: by_rank.get(level.rank, 0) for level in LEVELS}
 
     def _resume(self) -> None:

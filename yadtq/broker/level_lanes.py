@@ -5,18 +5,27 @@ A high task must start before the tasks already waiting, and a low one after the
 Kafka hands each partition to one group member, and kafka-python hands out what it
 fetched in the order it fetched it: a high message sent to a busy worker's partition,
 or fetched behind a megabyte of normal ones, would wait. So no group owns these levels:
-every worker reads all of their partitions with readers of its own (like the thief's,
-``stealing``), and the claim in Redis decides who runs each task. A worker looks at the
-high level a few times a second while it has free slots, and at the low level as long
-as it buffers fewer than ``READ_AHEAD`` low tasks (so it can tell when one has waited
-too long). How far the reads are done is kept in Redis (``backend.read_positions``),
-recorded only up to a message before which every message was claimed, found taken or
-dropped, so a worker that starts reads on from there and no task is passed over.
+every worker reads all of their partitions with a reader of its own (like the thief's,
+``stealing``), and the claim in Redis decides who runs each task.
+
+Each reader runs on a thread of its own. It reads again at once after a read that
+brought messages; after one that brought none it waits for news of tasks sent at its
+level (``backend.level_news``: a Redis channel that clients and workers publish to after
+sending such tasks), or for a time that doubles while the level stays quiet, up to
+``QUIET_WAIT_MAX`` (a read of Kafka costs kafka-python CPU even when nothing comes, and
+the embedded broker answers an empty fetch at once, so a waiting fetch would spin). An
+unused level so costs the worker's loop nothing. The reader hands what it reads over
+through a bounded queue, and stops reading while ``READ_AHEAD`` records wait there. How far the
+reads are done is kept in Redis (``backend.read_positions``), recorded only up to a
+message before which every message was claimed, found taken or dropped, so a worker that
+starts reads on from there and no task is passed over.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from typing import Any, Protocol
 
@@ -25,14 +34,18 @@ from kafka.errors import KafkaError
 
 from yadtq.broker.clients import make_reader
 from yadtq.config import Config
+from yadtq.errors import YadtqError
 from yadtq.priority import Priority
 
 logger = logging.getLogger(__name__)
 
-LOOK_INTERVAL = 0.05  # seconds between looks while the worker has free slots
-READ_AHEAD = 100
-READER_FETCH_WAIT_MS = 1  # an empty fetch comes back at once: a look never waits
+READ_AHEAD = 100  # records read but not yet handed to the worker's loop, at most
+FETCH_WAIT_MS = 1  # a fetch comes back at once, empty or not
+POLL_MS = 5  # how long a read waits for the fetch's answer
+QUIET_WAIT_MIN, QUIET_WAIT_MAX = 0.05, 5.0  # seconds between reads while none brings any
 RECORD_INTERVAL = 0.5  # seconds between records of how far the reads are done
+COUNT_INTERVAL = 5.0  # seconds between counts of the messages not read yet
+RETRY_SECONDS = 0.5  # after a read that failed (Redis or Kafka away)
 
 
 class OffsetStore(Protocol):
@@ -42,42 +55,50 @@ class OffsetStore(Protocol):
     def record(self, level: Priority, offsets: dict[int, int]) -> None: ...
 
 
+class Subscription(Protocol):
+    """News of tasks sent at one level (``backend.level_news``)."""
+
+    def wait(self, timeout: float) -> bool: ...
+    def close(self) -> None: ...
+
+
+class NewsSource(Protocol):
+    def subscribe(self, level: Priority) -> Subscription: ...
+
+
 class LevelLane:
-    """This worker's reader of one level's topic."""
+    """This worker's reader of one level's topic, on a thread of its own."""
 
     def __init__(self, config: Config, client_id: str, level: Priority,
-                 offsets: OffsetStore) -> None:
+                 offsets: OffsetStore, news: NewsSource) -> None:
         """Raises:
             BrokerUnavailable: no broker answered within the connect timeout.
         """
         self.level = level
         self.topic = level.topic(config.tasks_topic)
+        self.unread = 0  # messages not read yet, as last counted (read by heartbeats)
+        self._name = client_id
         self._offsets = offsets
+        self._news = news
         self._reader = make_reader(config, client_id=f"{client_id}-{level.value}",
-                                   fetch_wait_ms=READER_FETCH_WAIT_MS)
-        self._assigned: list[TopicPartition] = []
-        self._looked_at = 0.0
+                                   fetch_wait_ms=FETCH_WAIT_MS)
+        self._records: queue.Queue[Any] = queue.Queue(READ_AHEAD)
+        self._stop = threading.Event()
         self._done: dict[int, int] = {}  # partition -> next offset, not yet recorded
         self._recorded_at = 0.0
+        self._thread = threading.Thread(target=self._read, name=f"yadtq-{level.value}-lane",
+                                        daemon=True)
+        self._thread.start()
 
-    def look(self, limit: int = READ_AHEAD) -> list[Any]:
-        """Up to ``limit`` records sent since the last look (at most every
-        ``LOOK_INTERVAL``).
-
-        Raises:
-            BackendUnavailable: Redis did not say where to start reading.
-        """
-        if limit <= 0 or time.monotonic() - self._looked_at < LOOK_INTERVAL:
-            return []
-        self._looked_at = time.monotonic()
-        if not self._assigned and not self._assign():
-            return []
-        try:
-            polled = self._reader.poll(timeout_ms=0, max_records=limit)
-        except KafkaError as exc:  # the next look tries again
-            logger.warning("reading the %s priority topic failed: %s", self.level.value, exc)
-            return []
-        return [record for records in polled.values() for record in records]
+    def take(self, limit: int) -> list[Any]:
+        """Up to ``limit`` of the records read, in order (never waits)."""
+        taken: list[Any] = []
+        while len(taken) < limit:
+            try:
+                taken.append(self._records.get_nowait())
+            except queue.Empty:
+                break
+        return taken
 
     def done(self, partition: int, offset: int) -> None:
         """Every message of ``partition`` up to ``offset`` is claimed, taken or dropped."""
@@ -90,36 +111,78 @@ class LevelLane:
             self._done.clear()
             self._recorded_at = time.monotonic()
 
-    def waiting(self) -> int:
-        """How many messages this worker has not read yet (Kafka's end offsets)."""
-        if not self._assigned:
-            return 0
-        try:
-            ends = self._reader.end_offsets(self._assigned, timeout_ms=200)
-        except KafkaError:
-            return 0
-        positions = {tp: self._reader.position(tp, timeout_ms=0) for tp in ends}
-        return sum(max(0, end - positions[tp]) for tp, end in ends.items()
-                   if positions[tp] is not None)
-
     def close(self) -> None:
-        """Record how far the reads are done, and close the reader."""
+        """Stop reading, record how far the reads are done, and close the reader."""
+        self._stop.set()
+        self._thread.join(QUIET_WAIT_MAX + 2.0)
         self._recorded_at = 0.0
         try:
             self.record()
         finally:
             self._reader.close()
 
-    def _assign(self) -> bool:
+    # --- the reader's thread: the only one that touches the reader ----------------
+
+    def _read(self) -> None:
+        assigned: list[TopicPartition] = []
+        counted_at = 0.0
+        quiet = QUIET_WAIT_MIN
+        subscription = None
+        while not self._stop.is_set():
+            try:
+                if subscription is None:
+                    subscription = self._news.subscribe(self.level)
+                if not assigned:
+                    assigned = self._assign()
+                    continue
+                if time.monotonic() - counted_at > COUNT_INTERVAL:
+                    counted_at = time.monotonic()
+                    self.unread = self._count(assigned)
+                read = self._reader.poll(timeout_ms=POLL_MS)
+                for records in read.values():
+                    for record in records:
+                        self._hand_over(record)
+                if read:
+                    quiet = QUIET_WAIT_MIN
+                elif subscription.wait(quiet):
+                    quiet = QUIET_WAIT_MIN
+                else:
+                    quiet = min(2 * quiet, QUIET_WAIT_MAX)
+            except (KafkaError, YadtqError) as exc:  # the next round tries again
+                if subscription is not None:
+                    subscription.close()
+                    subscription = None
+                logger.warning("Worker %s: reading the %s level failed: %s", self._name,
+                               self.level.value, exc)
+                self._stop.wait(RETRY_SECONDS)
+        if subscription is not None:
+            subscription.close()
+
+    def _hand_over(self, record: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                self._records.put(record, timeout=0.5)
+                return
+            except queue.Full:  # the worker's loop takes them as it has room
+                continue
+
+    def _assign(self) -> list[TopicPartition]:
         partitions = self._reader.partitions_for_topic(self.topic)
         if not partitions:
-            return False  # metadata not in yet: the next look asks again
+            self._stop.wait(RETRY_SECONDS)  # metadata not in yet
+            return []
         start = self._offsets.read(self.level)
-        self._assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        self._reader.assign(self._assigned)
-        for tp in self._assigned:
+        assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self._reader.assign(assigned)
+        for tp in assigned:
             if tp.partition in start:
                 self._reader.seek(tp, start[tp.partition])
             else:
                 self._reader.seek_to_beginning(tp)
-        return True
+        return assigned
+
+    def _count(self, assigned: list[TopicPartition]) -> int:
+        ends = self._reader.end_offsets(assigned, timeout_ms=1000)
+        positions = {tp: self._reader.position(tp, timeout_ms=0) for tp in ends}
+        return sum(max(0, end - positions[tp]) for tp, end in ends.items()
+                   if positions[tp] is not None) + self._records.qsize()

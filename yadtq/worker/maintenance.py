@@ -301,6 +301,7 @@ class Maintenance:
             protocol.encode(message, self.config.max_message_bytes, self.config.secret),
             partition=partition, priority=message.priority,
         )
+        self._backend.level_news.announce(message.priority)
         return partition
 
     def produce_now(self, messages: list[protocol.TaskMessage]) -> None:

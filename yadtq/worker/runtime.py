@@ -121,7 +121,8 @@ class Worker:
         self.consumer = TaskConsumer(
             config, client_id=self.name, on_assignment=self._on_assignment,
             claimed_up_to=self.backend.read_positions.claimed if steal else None,
-            level_offsets=self.backend.read_positions, stopping=self._stopping)
+            level_offsets=self.backend.read_positions, level_news=self.backend.level_news,
+            stopping=self._stopping)
         self._hand_on = HandOn(config, self.backend, worker=self.name, served=self._served,
                                send=self._produce, flushed=self._flushed, clock=clock,
                                stopping=self._stopping)
@@ -431,6 +432,7 @@ class Worker:
             message.id,
             protocol.encode(message, self.config.max_message_bytes, self.config.secret),
             partition=partition, priority=message.priority)
+        self.backend.level_news.announce(message.priority)
 
     def _retry_redis(self, step: Callable[[], Any], what: str) -> Any:
         return retry_redis(step, what, worker=self.name, stopping=self._stopping)

@@ -1,0 +1,69 @@
+"""News of tasks sent to the high or low priority level (adapter layer).
+
+Every worker reads those levels' topics on threads of their own (``broker.level_lanes``).
+Reading Kafka when nothing comes costs CPU in kafka-python, so a quiet reader waits
+here instead, on a Redis channel a sender publishes to after it sent tasks at that
+level: a client's ``submit``/``map``, a worker producing a task again. The news only
+wakes readers early: a reader also looks on its own, less and less often while its
+level stays quiet, so a task no one announced is read all the same.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from yadtq.backend.parts import BackendPart
+from yadtq.backend.redis_errors import at_the_edge
+from yadtq.errors import BackendUnavailable
+from yadtq.priority import Priority
+
+logger = logging.getLogger(__name__)
+
+
+class Subscription:
+    """One reader's subscription to its level's news."""
+
+    def __init__(self, pubsub: redis.client.PubSub) -> None:
+        self._pubsub = pubsub
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for news; True if some came (all of it read).
+
+        Raises:
+            BackendUnavailable: Redis went away (subscribe again).
+        """
+        try:
+            came = self._pubsub.get_message(ignore_subscribe_messages=True,
+                                            timeout=timeout) is not None
+            while came and self._pubsub.get_message(ignore_subscribe_messages=True,
+                                                    timeout=0):
+                pass
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"waiting for news of the level failed: {exc}") from exc
+        return came
+
+    def close(self) -> None:
+        self._pubsub.close()
+
+
+@at_the_edge
+class LevelNews(BackendPart):
+    """Announce tasks sent at a level, and listen for such announcements."""
+
+    def announce(self, level: Priority) -> None:
+        """Tell the queue's workers that tasks were sent at ``level`` (best effort: news
+        only wakes readers early, so Redis failing here loses nothing)."""
+        if level is Priority.NORMAL:
+            return
+        try:
+            self.redis.publish(self._keys.level_news(level.value), "1")
+        except redis.RedisError as exc:
+            logger.debug("could not announce %s tasks: %s", level.value, exc)
+
+    def subscribe(self, level: Priority) -> Subscription:
+        """A subscription to ``level``'s news."""
+        pubsub = self.redis.pubsub()
+        pubsub.subscribe(self._keys.level_news(level.value))
+        return Subscription(pubsub)
