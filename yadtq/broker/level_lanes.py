@@ -46,6 +46,7 @@ QUIET_WAIT_MIN, QUIET_WAIT_MAX = 0.05, 5.0  # seconds between reads while none b
 RECORD_INTERVAL = 0.5  # seconds between records of how far the reads are done
 COUNT_INTERVAL = 5.0  # seconds between counts of the messages not read yet
 RETRY_SECONDS = 0.5  # after a read that failed (Redis or Kafka away)
+STOP_CHECK = 0.1  # seconds; how long a stopping worker may wait for a quiet reader
 
 
 class OffsetStore(Protocol):
@@ -114,7 +115,7 @@ class LevelLane:
     def close(self) -> None:
         """Stop reading, record how far the reads are done, and close the reader."""
         self._stop.set()
-        self._thread.join(QUIET_WAIT_MAX + 2.0)
+        self._thread.join(2.0)
         self._recorded_at = 0.0
         try:
             self.record()
@@ -142,9 +143,7 @@ class LevelLane:
                 for records in read.values():
                     for record in records:
                         self._hand_over(record)
-                if read:
-                    quiet = QUIET_WAIT_MIN
-                elif subscription.wait(quiet):
+                if read or self._news_within(subscription, quiet):
                     quiet = QUIET_WAIT_MIN
                 else:
                     quiet = min(2 * quiet, QUIET_WAIT_MAX)
@@ -157,6 +156,15 @@ class LevelLane:
                 self._stop.wait(RETRY_SECONDS)
         if subscription is not None:
             subscription.close()
+
+    def _news_within(self, subscription: Subscription, seconds: float) -> bool:
+        """Wait up to ``seconds`` for news of the level, in short waits so that a stopping
+        worker is not kept waiting; True if news came."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            if subscription.wait(min(left, STOP_CHECK)):
+                return True
+        return False
 
     def _hand_over(self, record: Any) -> None:
         while not self._stop.is_set():
