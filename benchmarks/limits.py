@@ -14,35 +14,15 @@ from __future__ import annotations
 import argparse
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import yadtq
+from tests.helpers import most_at_once, most_in_a_window  # the tests' measures, not copies
 from worker_node.tasks import exclusive, throttled
 from yadtq.local import LocalCluster, LocalStack
 
 Cluster = Callable[[LocalStack, argparse.Namespace], LocalCluster]
-
-
-def most_in_a_window(times: Sequence[float], window: float) -> int:
-    """The most of ``times`` in any half-open window [t, t + window)."""
-    ordered = sorted(times)
-    most, start = 0, 0
-    for end, at in enumerate(ordered):
-        while ordered[start] <= at - window:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
-
-
-def most_at_once(spans: Sequence[tuple[float, float]]) -> int:
-    """The most of (start, end) spans overlapping at any moment (an end before a start)."""
-    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
-    running = most = 0
-    for _, step in edges:
-        running += step
-        most = max(most, running)
-    return most
 
 
 def rate_limit(stack: LocalStack, args: argparse.Namespace, cluster: Cluster

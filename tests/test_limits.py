@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from helpers import wait_until
+from helpers import most_at_once, most_in_a_window, wait_until
 from kafka import KafkaProducer
 
 import yadtq
@@ -59,27 +59,6 @@ def record(backend: RedisBackend, task_id: str) -> dict[str, Any]:
     found = backend.task_record(task_id)
     assert found is not None
     return found
-
-
-def most_in_a_window(times: Sequence[float], window: float) -> int:
-    """The most of ``times`` in any half-open window [t, t + window)."""
-    ordered = sorted(times)
-    most, start = 0, 0
-    for end, at in enumerate(ordered):
-        while ordered[start] <= at - window:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
-
-
-def most_at_once(spans: Sequence[tuple[float, float]]) -> int:
-    """The most of (start, end) spans overlapping at any moment."""
-    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
-    running = most = 0
-    for _, step in edges:
-        running += step
-        most = max(most, running)
-    return most
 
 
 # --- declaring limits ------------------------------------------------------------------

@@ -161,7 +161,7 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
         try:
             self._lone_producer.send_until(message.id, payload, partition, taken,
                                                message.priority)
-            self.backend.level_news.announce(message.priority)
+            self.backend.level_news.announce([message.priority])
         except BrokerUnavailable as exc:
             error = self._failed_undelivered(exc, [message])
             if error is not None:
@@ -267,7 +267,7 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
                     partitions |= self._producer.deal([i for i, _ in send], [p for _, p in send],
                                                       messages[0].priority)
                 if partitions and (number & (number - 1) == 0 or written == len(messages)):
-                    self._flush(partitions, messages[0].priority)
+                    self._flush(partitions)
         except BrokerUnavailable as exc:
             error = self._failed_undelivered(exc, messages[:written], batch_id,
                                              unwritten=len(messages) - written)
@@ -299,16 +299,16 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
         waiting = set(started.blocked) | set(started.skipped)
         return all(future.id in waiting for future in futures)
 
-    def _flush(self, partitions: set[int], level: Priority = Priority.NORMAL) -> None:
+    def _flush(self, partitions: set[int]) -> None:
         """Wait until Kafka has the messages sent so far, then wake the workers of
-        those partitions (and, for tasks at another level, every worker's reader of it)."""
-        self._producer.flush()
-        self.backend.level_news.announce(level)
+        those partitions (and every worker's reader of the other levels they went to)."""
+        levels = self._producer.flush()
         try:
             self.backend.ring(partitions)
         except BackendUnavailable as exc:  # the tasks are on their way; workers look anyway
             logger.warning("could not ring the workers' doorbells (%s); they will find the "
                            "tasks within %.1f s", exc, self.config.idle_wait)
+        self.backend.level_news.announce(levels)
 
     def _failed_undelivered(
         self,

@@ -63,12 +63,11 @@ def read_priority(value: object) -> Priority:
     Raises:
         ProtocolError: it is not one of the level names.
     """
-    if value is None:
-        return Priority.NORMAL
-    if not isinstance(value, str) or value not in Priority._value2member_map_:
+    try:
+        return priority(value)  # type: ignore[arg-type]  # checked here
+    except ValueError:
         raise ProtocolError(f"field 'priority' must be 'high', 'normal' or 'low', got "
-                            f"{value!r:.40}")
-    return Priority(value)
+                            f"{value!r:.40}") from None
 
 
 def level_of_topic(topic: str, tasks_topic: str) -> Priority:

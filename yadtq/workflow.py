@@ -299,15 +299,12 @@ class WorkflowMethods:
         messages = unblocked.messages(task_ids)
         if messages:
             partitions: set[int] = set()
-            levels = {m.priority for m in messages}
-            for level in levels:
+            for level in {m.priority for m in messages}:
                 same = [m for m in messages if m.priority is level]
                 payloads = [protocol.encode(m, self.config.max_message_bytes,
                                             self.config.secret) for m in same]
                 partitions |= self._producer.deal([m.id for m in same], payloads, level)
             self._flush(partitions)
-            for level in levels:
-                self.backend.level_news.announce(level)
         unblocked.sent(task_ids)
 
     def _watched(self, workflow: Workflow) -> Workflow:

@@ -11,6 +11,7 @@ level stays quiet, so a task no one announced is read all the same.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import redis
 
@@ -52,15 +53,14 @@ class Subscription:
 class LevelNews(BackendPart):
     """Announce tasks sent at a level, and listen for such announcements."""
 
-    def announce(self, level: Priority) -> None:
-        """Tell the queue's workers that tasks were sent at ``level`` (best effort: news
+    def announce(self, levels: Iterable[Priority]) -> None:
+        """Tell the queue's workers that tasks were sent at ``levels`` (best effort: news
         only wakes readers early, so Redis failing here loses nothing)."""
-        if level is Priority.NORMAL:
-            return
-        try:
-            self.redis.publish(self._keys.level_news(level.value), "1")
-        except redis.RedisError as exc:
-            logger.debug("could not announce %s tasks: %s", level.value, exc)
+        for level in set(levels) - {Priority.NORMAL}:
+            try:
+                self.redis.publish(self._keys.level_news(level.value), "1")
+            except redis.RedisError as exc:
+                logger.debug("could not announce %s tasks: %s", level.value, exc)
 
     def subscribe(self, level: Priority) -> Subscription:
         """A subscription to ``level``'s news."""

@@ -54,6 +54,7 @@ class TaskProducer:
         # sends' errbacks; holding no future keeps a 100,000-task map's memory down).
         self._sent = 0
         self._refusals: list[Exception] = []
+        self._levels: set[Priority] = set()  # levels other than normal sent to
         self._sent_lock = threading.Lock()  # client and worker threads share a producer
 
     def deal(self, keys: Sequence[str], payloads: Sequence[bytes],
@@ -72,7 +73,7 @@ class TaskProducer:
             for key, payload in zip(keys, payloads, strict=True):
                 partition = self._deal(partitions)
                 self._track(self._producer.send(topic, payload, key=key.encode(),
-                                                partition=partition))
+                                                partition=partition), priority)
                 used.add(partition)
         except Exception as exc:  # kafka-python raises several unrelated types here
             raise self._undelivered(len(payloads), exc) from exc
@@ -99,7 +100,7 @@ class TaskProducer:
         """Send one task message to its level's topic, to ``partition`` if given, else
         where its key hashes."""
         self._track(self._producer.send(priority.topic(self.config.tasks_topic), payload,
-                                        key=key.encode(), partition=partition))
+                                        key=key.encode(), partition=partition), priority)
 
     def send_until(self, key: str, payload: bytes, partition: int, done: threading.Event,
                    priority: Priority = Priority.NORMAL) -> None:
@@ -140,22 +141,24 @@ class TaskProducer:
         self._track(self._producer.send(self.config.dead_letter_topic,
                                         json.dumps(letter).encode(), key=key))
 
-    def flush(self) -> None:
-        """Wait until Kafka has every message sent so far.
+    def flush(self) -> set[Priority]:
+        """Wait until Kafka has every message sent so far; returns the levels other than
+        normal they were sent to (whose readers to tell, ``backend.level_news``).
 
         Raises:
             BrokerUnavailable: Kafka did not take them all within the delivery timeout,
                 or refused some; says how many.
         """
         with self._sent_lock:
-            sent, refusals = self._sent, self._refusals
-            self._sent, self._refusals = 0, []
+            sent, refusals, levels = self._sent, self._refusals, self._levels
+            self._sent, self._refusals, self._levels = 0, [], set()
         try:
             self._producer.flush(timeout=max(self.config.connect_timeout, DELIVERY_TIMEOUT))
         except Exception as exc:  # kafka-python raises several unrelated types here
             raise self._undelivered(sent, exc) from exc
         if refusals:
             raise self._undelivered(len(refusals), refusals[0])
+        return levels
 
     def close(self, timeout: float | None = None) -> None:
         """Send what is buffered and close.
@@ -169,9 +172,11 @@ class TaskProducer:
             raise BrokerUnavailable(f"closing the producer for Kafka at "
                                     f"{self.config.bootstrap} failed: {exc}") from exc
 
-    def _track(self, sent: Any) -> None:
+    def _track(self, sent: Any, priority: Priority = Priority.NORMAL) -> None:
         with self._sent_lock:
             self._sent += 1
+            if priority is not Priority.NORMAL:
+                self._levels.add(priority)
             refusals = self._refusals  # this flush's list, even if the errback comes late
         sent.add_errback(refusals.append)
 

@@ -32,14 +32,14 @@ class ReadAhead:
         self._tasks_topic = tasks_topic
         self._starvation_ms = starvation_ms
         self._queues: dict[tuple[int, str, int], deque[Delivery]] = {}  # (rank, topic, p)
-        self._count = 0
+        self._counts: dict[int, int] = {}  # rank -> deliveries buffered at that level
         self._since_starved_pick = 0  # picks since a starved task was last picked
 
     def add(self, topic: str, partition: int, deliveries: list[Delivery]) -> None:
         if deliveries:
             rank = level_of_topic(topic, self._tasks_topic).rank
             self._queues.setdefault((rank, topic, partition), deque()).extend(deliveries)
-            self._count += len(deliveries)
+            self._counts[rank] = self._counts.get(rank, 0) + len(deliveries)
 
     def take(self, count: int, now_ms: float | None = None) -> list[Delivery]:
         """Up to ``count`` deliveries, the next to run first."""
@@ -57,9 +57,9 @@ class ReadAhead:
                 self._since_starved_pick = 0
             waiting = self._queues[first]
             taken.append(waiting.popleft())
+            self._counts[first[0]] -= 1
             if not waiting:
                 del self._queues[first]
-        self._count -= len(taken)
         return taken
 
     def _starved(self, starved_before: float) -> tuple[int, str, int] | None:
@@ -70,14 +70,11 @@ class ReadAhead:
 
     def holds(self, rank: int) -> bool:
         """True if a delivery of this level's rank or a higher one is buffered."""
-        return any(key[0] <= rank for key in self._queues)
+        return any(count for r, count in self._counts.items() if r <= rank)
 
     def waiting(self) -> dict[int, int]:
         """How many deliveries are buffered at each level's rank."""
-        counts: dict[int, int] = {}
-        for (rank, _, _), queue in self._queues.items():
-            counts[rank] = counts.get(rank, 0) + len(queue)
-        return counts
+        return dict(self._counts)
 
     def __len__(self) -> int:
-        return self._count
+        return sum(self._counts.values())

@@ -301,7 +301,6 @@ class Maintenance:
             protocol.encode(message, self.config.max_message_bytes, self.config.secret),
             partition=partition, priority=message.priority,
         )
-        self._backend.level_news.announce(message.priority)
         return partition
 
     def produce_now(self, messages: list[protocol.TaskMessage]) -> None:
@@ -311,11 +310,14 @@ class Maintenance:
         alone = len(messages) == 1
         sent_to = [self._produce(message, self._partitions() if alone else [])
                    for message in messages]
-        self._producer.flush()
+        levels = self._producer.flush()
         lone = messages[0].id if alone and messages[0].batch is None else None
         self._backend.ring(set(sent_to), task_id=lone)
+        self._backend.level_news.announce(levels)
 
     def _flush_and_ring(self, partitions: list[int]) -> None:
-        """Wait until Kafka has what was produced, then wake those partitions' workers."""
-        self._producer.flush()
+        """Wait until Kafka has what was produced, then wake those partitions' workers
+        (and the readers of the levels it went to)."""
+        levels = self._producer.flush()
         self._backend.ring(set(partitions))
+        self._backend.level_news.announce(levels)

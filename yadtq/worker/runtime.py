@@ -242,10 +242,11 @@ class Worker:
         """Wait until Kafka has what was sent, before its offsets can be committed; if it
         does not take it, stop the worker (its partitions' next owner reads them again)."""
         try:
-            self.producer.flush()
+            levels = self.producer.flush()
         except BrokerUnavailable as exc:
             self.stop(f"Kafka did not take the {what}: {exc}")
             return False
+        self.backend.level_news.announce(levels)
         return True
 
     def _claim(
@@ -432,7 +433,6 @@ class Worker:
             message.id,
             protocol.encode(message, self.config.max_message_bytes, self.config.secret),
             partition=partition, priority=message.priority)
-        self.backend.level_news.announce(message.priority)
 
     def _retry_redis(self, step: Callable[[], Any], what: str) -> Any:
         return retry_redis(step, what, worker=self.name, stopping=self._stopping)
