@@ -26,6 +26,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from yadtq.broker.clients import make_consumer, partition_count
 from yadtq.broker.delivery import Delivery, decode
+from yadtq.broker.group_leaving import close_consumer
 from yadtq.broker.level_lanes import LevelLane, NewsSource, OffsetStore
 from yadtq.broker.read_ahead import ReadAhead
 from yadtq.broker.stealing import Stealer
@@ -229,10 +230,11 @@ class TaskConsumer:
     # --- leaving -----------------------------------------------------------
 
     def close(self) -> None:
-        """Commit what was claimed and leave the group (its partitions move on at once)."""
+        """Commit what was claimed and leave the group (its partitions move on at once, but
+        see ``group_leaving`` for Tansu)."""
         self.commit(now=True)
         try:
-            self._consumer.close()
+            close_consumer(self._consumer, self._name)
         except KafkaError as exc:
             logger.warning("Worker %s: leaving the group failed: %s", self._name, exc)
         if self._stealer is not None:
