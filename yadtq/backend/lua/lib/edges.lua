@@ -127,13 +127,15 @@ local function edges_settle(ctx, parent, status)
         if redis.call('HDEL', children_key, child) == 1 then
           ctx.budget = ctx.budget - 1
           local child_key = ctx.P .. 'task:' .. child
-          local record = redis.call('HMGET', child_key, 'status', 'batch', 'attempt', 'parents',
-                                    'readers')
+          -- not its parents: a fan-in's child lists thousands, read here once per parent
+          local record = redis.call('HMGET', child_key, 'status', 'batch', 'attempt')
           if record[1] == 'blocked' then
             if from_status ~= 'success' and tolerant ~= '1' then
               if not root then
                 root, reason = edges_skip_reason(ctx, from, from_status)
               end
+              local more = redis.call('HMGET', child_key, 'parents', 'readers')
+              record[4], record[5] = more[1], more[2]
               edges_skip(ctx, child, child_key, record, root, reason)
               work[#work + 1] = {child, 'skipped'}
             elseif redis.call('HINCRBY', child_key, 'waiting', -1) <= 0 then
