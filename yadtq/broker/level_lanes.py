@@ -77,7 +77,7 @@ class LevelLane:
         """
         self.level = level
         self.topic = level.topic(config.tasks_topic)
-        self.unread = 0  # messages not read yet, as last counted (read by heartbeats)
+        self._backlog = 0  # messages on the topic past the reads, as last counted
         self._name = client_id
         self._offsets = offsets
         self._news = news
@@ -90,6 +90,12 @@ class LevelLane:
         self._thread = threading.Thread(target=self._read, name=f"yadtq-{level.value}-lane",
                                         daemon=True)
         self._thread.start()
+
+    @property
+    def unread(self) -> int:
+        """Messages of the level not handed to the worker's loop yet (for heartbeats): those
+        read and waiting for it, counted now, and those not read yet, as last counted."""
+        return self._backlog + self._records.qsize()
 
     def take(self, limit: int) -> list[Any]:
         """Up to ``limit`` of the records read, in order (never waits)."""
@@ -138,9 +144,10 @@ class LevelLane:
                     continue
                 if time.monotonic() - counted_at > COUNT_INTERVAL:
                     counted_at = time.monotonic()
-                    self.unread = self._count(assigned)
+                    self._backlog = self._count(assigned)
                 read = self._reader.poll(timeout_ms=POLL_MS)
                 for records in read.values():
+                    self._backlog = max(0, self._backlog - len(records))
                     for record in records:
                         self._hand_over(record)
                 if read or self._news_within(subscription, quiet):
@@ -193,4 +200,4 @@ class LevelLane:
         ends = self._reader.end_offsets(assigned, timeout_ms=1000)
         positions = {tp: self._reader.position(tp, timeout_ms=0) for tp in ends}
         return sum(max(0, end - positions[tp]) for tp, end in ends.items()
-                   if positions[tp] is not None) + self._records.qsize()
+                   if positions[tp] is not None)
