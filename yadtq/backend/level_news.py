@@ -11,7 +11,8 @@ level stays quiet, so a task no one announced is read all the same.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable
 
 import redis
 
@@ -24,10 +25,12 @@ logger = logging.getLogger(__name__)
 
 
 class Subscription:
-    """One reader's subscription to its level's news."""
+    """One reader's subscription to its level's news, and to a channel of its own by
+    which its worker wakes it to stop."""
 
-    def __init__(self, pubsub: redis.client.PubSub) -> None:
+    def __init__(self, pubsub: redis.client.PubSub, wake: Callable[[], object]) -> None:
         self._pubsub = pubsub
+        self._wake = wake
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for news; True if some came (all of it read).
@@ -44,6 +47,13 @@ class Subscription:
         except redis.RedisError as exc:
             raise BackendUnavailable(f"waiting for news of the level failed: {exc}") from exc
         return came
+
+    def wake(self) -> None:
+        """End the reader's wait now (its worker is stopping); best effort."""
+        try:
+            self._wake()
+        except redis.RedisError as exc:  # the reader's wait ends on its own soon after
+            logger.debug("could not wake a level's reader: %s", exc)
 
     def close(self) -> None:
         self._pubsub.close()
@@ -64,6 +74,8 @@ class LevelNews(BackendPart):
 
     def subscribe(self, level: Priority) -> Subscription:
         """A subscription to ``level``'s news."""
+        channel = self._keys.level_news(level.value)
+        own = f"{channel}:wake:{uuid.uuid4().hex}"
         pubsub = self.redis.pubsub()
-        pubsub.subscribe(self._keys.level_news(level.value))
-        return Subscription(pubsub)
+        pubsub.subscribe(channel, own)
+        return Subscription(pubsub, wake=lambda: self.redis.publish(own, "1"))

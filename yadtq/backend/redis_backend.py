@@ -448,16 +448,17 @@ class RedisBackend:
         Redis restarted, so none is answered while Redis is younger than
         ``restarted_within`` seconds. None: Redis refuses CLIENT LIST (no answer).
         """
+        ids = [text(i) for i in self.redis.zrange(self.keys.leases, 0, -1)]
+        if not ids:  # an idle queue: no client list to read (the costly part)
+            return []
         try:
             with self.redis.pipeline(transaction=False) as pipe:
-                pipe.client_list().info("server").zrange(self.keys.leases, 0, -1)
-                clients, server, leased = pipe.execute()
+                clients, server = pipe.client_list().info("server").execute()
         except redis.ResponseError:
             return None
         if float(server.get("uptime_in_seconds", 0)) < restarted_within:
             return []
         connected = {client.get("name") for client in clients}
-        ids = [text(i) for i in leased]
         with self.redis.pipeline(transaction=False) as pipe:
             for task_id in ids:
                 pipe.hmget(self.keys.task(task_id), "worker", "batch")

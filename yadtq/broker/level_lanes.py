@@ -46,7 +46,7 @@ QUIET_WAIT_MIN, QUIET_WAIT_MAX = 0.05, 5.0  # seconds between reads while none b
 RECORD_INTERVAL = 0.5  # seconds between records of how far the reads are done
 COUNT_INTERVAL = 5.0  # seconds between counts of the messages not read yet
 RETRY_SECONDS = 0.5  # after a read that failed (Redis or Kafka away)
-STOP_CHECK = 0.1  # seconds; how long a stopping worker may wait for a quiet reader
+STOP_CHECK = 1.0  # seconds; how long a stopping worker may wait for a reader it could not wake
 
 
 class OffsetStore(Protocol):
@@ -60,6 +60,7 @@ class Subscription(Protocol):
     """News of tasks sent at one level (``backend.level_news``)."""
 
     def wait(self, timeout: float) -> bool: ...
+    def wake(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -85,6 +86,7 @@ class LevelLane:
                                    fetch_wait_ms=FETCH_WAIT_MS)
         self._records: queue.Queue[Any] = queue.Queue(READ_AHEAD)
         self._stop = threading.Event()
+        self._subscription: Subscription | None = None  # the reader's, while it has one
         self._done: dict[int, int] = {}  # partition -> next offset, not yet recorded
         self._recorded_at = 0.0
         self._thread = threading.Thread(target=self._read, name=f"yadtq-{level.value}-lane",
@@ -121,6 +123,9 @@ class LevelLane:
     def close(self) -> None:
         """Stop reading, record how far the reads are done, and close the reader."""
         self._stop.set()
+        subscription = self._subscription
+        if subscription is not None:
+            subscription.wake()
         self._thread.join(2.0)
         self._recorded_at = 0.0
         try:
@@ -138,7 +143,7 @@ class LevelLane:
         while not self._stop.is_set():
             try:
                 if subscription is None:
-                    subscription = self._news.subscribe(self.level)
+                    subscription = self._subscription = self._news.subscribe(self.level)
                 if not assigned:
                     assigned = self._assign()
                     continue
@@ -165,8 +170,8 @@ class LevelLane:
             subscription.close()
 
     def _news_within(self, subscription: Subscription, seconds: float) -> bool:
-        """Wait up to ``seconds`` for news of the level, in short waits so that a stopping
-        worker is not kept waiting; True if news came."""
+        """Wait up to ``seconds`` for news of the level, in waits of ``STOP_CHECK`` at most
+        (a stopping worker wakes its readers, :meth:`close`); True if news came."""
         deadline = time.monotonic() + seconds
         while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
             if subscription.wait(min(left, STOP_CHECK)):
