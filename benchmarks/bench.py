@@ -118,20 +118,30 @@ def latency(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def balance(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
-    """60 long-tailed sleeps (~9 s in all), 3 workers of concurrency 1, ``--runs`` times."""
-    durations = workloads.long_tail_durations()
-    ideal = workloads.ideal_makespan(durations, WORKERS)
-    makespans = []
-    with _cluster(stack, args, concurrency=1) as cluster, yadtq.connect(cluster) as q:
-        q.wait_for_workers(WORKERS, timeout=60)
-        for _ in range(args.runs):
-            started = time.perf_counter()
-            q.map(sleep, durations).results(timeout=120)
-            makespans.append(time.perf_counter() - started)
-    efficiencies = [round(ideal / makespan, 3) for makespan in makespans]
-    return {"runs": args.runs, "ideal_s": round(ideal, 3),
-            "makespan_s_max": round(max(makespans), 3), "efficiency_min": min(efficiencies),
-            "efficiency": efficiencies}
+    """60 long-tailed sleeps a slot (an ideal makespan of about 3 s), 3 workers of
+    1 slot and of 4 (``--balance-slots``; with 4, each duration four times in a row), ``--runs``
+    times each: per run the makespan and efficiency (ideal / makespan), beside the ideal and
+    what list scheduling in submission order reaches (the greedy bound)."""
+    figures: dict[str, Any] = {"runs": args.runs}
+    for slots in args.balance_slots:
+        # each duration once a slot, in turn: every slot meets the 1-slot problem
+        durations = [d for d in workloads.long_tail_durations() for _ in range(slots)]
+        ideal = workloads.ideal_makespan(durations, WORKERS * slots)
+        greedy = workloads.greedy_makespan(durations, WORKERS * slots)
+        makespans = []
+        with _cluster(stack, args, concurrency=slots) as cluster, yadtq.connect(cluster) as q:
+            q.wait_for_workers(WORKERS, timeout=60)
+            for _ in range(args.runs):
+                started = time.perf_counter()
+                q.map(sleep, durations).results(timeout=120)
+                makespans.append(time.perf_counter() - started)
+        efficiencies = [round(ideal / makespan, 3) for makespan in makespans]
+        figures[f"slots_{slots}"] = {
+            "tasks": len(durations), "ideal_s": round(ideal, 3), "greedy_s": round(greedy, 3),
+            "greedy_efficiency": round(ideal / greedy, 3),
+            "makespan_s": [round(m, 3) for m in makespans],
+            "efficiency_min": min(efficiencies), "efficiency": efficiencies}
+    return figures
 
 
 def kill(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
@@ -289,6 +299,9 @@ def main() -> int:
                         help="workers steal when idle (default: on)")
     parser.add_argument("--tasks", type=int, default=5000, help="throughput batch size")
     parser.add_argument("--runs", type=int, default=5, help="balance runs (default: 5)")
+    parser.add_argument("--balance-slots", type=lambda text: [int(n) for n in text.split(",")],
+                        default=[1, 4], metavar="N[,N]",
+                        help="balance: slots a worker, each measured (default: 1,4)")
     parser.add_argument("--kill-after", type=float, default=1.0, metavar="SECONDS",
                         help="when the kill workload kills a worker (default: 1)")
     parser.add_argument("--tuned", action="store_true",

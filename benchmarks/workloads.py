@@ -5,6 +5,7 @@ Imports nothing from yadtq: peers.py runs in its own virtualenv.
 
 from __future__ import annotations
 
+import heapq
 import random
 import statistics
 
@@ -23,6 +24,15 @@ def long_tail_durations() -> list[float]:
 def ideal_makespan(durations: list[float], workers: int = BALANCE_WORKERS) -> float:
     """The best any scheduler can do: max(total / workers, longest task)."""
     return max(sum(durations) / workers, max(durations))
+
+
+def greedy_makespan(durations: list[float], slots: int) -> float:
+    """What list scheduling in submission order reaches: each slot, once free, takes the next
+    task (as one shared queue with no overhead would)."""
+    free_at = [0.0] * slots
+    for duration in durations:
+        heapq.heappush(free_at, heapq.heappop(free_at) + duration)
+    return max(free_at)
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
