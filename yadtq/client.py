@@ -304,11 +304,10 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
         those partitions (and every worker's reader of the other levels they went to)."""
         levels = self._producer.flush()
         try:
-            self.backend.ring(partitions)
+            self.backend.ring(partitions, levels=levels)
         except BackendUnavailable as exc:  # the tasks are on their way; workers look anyway
             logger.warning("could not ring the workers' doorbells (%s); they will find the "
                            "tasks within %.1f s", exc, self.config.idle_wait)
-        self.backend.level_news.announce(levels)
 
     def _failed_undelivered(
         self,

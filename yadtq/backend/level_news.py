@@ -66,11 +66,20 @@ class LevelNews(BackendPart):
     def announce(self, levels: Iterable[Priority]) -> None:
         """Tell the queue's workers that tasks were sent at ``levels`` (best effort: news
         only wakes readers early, so Redis failing here loses nothing)."""
-        for level in set(levels) - {Priority.NORMAL}:
-            try:
-                self.redis.publish(self._keys.level_news(level.value), "1")
-            except redis.RedisError as exc:
-                logger.debug("could not announce %s tasks: %s", level.value, exc)
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                if self.add_to(pipe, levels):
+                    pipe.execute()
+        except redis.RedisError as exc:
+            logger.debug("could not announce tasks sent at %s: %s", levels, exc)
+
+    def add_to(self, pipe: redis.client.Pipeline, levels: Iterable[Priority]) -> bool:
+        """Put the announcements of ``levels`` in ``pipe`` (the doorbells' ring, say);
+        False if there are none (only normal tasks were sent)."""
+        announced = set(levels) - {Priority.NORMAL}
+        for level in announced:
+            pipe.publish(self._keys.level_news(level.value), "1")
+        return bool(announced)
 
     def subscribe(self, level: Priority) -> Subscription:
         """A subscription to ``level``'s news."""

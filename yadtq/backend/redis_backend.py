@@ -59,6 +59,7 @@ from yadtq.backend.unrunnable import Unrunnable
 from yadtq.backend.workflows import Edges, Workflows
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable
+from yadtq.priority import Priority
 from yadtq.protocol import TaskMessage
 from yadtq.status import COUNTERS, TaskStatus
 
@@ -207,8 +208,10 @@ class RedisBackend:
         """The pickle stored under ``sha256``, or None if it expired (or never was)."""
         return self.redis.get(self.keys.blob(sha256))
 
-    def ring(self, partitions: Iterable[int], task_id: str | None = None) -> None:
-        """Wake the workers of these partitions: tasks were just produced to them.
+    def ring(self, partitions: Iterable[int], task_id: str | None = None,
+             levels: Iterable[Priority] = ()) -> None:
+        """Wake the workers of these partitions, and the readers of the other ``levels``
+        (``level_news``): tasks were just produced to them.
 
         With ``task_id`` (a lone task, in no batch) the ring names the task, so the
         woken worker can claim it from its record at once rather than fetch it from
@@ -217,6 +220,7 @@ class RedisBackend:
         with self.redis.pipeline(transaction=False) as pipe:
             for partition in partitions:
                 self._ring(pipe, partition, task_id or UNNAMED_RING)
+            self.level_news.add_to(pipe, levels)
             pipe.execute()
 
     def _ring(self, pipe: redis.client.Pipeline, partition: int, ring: str) -> None:

@@ -312,12 +312,10 @@ class Maintenance:
                    for message in messages]
         levels = self._producer.flush()
         lone = messages[0].id if alone and messages[0].batch is None else None
-        self._backend.ring(set(sent_to), task_id=lone)
-        self._backend.level_news.announce(levels)
+        self._backend.ring(set(sent_to), task_id=lone, levels=levels)
 
     def _flush_and_ring(self, partitions: list[int]) -> None:
         """Wait until Kafka has what was produced, then wake those partitions' workers
         (and the readers of the levels it went to)."""
         levels = self._producer.flush()
-        self._backend.ring(set(partitions))
-        self._backend.level_news.announce(levels)
+        self._backend.ring(set(partitions), levels=levels)
