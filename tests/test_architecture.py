@@ -15,11 +15,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "yadtq"
 # ("local", its __init__) stands for every module in it.
 LAYERS: list[set[str]] = [
     {"errors", "status", "config", "protocol", "registry", "values", "extras", "due",
-     "inputs", "schedule_times", "limits", "priority"},  # bottom
+     "inputs", "schedule_times", "limits", "priority", "trace_context"},  # bottom
     {"backend", "broker"},  # adapters: Redis and Kafka
     {"futures", "batch", "store", "events", "client", "worker", "plots", "shipping",
      "routing", "acceptance", "worker_table", "dependencies", "workflow", "schedules",
-     "call_options"},  # core
+     "call_options", "tracing"},  # core
     {"display", "workflow_display", "local", "cli", "cli_schedules", "connection", "__init__",
      "__main__"},  # top
 ]

@@ -75,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shutdown-grace", type=float, default=30.0,
                         help="seconds to let running tasks finish on SIGTERM before handing "
                         "them back (default: 30)")
+    parser.add_argument("--tracing", action="store_true", default=None,
+                        help="run each task in an OpenTelemetry span, a child of the span that "
+                        "submitted it; exporters from $OTEL_TRACES_EXPORTER, needs "
+                        "pip install 'yadtq[otel]' (default: $YADTQ_TRACING, else off)")
+    parser.add_argument("--trace-file", metavar="PATH",
+                        help="also write the spans to PATH as JSON lines, {worker} replaced by "
+                        "the worker's name; implies --tracing (default: $YADTQ_TRACE_FILE)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: INFO)")
     return parser.parse_args(argv)
@@ -91,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             key_prefix=args.key_prefix, heartbeat_interval=args.heartbeat_interval,
             lease_seconds=args.lease_seconds, partitions=args.partitions,
             default_timeout=args.default_timeout, trust_code=args.trust_code,
-            require_signed=args.require_signed, audience="worker",
+            require_signed=args.require_signed, tracing=args.tracing,
+            trace_file=args.trace_file, audience="worker",
         )
         worker = Worker(config, name=args.name, concurrency=args.concurrency,
                         task_modules=args.tasks or DEFAULT_TASK_MODULES, mode=args.mode,

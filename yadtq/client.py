@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from yadtq import dependencies, protocol
+from yadtq import dependencies, protocol, tracing
 from yadtq.acceptance import Acceptance
 from yadtq.backend import PIPELINE_CHUNK, RedisBackend
 from yadtq.backend.scripts import EnqueueReply
@@ -132,41 +132,45 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
         _no_due_with_parents(due, found)
         workflow = joining(found.workflow)
         shipment = Shipment(task, self.config)
-        message = shipment.message(found.args, found.kwargs, inputs=found.inputs, **call_options(
-            shipment.name, timeout, max_retries, retry_on, retry_backoff, priority))
-        self._acceptance.check(message.needs_trust)
-        payload = protocol.encode(message, self.config.max_message_bytes, self.config.secret)
-        future = self._future(message, args, kwargs or {}, scheduled=bool(due),
-                              workflow=workflow)
-        self._events.start()
-        self._events.watch([future])
-        if shipment.blobs:
-            self.backend.put_blobs(shipment.blobs)
-        if due:  # a worker produces it when it is due
-            future.due_at = self.backend.enqueue([message], due=due, workflow=workflow).due_at
-            return future
-        if found.parents:  # blocked until its parents finish: their workers produce it
-            started = self.backend.enqueue([message], edges=[found.spec], workflow=workflow)
-            if self._waits(started, [future]):
+        options = call_options(shipment.name, timeout, max_retries, retry_on, retry_backoff,
+                               priority)
+        with tracing.producing("submit", shipment.name,
+                               options["priority"].topic(self.config.tasks_topic)) as trace:
+            message = shipment.message(found.args, found.kwargs, inputs=found.inputs,
+                                       trace=trace, **options)
+            self._acceptance.check(message.needs_trust)
+            payload = protocol.encode(message, self.config.max_message_bytes, self.config.secret)
+            future = self._future(message, args, kwargs or {}, scheduled=bool(due),
+                                  workflow=workflow)
+            self._events.start()
+            self._events.watch([future])
+            if shipment.blobs:
+                self.backend.put_blobs(shipment.blobs)
+            if due:  # a worker produces it when it is due
+                future.due_at = self.backend.enqueue([message], due=due, workflow=workflow).due_at
                 return future
-        # A worker claims the task from its record as soon as the doorbell rings, while
-        # Kafka takes its message (which the worker then skips, the task being taken).
-        # Submit returns once either has happened: a claimed task is safe in Redis
-        # (should its worker die, the reaper produces it again).
-        taken = threading.Event()
-        future.add_change_callback(lambda _: taken.set())
-        partition = self._lone_producer.next_partition()
-        if not found.parents:
-            self.backend.enqueue([message], ring=partition, workflow=workflow)
-        try:
-            self._lone_producer.send_until(message.id, payload, partition, taken,
-                                               message.priority)
-            self.backend.level_news.announce([message.priority])
-        except BrokerUnavailable as exc:
-            error = self._failed_undelivered(exc, [message])
-            if error is not None:
-                raise error from None
-        return future
+            if found.parents:  # blocked until its parents finish: their workers produce it
+                started = self.backend.enqueue([message], edges=[found.spec], workflow=workflow)
+                if self._waits(started, [future]):
+                    return future
+            # A worker claims the task from its record as soon as the doorbell rings, while
+            # Kafka takes its message (which the worker then skips, the task being taken).
+            # Submit returns once either has happened: a claimed task is safe in Redis
+            # (should its worker die, the reaper produces it again).
+            taken = threading.Event()
+            future.add_change_callback(lambda _: taken.set())
+            partition = self._lone_producer.next_partition()
+            if not found.parents:
+                self.backend.enqueue([message], ring=partition, workflow=workflow)
+            try:
+                self._lone_producer.send_until(message.id, payload, partition, taken,
+                                               message.priority, message.trace)
+                self.backend.level_news.announce([message.priority])
+            except BrokerUnavailable as exc:
+                error = self._failed_undelivered(exc, [message])
+                if error is not None:
+                    raise error from None
+            return future
 
     def map(
         self,
@@ -203,77 +207,81 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
         batch_id = protocol.new_batch_id()
         options = call_options(shipment.name, timeout, max_retries, retry_on, retry_backoff,
                                priority)
-        depends_on = list(depends_on)
-        messages, payloads, calls, edges = [], [], [], []
-        workflow, parents = None, []
-        for index, item in enumerate(items):
-            args, kwargs = split_item(item)
-            found = dependencies.find(args, kwargs, depends_on)
-            _no_due_with_parents(due, found)
-            workflow = workflow or found.workflow
-            parents.extend(found.parents)
+        topic = options["priority"].topic(self.config.tasks_topic)
+        with tracing.producing("map", shipment.name, topic, batch_id) as trace:
+            depends_on = list(depends_on)
+            messages, payloads, calls, edges = [], [], [], []
+            workflow, parents = None, []
+            for index, item in enumerate(items):
+                args, kwargs = split_item(item)
+                found = dependencies.find(args, kwargs, depends_on)
+                _no_due_with_parents(due, found)
+                workflow = workflow or found.workflow
+                parents.extend(found.parents)
+                try:
+                    message = shipment.message(found.args, found.kwargs, batch=batch_id,
+                                               index=index, inputs=found.inputs, trace=trace,
+                                               **options)
+                except (TypeError, MessageTooLarge) as exc:
+                    raise type(exc)(f"item {index} of map: {exc}") from None
+                messages.append(message)
+                calls.append((args, kwargs))
+                edges.append(found.spec)
+                payloads.append(protocol.encode(message, self.config.max_message_bytes,
+                                                self.config.secret))
+            self._acceptance.check(any(m.needs_trust for m in messages))
+            workflow = joining(workflow)
+            with_edges = edges if any(edges) else None
+            if with_edges:  # a map is written chunk by chunk: refuse before the first one
+                _refuse_unknown(self.backend.edges.unknown(parents))
+            batch = TaskBatch(batch_id, shipment.name, [m.id for m in messages], self._store,
+                              args=[args for args, _ in calls],
+                              kwargs=[kwargs or None for _, kwargs in calls],
+                              status=TaskStatus.SCHEDULED if due else TaskStatus.QUEUED,
+                              workflow_id=workflow)
+            self._events.start()
+            self._events.watch_batch(batch)
+            if shipment.blobs:  # the function and large arguments, before any message names them
+                self.backend.put_blobs(shipment.blobs)
+            if due:  # workers produce them when they are due
+                for start in range(0, len(messages), PIPELINE_CHUNK):
+                    chunk = messages[start:start + PIPELINE_CHUNK]
+                    reply = self.backend.enqueue(
+                        chunk, batch_id=batch_id, batch_total=len(messages) if start == 0 else None,
+                        due=due, workflow=workflow)
+                    batch._set_due([m.id for m in chunk], reply.due_at)
+                return batch
+            # Chunk by chunk, so Kafka sends one chunk while Redis stores the next. After
+            # chunks 1, 2, 4, 8, ... the workers are woken to what Kafka has so far: they
+            # start on a large map while the rest is still being sent. Tasks that began
+            # blocked (or skipped) are not sent: their parents' workers produce them.
+            partitions: set[int] = set()
+            written = 0
             try:
-                message = shipment.message(found.args, found.kwargs, batch=batch_id,
-                                           index=index, inputs=found.inputs, **options)
-            except (TypeError, MessageTooLarge) as exc:
-                raise type(exc)(f"item {index} of map: {exc}") from None
-            messages.append(message)
-            calls.append((args, kwargs))
-            edges.append(found.spec)
-            payloads.append(protocol.encode(message, self.config.max_message_bytes,
-                                            self.config.secret))
-        self._acceptance.check(any(m.needs_trust for m in messages))
-        workflow = joining(workflow)
-        with_edges = edges if any(edges) else None
-        if with_edges:  # a map is written chunk by chunk: refuse before the first one
-            _refuse_unknown(self.backend.edges.unknown(parents))
-        batch = TaskBatch(batch_id, shipment.name, [m.id for m in messages], self._store,
-                          args=[args for args, _ in calls],
-                          kwargs=[kwargs or None for _, kwargs in calls],
-                          status=TaskStatus.SCHEDULED if due else TaskStatus.QUEUED,
-                          workflow_id=workflow)
-        self._events.start()
-        self._events.watch_batch(batch)
-        if shipment.blobs:  # the function and large arguments, before any message names them
-            self.backend.put_blobs(shipment.blobs)
-        if due:  # workers produce them when they are due
-            for start in range(0, len(messages), PIPELINE_CHUNK):
-                chunk = messages[start:start + PIPELINE_CHUNK]
-                reply = self.backend.enqueue(
-                    chunk, batch_id=batch_id, batch_total=len(messages) if start == 0 else None,
-                    due=due, workflow=workflow)
-                batch._set_due([m.id for m in chunk], reply.due_at)
+                for number, start in enumerate(range(0, len(messages), PIPELINE_CHUNK), 1):
+                    chunk = messages[start:start + PIPELINE_CHUNK]
+                    started = self.backend.enqueue(
+                        chunk, batch_id=batch_id, batch_total=len(messages) if start == 0 else None,
+                        edges=with_edges[start:start + PIPELINE_CHUNK] if with_edges else None,
+                        workflow=workflow)
+                    written += len(chunk)
+                    waiting = set(started.blocked) | set(started.skipped)
+                    if waiting:
+                        self._waits(started, [], batch)
+                    send = [(m.id, p) for m, p in zip(chunk, payloads[start:start + len(chunk)],
+                                                       strict=True) if m.id not in waiting]
+                    if send:
+                        partitions |= self._producer.deal(
+                            [i for i, _ in send], [p for _, p in send], messages[0].priority,
+                            trace)
+                    if partitions and (number & (number - 1) == 0 or written == len(messages)):
+                        self._flush(partitions)
+            except BrokerUnavailable as exc:
+                error = self._failed_undelivered(exc, messages[:written], batch_id,
+                                                 unwritten=len(messages) - written)
+                if error is not None:
+                    raise error from None
             return batch
-        # Chunk by chunk, so Kafka sends one chunk while Redis stores the next. After
-        # chunks 1, 2, 4, 8, ... the workers are woken to what Kafka has so far: they
-        # start on a large map while the rest is still being sent. Tasks that began
-        # blocked (or skipped) are not sent: their parents' workers produce them.
-        partitions: set[int] = set()
-        written = 0
-        try:
-            for number, start in enumerate(range(0, len(messages), PIPELINE_CHUNK), 1):
-                chunk = messages[start:start + PIPELINE_CHUNK]
-                started = self.backend.enqueue(
-                    chunk, batch_id=batch_id, batch_total=len(messages) if start == 0 else None,
-                    edges=with_edges[start:start + PIPELINE_CHUNK] if with_edges else None,
-                    workflow=workflow)
-                written += len(chunk)
-                waiting = set(started.blocked) | set(started.skipped)
-                if waiting:
-                    self._waits(started, [], batch)
-                send = [(m.id, p) for m, p in zip(chunk, payloads[start:start + len(chunk)],
-                                                   strict=True) if m.id not in waiting]
-                if send:
-                    partitions |= self._producer.deal([i for i, _ in send], [p for _, p in send],
-                                                      messages[0].priority)
-                if partitions and (number & (number - 1) == 0 or written == len(messages)):
-                    self._flush(partitions)
-        except BrokerUnavailable as exc:
-            error = self._failed_undelivered(exc, messages[:written], batch_id,
-                                             unwritten=len(messages) - written)
-            if error is not None:
-                raise error from None
-        return batch
 
     def _future(self, message: protocol.TaskMessage, args: Sequence[Any],
                 kwargs: dict[str, Any], scheduled: bool = False,

@@ -87,6 +87,11 @@ class Config:
     # Pickled arguments and results larger than this go to Redis as blobs, not inline.
     inline_bytes: int = 64 * 1024
     max_payload_bytes: int = 256 * 1024 * 1024  # the largest pickled argument set or result
+    # Workers: run each task in an OpenTelemetry span (the ``otel`` extra); a trace file
+    # (``{worker}`` replaced by the worker's name) gets them as JSON lines, and turns it on.
+    # A client needs neither: it passes trace context whenever a span is current.
+    tracing: bool = False
+    trace_file: str | None = None
     kafka_options: Mapping[str, str] = field(default_factory=dict, repr=False)
     source: str = "arguments"
 
@@ -260,6 +265,8 @@ _ENV_SETTINGS = {
     "require_signed": ("YADTQ_REQUIRE_SIGNED", boolean),
     "inline_bytes": ("YADTQ_INLINE_BYTES", int),
     "max_payload_bytes": ("YADTQ_MAX_PAYLOAD_BYTES", int),
+    "tracing": ("YADTQ_TRACING", boolean),
+    "trace_file": ("YADTQ_TRACE_FILE", str),
 }
 
 # Passed through to every kafka-python client as they are (TLS and SASL).
@@ -303,6 +310,13 @@ def java_home() -> str | None:
 def local_broker() -> str:
     """The broker a local stack runs when none is named: ``$YADTQ_LOCAL_BROKER``, else Tansu."""
     return os.environ.get("YADTQ_LOCAL_BROKER") or "tansu"
+
+
+def otel_traces_exporters() -> list[str]:
+    """The span exporters ``$OTEL_TRACES_EXPORTER`` names (OpenTelemetry's own variable),
+    e.g. ``["otlp"]``; [] when unset."""
+    names = os.environ.get("OTEL_TRACES_EXPORTER") or ""
+    return [name.strip() for name in names.split(",") if name.strip()]
 
 
 def binary_override(variable: str) -> str | None:

@@ -3,6 +3,7 @@
 ``pip install yadtq`` is what a worker and a script client need. DataFrames,
 plots and widgets come with ``pip install 'yadtq[notebook]'`` (pandas,
 matplotlib, ipywidgets); a feature that needs one of them says so by name.
+A worker's tracing needs ``pip install 'yadtq[otel]'`` (the OpenTelemetry SDK).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib
 from types import ModuleType
 
 NOTEBOOK_EXTRA = "pip install 'yadtq[notebook]'"
+OTEL_EXTRA = "pip install 'yadtq[otel]'"
 
 
 def require(module: str, feature: str) -> ModuleType:

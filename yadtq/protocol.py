@@ -49,13 +49,14 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from yadtq import values
 from yadtq.errors import MessageTooLarge, ProtocolError
 from yadtq.inputs import Inputs
 from yadtq.priority import Priority, read_priority
+from yadtq.trace_context import Trace
 from yadtq.values import Ref
 
 VERSION = 1
@@ -93,6 +94,7 @@ class TaskMessage:
     inputs: Inputs | None = None  # parents whose results are arguments (``dependencies``)
     priority: Priority = Priority.NORMAL  # its level's topic (``yadtq.priority``)
     plain: bool = False
+    trace: Trace = ()  # W3C trace context: headers and record fields, not the JSON value
 
     @property
     def route(self) -> str:
@@ -177,6 +179,7 @@ def build(
     inputs: Inputs | None = None,
     priority: Priority = Priority.NORMAL,
     secret: str | None = None,
+    trace: Trace = (),
 ) -> TaskMessage:
     """Build a validated message for ``task(*args, **kwargs)``.
 
@@ -215,7 +218,8 @@ def build(
         if not secret:
             raise ValueError("a message with code or pickled arguments must be signed")
         payload["pickles_sig"] = values.pickles_signature(secret, payload["id"], code, pickled)
-    return validate(payload)
+    message = validate(payload)
+    return replace(message, trace=trace) if trace else message
 
 
 def signature(payload: dict[str, Any], secret: str) -> str:

@@ -303,7 +303,8 @@ class WorkflowMethods:
                 same = [m for m in messages if m.priority is level]
                 payloads = [protocol.encode(m, self.config.max_message_bytes,
                                             self.config.secret) for m in same]
-                partitions |= self._producer.deal([m.id for m in same], payloads, level)
+                partitions |= self._producer.deal([m.id for m in same], payloads, level,
+                                                  traces=[m.trace for m in same])
             self._flush(partitions)
         unblocked.sent(task_ids)
 

@@ -18,12 +18,16 @@ from typing import Any
 from yadtq.priority import Priority, read_priority
 from yadtq.protocol import TaskMessage, read_inputs
 from yadtq.status import TaskStatus
+from yadtq.trace_context import FIELDS as TRACE_FIELDS
+from yadtq.trace_context import from_carrier
 from yadtq.values import Ref
 
 # The fields that hold a message's payload, for an HMGET (or requeue.lua) to read back.
+# The trace context comes last: it is read back with the payload, but no signature
+# covers it (it only links spans), so records written before it still check out.
 PAYLOAD_FIELDS = ("task", "args", "kwargs", "batch", "index", "max_retries", "timeout",
                   "submitted_at", "retry_on", "retry_backoff", "code", "pickled",
-                  "pickles_sig", "inputs", "priority")
+                  "pickles_sig", "inputs", "priority", *TRACE_FIELDS)
 
 
 def text(value: bytes | str | None) -> str:
@@ -56,7 +60,8 @@ OWN_FIELDS = ("args", "kwargs", "index", "submitted_at", "pickled", "pickles_sig
               RECORD_SIG)
 # The payload fields a record signature covers, shared ones then a task's own, in order.
 _OWN_PAYLOAD = OWN_FIELDS[:-1]
-_SHARED_PAYLOAD = tuple(name for name in PAYLOAD_FIELDS if name not in _OWN_PAYLOAD)
+_SHARED_PAYLOAD = tuple(name for name in PAYLOAD_FIELDS
+                        if name not in _OWN_PAYLOAD and name not in TRACE_FIELDS)
 
 
 def record_fields(message: TaskMessage, now: float, secret: str | None = None
@@ -126,6 +131,7 @@ def shared_fields(message: TaskMessage, now: float) -> dict[str, str]:
         if message.code else None,
     }
     fields.update({k: str(v) for k, v in optional.items() if v is not None})
+    fields.update(message.trace)  # a map's tasks share its span's context
     return fields
 
 
@@ -133,7 +139,7 @@ def shares_fields(message: TaskMessage) -> tuple[Any, ...]:
     """What :func:`shared_fields` is made of: messages equal in it share those fields."""
     return (message.task, message.attempt, message.plain, message.batch, message.max_retries,
             message.timeout, message.retry_on, message.retry_backoff, message.code,
-            message.python, message.priority)
+            message.python, message.priority, message.trace)
 
 
 def own_values(message: TaskMessage, signer: RecordSigner | None) -> list[str]:
@@ -189,4 +195,5 @@ def message_from_payload(task_id: str, attempt: int, fields: Mapping[str, str]) 
         pickles_sig=fields["pickles_sig"] or None,
         inputs=read_inputs(json.loads(fields["inputs"])) if fields["inputs"] else None,
         priority=read_priority(fields["priority"] or None),
+        trace=from_carrier(fields),
     )

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from yadtq import protocol
+from yadtq import protocol, trace_context
 from yadtq.config import Config
 from yadtq.errors import ProtocolError
 
@@ -42,6 +42,9 @@ def decode(record: Any, config: Config) -> Delivery:
         error = None
     except ProtocolError as exc:
         message, error = None, exc
+    if message is not None and record.headers:  # a kcat-written message has none
+        trace = trace_context.from_headers(record.headers)
+        message = replace(message, trace=trace) if trace else message
     return Delivery(record.topic, record.partition, record.offset, record.timestamp,
                     record.key, record.value or b"", message, error)
 

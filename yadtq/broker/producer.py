@@ -17,12 +17,13 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from yadtq import protocol
+from yadtq import protocol, trace_context
 from yadtq.broker.clients import make_producer
 from yadtq.broker.delivery import Delivery
 from yadtq.config import Config
 from yadtq.errors import BrokerUnavailable
 from yadtq.priority import Priority
+from yadtq.trace_context import Trace
 
 # Seconds a send may take to be acknowledged: longer than a leader failover after a
 # broker dies (Apache Kafka fences it after broker.session.timeout.ms, 9 s by default,
@@ -58,10 +59,12 @@ class TaskProducer:
         self._sent_lock = threading.Lock()  # client and worker threads share a producer
 
     def deal(self, keys: Sequence[str], payloads: Sequence[bytes],
-             priority: Priority = Priority.NORMAL) -> set[int]:
+             priority: Priority = Priority.NORMAL, trace: Trace = (),
+             traces: Sequence[Trace] | None = None) -> set[int]:
         """Send each payload (keyed by its task id) to the next partition in turn of its
         level's topic; returns the partitions used. Sent is not delivered: :meth:`flush`
-        waits for that.
+        waits for that. Their W3C trace context headers: ``trace``, the same for all (a
+        map's), or ``traces``, one per payload.
 
         Raises:
             BrokerUnavailable: the producer refused a message.
@@ -70,10 +73,12 @@ class TaskProducer:
         used = set()
         try:
             partitions = sorted(self._producer.partitions_for(topic))
-            for key, payload in zip(keys, payloads, strict=True):
+            shared = trace_context.headers(trace)
+            for number, (key, payload) in enumerate(zip(keys, payloads, strict=True)):
                 partition = self._deal(partitions)
+                headers = shared if traces is None else trace_context.headers(traces[number])
                 self._track(self._producer.send(topic, payload, key=key.encode(),
-                                                partition=partition), priority)
+                                                partition=partition, headers=headers), priority)
                 used.add(partition)
         except Exception as exc:  # kafka-python raises several unrelated types here
             raise self._undelivered(len(payloads), exc) from exc
@@ -96,14 +101,15 @@ class TaskProducer:
         return partitions[self._next_partition]
 
     def send(self, key: str, payload: bytes, partition: int | None = None,
-             priority: Priority = Priority.NORMAL) -> None:
+             priority: Priority = Priority.NORMAL, trace: Trace = ()) -> None:
         """Send one task message to its level's topic, to ``partition`` if given, else
-        where its key hashes."""
+        where its key hashes, with its trace context (if any) as headers."""
         self._track(self._producer.send(priority.topic(self.config.tasks_topic), payload,
-                                        key=key.encode(), partition=partition), priority)
+                                        key=key.encode(), partition=partition,
+                                        headers=trace_context.headers(trace)), priority)
 
     def send_until(self, key: str, payload: bytes, partition: int, done: threading.Event,
-                   priority: Priority = Priority.NORMAL) -> None:
+                   priority: Priority = Priority.NORMAL, trace: Trace = ()) -> None:
         """Send one message now (untracked) and wait until Kafka has it or the caller sets
         ``done``: a lone task a worker took from its Redis record needs no copy, which
         then goes on unchecked.
@@ -114,7 +120,8 @@ class TaskProducer:
         timeout = max(self.config.connect_timeout, DELIVERY_TIMEOUT)
         try:
             sent = self._producer.send(priority.topic(self.config.tasks_topic), payload,
-                                       key=key.encode(), partition=partition)
+                                       key=key.encode(), partition=partition,
+                                       headers=trace_context.headers(trace))
         except Exception as exc:  # kafka-python raises several unrelated types here
             raise self._undelivered(1, exc) from exc
         sent.add_both(lambda _: done.set())

@@ -299,7 +299,7 @@ class Maintenance:
         self._producer.send(
             message.id,
             protocol.encode(message, self.config.max_message_bytes, self.config.secret),
-            partition=partition, priority=message.priority,
+            partition=partition, priority=message.priority, trace=message.trace,
         )
         return partition
 

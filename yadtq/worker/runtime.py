@@ -56,6 +56,7 @@ from yadtq.worker.outcomes import OutcomeStore
 from yadtq.worker.redis_retry import GAVE_UP, retry_redis
 from yadtq.worker.rung_copies import RungCopies
 from yadtq.worker.slots import GROUP, SHORT_TASK, Slots
+from yadtq.worker.spans import worker_spans
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.clock = clock
         self.task_names = registry.load_modules(task_modules, require_tasks=not config.trust_code)
+        self._spans = worker_spans(config, self.name)  # a span per attempt, if it traces
         self.trust_code = config.trust_code
         # Message routes this worker runs: its task names, and shipped code if it trusts it.
         self._served = frozenset(self.task_names) | (
@@ -139,7 +141,8 @@ class Worker:
             config, self.backend, worker=self.name,
             runners=execution.make_runners(mode, concurrency, task_modules), ended=self._ended,
             grouping=lambda: self._ahead > 0, attach=self._held.attach,
-            cancelled=self._held.cancelled, clock=clock, stopping=self._stopping)
+            cancelled=self._held.cancelled, clock=clock, stopping=self._stopping,
+            spans=self._spans)
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -432,7 +435,7 @@ class Worker:
         self.producer.send(
             message.id,
             protocol.encode(message, self.config.max_message_bytes, self.config.secret),
-            partition=partition, priority=message.priority)
+            partition=partition, priority=message.priority, trace=message.trace)
 
     def _retry_redis(self, step: Callable[[], Any], what: str) -> Any:
         return retry_redis(step, what, worker=self.name, stopping=self._stopping)
@@ -456,5 +459,6 @@ class Worker:
             logger.error("Worker %s: %s", self.name, exc)
         self.backend.close()
         self._slots.close()
+        self._spans.close()
         logger.info("Worker %s: stopped (%s); processed %d, failed %d", self.name,
                     self._stop_reason, self._outcomes.processed, self._outcomes.failed)

@@ -26,6 +26,7 @@ from yadtq.errors import BackendUnavailable, UntrustedCode
 from yadtq.worker import execution, outcomes
 from yadtq.worker.parents import InputsUnavailable, ParentValues, Read
 from yadtq.worker.shipped import PythonVersionMismatch, ShippedCode
+from yadtq.worker.spans import NO_SPANS, Spans
 
 SHORT_TASK = 0.005  # seconds; tasks this short on average are claimed ahead and grouped
 GROUP = 8  # short untimed tasks a slot hands its task process in one round trip, at most
@@ -57,11 +58,12 @@ class Slots:
         cancelled: Callable[[str], bool],
         clock: Callable[[], float],
         stopping: threading.Event,
+        spans: Spans = NO_SPANS,
     ) -> None:
         """``ended(message, outcome)``: an attempt ended; ``grouping()``: whether tasks
         waiting may run together (the worker claims ahead); ``attach(task_id, runner)``:
         the runner a task runs on, for cancelling it; ``cancelled(task_id)``: whether it
-        was cancelled while it ran."""
+        was cancelled while it ran; ``spans``: told of every attempt ended (tracing)."""
         self.config = config
         self._backend = backend
         self._worker = worker
@@ -71,6 +73,7 @@ class Slots:
         self._cancelled = cancelled
         self._clock = clock
         self._stopping = stopping
+        self._spans = spans
         self._shipped = ShippedCode(config, backend)
         self._parents = ParentValues(config, backend)
         self.mean_run = SHORT_TASK * 10  # seconds a task ran, on average of the recent ones
@@ -147,13 +150,14 @@ class Slots:
         None: it cannot run here, and has ended (shipped code that does not check out, a
         parent's result gone, say)."""
         message, attempt = claimed
+        started = time.time_ns()
         try:
             shipped = self._shipped.unpack(message)
             parents = self._parents.read(message, read)
         except (UntrustedCode, PythonVersionMismatch, BackendUnavailable,
                 InputsUnavailable) as exc:
-            self._ended(message, outcomes.failed(
-                message, attempt, exc, retryable=isinstance(exc, BackendUnavailable)))
+            self._end(message, attempt, outcomes.failed(
+                message, attempt, exc, retryable=isinstance(exc, BackendUnavailable)), started)
             return None
         call = execution.Call(message.task, message.args, dict(message.kwargs),
                               message.retry_on, shipped, parents)
@@ -162,21 +166,22 @@ class Slots:
 
     def _run_alone(self, ready: _Ready) -> None:
         """Run one claimed task in a slot and hand over its outcome."""
-        call = ready.call
+        call, started = ready.call, time.time_ns()
         attempts = self._run([ready], lambda runner: [runner.run(call, ready.timeout)])
-        self._ended_all([ready], attempts)
+        self._ended_all([ready], attempts, started)
 
     def _run_together(self, group: list[_Ready]) -> None:
         """Run untimed claimed tasks in one round trip and hand over their outcomes. If
         the task process did not finish them all (one was cancelled, or one ended the
         process), each runs again alone, but for the cancelled ones."""
+        started = time.time_ns()
         attempts = self._run(group, lambda runner: runner.run_group([r.call for r in group]))
         if attempts is not None:
-            self._ended_all(group, attempts)
+            self._ended_all(group, attempts, started)
             return
         for ready in group:
             if self._cancelled(ready.message.id):
-                self._ended_all([ready], [execution.cancelled()])
+                self._ended_all([ready], [execution.cancelled()], started)
             else:
                 self._run_alone(ready)
 
@@ -194,9 +199,17 @@ class Slots:
             self.mean_run = 0.8 * self.mean_run + 0.2 * (
                 (time.monotonic() - started) / len(group))
 
-    def _ended_all(self, group: list[_Ready], attempts: list[execution.Attempt]) -> None:
+    def _ended_all(self, group: list[_Ready], attempts: list[execution.Attempt],
+                   started: int) -> None:
+        """Hand over the outcomes of tasks that began at ``started`` (unix ns; a group's
+        tasks share its start)."""
         for ready, result in zip(group, attempts, strict=True):
-            self._ended(ready.message, outcomes.outcome(
+            self._end(ready.message, ready.attempt, outcomes.outcome(
                 ready.message, ready.attempt, result, config=self.config,
                 backend=self._backend, now=self._clock(), stopping=self._stopping,
-                worker=self._worker))
+                worker=self._worker), started)
+
+    def _end(self, message: protocol.TaskMessage, attempt: int, outcome: Outcome,
+             started: int) -> None:
+        self._spans.ran(message, attempt, outcome, started)
+        self._ended(message, outcome)
