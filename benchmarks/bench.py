@@ -9,6 +9,7 @@
     python benchmarks/bench.py schedules --schedule-every 2 --schedule-seconds 300 \\
         --stop-seconds 20                           # issue 22's exactly-once run
     python benchmarks/bench.py catchup              # issue 22's catch-up check
+    python benchmarks/bench.py throughput --tracing # issue 25's cost of tracing
     python benchmarks/bench.py priority starvation  # issue 23's priorities (priority_bench.py)
     python benchmarks/bench.py rate_limit concurrency_limit   # issue 23's limits (limits.py)
 
@@ -20,12 +21,14 @@ this machine; run it on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -71,12 +74,31 @@ def _cluster(stack: LocalStack, args: argparse.Namespace, concurrency: int | Non
              ) -> LocalCluster:
     # The default settings a user gets, unless --tuned (labelled in the output).
     timing = {"heartbeat_interval": 0.5, "lease_seconds": 3.0} if args.tuned else {}
+    tracing = ["--trace-file", str(Path(args.tracing) / "spans-{worker}.jsonl")
+               ] if args.tracing else []
     return LocalCluster(
         workers=WORKERS, stack=stack, queue=f"bench-{uuid.uuid4().hex[:8]}",
         concurrency=concurrency or args.concurrency,
-        worker_args=["--mode", args.mode, "--steal" if args.steal else "--no-steal"],
-        log_level="WARNING", **timing,
+        worker_args=["--mode", args.mode, "--steal" if args.steal else "--no-steal", *tracing],
+        worker_env={"OTEL_TRACES_EXPORTER": "none"}, log_level="WARNING", **timing,
     )
+
+
+def _traced(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
+    """With --tracing, a span for the measured submit or map to run in (the client traces)."""
+    if not args.tracing:
+        return contextlib.nullcontext()
+    from opentelemetry import trace
+
+    return trace.get_tracer("bench").start_as_current_span("bench")
+
+
+def _trace_here() -> None:
+    """An SDK tracer provider for this process: its spans are made, then dropped."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    trace.set_tracer_provider(TracerProvider())
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -92,7 +114,8 @@ def throughput(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
         q.wait_for_workers(WORKERS, timeout=60)
         q.map(add, [(i, i) for i in range(100)]).results(timeout=60)  # warm-up
         started = time.perf_counter()
-        batch = q.map(add, [(i, i) for i in range(count)])
+        with _traced(args):
+            batch = q.map(add, [(i, i) for i in range(count)])
         submitted = time.perf_counter()
         results = batch.results(timeout=600)
         elapsed = time.perf_counter() - started
@@ -313,6 +336,9 @@ def main() -> int:
                         help="the local stack's broker (default: tansu)")
     parser.add_argument("--fetch-wait-ms", type=int, default=None, metavar="MS",
                         help="the workers' fetch wait (default: the Config default)")
+    parser.add_argument("--tracing", action="store_const", const=True, default=None,
+                        help="workers trace to JSON-lines files and the client maps inside a "
+                        "span (throughput; needs the otel extra)")
     parser.add_argument("--peers", action="store_true",
                         help="then run throughput, latency and balance on Celery, RQ and Dask "
                         "(benchmarks/peers.py, in its own virtualenv)")
@@ -326,7 +352,13 @@ def main() -> int:
     settings = "tuned: heartbeat 0.5 s, lease 3 s" if args.tuned else "default settings"
     if not args.json:
         print(f"broker: {args.broker}, {settings}, mode {args.mode}", flush=True)
-    with LocalStack(broker=args.broker) as stack:
+    spans = tempfile.TemporaryDirectory(prefix="yadtq-bench-spans-") if args.tracing else None
+    if spans is not None:
+        args.tracing = spans.name
+        _trace_here()
+        if not args.json:
+            print(f"tracing: the workers' spans go to {spans.name}", flush=True)
+    with LocalStack(broker=args.broker) as stack, spans or contextlib.nullcontext():
         for name in args.workloads or WORKLOADS:
             figures[name] = WORKLOADS[name](stack, args)
             if not args.json:
