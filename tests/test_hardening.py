@@ -207,6 +207,11 @@ def test_a_stopped_redis_gives_backend_unavailable_not_a_redis_error(tmp_path: P
 
 # --- item 5: every yadtq.<Name> the docs and notebooks use exists -----------------------
 
+# Span names and span attributes (docs/tracing.md): OpenTelemetry's names, not Python's.
+_TELEMETRY_NAMES = re.compile(r"yadtq\.(?:submit|map|run) <task>"
+                              r"|yadtq\.(?:task_id|batch_id|attempt)\b")
+
+
 def _names_used_in_docs() -> dict[str, set[str]]:
     """Names of yadtq the docs (README.md, docs/) and the notebooks' cells use, with where.
 
@@ -224,6 +229,7 @@ def _names_used_in_docs() -> dict[str, set[str]]:
               if isinstance(value, type) and issubclass(value, yadtq.YadtqError)}
     used: dict[str, set[str]] = {}
     for where, text in texts.items():
+        text = _TELEMETRY_NAMES.sub("", text)
         names = re.findall(r"(?<![\w.-])yadtq\.([A-Za-z_]\w*)\b(?!\.(?:tasks|dlq|workers)\b)",
                            text)
         for imported in re.findall(r"from yadtq import \(?([\w ,\n]+)\)?", text):

@@ -48,7 +48,7 @@ class RunSpans:
         self._worker = worker
         self._topic = config.tasks_topic
         provider = trace.get_tracer_provider()
-        self._owned = None
+        self._owned: TracerProvider | None = None
         if isinstance(provider, trace.ProxyTracerProvider):  # no one set one: ours
             provider = self._owned = TracerProvider(resource=_resource(worker))
             for exporter in _env_exporters(default_otlp=not config.trace_file):
