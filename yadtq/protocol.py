@@ -9,7 +9,8 @@ A Kafka message value is UTF-8 JSON (DESIGN.md, "Wire format")::
 ``max_retries`` and ``timeout`` may be null: the task's declared default applies.
 Optional ``retry_on`` (exception type names) and ``retry_backoff`` (base
 seconds) refine retries; optional ``priority`` ("high" or "low", absent for normal)
-names the level whose topic it travels on (``yadtq.priority``).
+names the level whose topic it travels on (``yadtq.priority``). Kafka headers may
+carry W3C trace context (``yadtq.trace_context``): ``TaskMessage.trace``, never JSON.
 
 A function shipped by value (to workers that trust signed code) adds
 ``"code": {"sha256": ..., "bytes": n}`` (its cloudpickle, a blob in Redis under
@@ -49,7 +50,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from yadtq import values
@@ -218,8 +219,7 @@ def build(
         if not secret:
             raise ValueError("a message with code or pickled arguments must be signed")
         payload["pickles_sig"] = values.pickles_signature(secret, payload["id"], code, pickled)
-    message = validate(payload)
-    return replace(message, trace=trace) if trace else message
+    return validate(payload, trace)
 
 
 def signature(payload: dict[str, Any], secret: str) -> str:
@@ -267,9 +267,10 @@ def decode(
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     secret: str | None = None,
     require_signed: bool = True,
+    trace: Trace = (),
 ) -> TaskMessage:
-    """Parse and validate a message value from the topic; check its signature if ``secret``
-    (see :func:`check_signature` for what must be signed).
+    """Parse and validate a message value from the topic (``trace``: what its headers
+    carry); check its signature if ``secret`` (see :func:`check_signature`).
 
     Raises:
         ProtocolError: the bytes are not a valid task message, or (with a
@@ -295,7 +296,7 @@ def decode(
         if too_large:
             raise MessageTooLarge(
                 f"message is {len(data)} bytes, over the {max_bytes}-byte limit")
-        return validate(obj)
+        return validate(obj, trace)
     except ProtocolError as exc:
         exc.task_id, exc.task = _identify(obj)
         exc.authentic = authentic
@@ -414,8 +415,9 @@ def read_inputs(obj: Any) -> Inputs:
     return Inputs(tuple(lists[0]), tuple(lists[1]))
 
 
-def validate(obj: Mapping[str, Any]) -> TaskMessage:
-    """Turn a decoded JSON object (v1 or plain format) into a :class:`TaskMessage`.
+def validate(obj: Mapping[str, Any], trace: Trace = ()) -> TaskMessage:
+    """Turn a decoded JSON object (v1 or plain format) into a :class:`TaskMessage`
+    (carrying ``trace``, the trace context its headers or record hold).
 
     Raises:
         ProtocolError: a field is missing, of the wrong type or out of range.
@@ -495,4 +497,5 @@ def validate(obj: Mapping[str, Any]) -> TaskMessage:
         inputs=inputs,
         priority=read_priority(obj.get("priority")),
         plain=plain,
+        trace=trace,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from yadtq import protocol, trace_context
@@ -36,15 +36,13 @@ class Delivery:
 
 def decode(record: Any, config: Config) -> Delivery:
     """A polled kafka-python record as a :class:`Delivery` (decoded here, once)."""
+    trace = trace_context.from_headers(record.headers) if record.headers else ()
     try:
         message = protocol.decode(record.value, config.max_message_bytes, config.secret,
-                                   config.signatures_required)
+                                   config.signatures_required, trace)
         error = None
     except ProtocolError as exc:
         message, error = None, exc
-    if message is not None and record.headers:  # a kcat-written message has none
-        trace = trace_context.from_headers(record.headers)
-        message = replace(message, trace=trace) if trace else message
     return Delivery(record.topic, record.partition, record.offset, record.timestamp,
                     record.key, record.value or b"", message, error)
 

@@ -33,6 +33,7 @@ from yadtq.backend import Outcome
 from yadtq.config import Config, otel_traces_exporters
 from yadtq.errors import ConfigurationError
 from yadtq.status import TaskStatus
+from yadtq.trace_context import Trace
 
 TRACER = "yadtq"
 SERVICE = "yadtq-worker"  # service.name unless $OTEL_SERVICE_NAME (or a resource) names one
@@ -62,6 +63,8 @@ class RunSpans:
                 JsonLinesExporter(config.trace_file.replace("{worker}", worker))))
         self._provider = provider
         self._tracer = provider.get_tracer(TRACER)
+        # The last parent read, by the trace context it came from: a map's tasks share one.
+        self._parent: tuple[Trace, Context] = ((), Context())
 
     def ran(self, message: protocol.TaskMessage, attempt: int, outcome: Outcome,
             started_ns: int) -> None:
@@ -70,22 +73,29 @@ class RunSpans:
         attributes = {
             "messaging.system": "kafka",
             "messaging.destination.name": message.priority.topic(self._topic),
-            "messaging.operation.type": "process", "messaging.message.id": message.id,
+            "messaging.operation.type": "process",
             "yadtq.task_id": message.id, "yadtq.attempt": attempt,
             "yadtq.worker": self._worker, "yadtq.status": status,
         }
         if message.batch is not None:
             attributes["yadtq.batch_id"] = message.batch
-        parent = propagate.extract(dict(message.trace), context=Context())
-        span = self._tracer.start_span(f"yadtq.run {message.task}", context=parent,
-                                       kind=SpanKind.CONSUMER, attributes=attributes,
-                                       start_time=started_ns)
+        span = self._tracer.start_span(
+            f"yadtq.run {message.task}", context=self._parent_of(message.trace),
+            kind=SpanKind.CONSUMER, attributes=attributes, start_time=started_ns)
         if outcome.status is TaskStatus.FAILED:
             span.add_event("exception", {"exception.type": outcome.error_type,
                                          "exception.message": outcome.error,
                                          "exception.stacktrace": outcome.traceback})
             span.set_status(Status(StatusCode.ERROR, f"{outcome.error_type}: {outcome.error}"))
         span.end()
+
+    def _parent_of(self, trace_context: Trace) -> Context:
+        """The context a task's trace fields name (an empty one for none: a root span)."""
+        last, parent = self._parent
+        if trace_context != last:
+            parent = propagate.extract(dict(trace_context), context=Context())
+            self._parent = (trace_context, parent)
+        return parent
 
     def close(self) -> None:
         """Export what is left: shut our provider down, or flush the application's."""
