@@ -164,3 +164,12 @@ def test_prometheus_sees_a_map_end_within_a_scrape_and_no_counter_resets_on_a_wo
         assert prometheus.query(f'sum(yadtq_tasks_submitted_total{{queue="{queue}"}})') == 2000
     finally:
         prometheus.stop()
+
+
+def test_the_documented_prometheus_config_and_alert_rules_pass_promtool():
+    _missing("promtool")
+    config = Path(__file__).resolve().parents[1] / "docs" / "prometheus" / "prometheus.yml"
+    check = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True,
+                           text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "6 rules found" in check.stdout
