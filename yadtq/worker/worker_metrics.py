@@ -36,7 +36,7 @@ BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0, 10.0, 
            300.0, 1800.0, 3600.0)
 # Kafka times of messages read but not yet run (skipped ones are never taken out): past
 # this many, they are forgotten, and those tasks wait from their submission instead.
-QUEUED_TIMES_KEPT = 100_000
+QUEUED_TIMES_KEPT = 10_000
 # Failures the worker names by their own status label (the rest are "failed").
 _FAILURE_LABELS = {"TaskTimeout": "timeout", "TaskCancelled": "cancelled"}
 
