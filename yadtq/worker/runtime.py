@@ -471,7 +471,7 @@ class Worker:
         except BrokerUnavailable as exc:
             logger.error("Worker %s: %s", self.name, exc)
         self.backend.close()
+        self._metrics.close()  # before the runners go, which the busy-slot gauge counts
         self._slots.close()
-        self._metrics.close()
         logger.info("Worker %s: stopped (%s); processed %d, failed %d", self.name,
                     self._stop_reason, self._outcomes.processed, self._outcomes.failed)
