@@ -54,22 +54,25 @@ def test_worker_histograms_count_each_task_it_ran_by_task_and_outcome(
     worker = cluster.worker_processes[0].name
 
     # When it runs 20 sums, a failure, a flaky task that succeeds on its retry, a 0.3 s
-    # sleep and a task due 3 s after it was submitted
+    # sleep, a sleep stopped at its time limit and a task due 3 s after it was submitted
     sums = client.map(add, [(i, i) for i in range(20)])
     failure = client.submit(fail, "on purpose")
     retried = client.submit_with(flaky, (str(tmp_path / "flaky.count"), 1), max_retries=1,
                                  retry_backoff=0.1)
     nap = client.submit(sleep, 0.3)
+    overtime = client.submit_with(sleep, (30,), timeout=0.5)
     due = client.submit_with(multiply, (6, 7), countdown=3)
     assert sums.results(timeout=60) == [2 * i for i in range(20)]
     assert isinstance(failure.exception(timeout=60), Exception)
     assert retried.result(timeout=60) == 2
     assert nap.result(timeout=60) >= 0.3
+    assert "time limit" in str(overtime.exception(timeout=60))
     assert due.result(timeout=60) == 42
 
     # Then the duration histogram counts every attempt by task and outcome ...
     expected = {("add", "success"): 20, ("fail", "failed"): 1, ("flaky", "retry"): 1,
-                ("flaky", "success"): 1, ("sleep", "success"): 1, ("multiply", "success"): 1}
+                ("flaky", "success"): 1, ("sleep", "success"): 1, ("sleep", "timeout"): 1,
+                ("multiply", "success"): 1}
     text = wait_until(lambda: _when(scrape(port), lambda t: by(samples(
         t, "yadtq_task_duration_seconds_count"), "task", "status") == expected),
         timeout=30, what=f"duration counts {expected}")
@@ -77,15 +80,16 @@ def test_worker_histograms_count_each_task_it_ran_by_task_and_outcome(
     assert {dict(labels)["queue"] for labels in counts} == {config.queue}
     durations = by(samples(text, "yadtq_task_duration_seconds_sum"), "task", "status")
     assert 0.3 <= durations[("sleep", "success")] < 10
+    assert 0.5 <= durations[("sleep", "timeout")] < 10
     buckets = samples(text, "yadtq_task_duration_seconds_bucket")
     sleeps = {dict(labels)["le"]: value for labels, value in buckets.items()
-              if dict(labels)["task"] == "sleep"}
+              if dict(labels)["task"] == "sleep" and dict(labels)["status"] == "success"}
     assert sleeps["0.25"] == 0 and sleeps["+Inf"] == 1
 
     # ... the queue-wait histogram one start per attempt, the due task's from when it
     # became due (not from its submission, 3 s earlier) ...
     waits = by(samples(text, "yadtq_task_queue_wait_seconds_count"), "task")
-    assert waits == {"add": 20, "fail": 1, "flaky": 2, "sleep": 1, "multiply": 1}
+    assert waits == {"add": 20, "fail": 1, "flaky": 2, "sleep": 2, "multiply": 1}
     wait_sums = by(samples(text, "yadtq_task_queue_wait_seconds_sum"), "task")
     assert 0 <= wait_sums["multiply"] < 3, wait_sums
     assert all(0 <= value < 60 for value in wait_sums.values()), wait_sums
