@@ -305,6 +305,12 @@ def local_broker() -> str:
     return os.environ.get("YADTQ_LOCAL_BROKER") or "tansu"
 
 
+def metrics_port() -> str | None:
+    """The port a worker serves its metrics on, unless told: ``$YADTQ_METRICS_PORT``
+    (unset or empty: none)."""
+    return os.environ.get("YADTQ_METRICS_PORT") or None
+
+
 def binary_override(variable: str) -> str | None:
     """The server binary an override variable (``YADTQ_BROKER_BIN``, ...) names, if set."""
     return os.environ.get(variable) or None

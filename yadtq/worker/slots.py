@@ -26,6 +26,7 @@ from yadtq.errors import BackendUnavailable, UntrustedCode
 from yadtq.worker import execution, outcomes
 from yadtq.worker.parents import InputsUnavailable, ParentValues, Read
 from yadtq.worker.shipped import PythonVersionMismatch, ShippedCode
+from yadtq.worker.worker_metrics import NO_METRICS, NoMetrics, WorkerMetrics
 
 SHORT_TASK = 0.005  # seconds; tasks this short on average are claimed ahead and grouped
 GROUP = 8  # short untimed tasks a slot hands its task process in one round trip, at most
@@ -57,11 +58,12 @@ class Slots:
         cancelled: Callable[[str], bool],
         clock: Callable[[], float],
         stopping: threading.Event,
+        metrics: WorkerMetrics | NoMetrics = NO_METRICS,
     ) -> None:
         """``ended(message, outcome)``: an attempt ended; ``grouping()``: whether tasks
         waiting may run together (the worker claims ahead); ``attach(task_id, runner)``:
         the runner a task runs on, for cancelling it; ``cancelled(task_id)``: whether it
-        was cancelled while it ran."""
+        was cancelled while it ran; ``metrics``: where each task that ran is observed."""
         self.config = config
         self._backend = backend
         self._worker = worker
@@ -71,6 +73,7 @@ class Slots:
         self._cancelled = cancelled
         self._clock = clock
         self._stopping = stopping
+        self._metrics = metrics
         self._shipped = ShippedCode(config, backend)
         self._parents = ParentValues(config, backend)
         self.mean_run = SHORT_TASK * 10  # seconds a task ran, on average of the recent ones
@@ -86,6 +89,10 @@ class Slots:
         """Start the slot threads."""
         for thread in self._threads:
             thread.start()
+
+    def busy(self) -> int:
+        """How many slots are running a task now."""
+        return len(self._threads) - self._runners.qsize()
 
     def put(self, message: protocol.TaskMessage, attempt: int) -> None:
         """Run a claimed task in the next free slot."""
@@ -163,20 +170,22 @@ class Slots:
     def _run_alone(self, ready: _Ready) -> None:
         """Run one claimed task in a slot and hand over its outcome."""
         call = ready.call
+        started = self._clock()
         attempts = self._run([ready], lambda runner: [runner.run(call, ready.timeout)])
-        self._ended_all([ready], attempts)
+        self._ended_all([ready], attempts, started)
 
     def _run_together(self, group: list[_Ready]) -> None:
         """Run untimed claimed tasks in one round trip and hand over their outcomes. If
         the task process did not finish them all (one was cancelled, or one ended the
         process), each runs again alone, but for the cancelled ones."""
+        started = self._clock()
         attempts = self._run(group, lambda runner: runner.run_group([r.call for r in group]))
         if attempts is not None:
-            self._ended_all(group, attempts)
+            self._ended_all(group, attempts, started)
             return
         for ready in group:
             if self._cancelled(ready.message.id):
-                self._ended_all([ready], [execution.cancelled()])
+                self._ended_all([ready], [execution.cancelled()], started)
             else:
                 self._run_alone(ready)
 
@@ -194,9 +203,16 @@ class Slots:
             self.mean_run = 0.8 * self.mean_run + 0.2 * (
                 (time.monotonic() - started) / len(group))
 
-    def _ended_all(self, group: list[_Ready], attempts: list[execution.Attempt]) -> None:
+    def _ended_all(self, group: list[_Ready], attempts: list[execution.Attempt],
+                   started: float) -> None:
+        """Hand over the outcomes of tasks run one after another from ``started``; each
+        ran for the time measured where it ran, or, if it was stopped, until now."""
         for ready, result in zip(group, attempts, strict=True):
-            self._ended(ready.message, outcomes.outcome(
+            report = outcomes.outcome(
                 ready.message, ready.attempt, result, config=self.config,
                 backend=self._backend, now=self._clock(), stopping=self._stopping,
-                worker=self._worker))
+                worker=self._worker)
+            seconds = self._clock() - started if result.seconds is None else result.seconds
+            self._metrics.ran(ready.message, report, started, seconds)
+            started += seconds
+            self._ended(ready.message, report)
