@@ -1,4 +1,4 @@
-"""Command line (top layer): ``yadtq submit|status|result|workers|local up|status|env|down``.
+"""Command line (top layer): ``yadtq submit|status|result|workers|dashboard|local ...``.
 
 It only parses arguments and calls library functions. Library errors print as
 ``yadtq: error: <message>`` on stderr with exit status 1 and no traceback (a
@@ -30,6 +30,7 @@ from yadtq.config import (
     record_settings,
     redacted_url,
 )
+from yadtq.dashboard import command as dashboard_command
 from yadtq.errors import YadtqError
 from yadtq.local import BROKERS, LocalCluster, registry
 from yadtq.store import no_worker_hint
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="print the workers and their last heartbeats")
     workers.set_defaults(run=_workers)
     cli_schedules.add_parser(commands, servers, _connect)
+    dashboard_command.add_parser(commands, servers)
 
     unit = commands.add_parser("worker-unit",
                                help="print the systemd unit that runs a worker on a VM")
