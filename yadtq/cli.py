@@ -22,7 +22,7 @@ from importlib import resources
 from types import FrameType
 from typing import Any
 
-from yadtq import __version__, cli_schedules
+from yadtq import __version__, cli_observe, cli_schedules
 from yadtq.config import (
     Config,
     local_stack_record_path,
@@ -94,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --wait, give up after S seconds (default: wait forever)")
     submit.set_defaults(run=_submit)
 
-    status = commands.add_parser("status", parents=[servers], help="print a task's status")
-    status.add_argument("task_id", metavar="ID")
+    status = commands.add_parser("status", parents=[servers],
+                                 help="print a task's status, or without ID the queue's counts")
+    status.add_argument("task_id", metavar="ID", nargs="?")
     status.set_defaults(run=_status)
 
     result = commands.add_parser("result", parents=[servers],
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="print the workers and their last heartbeats")
     workers.set_defaults(run=_workers)
     cli_schedules.add_parser(commands, servers, _connect)
+    cli_observe.add_parser(commands, servers)
     dashboard_command.add_parser(commands, servers)
 
     unit = commands.add_parser("worker-unit",
@@ -212,6 +214,8 @@ def _submit(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     client = _connect(args)
     try:
+        if args.task_id is None:
+            return cli_observe.print_stats(client)
         status = client.status(args.task_id)
     finally:
         client.close()

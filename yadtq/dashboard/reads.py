@@ -60,7 +60,7 @@ class QueueReads:
         """Queue-wide counts: tasks in each status now (outcomes so far for the final
         ones), submitted, retries, requeued, dead-lettered, and outcomes per task name."""
         stats = self.backend.queue_stats()
-        self.commands += 2
+        self.commands += 1
         return {
             "submitted": stats.submitted,
             "statuses": {name: int(stats.statuses.get(name, 0)) for name in COUNTERS},
@@ -104,7 +104,7 @@ class QueueReads:
         """The newest ``limit`` batches, newest first, with their progress."""
         recent = self.backend.recent_batches(limit)
         counts = self.backend.listings.batches([batch_id for batch_id, _ in recent])
-        self.commands += 1 + len(recent)
+        self.commands += 1 + 2 * len(recent)  # the index, each one's EXISTS and counters
         return [{"id": batch_id, "created_at": created, **progress(found)}
                 for (batch_id, created), found in zip(recent, counts, strict=True)
                 if found is not None]
