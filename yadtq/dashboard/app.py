@@ -164,7 +164,7 @@ class Dashboard:
                 data, _ = read(request)
             except TaskNotFound as exc:
                 return self.templates.TemplateResponse(
-                    request, "not_found.html", {"root": root, "message": str(exc)},
+                    request, "not_found.html", {"root": root, "message": str(exc), "data": {}},
                     status_code=404)
             query = str(request.query_params)
             live = f"{root}live/{api.format(**request.path_params)}" \
