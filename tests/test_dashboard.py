@@ -15,6 +15,7 @@ import pytest
 from helpers import wait_until
 from starlette.testclient import TestClient
 
+from worker_node.tasks import add, divide
 from yadtq.cli import main
 from yadtq.config import Config
 from yadtq.dashboard.app import create_app
@@ -22,7 +23,6 @@ from yadtq.dashboard.reads import PAGE_SIZE
 from yadtq.dashboard.settings import DashboardSettings
 from yadtq.errors import ConfigurationError
 from yadtq.local import LocalStack
-from worker_node.tasks import add, divide
 
 TOKEN = "s3cret-token"
 
