@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import anyio
 import pytest
 from helpers import wait_until
 from starlette.testclient import TestClient
@@ -18,10 +19,11 @@ from starlette.testclient import TestClient
 from worker_node.tasks import add, divide
 from yadtq.cli import main
 from yadtq.config import Config
+from yadtq.dashboard import live
 from yadtq.dashboard.app import create_app
-from yadtq.dashboard.reads import PAGE_SIZE
+from yadtq.dashboard.reads import PAGE_SIZE, QueueReads
 from yadtq.dashboard.settings import DashboardSettings
-from yadtq.errors import ConfigurationError
+from yadtq.errors import BackendUnavailable, ConfigurationError
 from yadtq.local import LocalStack
 
 TOKEN = "s3cret-token"
@@ -174,3 +176,56 @@ def test_without_the_extra_the_command_names_the_install():
 
     assert result.returncode == 1
     assert "pip install 'yadtq[dashboard]'" in result.stderr
+
+
+def test_the_live_stream_sends_a_page_when_it_changed_and_says_when_redis_is_away(
+        monkeypatch):
+    # Given a page whose reads give the same figures twice, then new ones, then an error
+    monkeypatch.setattr(live, "INTERVAL", 0.01)
+    reads = iter([{"done": 1}, {"done": 1}, {"done": 2}, BackendUnavailable("Redis away")])
+
+    def read() -> tuple[dict[str, int], int]:
+        found = next(reads)
+        if isinstance(found, Exception):
+            raise found
+        return found, 3
+
+    class OpenFor:  # a browser that stays for four reads
+        def __init__(self) -> None:
+            self.asked = 0
+
+        async def is_disconnected(self) -> bool:
+            self.asked += 1
+            return self.asked > 4
+
+    async def collect() -> list[str]:
+        return [event async for event in live._updates(OpenFor(), read)]
+
+    # When its stream runs
+    events = anyio.run(collect)
+
+    # Then each change went out once, and the error as a problem event
+    assert events == ['event: message\ndata: {"done": 1}\n\n',
+                      'event: message\ndata: {"done": 2}\n\n',
+                      'event: problem\ndata: {"problem": "Redis away"}\n\n']
+
+
+def test_a_batch_page_read_again_rereads_only_its_unfinished_rows(client, backend):
+    # Given the first page of a batch read once, then one of its tasks cancelled
+    batch = client.map(add, [(i, i) for i in range(PAGE_SIZE + 10)])
+    first = QueueReads(backend).batch(batch.id, 1)
+    client.cancel(batch[0].id, batch.id)
+
+    # When it is read again, as its live stream does
+    reads = QueueReads(backend)
+    again = reads.again(first)
+
+    # Then the counts and the cancelled row are new, at one command a row and the counters
+    assert again["cancelled"] == 1 and again["queued"] == PAGE_SIZE + 9
+    assert again["tasks"][0]["status"] == "cancelled"
+    assert reads.commands == 1 + PAGE_SIZE
+
+    # And once that row is final, it is no longer read
+    reads = QueueReads(backend)
+    reads.again(again)
+    assert reads.commands == 1 + PAGE_SIZE - 1

@@ -126,6 +126,11 @@ class Dashboard:
         found = reads.workflow(request.path_params["id"], _page(request))
         return {**found, "shape": _rows_shape(found)}, reads.commands
 
+    def again(self, request: Request, previous: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """A batch or workflow page read again, cheaply, for its live stream."""
+        reads = self.reads(request)
+        return reads.again(previous), reads.commands
+
     def task(self, request: Request) -> tuple[dict[str, Any], int]:
         reads = self.reads(request)
         found = reads.task(request.path_params["id"])
@@ -145,9 +150,10 @@ class Dashboard:
         ]
         routes = []
         for path, api, read, template in pages:
+            again = self.again if template == "tasks.html" else None
             routes += [Route(path, self._page(path, api, read, template)),
                        Route(f"/api/{api}", self._api(read)),
-                       Route(f"/live/{api}", self._live(read))]
+                       Route(f"/live/{api}", self._live(read, again))]
         for kind in ("task", "batch", "workflow"):
             routes.append(Route(f"/{kind}/{{id}}/cancel", self._action(kind, "cancel"),
                                 methods=["POST"]))
@@ -187,14 +193,25 @@ class Dashboard:
         return api
 
     @staticmethod
-    def _live(read: Callable[[Request], tuple[dict[str, Any], int]]
+    def _live(read: Callable[[Request], tuple[dict[str, Any], int]],
+              again: Callable[[Request, dict[str, Any]], tuple[dict[str, Any], int]] | None
               ) -> Callable[[Request], Response]:
+        """The stream of a page's JSON; with ``again``, each read after the first is
+        ``again(request, previous)`` (a page that can be read again more cheaply)."""
         def live(request: Request) -> Response:
             try:
-                read(request)  # a 404 now, rather than an endless stream of errors
+                first, _ = read(request)  # a 404 now, rather than a stream of errors
             except TaskNotFound as exc:
                 return JSONResponse({"error": str(exc)}, status_code=404)
-            return event_stream(request, lambda: read(request))
+            if again is None:
+                return event_stream(request, lambda: read(request))
+            last = [first]
+
+            def update() -> tuple[dict[str, Any], int]:
+                found, cost = again(request, last[0])
+                last[0] = found
+                return found, cost
+            return event_stream(request, update)
         return live
 
     def _action(self, kind: str, verb: str) -> Callable[[Request], Response]:

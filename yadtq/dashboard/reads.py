@@ -159,6 +159,26 @@ class QueueReads:
                 **self._workflow_progress(workflow_id), **self._paging(listed, page),
                 "tasks": tasks}
 
+    def again(self, previous: dict[str, Any]) -> dict[str, Any]:
+        """A batch or workflow page read again for its live stream: the counts, and only
+        the rows on it not finished before (a finished task does not change).
+
+        Raises:
+            TaskNotFound: the batch or workflow has expired meanwhile.
+        """
+        if previous["kind"] == "batch":
+            [counts] = self.backend.listings.batches([previous["id"]])
+            self.commands += 1
+            if counts is None:
+                raise TaskNotFound(f"batch {previous['id']!r} has expired")
+            counted = progress(counts)
+        else:
+            counted = self._workflow_progress(previous["id"])
+        unfinished = [task["id"] for task in previous["tasks"] if task["status"] not in FINAL]
+        fresh = {row["id"]: row for row in self.task_rows(unfinished)}
+        return {**previous, **counted,
+                "tasks": [fresh.get(task["id"], task) for task in previous["tasks"]]}
+
     def task_rows(self, task_ids: list[str]) -> list[dict[str, Any]]:
         """A table row for each task: status, attempt, worker, error and timings."""
         found = self.backend.listings.task_rows(task_ids)
