@@ -2,10 +2,12 @@
 
     python benchmarks/dashboard_bench.py                 # 100,000 tasks
     python benchmarks/dashboard_bench.py --tasks 20000 --requests 100
+    python benchmarks/dashboard_bench.py --workers 3   # a finished batch: run it first
 
 On an embedded stack (Tansu and Redis), a map of ``--tasks`` tasks is written with no
-worker running (so they stay queued and Redis holds them all), then ``yadtq dashboard``
-runs as its own process and is measured:
+worker running (so they stay queued and Redis holds them all), or with ``--workers N``
+run to its end by N workers that then stop; then ``yadtq dashboard`` runs as its own
+process and is measured, with no worker running:
 
 - first paint of the overview and of the batch's first and last pages in headless
   chromium (Playwright, the browser's ``first-contentful-paint`` entry);
@@ -38,7 +40,7 @@ from worker_node.tasks import add  # noqa: E402
 from yadtq import Client  # noqa: E402
 from yadtq.config import Config  # noqa: E402
 from yadtq.dashboard.reads import PAGE_SIZE  # noqa: E402
-from yadtq.local import LocalStack, free_port  # noqa: E402
+from yadtq.local import LocalCluster, LocalStack, free_port  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -125,6 +127,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=0,
+                        help="worker processes that run the batch to its end first")
     parser.add_argument("--window", type=float, default=10.0,
                         help="seconds each Redis rate is measured over")
     args = parser.parse_args()
@@ -134,8 +138,18 @@ def main() -> None:
                         queue=f"dash-{unique}", key_prefix=f"dash-{unique}", source="bench")
         started = time.perf_counter()
         with Client(config) as client:
+            cluster = None
+            if args.workers:
+                cluster = LocalCluster(args.workers, stack=stack, queue=config.queue,
+                                       key_prefix=config.key_prefix, trust_code=False).start()
+                client.wait_for_workers(args.workers)
+                started = time.perf_counter()
             batch = client.map(add, [(i, i) for i in range(args.tasks)])
-        print(f"wrote a {args.tasks}-task batch in {time.perf_counter() - started:.1f} s")
+            if cluster is not None:
+                batch.wait()
+                cluster.stop()
+        state = "ran" if args.workers else "wrote (queued)"
+        print(f"{state} a {args.tasks}-task batch in {time.perf_counter() - started:.1f} s")
         port = free_port()
         base = f"http://127.0.0.1:{port}/"
         process = start_dashboard(config, port)

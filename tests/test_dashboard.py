@@ -225,7 +225,12 @@ def test_a_batch_page_read_again_rereads_only_its_unfinished_rows(client, backen
     assert again["tasks"][0]["status"] == "cancelled"
     assert reads.commands == 1 + PAGE_SIZE
 
-    # And once that row is final, it is no longer read
+    # And while no task moves, only the counters are read
     reads = QueueReads(backend)
-    reads.again(again)
+    assert reads.again(again) == again and reads.commands == 1
+
+    # And once a row is final, it is no longer read
+    client.cancel(batch[1].id, batch.id)
+    reads = QueueReads(backend)
+    assert reads.again(again)["tasks"][1]["status"] == "cancelled"
     assert reads.commands == 1 + PAGE_SIZE - 1

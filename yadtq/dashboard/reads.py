@@ -160,8 +160,8 @@ class QueueReads:
                 "tasks": tasks}
 
     def again(self, previous: dict[str, Any]) -> dict[str, Any]:
-        """A batch or workflow page read again for its live stream: the counts, and only
-        the rows on it not finished before (a finished task does not change).
+        """A batch or workflow page read again for its live stream: the counts, and, if
+        they moved, the rows on it not finished before (a finished task does not change).
 
         Raises:
             TaskNotFound: the batch or workflow has expired meanwhile.
@@ -174,6 +174,8 @@ class QueueReads:
             counted = progress(counts)
         else:
             counted = self._workflow_progress(previous["id"])
+        if all(counted[name] == previous[name] for name in counted):
+            return previous  # no task moved: the rows are as they were
         unfinished = [task["id"] for task in previous["tasks"] if task["status"] not in FINAL]
         fresh = {row["id"]: row for row in self.task_rows(unfinished)}
         return {**previous, **counted,
