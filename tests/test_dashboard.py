@@ -167,6 +167,17 @@ def test_allowed_actions_cancel_through_the_client_and_refuse_other_sites(config
         wait_until(lambda: client.backend.batch_counts(batch.id)["cancelled"] == 2, 10,
                    "the batch's two tasks cancelled")
 
+        with client.workflow("etl") as workflow:
+            parent = client.submit(add, 1, 2)
+            child = client.submit(add, parent, 1)
+        cancelled = web.post(f"/workflow/{workflow.id}/cancel")
+        assert cancelled.status_code == 200
+        assert f"cancelled 1 task of workflow {workflow.id}" in cancelled.text
+        assert client.status(parent.id) == "cancelled"
+        assert client.status(child.id) in ("cancelled", "skipped")
+        retried = web.post(f"/workflow/{workflow.id}/retry")
+        assert retried.status_code == 200 and "will run again" in retried.text
+
 
 def test_without_the_extra_the_command_names_the_install():
     code = ("import sys; sys.modules['starlette'] = None; from yadtq.cli import main; "

@@ -43,11 +43,12 @@ class Actions:
             return f"cancelled task {item_id}" if done else \
                 f"task {item_id} was not cancelled: it is already {status}"
         if kind == "batch":
-            return f"cancelled {self._cancel_batch(client, item_id)} tasks of batch {item_id}"
+            return f"cancelled {_tasks(self._cancel_batch(client, item_id))} of batch {item_id}"
         workflow = client.get_workflow(item_id)
         if verb == "retry":
-            return f"{workflow.retry()} tasks of workflow {item_id} will run again"
-        return f"cancelled {workflow.cancel()} tasks of workflow {item_id}"
+            return f"{_tasks(workflow.retry())} of workflow {item_id} will run again"
+        return f"cancelled {_tasks(workflow.cancel())} of workflow {item_id} (their " \
+            "dependents are skipped)"
 
     @staticmethod
     def _cancel_batch(client: Client, batch_id: str) -> int:
@@ -61,3 +62,7 @@ class Actions:
     def close(self) -> None:
         for client in self._clients.values():
             client.close()
+
+
+def _tasks(count: int) -> str:
+    return f"{count} task" if count == 1 else f"{count} tasks"
