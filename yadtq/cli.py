@@ -22,7 +22,7 @@ from importlib import resources
 from types import FrameType
 from typing import Any
 
-from yadtq import __version__, cli_observe, cli_schedules
+from yadtq import __version__, cli_dashboard, cli_observe, cli_schedules
 from yadtq.config import (
     Config,
     local_stack_record_path,
@@ -30,7 +30,6 @@ from yadtq.config import (
     record_settings,
     redacted_url,
 )
-from yadtq.dashboard import command as dashboard_command
 from yadtq.errors import YadtqError
 from yadtq.local import BROKERS, LocalCluster, registry
 from yadtq.store import no_worker_hint
@@ -115,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     workers.set_defaults(run=_workers)
     cli_schedules.add_parser(commands, servers, _connect)
     cli_observe.add_parser(commands, servers)
-    dashboard_command.add_parser(commands, servers)
+    cli_dashboard.add_parser(commands, servers)
 
     unit = commands.add_parser("worker-unit",
                                help="print the systemd unit that runs a worker on a VM")

@@ -9,7 +9,8 @@ restarted dashboard shows what Redis says.
 - ``settings``: the options and the refusal to expose an unguarded dashboard.
 - ``reads``: what each page shows, read through the backend with bounded reads.
 - ``auth``: the token check (bearer header, cookie, or ``?token=`` once).
-- ``app``: the routes; ``live``: the update streams; ``server``: uvicorn.
+- ``app``: the routes; ``live``: the update streams; ``actions``: cancel and retry;
+  ``server``: uvicorn (the command itself is ``yadtq.cli_dashboard``).
 
 Starlette, uvicorn and Jinja2 come with ``pip install 'yadtq[dashboard]'``; only
 ``settings`` imports without them.

@@ -1,4 +1,5 @@
-"""``yadtq dashboard`` (top layer): its options, parsed here; served by ``server``.
+"""``yadtq dashboard`` (top layer): its options, parsed here; served by
+``yadtq.dashboard.server``.
 
 Loads no web package until the options are checked, so a missing ``dashboard`` extra
 or an unguarded address is reported as one clear line.
