@@ -65,6 +65,7 @@ class Dashboard:
         self.templates.env.globals["colours"] = {s.value: s.colour for s in TaskStatus}
 
     def close(self) -> None:
+        """Close the Redis connections and the clients the actions opened."""
         if self.actions is not None:
             self.actions.close()
         for backend in self.backends.values():
@@ -81,9 +82,11 @@ class Dashboard:
         return QueueReads(self.backends[queue])
 
     def all_reads(self) -> list[QueueReads]:
+        """Fresh reads of every queue served (each counts its own commands)."""
         return [QueueReads(backend) for backend in self.backends.values()]
 
     def overview(self, request: Request) -> tuple[dict[str, Any], int]:
+        """Per queue: counters, live workers and slots, newest batches; and the cost."""
         queues, cost = [], 0
         for reads in self.all_reads():
             workers = reads.workers()
@@ -99,6 +102,7 @@ class Dashboard:
         return {"queues": queues, "shape": repr(shape)}, cost
 
     def workers(self, request: Request) -> tuple[dict[str, Any], int]:
+        """Per queue: each worker and what it runs now; and the cost."""
         queues, cost = [], 0
         for reads in self.all_reads():
             queues.append({"id": reads.queue, "workers": reads.workers(running=True)})
@@ -107,6 +111,7 @@ class Dashboard:
         return {"queues": queues, "shape": repr(shape)}, cost
 
     def batches(self, request: Request) -> tuple[dict[str, Any], int]:
+        """Per queue: the newest batches and workflows with progress; and the cost."""
         queues, cost = [], 0
         for reads in self.all_reads():
             queues.append({"id": reads.queue, "batches": reads.batches(RECENT_BATCHES),
@@ -117,13 +122,15 @@ class Dashboard:
         return {"queues": queues, "shape": repr(shape)}, cost
 
     def batch(self, request: Request) -> tuple[dict[str, Any], int]:
+        """One batch and a page of its tasks; and the cost."""
         reads = self.reads(request)
-        found = reads.batch(request.path_params["id"], _page(request))
+        found = reads.batch(request.path_params["id"], _page_number(request))
         return {**found, "shape": _rows_shape(found)}, reads.commands
 
     def workflow(self, request: Request) -> tuple[dict[str, Any], int]:
+        """One workflow and a page of its tasks; and the cost."""
         reads = self.reads(request)
-        found = reads.workflow(request.path_params["id"], _page(request))
+        found = reads.workflow(request.path_params["id"], _page_number(request))
         return {**found, "shape": _rows_shape(found)}, reads.commands
 
     def again(self, request: Request, previous: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -132,6 +139,7 @@ class Dashboard:
         return reads.again(previous), reads.commands
 
     def task(self, request: Request) -> tuple[dict[str, Any], int]:
+        """One task's record and attempts; and the cost."""
         reads = self.reads(request)
         found = reads.task(request.path_params["id"])
         return {**found, "shape": repr((found["status"], len(found["attempts"])))}, \
@@ -140,6 +148,7 @@ class Dashboard:
     # --- routes ------------------------------------------------------------------
 
     def routes(self) -> list[Route]:
+        """Each page's three routes (page, api, live), then the actions."""
         pages: list[tuple[str, str, Callable[[Request], tuple[dict[str, Any], int]], str]] = [
             ("/", "overview", self.overview, "overview.html"),
             ("/workers", "workers", self.workers, "workers.html"),
@@ -232,7 +241,7 @@ class Dashboard:
         return act
 
 
-def _page(request: Request) -> int:
+def _page_number(request: Request) -> int:
     text = request.query_params.get("page", "1")
     if not text.isdigit() or int(text) < 1:
         raise HTTPException(400, f"page must be a whole number from 1, got {text!r}")
