@@ -1,4 +1,4 @@
-"""Command line (top layer): ``yadtq submit|status|result|workers|local up|status|env|down``.
+"""Command line (top layer): ``yadtq submit|status|result|workers|dashboard|local ...``.
 
 It only parses arguments and calls library functions. Library errors print as
 ``yadtq: error: <message>`` on stderr with exit status 1 and no traceback (a
@@ -22,7 +22,7 @@ from importlib import resources
 from types import FrameType
 from typing import Any
 
-from yadtq import __version__, cli_observe, cli_schedules
+from yadtq import __version__, cli_dashboard, cli_observe, cli_schedules
 from yadtq.config import (
     Config,
     local_stack_record_path,
@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     workers.set_defaults(run=_workers)
     cli_schedules.add_parser(commands, servers, _connect)
     cli_observe.add_parser(commands, servers)
+    cli_dashboard.add_parser(commands, servers)
 
     unit = commands.add_parser("worker-unit",
                                help="print the systemd unit that runs a worker on a VM")

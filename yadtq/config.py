@@ -295,6 +295,11 @@ def cache_dir() -> Path:
     return Path(base) / "yadtq"
 
 
+def dashboard_token() -> str | None:
+    """``$YADTQ_DASHBOARD_TOKEN``: the token ``yadtq dashboard`` asks of every request."""
+    return os.environ.get("YADTQ_DASHBOARD_TOKEN") or None
+
+
 def java_home() -> str | None:
     """``$JAVA_HOME``, the Java installation that runs Apache Kafka, if set."""
     return os.environ.get("JAVA_HOME") or None

@@ -25,6 +25,7 @@ from yadtq.backend.due_sets import Retries, ScheduledTasks, Unblocked
 from yadtq.backend.keys import Keys
 from yadtq.backend.level_news import LevelNews
 from yadtq.backend.limit_store import LimitStore, claim_limits, limited_names
+from yadtq.backend.listings import Listings
 from yadtq.backend.moves import Claim, Outcome, Stored
 from yadtq.backend.parts import PIPELINE_CHUNK
 from yadtq.backend.queue_stats import QueueStats, note_batch, read_queue_stats, recent_batches
@@ -107,6 +108,7 @@ class RedisBackend:
         self.unrunnable = Unrunnable(config, self.redis, self._scripts, self.keys)
         self.schedules = ScheduleStore(config, self.redis, self._scripts, self.keys)
         self.limits = LimitStore(config, self.redis, self._scripts, self.keys)
+        self.listings = Listings(config, self.redis, self._scripts, self.keys)
 
     def check_connection(self) -> None:
         """Fail fast with the address when Redis does not answer.
