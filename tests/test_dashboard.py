@@ -81,6 +81,13 @@ def test_pages_show_what_redis_says_of_a_finished_batch_and_its_failed_task(
     assert len(workers) == 2 and {w["status"] for w in workers} == {"alive"}
     assert all(w["slots"] > 0 for w in workers)
 
+    # And /metrics serves the queue-wide metrics with the same counts
+    scraped = web.get("/metrics")
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+    assert (f'yadtq_task_outcomes_total{{queue="{config.queue}",status="failed",task="divide"}}'
+            " 1.0") in scraped.text
+    assert f'yadtq_workers_alive{{queue="{config.queue}"}} 2.0' in scraped.text
+
 
 def test_a_batch_page_reads_one_page_of_its_tasks(client, web):
     # Given a batch of 120 tasks no worker runs (they stay queued)
@@ -112,6 +119,7 @@ def test_with_a_token_every_request_without_it_gets_401(config):
         # Without it, or with a wrong one: 401
         assert web.get("/").status_code == 401
         assert web.get("/api/overview").status_code == 401
+        assert web.get("/metrics").status_code == 401
         assert web.get("/api/overview",
                        headers={"Authorization": "Bearer wrong"}).status_code == 401
         # With the bearer header: the page

@@ -16,7 +16,12 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -116,10 +121,19 @@ def queue_registry(config: Config, queues: Sequence[str] = ()) -> CollectorRegis
     """A registry holding only the queue-wide metrics of ``queues`` (default: the config's
     queue), for an HTTP server or an ASGI app to expose."""
     names = list(dict.fromkeys(queues)) or [config.queue]
+    return registry_of([RedisBackend(config.with_overrides(queue=name)) for name in names])
+
+
+def registry_of(backends: Sequence[RedisBackend]) -> CollectorRegistry:
+    """A registry holding only the queue-wide metrics of these queues' backends."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(QueueCollector(
-        [RedisBackend(config.with_overrides(queue=name)) for name in names]))
+    registry.register(QueueCollector(backends))
     return registry
+
+
+def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """A scrape's body and content type (for a web app serving ``/metrics`` itself)."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 def serve(config: Config, port: int, host: str = "127.0.0.1", queues: Sequence[str] = ()

@@ -36,6 +36,7 @@ from yadtq.dashboard.reads import (
 )
 from yadtq.dashboard.settings import DashboardSettings
 from yadtq.errors import TaskNotFound
+from yadtq.metrics import exposition, registry_of
 from yadtq.status import TaskStatus
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -58,6 +59,7 @@ class Dashboard:
     def __init__(self, settings: DashboardSettings) -> None:
         self.settings = settings
         self.backends = {c.queue: RedisBackend(c) for c in settings.configs}
+        self._registry = registry_of(list(self.backends.values()))
         self.actions = Actions(settings) if settings.allow_actions else None
         self.templates = Jinja2Templates(directory=str(TEMPLATES))
         self.templates.env.filters["when"] = _when
@@ -168,7 +170,13 @@ class Dashboard:
                                 methods=["POST"]))
         routes.append(Route("/workflow/{id}/retry", self._action("workflow", "retry"),
                             methods=["POST"]))
+        routes.append(Route("/metrics", self._metrics))
         return routes
+
+    def _metrics(self, request: Request) -> Response:
+        """The queue-wide metrics, as ``yadtq metrics`` serves them (``yadtq.metrics``)."""
+        body, content_type = exposition(self._registry)
+        return Response(body, media_type=content_type)
 
     def _page(self, path: str, api: str, read: Callable[[Request], tuple[dict[str, Any], int]],
               template: str) -> Callable[[Request], Response]:
