@@ -10,7 +10,7 @@ venv: $(VENV)/.installed
 # Reinstalled only when pyproject.toml (the dependency list) changes.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[local,notebook,otel,test,docs]'
+	$(BIN)/python -m pip install -e '.[local,notebook,otel,test,docs,dashboard]'
 	touch $@
 
 demo: venv

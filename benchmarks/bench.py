@@ -12,6 +12,7 @@
     python benchmarks/bench.py throughput --tracing # issue 25's cost of tracing
     python benchmarks/bench.py priority starvation  # issue 23's priorities (priority_bench.py)
     python benchmarks/bench.py rate_limit concurrency_limit   # issue 23's limits (limits.py)
+    python benchmarks/bench.py metrics --runs 3     # throughput, workers' metrics off / on
 
 Each workload starts from a fresh queue on one embedded stack with 3 worker
 processes (see ``--mode`` and ``--concurrency``). Figures are wall-clock on
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +46,7 @@ import workloads  # noqa: E402 - beside this script
 
 import yadtq  # noqa: E402
 from worker_node.tasks import add, sleep  # noqa: E402
-from yadtq.local import BROKERS, TANSU, LocalCluster, LocalStack  # noqa: E402
+from yadtq.local import BROKERS, TANSU, LocalCluster, LocalStack, free_port  # noqa: E402
 
 WORKERS = 3
 
@@ -84,9 +86,9 @@ def _cluster(stack: LocalStack, args: argparse.Namespace, concurrency: int | Non
     )
 
 
-def _traced(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
+def _traced(traced: bool) -> contextlib.AbstractContextManager[Any]:
     """With --tracing, a span for the measured submit or map to run in (the client traces)."""
-    if not args.tracing:
+    if not traced:
         return contextlib.nullcontext()
     from opentelemetry import trace
 
@@ -109,12 +111,16 @@ def _cpu_seconds(pid: int) -> float:
 
 def throughput(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
     """map(add) over 5,000 pairs: wall time from the call to the last result."""
-    count = args.tasks
-    with _cluster(stack, args) as cluster, yadtq.connect(cluster) as q:
+    with _cluster(stack, args) as cluster:
+        return _throughput(cluster, args.tasks, traced=bool(args.tracing))
+
+
+def _throughput(cluster: LocalCluster, count: int, traced: bool = False) -> dict[str, Any]:
+    with yadtq.connect(cluster) as q:
         q.wait_for_workers(WORKERS, timeout=60)
         q.map(add, [(i, i) for i in range(100)]).results(timeout=60)  # warm-up
         started = time.perf_counter()
-        with _traced(args):
+        with _traced(traced):
             batch = q.map(add, [(i, i) for i in range(count)])
         submitted = time.perf_counter()
         results = batch.results(timeout=600)
@@ -124,6 +130,39 @@ def throughput(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
     return {"tasks": count, "seconds": round(elapsed, 3),
             "submit_seconds": round(submitted - started, 3),
             "tasks_per_second": round(count / elapsed), "per_worker": per_worker}
+
+
+def metrics(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
+    """``throughput`` with the workers' metrics off, then on (each worker serving them on a
+    port of its own), alternately ``--runs`` times; checks that the workers' duration
+    histograms counted every task (warm-up included)."""
+    off: list[int] = []
+    on: list[int] = []
+    for _ in range(args.runs):
+        with _cluster(stack, args) as cluster:
+            off.append(_throughput(cluster, args.tasks)["tasks_per_second"])
+        cluster = _cluster(stack, args)
+        cluster.initial_workers = 0
+        ports = []
+        with cluster:
+            base = cluster.worker_args
+            for _ in range(WORKERS):
+                ports.append(free_port())
+                cluster.worker_args = (*base, "--metrics-port", str(ports[-1]))
+                cluster.start_worker()
+            on.append(_throughput(cluster, args.tasks)["tasks_per_second"])
+            counted = sum(_duration_count(port) for port in ports)
+        assert counted == args.tasks + 100, f"the workers counted {counted} tasks"
+    return {"tasks": args.tasks, "runs": args.runs, "off_tasks_per_second": off,
+            "on_tasks_per_second": on, "off_median": sorted(off)[len(off) // 2],
+            "on_median": sorted(on)[len(on) // 2]}
+
+
+def _duration_count(port: int) -> float:
+    """How many attempts a worker's ``yadtq_task_duration_seconds`` counted."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in page.read().decode().splitlines()
+                   if line.startswith("yadtq_task_duration_seconds_count{"))
 
 
 def latency(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
@@ -304,6 +343,7 @@ WORKLOADS: dict[str, Callable[[LocalStack, argparse.Namespace], dict[str, Any]]]
     "starvation": priority_bench.starvation,
     "rate_limit": lambda stack, args: limit_bench.rate_limit(stack, args, _cluster),
     "concurrency_limit": lambda stack, args: limit_bench.concurrency_limit(stack, args, _cluster),
+    "metrics": metrics,
 }
 
 
@@ -321,7 +361,8 @@ def main() -> int:
     parser.add_argument("--steal", action=argparse.BooleanOptionalAction, default=True,
                         help="workers steal when idle (default: on)")
     parser.add_argument("--tasks", type=int, default=5000, help="throughput batch size")
-    parser.add_argument("--runs", type=int, default=5, help="balance runs (default: 5)")
+    parser.add_argument("--runs", type=int, default=5,
+                        help="balance and metrics runs (default: 5)")
     parser.add_argument("--balance-slots", type=lambda text: [int(n) for n in text.split(",")],
                         default=[1, 4], metavar="N[,N]",
                         help="balance: slots a worker, each measured (default: 1,4)")

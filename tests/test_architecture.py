@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
      "routing", "acceptance", "worker_table", "dependencies", "workflow", "schedules",
      "call_options", "tracing"},  # core
     {"display", "workflow_display", "local", "cli", "cli_schedules", "connection", "__init__",
-     "__main__"},  # top
+     "__main__", "metrics", "cli_observe", "cli_dashboard", "dashboard"},  # top
 ]
 LAYER_NAMES = ["bottom", "adapters", "core", "top"]
 

@@ -111,6 +111,8 @@ def test_the_wheel_carries_every_module_the_license_the_lua_and_java_files_and_t
            if n.startswith("yadtq/backend/lua/")}
     sources = ROOT / "yadtq" / "backend" / "lua"
     assert lua == {str(p.relative_to(sources)) for p in sources.rglob("*.lua")}
+    templates = ROOT / "yadtq" / "dashboard" / "templates"
+    assert {str(p.relative_to(ROOT)) for p in templates.glob("*.html")} <= set(names)
 
 
 def test_the_sdist_ships_no_half_test_tree_and_the_build_warns_of_nothing(

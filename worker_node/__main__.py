@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 
-from yadtq.config import resolve_config
+from yadtq.config import metrics_port, resolve_config
 from yadtq.errors import YadtqError
 from yadtq.worker import DEFAULT_TASK_MODULES, Worker
 
@@ -21,6 +21,19 @@ def _at_least_one(text: str) -> int:
                                          ) from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {number}")
+    return number
+
+
+def _port(text: str) -> int:
+    """An argparse type for a TCP port, 1 to 65535."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"must be a TCP port, 1 to 65535, got {text!r} (from the option, else "
+            "$YADTQ_METRICS_PORT)")
     return number
 
 
@@ -75,6 +88,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shutdown-grace", type=float, default=30.0,
                         help="seconds to let running tasks finish on SIGTERM before handing "
                         "them back (default: 30)")
+    parser.add_argument("--metrics-port", type=_port, default=metrics_port(), metavar="PORT",
+                        help="serve this worker's Prometheus metrics (task duration and "
+                        "queue-wait histograms, busy slots) at http://HOST:PORT/metrics; "
+                        "each worker on a host needs its own port "
+                        "(default: $YADTQ_METRICS_PORT, else none)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                        help="address to serve metrics on; 0.0.0.0 for every interface "
+                        "(default: 127.0.0.1)")
     parser.add_argument("--tracing", action="store_true", default=None,
                         help="run each task in an OpenTelemetry span, a child of the span that "
                         "submitted it; exporters from $OTEL_TRACES_EXPORTER, needs "
@@ -103,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         worker = Worker(config, name=args.name, concurrency=args.concurrency,
                         task_modules=args.tasks or DEFAULT_TASK_MODULES, mode=args.mode,
-                        steal=args.steal,
-                        shutdown_grace=args.shutdown_grace)
+                        steal=args.steal, shutdown_grace=args.shutdown_grace,
+                        metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     except (YadtqError, ImportError) as exc:
         print(f"worker_node: error: {exc}", file=sys.stderr)
         return 1

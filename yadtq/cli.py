@@ -1,4 +1,4 @@
-"""Command line (top layer): ``yadtq submit|status|result|workers|local up|status|env|down``.
+"""Command line (top layer): ``yadtq submit|status|result|workers|dashboard|local ...``.
 
 It only parses arguments and calls library functions. Library errors print as
 ``yadtq: error: <message>`` on stderr with exit status 1 and no traceback (a
@@ -22,7 +22,7 @@ from importlib import resources
 from types import FrameType
 from typing import Any
 
-from yadtq import __version__, cli_schedules
+from yadtq import __version__, cli_dashboard, cli_observe, cli_schedules
 from yadtq.config import (
     Config,
     local_stack_record_path,
@@ -93,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --wait, give up after S seconds (default: wait forever)")
     submit.set_defaults(run=_submit)
 
-    status = commands.add_parser("status", parents=[servers], help="print a task's status")
-    status.add_argument("task_id", metavar="ID")
+    status = commands.add_parser("status", parents=[servers],
+                                 help="print a task's status, or without ID the queue's counts")
+    status.add_argument("task_id", metavar="ID", nargs="?")
     status.set_defaults(run=_status)
 
     result = commands.add_parser("result", parents=[servers],
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="print the workers and their last heartbeats")
     workers.set_defaults(run=_workers)
     cli_schedules.add_parser(commands, servers, _connect)
+    cli_observe.add_parser(commands, servers)
+    cli_dashboard.add_parser(commands, servers)
 
     unit = commands.add_parser("worker-unit",
                                help="print the systemd unit that runs a worker on a VM")
@@ -210,6 +213,8 @@ def _submit(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     client = _connect(args)
     try:
+        if args.task_id is None:
+            return cli_observe.print_stats(client)
         status = client.status(args.task_id)
     finally:
         client.close()

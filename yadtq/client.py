@@ -18,6 +18,7 @@ from typing import Any
 from yadtq import dependencies, protocol, tracing
 from yadtq.acceptance import Acceptance
 from yadtq.backend import PIPELINE_CHUNK, RedisBackend
+from yadtq.backend.queue_stats import QueueStats
 from yadtq.backend.scripts import EnqueueReply
 from yadtq.batch import TaskBatch
 from yadtq.broker import TaskProducer, create_topics
@@ -386,6 +387,11 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
             TaskNotFound: Redis holds no record for ``task_id``.
         """
         return TaskStatus(self.task_record(task_id)["status"])
+
+    def stats(self) -> QueueStats:
+        """The queue's counters: tasks submitted, in each status, outcomes per task name,
+        retries, requeued, dead-lettered; exact and never reset (one Redis read)."""
+        return self.backend.queue_stats()
 
     def get(self, task_id: str) -> TaskFuture:
         """A future re-attached to an existing task by id.

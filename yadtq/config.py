@@ -302,6 +302,11 @@ def cache_dir() -> Path:
     return Path(base) / "yadtq"
 
 
+def dashboard_token() -> str | None:
+    """``$YADTQ_DASHBOARD_TOKEN``: the token ``yadtq dashboard`` asks of every request."""
+    return os.environ.get("YADTQ_DASHBOARD_TOKEN") or None
+
+
 def java_home() -> str | None:
     """``$JAVA_HOME``, the Java installation that runs Apache Kafka, if set."""
     return os.environ.get("JAVA_HOME") or None
@@ -310,6 +315,12 @@ def java_home() -> str | None:
 def local_broker() -> str:
     """The broker a local stack runs when none is named: ``$YADTQ_LOCAL_BROKER``, else Tansu."""
     return os.environ.get("YADTQ_LOCAL_BROKER") or "tansu"
+
+
+def metrics_port() -> str | None:
+    """The port a worker serves its metrics on, unless told: ``$YADTQ_METRICS_PORT``
+    (unset or empty: none)."""
+    return os.environ.get("YADTQ_METRICS_PORT") or None
 
 
 def otel_traces_exporters() -> list[str]:

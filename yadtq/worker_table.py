@@ -96,11 +96,12 @@ def worker_row(record: dict[str, str], now: float, expected: dict[str, Any]) -> 
         "last_heartbeat": last,
         "settings_differ": settings_differ(record, expected),
         # What waits for it at each priority level (buffered, or in its partitions).
-        **{f"waiting_{level}": count for level, count in _waiting(record).items()},
+        **{f"waiting_{level}": count for level, count in waiting_by_level(record).items()},
     }
 
 
-def _waiting(record: dict[str, str]) -> dict[str, int]:
+def waiting_by_level(record: dict[str, str]) -> dict[str, int]:
+    """What a worker's last heartbeat says waits for it in Kafka, per priority level."""
     try:
         reported = json.loads(record.get("waiting") or "{}")
     except ValueError:

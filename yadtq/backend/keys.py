@@ -86,6 +86,16 @@ class Keys:
         return f"{self.prefix}:level-offsets:{self.queue}:{level}"
 
     @property
+    def stats(self) -> str:
+        """Hash: the queue's counters, moved by the scripts (``lua/lib/stats.lua``)."""
+        return f"{self.prefix}:stats:{self.queue}"
+
+    @property
+    def batches(self) -> str:
+        """Sorted set: the queue's recent batches, id -> created at (``queue_stats``)."""
+        return f"{self.prefix}:batches:{self.queue}"
+
+    @property
     def retries(self) -> str:
         return f"{self.prefix}:retries:{self.queue}"
 

@@ -25,8 +25,10 @@ from yadtq.backend.due_sets import Retries, ScheduledTasks, Unblocked
 from yadtq.backend.keys import Keys
 from yadtq.backend.level_news import LevelNews
 from yadtq.backend.limit_store import LimitStore, claim_limits, limited_names
+from yadtq.backend.listings import Listings
 from yadtq.backend.moves import Claim, Outcome, Stored
 from yadtq.backend.parts import PIPELINE_CHUNK
+from yadtq.backend.queue_stats import QueueStats, note_batch, read_queue_stats, recent_batches
 from yadtq.backend.read_positions import ReadPositions
 from yadtq.backend.records import (
     PAYLOAD_FIELDS,
@@ -106,6 +108,7 @@ class RedisBackend:
         self.unrunnable = Unrunnable(config, self.redis, self._scripts, self.keys)
         self.schedules = ScheduleStore(config, self.redis, self._scripts, self.keys)
         self.limits = LimitStore(config, self.redis, self._scripts, self.keys)
+        self.listings = Listings(config, self.redis, self._scripts, self.keys)
 
     def check_connection(self) -> None:
         """Fail fast with the address when Redis does not answer.
@@ -196,6 +199,7 @@ class RedisBackend:
         pipe.hset(self.keys.batch(batch_id), mapping={
             "total": total, **dict.fromkeys(COUNTERS, 0), status.value: total,
             "created_at": now})
+        note_batch(pipe, self.keys, batch_id, now)
 
     def put_blobs(self, blobs: dict[str, bytes]) -> None:
         """Store pickles under their digests, living as long as a finished task's record."""
@@ -287,6 +291,14 @@ class RedisBackend:
     def batch_task_ids(self, batch_id: str) -> list[str]:
         """The ids of a batch's tasks in submission order."""
         return [text(i) for i in self.redis.lrange(self.keys.batch_tasks(batch_id), 0, -1)]
+
+    def queue_stats(self) -> QueueStats:
+        """The queue's counters (``queue_stats``): one read, exact, never reset."""
+        return read_queue_stats(self.redis, self.keys)
+
+    def recent_batches(self, limit: int) -> list[tuple[str, float]]:
+        """The newest batches still in Redis, newest first: (id, created at)."""
+        return recent_batches(self.redis, self.keys, limit)
 
     def workers(self) -> list[dict[str, Any]]:
         """Every registered worker's last heartbeat record, newest first."""

@@ -6,6 +6,7 @@
 - ``maintenance``: heartbeat, lease renewal, due retries and the reaper.
 - ``shipped``: checking and fetching a trusted task's pickles.
 - ``redis_retry``: riding out a Redis outage, one thread at a time.
+- ``worker_metrics``: the worker's own Prometheus histograms, served with --metrics-port.
 
 Kafka is reached only through the adapter, ``yadtq.broker``.
 """

@@ -53,6 +53,7 @@ class Attempt:
     stopped: bool = False
     pickled: bool = False  # ``value`` is the result as :func:`yadtq.values.dumps` bytes
     value_type: str = ""  # with ``pickled``: the result's type, for display
+    seconds: float | None = None  # how long the call ran where it ran; None: stopped
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class Call:
 def run_call(call: Call) -> Attempt:
     """Call the task's function and capture its outcome (never raises); its parents'
     values take the place of their markers in the arguments (``yadtq.inputs``)."""
+    started = time.perf_counter()  # each task's own time, also when it runs in a group
     task, args, kwargs, shipped, parents = (call.task, call.args, call.kwargs, call.shipped,
                                             call.parents)
     try:
@@ -113,16 +115,19 @@ def run_call(call: Call) -> Attempt:
         value = function(*args, **kwargs)
         if shipped is not None:
             return Attempt(ok=True, value=values.dumps(value), pickled=True,
-                           value_type=values.type_name(value))
+                           value_type=values.type_name(value),
+                           seconds=time.perf_counter() - started)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes an outcome
+        seconds = time.perf_counter() - started  # not counting the traceback's formatting
         return Attempt(
             ok=False,
             error_type=type(exc).__name__,
             error=str(exc),
             traceback="".join(traceback.format_exception(exc)),
             retryable=_is_retryable(exc, call.retry_on, registry.options(task).retry_on),
+            seconds=seconds,
         )
-    return Attempt(ok=True, value=value)
+    return Attempt(ok=True, value=value, seconds=time.perf_counter() - started)
 
 
 class ThreadRunner:

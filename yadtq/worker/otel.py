@@ -1,7 +1,8 @@
 """A traced worker's spans (worker runtime; imported only when it traces, ``spans``).
 
-Each attempt a slot ends becomes one ``yadtq.run <task>`` span (kind CONSUMER) from
-when the slot began it to its outcome, made once the outcome is known. Its parent is
+Each attempt a slot ends becomes one ``yadtq.run <task>`` span (kind CONSUMER) over the
+time it ran (measured where it ran, also for tasks run in a group), made once the
+outcome is known. Its parent is
 the context the task carries (``TaskMessage.trace``: its Kafka headers, or its Redis
 record when it was claimed from there or produced again from it), so a re-run after a
 worker died, a retry or a workflow child readied later stays in the submitter's trace.
@@ -67,8 +68,9 @@ class RunSpans:
         self._parent: tuple[Trace, Context] = ((), Context())
 
     def ran(self, message: protocol.TaskMessage, attempt: int, outcome: Outcome,
-            started_ns: int) -> None:
-        """Record one attempt of ``message`` that began at ``started_ns`` and ended now."""
+            started: float, seconds: float) -> None:
+        """Record one attempt of ``message`` that began at ``started`` (unix seconds) and
+        ran ``seconds``."""
         status = "retry" if outcome.retry_at is not None else outcome.status.value
         attributes = {
             "messaging.system": "kafka",
@@ -81,13 +83,13 @@ class RunSpans:
             attributes["yadtq.batch_id"] = message.batch
         span = self._tracer.start_span(
             f"yadtq.run {message.task}", context=self._parent_of(message.trace),
-            kind=SpanKind.CONSUMER, attributes=attributes, start_time=started_ns)
+            kind=SpanKind.CONSUMER, attributes=attributes, start_time=int(started * 1e9))
         if outcome.status is TaskStatus.FAILED:
             span.add_event("exception", {"exception.type": outcome.error_type,
                                          "exception.message": outcome.error,
                                          "exception.stacktrace": outcome.traceback})
             span.set_status(Status(StatusCode.ERROR, f"{outcome.error_type}: {outcome.error}"))
-        span.end()
+        span.end(end_time=int((started + seconds) * 1e9))
 
     def _parent_of(self, trace_context: Trace) -> Context:
         """The context a task's trace fields name (an empty one for none: a root span)."""

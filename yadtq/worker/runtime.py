@@ -57,6 +57,7 @@ from yadtq.worker.redis_retry import GAVE_UP, retry_redis
 from yadtq.worker.rung_copies import RungCopies
 from yadtq.worker.slots import GROUP, SHORT_TASK, Slots
 from yadtq.worker.spans import worker_spans
+from yadtq.worker.worker_metrics import NO_METRICS, WorkerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +82,22 @@ class Worker:
         steal: bool = True,
         shutdown_grace: float = 30.0,
         clock: Callable[[], float] = time.time,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
+        """``metrics_port``: serve this worker's Prometheus metrics on
+        ``metrics_host:metrics_port`` (``worker_metrics``); None: serve none.
+
+        Raises:
+            ConfigurationError: the metrics port cannot be bound (checked before connecting).
+        """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.config = config
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self._metrics = NO_METRICS if metrics_port is None else WorkerMetrics(
+            queue=config.queue, worker=self.name, slots=concurrency, host=metrics_host,
+            port=metrics_port)
         self.concurrency = concurrency
         self.mode = mode
         self.shutdown_grace = shutdown_grace
@@ -142,7 +154,8 @@ class Worker:
             runners=execution.make_runners(mode, concurrency, task_modules), ended=self._ended,
             grouping=lambda: self._ahead > 0, attach=self._held.attach,
             cancelled=self._held.cancelled, clock=clock, stopping=self._stopping,
-            spans=self._spans)
+            metrics=self._metrics, spans=self._spans)
+        self._metrics.watch_slots(self._slots.busy)
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -185,6 +198,7 @@ class Worker:
             return
         self._rung_for_one = False
         deliveries = self.consumer.take(free, wait=self._poll_waits)
+        self._metrics.read(deliveries)
         if not deliveries:
             # Our partitions are drained: look again without waiting (a ring, or tasks
             # started, say when more may be on their way).
@@ -306,6 +320,7 @@ class Worker:
             deliveries = []
         if deliveries is None:
             return False  # not looking now: joining, or backing off
+        self._metrics.read(deliveries)
         candidates = [d.message for d in deliveries
                       if d.message is not None and d.message.route in self._served]
         claims = self._claim(candidates, limit=free) if candidates else []
@@ -458,6 +473,7 @@ class Worker:
         except BrokerUnavailable as exc:
             logger.error("Worker %s: %s", self.name, exc)
         self.backend.close()
+        self._metrics.close()  # before the runners go, which the busy-slot gauge counts
         self._slots.close()
         self._spans.close()
         logger.info("Worker %s: stopped (%s); processed %d, failed %d", self.name,

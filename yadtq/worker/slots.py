@@ -27,6 +27,7 @@ from yadtq.worker import execution, outcomes
 from yadtq.worker.parents import InputsUnavailable, ParentValues, Read
 from yadtq.worker.shipped import PythonVersionMismatch, ShippedCode
 from yadtq.worker.spans import NO_SPANS, Spans
+from yadtq.worker.worker_metrics import NO_METRICS, NoMetrics, WorkerMetrics
 
 SHORT_TASK = 0.005  # seconds; tasks this short on average are claimed ahead and grouped
 GROUP = 8  # short untimed tasks a slot hands its task process in one round trip, at most
@@ -58,12 +59,14 @@ class Slots:
         cancelled: Callable[[str], bool],
         clock: Callable[[], float],
         stopping: threading.Event,
+        metrics: WorkerMetrics | NoMetrics = NO_METRICS,
         spans: Spans = NO_SPANS,
     ) -> None:
         """``ended(message, outcome)``: an attempt ended; ``grouping()``: whether tasks
         waiting may run together (the worker claims ahead); ``attach(task_id, runner)``:
         the runner a task runs on, for cancelling it; ``cancelled(task_id)``: whether it
-        was cancelled while it ran; ``spans``: told of every attempt ended (tracing)."""
+        was cancelled while it ran; ``metrics``: where each task that ran is observed;
+        ``spans``: told of every attempt ended (tracing)."""
         self.config = config
         self._backend = backend
         self._worker = worker
@@ -73,6 +76,7 @@ class Slots:
         self._cancelled = cancelled
         self._clock = clock
         self._stopping = stopping
+        self._metrics = metrics
         self._spans = spans
         self._shipped = ShippedCode(config, backend)
         self._parents = ParentValues(config, backend)
@@ -89,6 +93,10 @@ class Slots:
         """Start the slot threads."""
         for thread in self._threads:
             thread.start()
+
+    def busy(self) -> int:
+        """How many slots are running a task now."""
+        return len(self._threads) - self._runners.qsize()
 
     def put(self, message: protocol.TaskMessage, attempt: int) -> None:
         """Run a claimed task in the next free slot."""
@@ -150,14 +158,16 @@ class Slots:
         None: it cannot run here, and has ended (shipped code that does not check out, a
         parent's result gone, say)."""
         message, attempt = claimed
-        started = time.time_ns()
+        started = self._clock()
         try:
             shipped = self._shipped.unpack(message)
             parents = self._parents.read(message, read)
         except (UntrustedCode, PythonVersionMismatch, BackendUnavailable,
                 InputsUnavailable) as exc:
-            self._end(message, attempt, outcomes.failed(
-                message, attempt, exc, retryable=isinstance(exc, BackendUnavailable)), started)
+            report = outcomes.failed(message, attempt, exc,
+                                     retryable=isinstance(exc, BackendUnavailable))
+            self._spans.ran(message, attempt, report, started, self._clock() - started)
+            self._ended(message, report)
             return None
         call = execution.Call(message.task, message.args, dict(message.kwargs),
                               message.retry_on, shipped, parents)
@@ -166,7 +176,8 @@ class Slots:
 
     def _run_alone(self, ready: _Ready) -> None:
         """Run one claimed task in a slot and hand over its outcome."""
-        call, started = ready.call, time.time_ns()
+        call = ready.call
+        started = self._clock()
         attempts = self._run([ready], lambda runner: [runner.run(call, ready.timeout)])
         self._ended_all([ready], attempts, started)
 
@@ -174,7 +185,7 @@ class Slots:
         """Run untimed claimed tasks in one round trip and hand over their outcomes. If
         the task process did not finish them all (one was cancelled, or one ended the
         process), each runs again alone, but for the cancelled ones."""
-        started = time.time_ns()
+        started = self._clock()
         attempts = self._run(group, lambda runner: runner.run_group([r.call for r in group]))
         if attempts is not None:
             self._ended_all(group, attempts, started)
@@ -200,16 +211,16 @@ class Slots:
                 (time.monotonic() - started) / len(group))
 
     def _ended_all(self, group: list[_Ready], attempts: list[execution.Attempt],
-                   started: int) -> None:
-        """Hand over the outcomes of tasks that began at ``started`` (unix ns; a group's
-        tasks share its start)."""
+                   started: float) -> None:
+        """Hand over the outcomes of tasks run one after another from ``started``; each
+        ran for the time measured where it ran, or, if it was stopped, until now."""
         for ready, result in zip(group, attempts, strict=True):
-            self._end(ready.message, ready.attempt, outcomes.outcome(
+            report = outcomes.outcome(
                 ready.message, ready.attempt, result, config=self.config,
                 backend=self._backend, now=self._clock(), stopping=self._stopping,
-                worker=self._worker), started)
-
-    def _end(self, message: protocol.TaskMessage, attempt: int, outcome: Outcome,
-             started: int) -> None:
-        self._spans.ran(message, attempt, outcome, started)
-        self._ended(message, outcome)
+                worker=self._worker)
+            seconds = self._clock() - started if result.seconds is None else result.seconds
+            self._metrics.ran(ready.message, report, started, seconds)
+            self._spans.ran(ready.message, ready.attempt, report, started, seconds)
+            started += seconds
+            self._ended(ready.message, report)

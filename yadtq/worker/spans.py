@@ -22,8 +22,9 @@ class Spans(Protocol):
     """What the slots tell of each attempt they end."""
 
     def ran(self, message: protocol.TaskMessage, attempt: int, outcome: Outcome,
-            started_ns: int) -> None:
-        """An attempt that began at ``started_ns`` (unix ns) ended now with ``outcome``."""
+            started: float, seconds: float) -> None:
+        """An attempt that began at ``started`` (unix seconds) and ran ``seconds`` ended
+        with ``outcome``."""
 
     def close(self) -> None:
         """Send the spans not yet exported (the worker is stopping)."""
@@ -33,7 +34,7 @@ class NoSpans:
     """The worker does not trace."""
 
     def ran(self, message: protocol.TaskMessage, attempt: int, outcome: Outcome,
-            started_ns: int) -> None:
+            started: float, seconds: float) -> None:
         """Nothing to record."""
 
     def close(self) -> None:

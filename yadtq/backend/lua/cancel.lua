@@ -4,6 +4,7 @@
 -- A worker that later receives it skips it; one running it stops it where it can, and its
 -- result is refused by finish.lua because the task is no longer processing.
 --
+-- uses: stats.lua
 -- uses: edges.lua
 -- uses: limits.lua
 --
@@ -30,7 +31,7 @@
 -- it, or, waiting for a limit itself, leaves its waiting list (lib/limits.lua).
 -- Returns {"ok", previous status, worker that held it or ""} or {"skip", current status}.
 local current = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker', 'batch',
-                           'readers', 'parents', 'share', 'waits_on')
+                           'readers', 'parents', 'share', 'waits_on', 'task')
 if current[1] ~= 'queued' and current[1] ~= 'processing' and current[1] ~= 'scheduled'
     and current[1] ~= 'blocked' then
   return {'skip', current[1] or 'missing'}
@@ -61,7 +62,9 @@ if batch ~= '' then
 end
 local changes = {{id = ARGV[1], status = 'cancelled', worker = current[3] or '',
   attempt = tonumber(current[2]), batch = batch, at = now}}
+stats_move(ctx.stats, current[9], current[1], 'cancelled')
 edges_final(ctx, ARGV[1], 'cancelled', current[5], current[6])
+stats_write(stats_key(ARGV[4], 'events'), ctx.stats)
 for _, change in ipairs(ctx.changes) do
   changes[#changes + 1] = change
 end

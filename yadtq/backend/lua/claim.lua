@@ -6,6 +6,7 @@
 -- two together
 -- (tests/test_scripts.py runs the codec against this script).
 --
+-- uses: stats.lua
 -- uses: limits.lua
 --
 -- KEYS[1] leases sorted set  yadtq:leases:<queue>   (task id -> lease expiry)
@@ -46,7 +47,7 @@
 -- ("rate limited" and "concurrency limited" for a task now scheduled).
 -- Publishes one event message: a JSON array of the claimed tasks' changes.
 local worker, expiry, now, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[5])
-local changes = {}
+local changes, stats = {}, {}  -- stats: the queue's counters' moves (lib/stats.lua)
 local moved, batches = {}, {}  -- claimed tasks per batch counters key, applied once at the end
 local served, need_message = nil, {}
 if ARGV[6] ~= '' then
@@ -78,6 +79,7 @@ local function wait(id, task_key, batch_key, history_key, record, created, named
     redis.call('HDEL', task_key, 'due_at')
   end
   redis.call('ZADD', L .. ':waiting', since, id)
+  stats_move(stats, record[5], 'queued', 'scheduled')
   redis.call('RPUSH', history_key, cjson.encode({attempt = attempt, worker = worker,
     event = 'limited', detail = reason .. ': waits for ' .. text, at = now}))
   local batch = record[3]
@@ -107,6 +109,8 @@ local function claim(i)
     record = read(task_key)
     status = 'queued'
     created = true
+    stats_add(stats, 'submitted', 1)
+    stats_move(stats, record[5], '', 'queued')
   end
   if not status then
     return {'skip', 'missing'}
@@ -146,6 +150,7 @@ local function claim(i)
   end
   redis.call('HSET', task_key, 'status', 'processing', 'worker', worker, 'started_at', started,
              'attempt', tostring(attempt))
+  stats_move(stats, record[5], 'queued', 'processing')
   if record[4] then
     redis.call('HDEL', task_key, 'retry_at')
   end
@@ -182,6 +187,7 @@ for _, batch_key in ipairs(batches) do
   redis.call('HINCRBY', batch_key, 'queued', -moved[batch_key])
   redis.call('HINCRBY', batch_key, 'processing', moved[batch_key])
 end
+stats_write(stats_key(ARGV[4], 'events'), stats)
 if #changes > 0 then
   redis.call('PUBLISH', ARGV[4], cjson.encode(changes))
 end

@@ -4,6 +4,7 @@
 -- task's doorbell is rung here, after its record exists: a worker it wakes claims it
 -- from that record.
 --
+-- uses: stats.lua
 -- uses: edges.lua
 --
 -- Python side: yadtq/backend/scripts.py, EnqueueCall. It lays out these KEYS and ARGV:
@@ -163,6 +164,10 @@ if #blocked_scores > 0 then
   redis.call('ZADD', KEYS[4], unpack(blocked_scores))
 end
 local not_queued = #blocked + #skipped
+local stats = {submitted = tasks}
+stats_move(stats, nil, '', due == '' and 'queued' or 'scheduled', tasks)
+stats_move(stats, nil, 'queued', 'blocked', not_queued)
+stats_write(stats_key(ARGV[8], 'events'), stats, ctx and ctx.stats or {})
 if not_queued > 0 and ARGV[1] ~= '' then
   redis.call('HINCRBY', batch_key, 'queued', -not_queued)
   redis.call('HINCRBY', batch_key, 'blocked', not_queued)

@@ -10,6 +10,7 @@
 -- They lay out these KEYS and ARGV: change the two together (tests/test_scripts.py runs
 -- the codec against this script).
 --
+-- uses: stats.lua
 -- uses: edges.lua
 --
 -- KEYS[1] blocked set, KEYS[2] unblocked set, KEYS[3] settling set (lib/edges.lua)
@@ -32,7 +33,7 @@
 local now_text, channel, error_type, error, why = ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local now = tonumber(now_text)
 local ttl = math.floor(tonumber(ARGV[2]))
-local changes, failed = {}, 0
+local changes, failed, stats = {}, 0, {}
 local ctx
 for i = 1, (#KEYS - 3) / 4 do
   local task_key, batch_key, list_key, history_key =
@@ -41,13 +42,20 @@ for i = 1, (#KEYS - 3) / 4 do
   ctx = ctx or edges_context(edges_prefix(task_key, id), KEYS[1], KEYS[2], KEYS[3], now, ttl,
                              now, tonumber(ARGV[7]))
   local current = redis.call('HMGET', task_key, 'status', 'attempt', 'batch', 'readers',
-                             'parents')
+                             'parents', 'task')
   local missing = current[1] == false and create_as ~= ''
   if current[1] == 'queued' or missing then
     local attempt = tonumber(current[2]) or 1
     if missing then
       redis.call('HSET', task_key, 'task', create_as, 'attempt', attempt, 'queued_at', now_text,
                  'format', 'plain')
+    end
+    if missing then
+      stats_add(stats, 'submitted', 1)
+    end
+    stats_move(stats, current[6] or create_as, missing and '' or 'queued', 'failed')
+    if why == 'refused' then
+      stats_add(stats, 'dead_lettered', 1)
     end
     redis.call('HSET', task_key, 'status', 'failed', 'finished_at', now_text,
                'error_type', error_type, 'error', error, 'traceback', '')
@@ -68,6 +76,7 @@ for i = 1, (#KEYS - 3) / 4 do
     edges_final(ctx, id, 'failed', current[4], current[5])
   end
 end
+stats_write(stats_key(channel, 'events'), stats, ctx and ctx.stats or {})
 for _, change in ipairs(ctx and ctx.changes or {}) do
   changes[#changes + 1] = change
 end

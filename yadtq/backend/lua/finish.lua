@@ -7,6 +7,7 @@
 -- They lay out these KEYS and ARGV and name the reply's fields: change the two together
 -- (tests/test_scripts.py runs the codec against this script).
 --
+-- uses: stats.lua
 -- uses: edges.lua
 -- uses: limits.lua
 --
@@ -83,7 +84,7 @@ for i = 1, (#KEYS - 5) / 4 do
     ARGV[a + 4], ARGV[a + 5]
   local ended = ARGV[a + 9]
   local current = redis.call('HMGET', task_key, 'status', 'attempt', 'worker', 'batch',
-                             'readers', 'parents', 'share')
+                             'readers', 'parents', 'share', 'task')
   if current[1] ~= 'processing' or current[2] ~= held or current[3] ~= worker then
     if current[1] then
       redis.call('RPUSH', history_key, cjson.encode({attempt = tonumber(held),
@@ -109,6 +110,8 @@ for i = 1, (#KEYS - 5) / 4 do
                  'traceback', ARGV[a + 8], 'status', 'queued', 'attempt', tostring(attempt),
                  'worker', '', 'retry_at', retry_at)
       redis.call('ZADD', KEYS[2], retry_at, id)
+      stats_move(ctx.stats, current[8], 'processing', 'queued')
+      stats_add(ctx.stats, 'retried', 1)
       if batch ~= '' then
         tally(batch_key, list_key, 'processing', -1, false)
         tally(batch_key, list_key, 'queued', 1, false)
@@ -121,6 +124,7 @@ for i = 1, (#KEYS - 5) / 4 do
         redis.call('HSET', task_key, 'error_type', ARGV[a + 6], 'error', ARGV[a + 7],
                    'traceback', ARGV[a + 8], 'status', outcome, 'finished_at', ended)
       end
+      stats_move(ctx.stats, current[8], 'processing', outcome)
       if batch ~= '' then
         tally(batch_key, list_key, 'processing', -1, true)
         tally(batch_key, list_key, outcome, 1, true)
@@ -150,6 +154,7 @@ for _, batch_key in ipairs(batches) do
     redis.call('EXPIRE', list_key, ttl)
   end
 end
+stats_write(stats_key(channel, 'events'), ctx.stats)
 for _, change in ipairs(ctx.changes) do
   changes[#changes + 1] = change
 end

@@ -11,6 +11,8 @@
 -- occurrence to fire. They lay out these KEYS and ARGV and name the reply's fields:
 -- change the two together (tests/test_scripts.py runs the codec against this script).
 --
+-- uses: stats.lua
+--
 -- KEYS[1] schedule hash      yadtq:schedule:<queue>:<name>
 -- KEYS[2] schedules set      yadtq:schedules:<queue>  (name -> next occurrence)
 -- KEYS[3] scheduled set      yadtq:scheduled:<queue>  (task id -> due)
@@ -114,6 +116,11 @@ for i = 1, count do
   end
 end
 
+if #written > 0 then
+  local stats = {submitted = #written}
+  stats_move(stats, nil, '', 'scheduled', #written)
+  stats_write(stats_key(KEYS[2], 'schedules'), stats)
+end
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
 redis.call('HINCRBY', KEYS[1], 'fired', counts.fired)
 redis.call('HINCRBY', KEYS[1], 'skipped', counts.skipped)

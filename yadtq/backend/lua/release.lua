@@ -15,10 +15,12 @@
 -- ARGV[3] who released them, for the history
 -- then for each task 1 arg: task id
 --
+-- uses: stats.lua
+--
 -- Returns, per task, 1 to produce it or 0 not to. Publishes one event message for the moved.
 local now_text, channel, worker = ARGV[1], ARGV[2], ARGV[3]
 local now = tonumber(now_text)
-local changes, verdicts = {}, {}
+local changes, verdicts, stats = {}, {}, {}
 for i = 1, #KEYS / 3 do
   local task_key, batch_key, history_key = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local id = ARGV[3 + i]
@@ -27,6 +29,7 @@ for i = 1, #KEYS / 3 do
   if current[1] == 'scheduled' then
     local attempt = tonumber(current[2])
     redis.call('HSET', task_key, 'status', 'queued', 'queued_at', now_text)
+    stats_move(stats, nil, 'scheduled', 'queued')
     redis.call('RPUSH', history_key, cjson.encode({attempt = attempt, worker = worker,
       event = 'due', detail = 'scheduled -> queued', at = now}))
     local batch = current[3] or ''
@@ -41,6 +44,7 @@ for i = 1, #KEYS / 3 do
     verdicts[i] = 1
   end
 end
+stats_write(stats_key(channel, 'events'), stats)
 if #changes > 0 then
   redis.call('PUBLISH', channel, cjson.encode(changes))
 end

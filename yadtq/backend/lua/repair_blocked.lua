@@ -5,6 +5,7 @@
 -- skipped when a parent it does not tolerate failing ended without success, or is gone),
 -- and reported, so a hidden bug becomes a warning, not a hang. Safe in every worker.
 --
+-- uses: stats.lua
 -- uses: edges.lua
 --
 -- Python side: yadtq/backend/workflow_scripts.py, RepairBlockedCall. They lay out these KEYS
@@ -64,6 +65,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[5]) - 1)) do
     end
   end
 end
+stats_write(stats_key(ARGV[4], 'events'), ctx.stats)
 if #ctx.changes > 0 then
   redis.call('PUBLISH', ARGV[4], cjson.encode(ctx.changes))
 end

@@ -5,6 +5,7 @@
 -- these KEYS and ARGV and name the reply's fields: change the two together
 -- (tests/test_scripts.py runs the codec against this script).
 --
+-- uses: stats.lua
 -- uses: limits.lua
 --
 -- KEYS[1] task hash          yadtq:task:<id>
@@ -60,6 +61,9 @@ if batch ~= '' then
   redis.call('HINCRBY', KEYS[3], 'processing', -1)
   redis.call('HINCRBY', KEYS[3], 'queued', 1)
 end
+local stats = {requeued = 1}
+stats_move(stats, nil, 'processing', 'queued')
+stats_write(stats_key(ARGV[5], 'events'), stats)
 redis.call('PUBLISH', ARGV[5], cjson.encode({{id = ARGV[1], status = 'queued', worker = '',
   attempt = attempt, batch = batch, at = tonumber(ARGV[3])}}))
 local payload = redis.call('HMGET', KEYS[1], unpack(ARGV, 7))

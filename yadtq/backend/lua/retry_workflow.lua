@@ -15,7 +15,10 @@
 -- ARGV[3] events channel
 -- then the ids of the workflow's tasks to look at
 --
+-- uses: stats.lua
+--
 -- Returns {ids queued, ids blocked}.
+-- (Its outcomes stay counted in the queue's counters: they count outcomes reached.)
 local prefix, now = ARGV[1], tonumber(ARGV[2])
 local again, records = {}, {}
 for i = 4, #ARGV do
@@ -53,7 +56,7 @@ while changed do
     end
   end
 end
-local queued, blocked, changes = {}, {}, {}
+local queued, blocked, changes, stats = {}, {}, {}, {}
 for id, record in pairs(records) do
   if again[id] then
     local key = prefix .. 'task:' .. id
@@ -71,6 +74,7 @@ for id, record in pairs(records) do
     end
     local attempt = tonumber(record[5] or '1') + 1
     local status = waiting > 0 and 'blocked' or 'queued'
+    stats_move(stats, nil, record[1], status)
     redis.call('HDEL', key, 'result', 'error_type', 'error', 'traceback', 'finished_at',
                'started_at', 'root', 'root_error', 'worker', 'retry_at')
     redis.call('HSET', key, 'attempt', tostring(attempt), 'waiting', waiting)
@@ -98,6 +102,7 @@ for id, record in pairs(records) do
       attempt = attempt, at = now}
   end
 end
+stats_write(stats_key(ARGV[3], 'events'), stats)
 if #changes > 0 then
   redis.call('PUBLISH', ARGV[3], cjson.encode(changes))
 end

@@ -4,6 +4,7 @@
 -- holds) for the caller to produce, holding them as take_due.lua does. Any worker may run
 -- it at any time: each edge moves once, and each due child is taken by one caller.
 --
+-- uses: stats.lua
 -- uses: edges.lua
 --
 -- Python side: yadtq/backend/scripts.py, SettleCall. They lay out these KEYS and ARGV and
@@ -38,6 +39,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, 9)) do
     redis.call('ZREM', KEYS[1], id)
   end
 end
+stats_write(stats_key(ARGV[4], 'events'), ctx.stats)
 if #ctx.changes > 0 then
   redis.call('PUBLISH', ARGV[4], cjson.encode(ctx.changes))
 end

@@ -16,7 +16,8 @@
 -- so no script needs it as an argument), the queue's blocked, unblocked and settling sets,
 -- the time, the records' TTL, the score readied children enter the unblocked set with (now,
 -- or later when the caller produces them itself), how many edges may still move in this call,
--- and the lists it fills: events to publish and readied children.
+-- and what it fills: events to publish, readied children, and the moves for the queue's
+-- counters (lib/stats.lua, which a script using this library names before it).
 
 local EDGES_FINAL = {success = true, failed = true, cancelled = true, skipped = true}
 
@@ -29,7 +30,8 @@ local function edges_context(prefix, blocked_key, unblocked_key, settling_key, n
                              ready_score, budget)
   return {P = prefix, blocked = blocked_key,
           unblocked = unblocked_key, settling = settling_key, now = now, ttl = ttl,
-          ready_score = ready_score, budget = budget, changes = {}, readied = {}}
+          ready_score = ready_score, budget = budget, changes = {}, readied = {},
+          stats = {}}
 end
 
 -- A final task's record and history expire, unless a child still needs its result
@@ -71,9 +73,11 @@ local function edges_skip_reason(ctx, parent, status)
   return parent, 'task ' .. parent .. ' (' .. (p[1] or '?') .. ') ' .. why
 end
 
--- Count a task's move in its batch and in the events, and take it off the blocked set.
-local function edges_moved(ctx, id, batch, from, to, attempt)
+-- Count a task's move in its batch, the queue's counters and the events, and take it off
+-- the blocked set.
+local function edges_moved(ctx, id, batch, from, to, attempt, task)
   redis.call('ZREM', ctx.blocked, id)
+  stats_move(ctx.stats, task, from, to)
   if batch ~= '' then
     local batch_key = ctx.P .. 'batch:' .. batch
     redis.call('HINCRBY', batch_key, from, -1)
@@ -94,7 +98,8 @@ local function edges_skip(ctx, id, task_key, record, root, reason)
              'finished_at', tostring(ctx.now))
   redis.call('RPUSH', task_key .. ':attempts', cjson.encode({event = 'skipped', at = ctx.now,
     attempt = tonumber(record[3]), worker = '', detail = 'upstream ' .. reason}))
-  edges_moved(ctx, id, record[2] or '', 'blocked', 'skipped', record[3])
+  edges_moved(ctx, id, record[2] or '', 'blocked', 'skipped', record[3],
+              redis.call('HGET', task_key, 'task'))
   edges_expire(ctx, task_key, record[5])
   edges_release_parents(ctx, record[4])
 end
