@@ -48,6 +48,9 @@ _NO_SERVERS_HELP = {
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
+DURABILITIES = ("default", "replicated")
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything a client or worker needs to find and use its servers."""
@@ -88,6 +91,10 @@ class Config:
     inline_bytes: int = 64 * 1024
     max_payload_bytes: int = 256 * 1024 * 1024  # the largest pickled argument set or result
     kafka_options: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # "replicated": every state change is confirmed by a Redis replica (WAIT) before its
+    # events go out and before a worker commits Kafka offsets past it, so no failover that
+    # keeps a replica takes back an outcome a client saw (docs/redis-ha.md); "default": not.
+    durability: str = "default"
     source: str = "arguments"
 
     def __post_init__(self) -> None:
@@ -131,6 +138,9 @@ class Config:
             raise ConfigurationError(
                 f"priority_starvation must be a positive number of seconds, got "
                 f"{self.priority_starvation}")
+        if self.durability not in DURABILITIES:
+            raise ConfigurationError(
+                f"durability must be one of {', '.join(DURABILITIES)}, got {self.durability!r}")
         if self.lease_seconds <= self.heartbeat_interval:
             raise ConfigurationError(
                 f"lease_seconds ({self.lease_seconds}) must be longer than heartbeat_interval "
@@ -260,6 +270,7 @@ _ENV_SETTINGS = {
     "require_signed": ("YADTQ_REQUIRE_SIGNED", boolean),
     "inline_bytes": ("YADTQ_INLINE_BYTES", int),
     "max_payload_bytes": ("YADTQ_MAX_PAYLOAD_BYTES", int),
+    "durability": ("YADTQ_DURABILITY", str),
 }
 
 # Passed through to every kafka-python client as they are (TLS and SASL).

@@ -22,6 +22,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from yadtq.backend.due_sets import Retries, ScheduledTasks, Unblocked
+from yadtq.backend.durability import Confirmation
+from yadtq.backend.holders import Holders
 from yadtq.backend.keys import Keys
 from yadtq.backend.level_news import LevelNews
 from yadtq.backend.limit_store import LimitStore, claim_limits, limited_names
@@ -97,7 +99,7 @@ class RedisBackend:
             # the time a caller waits (redis-py's default retries three times, backing off).
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
-        self._scripts = Scripts(self.redis, self.keys)
+        self._scripts = Scripts(self.redis, self.keys, Confirmation.of(config, self.keys))
         self.retries = Retries(config, self.redis, self._scripts, self.keys)
         self.scheduled = ScheduledTasks(config, self.redis, self._scripts, self.keys)
         self.unblocked = Unblocked(config, self.redis, self._scripts, self.keys)
@@ -109,6 +111,7 @@ class RedisBackend:
         self.schedules = ScheduleStore(config, self.redis, self._scripts, self.keys)
         self.limits = LimitStore(config, self.redis, self._scripts, self.keys)
         self.listings = Listings(config, self.redis, self._scripts, self.keys)
+        self.holders = Holders(config, self.redis, self._scripts, self.keys)
 
     def check_connection(self) -> None:
         """Fail fast with the address when Redis does not answer.
@@ -457,32 +460,8 @@ class RedisBackend:
 
     def dead_holders(self, me: str, restarted_within: float
                      ) -> list[tuple[str, str | None, str]] | None:
-        """(task id, batch id, worker) of leased tasks whose worker has no connection
-        to Redis: its process died (the kernel closes a dead process's sockets at once).
-
-        A live worker without a connection for a moment is taken for dead only after
-        Redis restarted, so none is answered while Redis is younger than
-        ``restarted_within`` seconds. None: Redis refuses CLIENT LIST (no answer).
-        """
-        ids = [text(i) for i in self.redis.zrange(self.keys.leases, 0, -1)]
-        if not ids:  # an idle queue: no client list to read (the costly part)
-            return []
-        try:
-            with self.redis.pipeline(transaction=False) as pipe:
-                clients, server = pipe.client_list().info("server").execute()
-        except redis.ResponseError:
-            return None
-        if float(server.get("uptime_in_seconds", 0)) < restarted_within:
-            return []
-        connected = {client.get("name") for client in clients}
-        with self.redis.pipeline(transaction=False) as pipe:
-            for task_id in ids:
-                pipe.hmget(self.keys.task(task_id), "worker", "batch")
-            holders = pipe.execute()
-        return [(task_id, text(batch) or None, text(worker))
-                for task_id, (worker, batch) in zip(ids, holders, strict=True)
-                if worker and text(worker) != me
-                and self.keys.connection(text(worker)) not in connected]
+        """Leased tasks whose worker has no connection to Redis (``holders.Holders``)."""
+        return self.holders.dead(me, restarted_within)
 
     def heartbeat(
         self, worker_id: str, info: dict[str, Any], leased: Iterable[str], now: float

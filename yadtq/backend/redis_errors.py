@@ -25,8 +25,11 @@ from yadtq.config import Config
 from yadtq.errors import BackendError, BackendUnavailable
 
 # Replies of a Redis that is loading its data, running a long script, read-only after
-# a failover, or without a reachable master: each passes once the server is ready.
-_TRANSIENT_REPLIES = ("LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN")
+# a failover, without a reachable master, short of the replicas `min-replicas-to-write`
+# asks for, or whose role changed under a blocked command (a failover): each passes once
+# the server is ready, or once the client reconnects to the new primary.
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "NOREPLICAS",
+                      "UNBLOCKED")
 _TRANSIENT_TYPES = (redis.ConnectionError, redis.TimeoutError, ReadOnlyError, TryAgainError,
                     MasterDownError)  # BusyLoadingError is a ConnectionError
 
