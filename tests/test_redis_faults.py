@@ -20,11 +20,12 @@ import pytest
 import redis
 from helpers import wait_until
 
+import yadtq
 from yadtq import protocol
 from yadtq.backend import Outcome, RedisBackend
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable
-from yadtq.local import free_port
+from yadtq.local import LocalCluster, LocalStack, free_port
 from yadtq.local.servers import redis_answers, redis_command, resolve_redis_binary
 from yadtq.status import TaskStatus
 
@@ -185,3 +186,32 @@ def test_replicated_durability_sends_no_event_before_a_replica_has_the_write(con
     finally:
         listener.close()
         worker.close()
+
+
+def test_after_redis_changes_one_worker_recounts_batches_and_runs_stranded_tasks(tmp_path):
+    # Given a stack of its own and two workers, a task queued whose message Kafka no longer
+    # has (as when a failover takes back a claim whose offset was committed), and a batch
+    # whose counters no longer add up (as when it loses part of an enqueue)
+    with LocalStack(tmp_path / "stack") as stack, LocalCluster(
+        workers=2, stack=stack, queue="failover", key_prefix="failover",
+        heartbeat_interval=0.5, lease_seconds=3.0,
+    ) as cluster, yadtq.Client(cluster.config) as client:
+        client.wait_for_workers(2, timeout=60)
+        batch = client.map("add", [(i, i) for i in range(3)])
+        batch.results(timeout=60)
+        backend = client.backend
+        [stranded] = queued(backend)  # a record, and no message
+        backend.redis.hset(backend.keys.batch(batch.id), mapping={"success": 1, "queued": 2})
+        assert backend.task_record(stranded.id)["status"] == "queued"
+
+        # When Redis is a new server (restarted: its run id changes, as a failover's does)
+        stack.restart_redis()
+
+        # Then the stranded task runs and the batch's counters are recounted, once
+        wait_until(lambda: backend.task_record(stranded.id)["status"] == "success", 60,
+                   "the stranded task to run")
+        assert backend.batch_counts(batch.id)["success"] == 3
+        assert backend.batch_counts(batch.id)["queued"] == 0
+        repairs = [line for worker in cluster.worker_processes for line in
+                   worker.log_tail(10**6).splitlines() if "produced again" in line]
+        assert len(repairs) == 1, repairs

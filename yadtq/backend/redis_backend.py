@@ -23,6 +23,7 @@ from redis.retry import Retry
 
 from yadtq.backend.due_sets import Retries, ScheduledTasks, Unblocked
 from yadtq.backend.durability import Confirmation
+from yadtq.backend.failover import Failover
 from yadtq.backend.holders import Holders
 from yadtq.backend.keys import Keys
 from yadtq.backend.level_news import LevelNews
@@ -112,6 +113,7 @@ class RedisBackend:
         self.limits = LimitStore(config, self.redis, self._scripts, self.keys)
         self.listings = Listings(config, self.redis, self._scripts, self.keys)
         self.holders = Holders(config, self.redis, self._scripts, self.keys)
+        self.failover = Failover(config, self.redis, self._scripts, self.keys)
 
     def check_connection(self) -> None:
         """Fail fast with the address when Redis does not answer.

@@ -15,6 +15,7 @@ from redis.exceptions import NoScriptError
 
 from yadtq.backend.due_scripts import ForgetSentCall, ReleaseCall, TakeDueCall
 from yadtq.backend.durability import Confirmation, PublishOutboxCall
+from yadtq.backend.failover_calls import RecountBatchCall
 from yadtq.backend.keys import Keys
 from yadtq.backend.limit_calls import WakeLimitsCall
 from yadtq.backend.schedule_calls import FireScheduleCall
@@ -40,7 +41,8 @@ R = TypeVar("R")
 CALLS: tuple[type[ScriptCall[Any]], ...] = (
     EnqueueCall, ClaimCall, FinishCall, RequeueCall, CancelCall, FailQueuedCall,
     TakeDueCall, ReleaseCall, RenewCall, SettleCall, InputsCall, RetryWorkflowCall,
-    RepairBlockedCall, FireScheduleCall, WakeLimitsCall, ForgetSentCall, PublishOutboxCall)
+    RepairBlockedCall, FireScheduleCall, WakeLimitsCall, ForgetSentCall, PublishOutboxCall,
+    RecountBatchCall)
 
 
 _USES = re.compile(r"^-- uses: (\S+\.lua)$", re.MULTILINE)
