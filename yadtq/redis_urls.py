@@ -118,7 +118,7 @@ def _refuse(url: str, name: str, reason: str) -> None:
 def redacted_url(url: str) -> str:
     """``url`` with its passwords (before ``@``, and in ``password``/``sentinel_password``
     parameters) replaced by ``***``."""
-    parts = urlsplit(url)
+    parts = original = urlsplit(url)
     if "@" in parts.netloc:
         credentials, _, host = parts.netloc.rpartition("@")
         user, colon, password = credentials.partition(":")
@@ -128,5 +128,5 @@ def redacted_url(url: str) -> str:
         query = [(name, "***" if name in _SECRET_PARAMETERS else value)
                  for name, value in parse_qsl(parts.query, keep_blank_values=True)]
         parts = parts._replace(query=urlencode(query, safe="*"))
-    return urlunsplit(parts)
+    return url if parts == original else urlunsplit(parts)
 

@@ -230,9 +230,13 @@ class ReplicatedRedis:
             return False
         primary = named.pop()
         assert primary is not None
-        replicas = {self.ports[n] for n in self._node_names if n in self.running and n != primary}
+        others = [n for n in self._node_names if n in self.running and n != primary]
+        replicas = {self.ports[n] for n in others}
         if primary not in self.running or _online_replicas(self.ports[primary],
                                                            self._password) != replicas:
+            return False
+        if not all(_synced_from(self.ports[n], self.ports[primary], self._password)
+                   for n in others):
             return False
         return all(_knows_the_set(self.ports[name], replicas, len(sentinels) - 1)
                    for name in sentinels)
@@ -302,6 +306,20 @@ def _online_replicas(port: int, password: str | None) -> set[int]:
     slaves = [value for key, value in info.items()
               if key.startswith("slave") and isinstance(value, dict)]
     return {int(s["port"]) for s in slaves if s.get("state") == "online"}
+
+
+def _synced_from(port: int, primary_port: int, password: str | None) -> bool:
+    """True when the node on ``port`` is a replica of ``primary_port`` with its link up and
+    no sync in progress: a primary reports a replica online while it may still be loading
+    the new data (and serving its old data meanwhile)."""
+    client = _client(port, password)
+    try:
+        info = client.info("replication")
+    finally:
+        client.close()
+    return (info.get("role") == "slave" and info.get("master_port") == primary_port
+            and info.get("master_link_status") == "up"
+            and not info.get("master_sync_in_progress"))
 
 
 def _knows_the_set(port: int, replicas: set[int], other_sentinels: int) -> bool:
