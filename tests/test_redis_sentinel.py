@@ -230,16 +230,18 @@ def test_a_restarted_old_primary_rejoins_as_a_replica_of_the_new_one(ha) -> None
         # When the old primary starts again as it first ran (no --replicaof)
         ha.start_redis_node(old, as_replica=False)
 
-        # Then the sentinels made it a replica of the new primary, holding both writes
+        # Then the sentinels made it a replica of the primary they name, holding both writes
+        # (usually the new one; on a loaded machine a sentinel may fail over once more)
         node = redis.Redis(port=ha.redis_port(old), decode_responses=True)
         try:
             info = node.info("replication")
-            assert info["role"] == "slave" and info["master_port"] == ha.redis_port(new)
+            assert info["role"] == "slave"
+            assert info["master_port"] == ha.redis_port(ha.redis_primary()) != ha.redis_port(old)
             assert node.get("sentinel-test:before") == "1"
             assert node.get("sentinel-test:after") == "1"
         finally:
             node.close()
-        assert ha.redis_primary() == new
+        report(f"{old} killed, {new} promoted, {old} back as a replica of {ha.redis_primary()}")
     finally:
         client.close()
 
