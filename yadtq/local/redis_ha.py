@@ -151,13 +151,15 @@ class ReplicatedRedis:
             raise LookupError(f"{name!r} is not a stopped Redis node; nodes: "
                               f"{', '.join(self._node_names)}, running: "
                               f"{', '.join(n for n in self._node_names if n in self.running)}")
-        first = self._node_names[0]
-        if as_replica:
-            replica_of: int | None = self.ports[self.primary()]
+        first, primary = self._node_names[0], self.primary()
+        if primary == name:  # not failed over (yet): it is still the primary
+            replica_of: int | None = None
+        elif as_replica:
+            replica_of = self.ports[primary]
         else:
             replica_of = None if name == first else self.ports[first]
         self._start_node(name, port=self.ports[name], replica_of=replica_of)
-        self._wait(self._settled, f"{name} online as a replica")
+        self._wait(self._settled, f"{name} back in the set")
 
     def wait_for_failover(self, old_primary: str, timeout: float) -> str:
         """Wait until every running sentinel names a primary other than ``old_primary`` and

@@ -266,7 +266,8 @@ class LocalStack:
         return self._replicas().ports[name]
 
     def kill_redis_primary(self, sig: int = signal.SIGKILL) -> str:
-        """Send ``sig`` to the current Redis primary and wait until it exits; returns its name."""
+        """Send ``sig`` (one that ends it: SIGKILL, SIGTERM) to the current Redis primary and
+        wait until it exits; returns its name. To pause it, use :meth:`signal_redis`."""
         replicated = self._replicas()
         name = replicated.primary()
         replicated.kill(name, sig)
