@@ -20,6 +20,7 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError
 
 from yadtq.backend.due_sets import Retries, ScheduledTasks, Unblocked
 from yadtq.backend.durability import Confirmation
@@ -47,6 +48,7 @@ from yadtq.backend.records import (
     text,
     unbatched_fields,
 )
+from yadtq.backend.redis_client import redis_client, sentinel_target
 from yadtq.backend.redis_errors import address, at_the_edge
 from yadtq.backend.schedule_store import ScheduleStore
 from yadtq.backend.script_runner import Scripts
@@ -88,7 +90,7 @@ class RedisBackend:
         see at once when its process is gone (:meth:`dead_holders`)."""
         self.config = config
         self.keys = Keys(config.key_prefix, config.queue)
-        self.redis = redis.Redis.from_url(
+        self.redis = redis_client(
             config.redis_url,
             client_name=None if worker_id is None else self.keys.connection(worker_id),
             socket_connect_timeout=config.connect_timeout,
@@ -123,6 +125,13 @@ class RedisBackend:
         """
         try:
             self.redis.ping()
+        except MasterNotFoundError as exc:
+            target = sentinel_target(self.redis)
+            assert target is not None  # only a sentinel client raises it
+            raise BackendUnavailable(
+                f"no sentinel at {target.hosts} knows master {target.master!r} (from "
+                f"{self.config.source}): {exc}; check the master name and that the sentinels run"
+            ) from None
         except redis.AuthenticationError as exc:
             raise BackendUnavailable(
                 f"Redis at {address(self.redis)} refused the credentials ({exc}); "
