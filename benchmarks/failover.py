@@ -143,6 +143,27 @@ def describe(client: yadtq.Client, cluster: LocalCluster, batch: Any, seen: Reso
     }
 
 
+def throughput(runs: int, tasks: int = 5000, broker: str | None = None) -> None:
+    """Tasks/s of a map of `add` on 3 workers behind sentinels, no fault, each durability
+    in turn on the same stack (default settings otherwise)."""
+    with tempfile.TemporaryDirectory() as folder, \
+            LocalStack(Path(folder), redis_replicas=2, broker=broker) as stack:
+        rates: dict[str, list[int]] = {"default": [], "replicated": []}
+        for run in range(runs):
+            for durability in rates:
+                with LocalCluster(workers=3, stack=stack, queue=f"tp-{durability}-{run}",
+                                  key_prefix="tp", settings={"durability": durability}
+                                  ) as cluster, yadtq.Client(cluster.config) as client:
+                    client.wait_for_workers(3, timeout=120)
+                    client.map("add", [(i, i) for i in range(200)]).results(timeout=120)
+                    started = time.perf_counter()
+                    client.map("add", [(i, i) for i in range(tasks)]).results(timeout=300)
+                    rates[durability].append(round(tasks / (time.perf_counter() - started)))
+        for durability, measured in rates.items():
+            print(f"throughput durability={durability} tasks={tasks} "
+                  f"tasks_per_second={measured}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("faults", nargs="*", metavar="FAULT",
@@ -150,7 +171,12 @@ def main() -> None:
     parser.add_argument("--durability", action="append", choices=("default", "replicated"))
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--broker", choices=("tansu", "apache-kafka"))
+    parser.add_argument("--throughput", type=int, metavar="RUNS",
+                        help="instead: tasks/s of each durability, RUNS runs each, no fault")
     args = parser.parse_args()
+    if args.throughput:
+        throughput(args.throughput, broker=args.broker)
+        return
     unknown = set(args.faults) - set(FAULTS)
     if unknown:
         parser.error(f"unknown fault(s) {', '.join(sorted(unknown))}: choose from "
