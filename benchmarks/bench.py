@@ -116,20 +116,25 @@ def throughput(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _throughput(cluster: LocalCluster, count: int, traced: bool = False) -> dict[str, Any]:
+    # Redis's CPU per task: what one primary can carry at most (docs/redis-ha.md).
+    redis_pid = cluster.stack.pids.get("redis")
     with yadtq.connect(cluster) as q:
         q.wait_for_workers(WORKERS, timeout=60)
         q.map(add, [(i, i) for i in range(100)]).results(timeout=60)  # warm-up
+        redis_cpu = _cpu_seconds(redis_pid) if redis_pid else 0.0
         started = time.perf_counter()
         with _traced(traced):
             batch = q.map(add, [(i, i) for i in range(count)])
         submitted = time.perf_counter()
         results = batch.results(timeout=600)
         elapsed = time.perf_counter() - started
+        redis_cpu = _cpu_seconds(redis_pid) - redis_cpu if redis_pid else 0.0
         assert results == [2 * i for i in range(count)], "wrong results"
         per_worker = batch.snapshot()["per_worker"]
     return {"tasks": count, "seconds": round(elapsed, 3),
             "submit_seconds": round(submitted - started, 3),
-            "tasks_per_second": round(count / elapsed), "per_worker": per_worker}
+            "tasks_per_second": round(count / elapsed), "per_worker": per_worker,
+            **({"redis_cpu_us_per_task": round(redis_cpu / count * 1e6)} if redis_pid else {})}
 
 
 def metrics(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "yadtq"
 # ("local", its __init__) stands for every module in it.
 LAYERS: list[set[str]] = [
     {"errors", "status", "config", "protocol", "registry", "values", "extras", "due",
-     "inputs", "schedule_times", "limits", "priority", "trace_context"},  # bottom
+     "inputs", "schedule_times", "limits", "priority", "trace_context", "redis_urls"},  # bottom
     {"backend", "broker"},  # adapters: Redis and Kafka
     {"futures", "batch", "store", "events", "client", "worker", "plots", "shipping",
      "routing", "acceptance", "worker_table", "dependencies", "workflow", "schedules",

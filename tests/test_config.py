@@ -275,7 +275,7 @@ def test_a_redis_url_without_scheme_from_the_environment_names_the_variable(
     text = str(caught.value)
     assert "YADTQ_REDIS_URL='localhost:6379' is not a Redis URL" in text
     assert "redis://" in text and "rediss://" in text
-    assert "redis+sentinel:// is not supported yet" in text
+    assert "redis+sentinel://" in text
 
 
 @pytest.mark.parametrize("url", ["localhost:6379", "http://localhost:6379", "redis:/x"])
@@ -293,6 +293,6 @@ def test_a_bad_redis_url_does_not_show_its_password() -> None:
 
 
 @pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://:pw@h:6380/1",
-                                 "unix:///tmp/redis.sock"])
+                                 "unix:///tmp/redis.sock", "redis+sentinel://h1:1,h2:2/m/0"])
 def test_redis_urls_that_redis_py_takes_are_accepted(url: str) -> None:
     assert resolve_config(bootstrap="a:1", redis_url=url).redis_url == url

@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--kafka-nodes", type=int, default=1, metavar="N",
                     help="Apache Kafka nodes in the cluster; 3 replicate every topic 3 times "
                     "(default: 1)")
+    up.add_argument("--redis-replicas", type=int, default=0, metavar="N",
+                    help="Redis replicas; with 1 or more, Redis is a primary, N replicas and "
+                    "three sentinels that fail over to a replica (default: 0, one server)")
     up.add_argument("--trust-code", action=argparse.BooleanOptionalAction, default=True,
                     help="workers also run functions shipped by value, signed with a random "
                     "secret kept in the stack's owner-only record, where connect() finds it "
@@ -284,7 +287,8 @@ def _local_up(args: argparse.Namespace) -> int:
         with LocalCluster(
             args.workers, queue=getattr(args, "queue", None) or "default",
             concurrency=args.concurrency, task_modules=args.tasks or ("worker_node.tasks",),
-            broker=args.broker, kafka_nodes=args.kafka_nodes, record=True,
+            broker=args.broker, kafka_nodes=args.kafka_nodes,
+            redis_replicas=args.redis_replicas, record=True,
             trust_code=args.trust_code,
         ) as cluster:
             try:
@@ -406,7 +410,10 @@ def _watch(cluster: LocalCluster, stop: threading.Event) -> int:
             reported.add(child.pid)
             print(f"yadtq: warning: {child.name} exited with code {child.popen.returncode}; "
                   f"last lines of {child.log_path}:\n{child.log_tail()}", file=sys.stderr)
-            if child in cluster.stack.processes:
+            if child in cluster.stack.processes and cluster.stack.is_redundant(child.name):
+                print("yadtq: Redis serves on without it (the sentinels replace a lost "
+                      "primary)", file=sys.stderr)
+            elif child in cluster.stack.processes:
                 print("yadtq: error: the local stack cannot run without it; stopping",
                       file=sys.stderr)
                 status = 1

@@ -23,10 +23,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from yadtq.errors import ConfigurationError
 from yadtq.priority import LEVELS
+from yadtq.redis_urls import (
+    REDIS_SCHEMES,
+    SENTINEL_FORM,
+    is_sentinel_url,
+    parse_sentinel_url,
+    redacted_url,
+)
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
@@ -45,7 +52,9 @@ _NO_SERVERS_HELP = {
     "a local stack in another terminal with `yadtq local up`",
     "worker": "pass --bootstrap and --redis, or set YADTQ_BOOTSTRAP and YADTQ_REDIS_URL",
 }
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+DURABILITIES = ("default", "replicated")
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,10 @@ class Config:
     tracing: bool = False
     trace_file: str | None = None
     kafka_options: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # "replicated": every state change is confirmed by a Redis replica (WAIT) before its
+    # events go out and before a worker commits Kafka offsets past it, so no failover that
+    # keeps a replica takes back an outcome a client saw (docs/redis-ha.md); "default": not.
+    durability: str = "default"
     source: str = "arguments"
 
     def __post_init__(self) -> None:
@@ -136,6 +149,9 @@ class Config:
             raise ConfigurationError(
                 f"priority_starvation must be a positive number of seconds, got "
                 f"{self.priority_starvation}")
+        if self.durability not in DURABILITIES:
+            raise ConfigurationError(
+                f"durability must be one of {', '.join(DURABILITIES)}, got {self.durability!r}")
         if self.lease_seconds <= self.heartbeat_interval:
             raise ConfigurationError(
                 f"lease_seconds ({self.lease_seconds}) must be longer than heartbeat_interval "
@@ -208,31 +224,23 @@ class Config:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def redacted_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    user = f"{parts.username}:" if parts.username else ":"
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
-
-
 def check_redis_url(url: str, name: str) -> None:
-    """Refuse a Redis URL redis-py would reject with a bare ValueError, naming where it came
-    from (``name``: the argument, option or variable).
+    """Refuse a Redis URL redis-py would reject with a bare ValueError, or a malformed
+    sentinel URL, naming where it came from (``name``: the argument, option or variable).
 
     Raises:
-        ConfigurationError: ``url`` has no scheme redis-py knows.
+        ConfigurationError: ``url`` has no scheme yadtq knows, or is a bad sentinel URL.
     """
-    scheme = urlsplit(url).scheme if "://" in url else ""
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
     if scheme not in REDIS_SCHEMES:
         shown = redacted_url(url) if scheme else re.sub(r"^.*@", "***@", url)
         raise ConfigurationError(
             f"{name}={shown!r} is not a Redis URL: write redis://host:6379/0, "
-            "rediss://host:6380/0 (TLS) or unix:///path/to/redis.sock "
-            "(redis+sentinel:// is not supported yet)"
+            "rediss://host:6380/0 (TLS), unix:///path/to/redis.sock or "
+            f"{SENTINEL_FORM} (Redis Sentinel)"
         )
+    if is_sentinel_url(url):
+        parse_sentinel_url(url, name)
 
 
 def boolean(text: str) -> bool:
@@ -267,6 +275,7 @@ _ENV_SETTINGS = {
     "max_payload_bytes": ("YADTQ_MAX_PAYLOAD_BYTES", int),
     "tracing": ("YADTQ_TRACING", boolean),
     "trace_file": ("YADTQ_TRACE_FILE", str),
+    "durability": ("YADTQ_DURABILITY", str),
 }
 
 # Passed through to every kafka-python client as they are (TLS and SASL).

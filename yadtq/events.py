@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -30,6 +31,7 @@ from yadtq.workflow import Workflow
 logger = logging.getLogger(__name__)
 
 DRAIN_LIMIT = 5000
+SERVER_LOOK_INTERVAL = 1.0  # seconds between checks that the primary did not change
 RECONNECT_DELAY_MAX = 5.0
 
 
@@ -51,6 +53,7 @@ class EventListener:
         self._closed = threading.Event()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._server = ""  # the run id of the primary the subscription is on
 
     def start(self) -> None:
         """Subscribe (once) and return when the subscription is live.
@@ -123,6 +126,7 @@ class EventListener:
             pubsub = self.backend.pubsub()
             try:
                 pubsub.subscribe(self.backend.keys.events)
+                self._server = self.backend.failover.run_id()
                 if not first:
                     self.sync(list(self._futures.values()), list(self._batches.values()))
                     logger.info("event listener: re-subscribed to %s", self.backend.keys.events)
@@ -139,8 +143,12 @@ class EventListener:
                 pubsub.close()
 
     def _listen(self, pubsub: redis.client.PubSub) -> None:
+        next_look = time.monotonic() + SERVER_LOOK_INTERVAL
         while not self._closed.is_set():
             message = pubsub.get_message(timeout=0.1)
+            if time.monotonic() >= next_look:
+                self._look_at_server()
+                next_look = time.monotonic() + SERVER_LOOK_INTERVAL
             if message is None:
                 continue
             events = [message]
@@ -150,6 +158,20 @@ class EventListener:
                     break
                 events.append(more)
             self._dispatch(events)
+
+    def _look_at_server(self) -> None:
+        """While anything is pending, check that the primary is still the server this
+        subscription is on: after a failover the old primary's connection may stay open
+        (it was stalled, or it became a replica), and events published on the new one
+        meanwhile never reach it. A new server means subscribing again and re-reading.
+
+        Raises:
+            redis.ConnectionError: the primary changed.
+        """
+        if not (self._futures or self._batches):
+            return
+        if self.backend.failover.run_id() != self._server:
+            raise redis.ConnectionError("Redis's primary changed (a failover or a restart)")
 
     def _dispatch(self, messages: list[dict[str, Any]]) -> None:
         finished: list[tuple[str, TaskBatch | None, TaskFuture | None]] = []

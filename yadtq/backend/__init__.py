@@ -13,6 +13,8 @@
 - ``keys``: every Redis key and channel, under one prefix.
 - ``records``: a task's hash, written and read.
 - ``redis_errors``: redis-py's errors turned into yadtq's at the edge.
+- ``redis_client``: a Redis URL (``redis://``, ``rediss://``, ``unix://`` or
+  ``redis+sentinel://``) made a client; the one place a ``redis.Redis`` is built.
 
 Nothing outside this package imports redis-py, except the event listener's
 subscription (``yadtq.events``).

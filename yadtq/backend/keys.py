@@ -124,6 +124,11 @@ class Keys:
     def schedule_history(self, name: str) -> str:
         return f"{self.prefix}:schedule-history:{self.queue}:{name}"
 
+    def outbox(self, call_id: str) -> str:
+        """List: one script call's events until a replica has its writes
+        (``durability``, ``lua/lib/events.lua``)."""
+        return f"{self.prefix}:outbox:{self.queue}:{call_id}"
+
     @property
     def events(self) -> str:
         return f"{self.prefix}:events:{self.queue}"

@@ -20,8 +20,12 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError
 
 from yadtq.backend.due_sets import Retries, ScheduledTasks, Unblocked
+from yadtq.backend.durability import Confirmation
+from yadtq.backend.failover import Failover
+from yadtq.backend.holders import Holders
 from yadtq.backend.keys import Keys
 from yadtq.backend.level_news import LevelNews
 from yadtq.backend.limit_store import LimitStore, claim_limits, limited_names
@@ -44,6 +48,7 @@ from yadtq.backend.records import (
     text,
     unbatched_fields,
 )
+from yadtq.backend.redis_client import redis_client, sentinel_target
 from yadtq.backend.redis_errors import address, at_the_edge
 from yadtq.backend.schedule_store import ScheduleStore
 from yadtq.backend.script_runner import Scripts
@@ -85,7 +90,7 @@ class RedisBackend:
         see at once when its process is gone (:meth:`dead_holders`)."""
         self.config = config
         self.keys = Keys(config.key_prefix, config.queue)
-        self.redis = redis.Redis.from_url(
+        self.redis = redis_client(
             config.redis_url,
             client_name=None if worker_id is None else self.keys.connection(worker_id),
             socket_connect_timeout=config.connect_timeout,
@@ -97,7 +102,7 @@ class RedisBackend:
             # the time a caller waits (redis-py's default retries three times, backing off).
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
-        self._scripts = Scripts(self.redis, self.keys)
+        self._scripts = Scripts(self.redis, self.keys, Confirmation.of(config, self.keys))
         self.retries = Retries(config, self.redis, self._scripts, self.keys)
         self.scheduled = ScheduledTasks(config, self.redis, self._scripts, self.keys)
         self.unblocked = Unblocked(config, self.redis, self._scripts, self.keys)
@@ -109,6 +114,8 @@ class RedisBackend:
         self.schedules = ScheduleStore(config, self.redis, self._scripts, self.keys)
         self.limits = LimitStore(config, self.redis, self._scripts, self.keys)
         self.listings = Listings(config, self.redis, self._scripts, self.keys)
+        self.holders = Holders(config, self.redis, self._scripts, self.keys)
+        self.failover = Failover(config, self.redis, self._scripts, self.keys)
 
     def check_connection(self) -> None:
         """Fail fast with the address when Redis does not answer.
@@ -118,6 +125,13 @@ class RedisBackend:
         """
         try:
             self.redis.ping()
+        except MasterNotFoundError as exc:
+            target = sentinel_target(self.redis)
+            assert target is not None  # only a sentinel client raises it
+            raise BackendUnavailable(
+                f"no sentinel at {target.hosts} knows master {target.master!r} (from "
+                f"{self.config.source}): {exc}; check the master name and that the sentinels run"
+            ) from None
         except redis.AuthenticationError as exc:
             raise BackendUnavailable(
                 f"Redis at {address(self.redis)} refused the credentials ({exc}); "
@@ -457,32 +471,8 @@ class RedisBackend:
 
     def dead_holders(self, me: str, restarted_within: float
                      ) -> list[tuple[str, str | None, str]] | None:
-        """(task id, batch id, worker) of leased tasks whose worker has no connection
-        to Redis: its process died (the kernel closes a dead process's sockets at once).
-
-        A live worker without a connection for a moment is taken for dead only after
-        Redis restarted, so none is answered while Redis is younger than
-        ``restarted_within`` seconds. None: Redis refuses CLIENT LIST (no answer).
-        """
-        ids = [text(i) for i in self.redis.zrange(self.keys.leases, 0, -1)]
-        if not ids:  # an idle queue: no client list to read (the costly part)
-            return []
-        try:
-            with self.redis.pipeline(transaction=False) as pipe:
-                clients, server = pipe.client_list().info("server").execute()
-        except redis.ResponseError:
-            return None
-        if float(server.get("uptime_in_seconds", 0)) < restarted_within:
-            return []
-        connected = {client.get("name") for client in clients}
-        with self.redis.pipeline(transaction=False) as pipe:
-            for task_id in ids:
-                pipe.hmget(self.keys.task(task_id), "worker", "batch")
-            holders = pipe.execute()
-        return [(task_id, text(batch) or None, text(worker))
-                for task_id, (worker, batch) in zip(ids, holders, strict=True)
-                if worker and text(worker) != me
-                and self.keys.connection(text(worker)) not in connected]
+        """Leased tasks whose worker has no connection to Redis (``holders.Holders``)."""
+        return self.holders.dead(me, restarted_within)
 
     def heartbeat(
         self, worker_id: str, info: dict[str, Any], leased: Iterable[str], now: float

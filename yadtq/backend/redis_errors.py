@@ -20,15 +20,21 @@ from redis.exceptions import (
     ReadOnlyError,
     TryAgainError,
 )
+from redis.sentinel import MasterNotFoundError
 
+from yadtq.backend.redis_client import sentinel_target
 from yadtq.config import Config
 from yadtq.errors import BackendError, BackendUnavailable
 
 # Replies of a Redis that is loading its data, running a long script, read-only after
-# a failover, or without a reachable master: each passes once the server is ready.
-_TRANSIENT_REPLIES = ("LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN")
+# a failover, without a reachable master, short of the replicas `min-replicas-to-write`
+# asks for, or whose role changed under a blocked command (a failover): each passes once
+# the server is ready, or once the client reconnects to the new primary. So does no
+# sentinel naming a master (MasterNotFoundError): a failover in progress.
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "NOREPLICAS",
+                      "UNBLOCKED")
 _TRANSIENT_TYPES = (redis.ConnectionError, redis.TimeoutError, ReadOnlyError, TryAgainError,
-                    MasterDownError)  # BusyLoadingError is a ConnectionError
+                    MasterDownError, MasterNotFoundError)  # BusyLoadingError is a ConnectionError
 
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound=type)
@@ -44,7 +50,11 @@ def is_transient(exc: redis.RedisError) -> bool:
 
 
 def address(client: redis.Redis) -> str:
-    """Where ``client`` connects, for messages: ``host:port`` or ``unix:<path>``."""
+    """Where ``client`` connects, for messages: ``host:port``, ``unix:<path>``, or
+    ``sentinels h1:p1,h2:p2 (master name)``."""
+    target = sentinel_target(client)
+    if target is not None:
+        return target.describe()
     kwargs = client.connection_pool.connection_kwargs
     if "path" in kwargs:
         return f"unix:{kwargs['path']}"

@@ -44,7 +44,8 @@ RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX, RESTART_STABLE = 1.0, 30.0, 60.0
 class LocalCluster:
     """A :class:`LocalStack` plus ``workers`` worker processes serving one queue.
 
-    ``broker`` and ``kafka_nodes`` choose the stack it starts (see :class:`LocalStack`).
+    ``broker``, ``kafka_nodes`` and ``redis_replicas`` choose the stack it starts (see
+    :class:`LocalStack`).
     ``settings`` are further :class:`~yadtq.config.Config` fields (``result_ttl``,
     ``secret``, ...): :attr:`config` and every worker get all of them.
     With ``trust_code`` (the default) the workers also run functions shipped by
@@ -80,6 +81,7 @@ class LocalCluster:
         data_dir: str | os.PathLike[str] | None = None,
         broker: str | None = None,
         kafka_nodes: int = 1,
+        redis_replicas: int = 0,
         record: bool = False,
         log_level: str = "INFO",
         stack: LocalStack | None = None,
@@ -121,6 +123,7 @@ class LocalCluster:
         self._data_dir = data_dir
         self._broker = broker
         self._kafka_nodes = kafka_nodes
+        self._redis_replicas = redis_replicas
         self._servers = servers
         self._log_dir: Path | None = None
         self._owned_log_dir: str | None = None
@@ -178,7 +181,8 @@ class LocalCluster:
             else:
                 if self._stack is None:
                     self._stack = LocalStack(self._data_dir, broker=self._broker,
-                                             nodes=self._kafka_nodes).start()
+                                             nodes=self._kafka_nodes,
+                                             redis_replicas=self._redis_replicas).start()
                 bootstrap, redis_url = self._stack.bootstrap, self._stack.redis_url
                 self._log_dir = self._stack.data_dir
                 self._supervisor = self._stack.supervisor if self._owns_stack else Supervisor(

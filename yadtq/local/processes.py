@@ -110,6 +110,7 @@ def stop_all(children: Sequence[ChildProcess], timeout: float) -> None:
     for child in children:
         with contextlib.suppress(ProcessLookupError):
             child.popen.send_signal(signal.SIGTERM)
+            child.popen.send_signal(signal.SIGCONT)  # a stopped child (SIGSTOP) acts on it now
     start = time.monotonic()
     for child in children:
         grace = timeout if child.stop_grace is None else min(timeout, child.stop_grace)

@@ -35,6 +35,7 @@ from yadtq.local.processes import (
     stop_all,
     wait_until_answers,
 )
+from yadtq.local.redis_ha import ReplicatedRedis
 from yadtq.local.servers import (
     broker_answers,
     cluster_has_brokers,
@@ -72,9 +73,13 @@ class LocalStack:
     :mod:`yadtq.local.apache_kafka`), of ``nodes`` brokers (more than one needs Apache
     Kafka; three give replication factor 3 with ``min.insync.replicas`` 2). With no
     ``broker``, ``$YADTQ_LOCAL_BROKER`` chooses. Redis writes an append-only file to
-    the data dir, so :meth:`restart_redis` keeps its data. ``data_dir`` defaults to a
-    temporary directory that is removed on stop; a given one is kept (logs stay in
-    it as ``broker.log`` or ``kafka-<n>.log``, and ``redis.log``).
+    the data dir, so :meth:`restart_redis` keeps its data. With ``redis_replicas`` N
+    Redis is a primary, N replicas and three sentinels (:mod:`yadtq.local.redis_ha`),
+    :attr:`redis_url` a ``redis+sentinel://`` URL, and :meth:`kill_redis_primary`,
+    :meth:`start_redis_node` and :meth:`wait_for_failover` make failovers. ``data_dir``
+    defaults to a temporary directory that is removed on stop; a given one is kept (logs
+    stay in it as ``broker.log`` or ``kafka-<n>.log``, and ``redis.log`` or
+    ``redis-<n>.log`` and ``sentinel-<n>.log``).
 
     Example::
 
@@ -91,6 +96,7 @@ class LocalStack:
         startup_timeout: float | None = None,
         stop_timeout: float = 10.0,
         redis_password: str | None = None,
+        redis_replicas: int = 0,
     ) -> None:
         self.broker = broker or local_broker()
         if self.broker not in BROKERS:
@@ -102,7 +108,10 @@ class LocalStack:
                 f"nodes={nodes}: a local stack runs 1 Tansu broker, or 1 or more Apache Kafka "
                 "nodes (broker='apache-kafka')"
             )
+        if redis_replicas < 0:
+            raise ConfigurationError(f"redis_replicas must be 0 or more, got {redis_replicas}")
         self.nodes = nodes
+        self.redis_replicas = redis_replicas
         self._requested_dir = Path(data_dir) if data_dir is not None else None
         self.redis_password = redis_password
         # A JVM on a busy 2-core machine can take half a minute to answer.
@@ -116,6 +125,7 @@ class LocalStack:
         self._redis: ChildProcess | None = None
         self._redis_port: int | None = None
         self._redis_binary: str | None = None
+        self._replicated: ReplicatedRedis | None = None
         self._children: list[ChildProcess] = []  # shared with the exit-time finalizer
         self._owned_dir: dict[str, Path] = {}  # a temporary data dir, removed on stop
         self._finalizer: weakref.finalize | None = None
@@ -124,7 +134,7 @@ class LocalStack:
     @property
     def running(self) -> bool:
         """True between a successful :meth:`start` and :meth:`stop`."""
-        return bool(self._broker_ports) and self._redis is not None
+        return bool(self._broker_ports) and (self._redis or self._replicated) is not None
 
     def keep_data_dir(self) -> Path | None:
         """Keep a temporary data dir (its logs) when the stack stops; returns it."""
@@ -140,8 +150,11 @@ class LocalStack:
 
     @property
     def redis_url(self) -> str:
-        """Redis URL, ``redis://[:password@]127.0.0.1:PORT/0``."""
+        """Redis URL, ``redis://[:password@]127.0.0.1:PORT/0``, or with ``redis_replicas``
+        ``redis+sentinel://[:password@]127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/yadtq/0``."""
         self._require_running()
+        if self._replicated is not None:
+            return self._replicated.url
         auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
         return f"redis://{auth}{LOOPBACK}:{self._redis_port}/0"
 
@@ -164,7 +177,8 @@ class LocalStack:
 
     @property
     def processes(self) -> list[ChildProcess]:
-        """The server processes started and not yet stopped (brokers, ``redis``)."""
+        """The server processes started and not yet stopped (brokers, ``redis`` or
+        ``redis-<n>`` and ``sentinel-<n>``)."""
         return list(self._children)
 
     @property
@@ -209,7 +223,10 @@ class LocalStack:
                 self._brokers["broker"], self._broker_ports["broker"] = child, port
             else:
                 self._start_kafka_cluster()
-            self._launch_redis(port=None)
+            if self.redis_replicas:
+                self._start_replicated_redis()
+            else:
+                self._launch_redis(port=None)
             self._supervisor.update(bootstrap=self.bootstrap, redis_url=self.redis_url)
         except BaseException:
             self.stop()
@@ -223,6 +240,7 @@ class LocalStack:
         self._brokers.clear()
         self._broker_ports.clear()
         self._redis = None
+        self._replicated = None
 
     def restart_redis(self) -> None:
         """Stop Redis and start it again on the same port and data dir.
@@ -231,11 +249,54 @@ class LocalStack:
         this simulates a Redis outage without losing data.
         """
         self._require_running()
-        assert self._redis is not None
+        if self._redis is None:
+            raise RuntimeError("restart_redis() restarts the one Redis server; with "
+                               "redis_replicas use kill_redis_primary() and start_redis_node()")
         stop_all([self._redis], self.stop_timeout)
         self._forget(self._redis)
         self._redis = None
         self._launch_redis(port=self._redis_port)
+
+    def redis_primary(self) -> str:
+        """The name (``redis-<n>``) of the node the sentinels name as the primary."""
+        return self._replicas().primary()
+
+    def redis_port(self, name: str) -> int:
+        """The port Redis node or sentinel ``name`` listens on (kept across a restart)."""
+        return self._replicas().ports[name]
+
+    def kill_redis_primary(self, sig: int = signal.SIGKILL) -> str:
+        """Send ``sig`` (one that ends it: SIGKILL, SIGTERM) to the current Redis primary and
+        wait until it exits; returns its name. To pause it, use :meth:`signal_redis`."""
+        replicated = self._replicas()
+        name = replicated.primary()
+        replicated.kill(name, sig)
+        return name
+
+    def signal_redis(self, name: str, sig: int) -> None:
+        """Send ``sig`` (SIGSTOP, SIGCONT, ...) to Redis node or sentinel ``name``."""
+        self._replicas().signal(name, sig)
+
+    def start_redis_node(self, name: str, as_replica: bool = True) -> None:
+        """Start a killed Redis node again on its port and data dir; returns once it is an
+        online replica the sentinels know. ``as_replica=False`` starts it with its first
+        options, so the sentinels must convert an old primary (see
+        :meth:`ReplicatedRedis.start_node`)."""
+        self._replicas().start_node(name, as_replica)
+
+    def is_redundant(self, name: str) -> bool:
+        """True for a server the stack keeps serving without: a Redis node or sentinel of a
+        replicated Redis (a failover replaces a primary)."""
+        return self._replicated is not None and name in self._replicated.ports
+
+    def wait_for_failover(self, old_primary: str, timeout: float = 30.0) -> str:
+        """Wait until the sentinels name a primary other than ``old_primary`` and it accepts
+        writes; returns its name.
+
+        Raises:
+            TimeoutError: no new primary within ``timeout`` seconds.
+        """
+        return self._replicas().wait_for_failover(old_primary, timeout)
 
     def kill_broker(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to broker ``name`` and wait for it to exit (a broker failure)."""
@@ -326,6 +387,29 @@ class LocalStack:
                                self.startup_timeout, f"{child.name} at {LOOPBACK}:{port}")
         except TimeoutError as exc:
             raise BrokerUnavailable(str(exc)) from None
+
+    def _start_replicated_redis(self) -> None:
+        assert self._redis_binary is not None and self.data_dir is not None
+
+        def launch(name: str, command_for: Callable[[int], list[str]],
+                   answers: Callable[[int], bool], port: int | None) -> tuple[ChildProcess, int]:
+            return self._launch(name, command_for, answers, BackendUnavailable,
+                                f"embedded Redis {name}", port=port)
+
+        self._replicated = ReplicatedRedis(
+            self._redis_binary, self.data_dir, self.redis_replicas, self.redis_password,
+            launch, self._forget, self.startup_timeout, self.stop_timeout)
+        try:
+            self._replicated.start()
+        except TimeoutError as exc:
+            raise BackendUnavailable(str(exc)) from None
+
+    def _replicas(self) -> ReplicatedRedis:
+        self._require_running()
+        if self._replicated is None:
+            raise RuntimeError("this stack runs one Redis server; start it with "
+                               "redis_replicas=2 for a primary, replicas and sentinels")
+        return self._replicated
 
     def _launch_redis(self, port: int | None) -> None:
         binary, data_dir, password = self._redis_binary, self.data_dir, self.redis_password

@@ -29,6 +29,7 @@ from yadtq.backend import RedisBackend
 from yadtq.broker import TaskProducer
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable, BrokerUnavailable
+from yadtq.worker.failover_repair import FailoverRepair
 from yadtq.worker.schedule_firing import ScheduleFirer
 from yadtq.worker.unblocking import Unblocking
 
@@ -66,6 +67,8 @@ class Maintenance:
         self._clock = clock
         self.unblocking = Unblocking(backend, self.produce_now, worker)
         self._firer = ScheduleFirer(backend, worker)
+        self._failover = FailoverRepair(backend, self.produce_now, worker,
+                                        grace=2 * config.heartbeat_interval)
         self._detect_deaths = True  # off when Redis refuses CLIENT LIST
         self._now = threading.Event()  # beat at once
         self._stopped = threading.Event()
@@ -106,7 +109,7 @@ class Maintenance:
             if time.monotonic() >= next_beat:
                 duties = (self._beat, self.send_due_retries, self.fire_due_schedules,
                           self.wake_limited, self.send_due_scheduled, self.repair_blocked,
-                          self.reap)
+                          self.reap, self.repair_failover)
                 next_beat = time.monotonic() + self.config.heartbeat_interval
                 next_death_check = time.monotonic() + DEATH_CHECK_INTERVAL
             elif time.monotonic() >= next_death_check:
@@ -186,6 +189,10 @@ class Maintenance:
         wake-up reached them (on Redis's clock); returns how many. They are due at once,
         so :meth:`send_due_scheduled`, next in the round, produces them."""
         return self._backend.limits.wake_stranded()
+
+    def repair_failover(self, _now: float) -> int:
+        """After Redis changed (a failover), one worker repairs what lost writes broke."""
+        return self._failover.look()
 
     def repair_blocked(self, _now: float) -> int:
         """Move blocked tasks nothing would move, warning of each; returns how many."""

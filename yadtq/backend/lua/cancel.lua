@@ -7,6 +7,7 @@
 -- uses: stats.lua
 -- uses: edges.lua
 -- uses: limits.lua
+-- uses: events.lua
 --
 -- Python side: yadtq/backend/scripts.py, CancelCall and CancelReply. They lay out
 -- these KEYS and ARGV and name the reply's fields: change the two together
@@ -23,7 +24,7 @@
 -- ARGV[1] task id
 -- ARGV[2] now (unix seconds)
 -- ARGV[3] seconds the record lives after it finishes
--- ARGV[4] events channel (every event message is a JSON array of changes)
+-- ARGV[4] events target (lib/events.lua: the channel, or it and an outbox) (every event message is a JSON array of changes)
 -- ARGV[5] who asked, for the history
 -- ARGV[6] how many edges the call may move (the rest go to settle.lua)
 --
@@ -68,5 +69,5 @@ stats_write(stats_key(ARGV[4], 'events'), ctx.stats)
 for _, change in ipairs(ctx.changes) do
   changes[#changes + 1] = change
 end
-redis.call('PUBLISH', ARGV[4], cjson.encode(changes))
+events_send(ARGV[4], cjson.encode(changes))
 return {'ok', current[1], current[3] or ''}

@@ -8,6 +8,7 @@
 --
 -- uses: stats.lua
 -- uses: limits.lua
+-- uses: events.lua
 --
 -- KEYS[1] leases sorted set  yadtq:leases:<queue>   (task id -> lease expiry)
 -- KEYS[2] scheduled set      yadtq:scheduled:<queue> (where rate-limited tasks wait)
@@ -19,7 +20,7 @@
 -- ARGV[1] worker id
 -- ARGV[2] lease expiry (unix seconds)
 -- ARGV[3] now (unix seconds)
--- ARGV[4] events channel
+-- ARGV[4] events target (lib/events.lua: the channel, or it and an outbox)
 -- ARGV[5] the most tasks to claim: the rest are skipped untouched ("over the limit")
 -- ARGV[6] JSON array of the task names this worker serves, with "<shipped code>" if it
 --         runs functions shipped by value (a record with a 'code' field); another task is
@@ -189,6 +190,6 @@ for _, batch_key in ipairs(batches) do
 end
 stats_write(stats_key(ARGV[4], 'events'), stats)
 if #changes > 0 then
-  redis.call('PUBLISH', ARGV[4], cjson.encode(changes))
+  events_send(ARGV[4], cjson.encode(changes))
 end
 return replies

@@ -6,6 +6,7 @@
 --
 -- uses: stats.lua
 -- uses: edges.lua
+-- uses: events.lua
 --
 -- Python side: yadtq/backend/scripts.py, EnqueueCall. It lays out these KEYS and ARGV:
 -- change the two together (tests/test_scripts.py runs the codec against this script).
@@ -27,7 +28,7 @@
 --         for now (queued)
 -- ARGV[5] now (unix seconds), ARGV[6] seconds a record lives after it finishes
 -- ARGV[7] "1" when each task's values end with its edges, else ""
--- ARGV[8] events channel
+-- ARGV[8] events target (lib/events.lua: the channel, or it and an outbox)
 -- ARGV[9] the workflow the tasks join, or ""
 -- ARGV[10] how many fields every record of the call has, n; then their n names and values,
 --         in pairs, from ARGV[11]
@@ -173,7 +174,7 @@ if not_queued > 0 and ARGV[1] ~= '' then
   redis.call('HINCRBY', batch_key, 'blocked', not_queued)
 end
 if ctx and #ctx.changes > 0 then
-  redis.call('PUBLISH', ARGV[8], cjson.encode(ctx.changes))
+  events_send(ARGV[8], cjson.encode(ctx.changes))
 end
 if ARGV[1] ~= '' and tasks > 0 then
   redis.call('RPUSH', KEYS[1], unpack(ids))

@@ -12,6 +12,7 @@
 --
 -- uses: stats.lua
 -- uses: edges.lua
+-- uses: events.lua
 --
 -- KEYS[1] blocked set, KEYS[2] unblocked set, KEYS[3] settling set (lib/edges.lua)
 -- then for each task 4 keys:
@@ -21,7 +22,7 @@
 --   attempts history   yadtq:task:<id>:attempts
 -- ARGV[1] now (unix seconds)
 -- ARGV[2] seconds a record lives after it finishes
--- ARGV[3] events channel
+-- ARGV[3] events target (lib/events.lua: the channel, or it and an outbox)
 -- ARGV[4] error type
 -- ARGV[5] error message
 -- ARGV[6] why nothing will run them, for the history: "undelivered" or "refused"
@@ -81,6 +82,6 @@ for _, change in ipairs(ctx and ctx.changes or {}) do
   changes[#changes + 1] = change
 end
 if #changes > 0 then
-  redis.call('PUBLISH', channel, cjson.encode(changes))
+  events_send(channel, cjson.encode(changes))
 end
 return failed

@@ -10,6 +10,7 @@
 -- uses: stats.lua
 -- uses: edges.lua
 -- uses: limits.lua
+-- uses: events.lua
 --
 -- KEYS[1] leases sorted set  yadtq:leases:<queue>
 -- KEYS[2] retries sorted set yadtq:retries:<queue>   (task id -> when to run again)
@@ -22,7 +23,7 @@
 -- ARGV[1] worker id
 -- ARGV[2] now (unix seconds)
 -- ARGV[3] seconds a record lives after it finishes
--- ARGV[4] events channel
+-- ARGV[4] events target (lib/events.lua: the channel, or it and an outbox)
 -- ARGV[5] seconds this worker holds the children a final outcome readies (it produces
 --         them itself; another worker does after that)
 -- ARGV[6] how many edges the call may move (lib/edges.lua; the rest go to settle.lua)
@@ -159,6 +160,6 @@ for _, change in ipairs(ctx.changes) do
   changes[#changes + 1] = change
 end
 if #changes > 0 then
-  redis.call('PUBLISH', channel, cjson.encode(changes))
+  events_send(channel, cjson.encode(changes))
 end
 return {replies, ctx.readied}

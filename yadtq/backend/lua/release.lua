@@ -11,11 +11,12 @@
 --   batch counters     yadtq:batch:<batch>
 --   attempts history   yadtq:task:<id>:attempts
 -- ARGV[1] now (unix seconds)
--- ARGV[2] events channel
+-- ARGV[2] events target (lib/events.lua: the channel, or it and an outbox)
 -- ARGV[3] who released them, for the history
 -- then for each task 1 arg: task id
 --
 -- uses: stats.lua
+-- uses: events.lua
 --
 -- Returns, per task, 1 to produce it or 0 not to. Publishes one event message for the moved.
 local now_text, channel, worker = ARGV[1], ARGV[2], ARGV[3]
@@ -46,6 +47,6 @@ for i = 1, #KEYS / 3 do
 end
 stats_write(stats_key(channel, 'events'), stats)
 if #changes > 0 then
-  redis.call('PUBLISH', channel, cjson.encode(changes))
+  events_send(channel, cjson.encode(changes))
 end
 return verdicts

@@ -7,6 +7,7 @@
 --
 -- uses: stats.lua
 -- uses: edges.lua
+-- uses: events.lua
 --
 -- Python side: yadtq/backend/workflow_scripts.py, RepairBlockedCall. They lay out these KEYS
 -- and ARGV and name the reply's fields: change the two together (tests/test_scripts.py runs
@@ -18,7 +19,7 @@
 -- ARGV[1] the key prefix with its colon ("yadtq:")
 -- ARGV[2] now (unix seconds)
 -- ARGV[3] seconds a record lives after it finishes
--- ARGV[4] events channel
+-- ARGV[4] events target (lib/events.lua: the channel, or it and an outbox)
 -- ARGV[5] how many of the longest-blocked tasks to look at
 --
 -- Returns the ids it moved.
@@ -67,6 +68,6 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[5]) - 1)) do
 end
 stats_write(stats_key(ARGV[4], 'events'), ctx.stats)
 if #ctx.changes > 0 then
-  redis.call('PUBLISH', ARGV[4], cjson.encode(ctx.changes))
+  events_send(ARGV[4], cjson.encode(ctx.changes))
 end
 return repaired

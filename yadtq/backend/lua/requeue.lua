@@ -7,6 +7,7 @@
 --
 -- uses: stats.lua
 -- uses: limits.lua
+-- uses: events.lua
 --
 -- KEYS[1] task hash          yadtq:task:<id>
 -- KEYS[2] leases sorted set  yadtq:leases:<queue>
@@ -17,7 +18,7 @@
 --         ARGV[4] holds it) or "orphaned" (only if ARGV[6], a worker found dead, holds it)
 -- ARGV[3] now (unix seconds)
 -- ARGV[4] worker id handing back, or the reaping worker's id
--- ARGV[5] events channel (every event message is a JSON array of changes)
+-- ARGV[5] events target (lib/events.lua: the channel, or it and an outbox) (every event message is a JSON array of changes)
 -- ARGV[6] with "orphaned": the dead worker's id; else ""
 -- ARGV[7...] the names of the task hash fields that hold the message's payload
 --
@@ -64,7 +65,7 @@ end
 local stats = {requeued = 1}
 stats_move(stats, nil, 'processing', 'queued')
 stats_write(stats_key(ARGV[5], 'events'), stats)
-redis.call('PUBLISH', ARGV[5], cjson.encode({{id = ARGV[1], status = 'queued', worker = '',
+events_send(ARGV[5], cjson.encode({{id = ARGV[1], status = 'queued', worker = '',
   attempt = attempt, batch = batch, at = tonumber(ARGV[3])}}))
 local payload = redis.call('HMGET', KEYS[1], unpack(ARGV, 7))
 local reply = {'ok', attempt}

@@ -12,10 +12,11 @@
 -- KEYS[2] unblocked set   yadtq:unblocked:<queue>  (queued ones enter it due now)
 -- ARGV[1] the key prefix with its colon ("yadtq:")
 -- ARGV[2] now (unix seconds)
--- ARGV[3] events channel
+-- ARGV[3] events target (lib/events.lua: the channel, or it and an outbox)
 -- then the ids of the workflow's tasks to look at
 --
 -- uses: stats.lua
+-- uses: events.lua
 --
 -- Returns {ids queued, ids blocked}.
 -- (Its outcomes stay counted in the queue's counters: they count outcomes reached.)
@@ -104,6 +105,6 @@ for id, record in pairs(records) do
 end
 stats_write(stats_key(ARGV[3], 'events'), stats)
 if #changes > 0 then
-  redis.call('PUBLISH', ARGV[3], cjson.encode(changes))
+  events_send(ARGV[3], cjson.encode(changes))
 end
 return {queued, blocked}

@@ -6,6 +6,7 @@
 --
 -- uses: stats.lua
 -- uses: edges.lua
+-- uses: events.lua
 --
 -- Python side: yadtq/backend/scripts.py, SettleCall. They lay out these KEYS and ARGV and
 -- name the reply's fields: change the two together (tests/test_scripts.py runs the codec
@@ -17,7 +18,7 @@
 -- ARGV[1] the key prefix with its colon ("yadtq:")
 -- ARGV[2] now (unix seconds)
 -- ARGV[3] seconds a record lives after it finishes
--- ARGV[4] events channel
+-- ARGV[4] events target (lib/events.lua: the channel, or it and an outbox)
 -- ARGV[5] how many edges to move at most
 -- ARGV[6] seconds the caller holds what it takes (the children it readies, and those due)
 -- ARGV[7] how many due children to take at most
@@ -41,7 +42,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, 9)) do
 end
 stats_write(stats_key(ARGV[4], 'events'), ctx.stats)
 if #ctx.changes > 0 then
-  redis.call('PUBLISH', ARGV[4], cjson.encode(ctx.changes))
+  events_send(ARGV[4], cjson.encode(ctx.changes))
 end
 local taken = ctx.readied
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0,

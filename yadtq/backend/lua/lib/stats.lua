@@ -40,6 +40,7 @@ end
 -- The queue's counters' key, from another key or channel of the queue and its kind
 -- (yadtq:events:<queue> and 'events' give yadtq:stats:<queue>).
 local function stats_key(queue_key, kind)
+  queue_key = string.match(queue_key, '^[^\n]*')  -- an events target may name an outbox too
   return (string.gsub(queue_key, ':' .. kind .. ':', ':stats:', 1))
 end
 
