@@ -349,16 +349,16 @@ def test_a_worker_with_no_redis_connection_left_is_a_dead_holder_of_its_leases(
     reaper = RedisBackend(config, worker_id=REAPER)
     try:
         # While both are connected, neither is dead
-        assert reaper.dead_holders(REAPER, restarted_within=0) == []
+        assert reaper.holders.dead(REAPER, restarted_within=0) == []
 
         # When OTHER_WORKER's connections close, as a killed process's do
         workers[OTHER_WORKER].close()
 
         # Then its task, and only its, has a dead holder; a young Redis names none
-        assert reaper.dead_holders(REAPER, restarted_within=0) == [
+        assert reaper.holders.dead(REAPER, restarted_within=0) == [
             (messages[1].id, batch_id, OTHER_WORKER)]
-        assert reaper.dead_holders(REAPER, restarted_within=10**9) == []
-        assert reaper.dead_holders(OTHER_WORKER, restarted_within=0) == []  # never itself
+        assert reaper.holders.dead(REAPER, restarted_within=10**9) == []
+        assert reaper.holders.dead(OTHER_WORKER, restarted_within=0) == []  # never itself
     finally:
         workers[WORKER].close()
         reaper.close()

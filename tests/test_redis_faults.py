@@ -135,12 +135,12 @@ def test_a_server_with_a_new_run_id_gets_the_grace_of_a_restart(backend, config)
         # When the reaper meets a server it has not seen before (a promoted replica,
         # up for hours), it gives live workers the time to reconnect
         reaper.holders._run_id = "the primary before the failover"
-        assert reaper.dead_holders("reaper", restarted_within=1.0) == []
+        assert reaper.holders.dead("reaper", restarted_within=1.0) == []
         clock[0] += 0.9
-        assert reaper.dead_holders("reaper", restarted_within=1.0) == []
+        assert reaper.holders.dead("reaper", restarted_within=1.0) == []
         # Then, once that time has passed, a worker still without a connection is dead
         clock[0] += 0.2
-        assert reaper.dead_holders("reaper", restarted_within=1.0) == [
+        assert reaper.holders.dead("reaper", restarted_within=1.0) == [
             (message.id, None, WORKER)]
     finally:
         reaper.close()

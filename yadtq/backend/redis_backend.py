@@ -3,8 +3,7 @@
 Redis, not the Kafka offset, is the source of truth for a task (DESIGN.md,
 "Delivery guarantees"). Every status change is one Lua script from
 ``yadtq/backend/lua`` that checks the move is legal, fences stale attempts, updates the
-batch counters and publishes one event on the queue's channel, so clients
-never poll per task. Every key is built by :class:`~yadtq.backend.keys.Keys`, every
+counters and publishes one event on the queue's channel, so clients never poll per task. Every key is built by :class:`~yadtq.backend.keys.Keys`, every
 script is called through its codec in :mod:`yadtq.backend.scripts`, and a task's hash
 is written and read by :mod:`yadtq.backend.records`.
 """
@@ -87,7 +86,7 @@ class RedisBackend:
 
     def __init__(self, config: Config, worker_id: str | None = None) -> None:
         """``worker_id``: name every connection after this worker, so that other workers
-        see at once when its process is gone (:meth:`dead_holders`)."""
+        see at once when its process is gone (``holders.Holders``)."""
         self.config = config
         self.keys = Keys(config.key_prefix, config.queue)
         self.redis = redis_client(
@@ -468,11 +467,6 @@ class RedisBackend:
                 pipe.hget(self.keys.task(task_id), "batch")
             batches = pipe.execute()
         return [(task_id, text(b) or None) for task_id, b in zip(ids, batches, strict=True)]
-
-    def dead_holders(self, me: str, restarted_within: float
-                     ) -> list[tuple[str, str | None, str]] | None:
-        """Leased tasks whose worker has no connection to Redis (``holders.Holders``)."""
-        return self.holders.dead(me, restarted_within)
 
     def heartbeat(
         self, worker_id: str, info: dict[str, Any], leased: Iterable[str], now: float

@@ -248,8 +248,8 @@ class Maintenance:
     def _dead_holders(self) -> list[tuple[str, str | None, str]]:
         if not self._detect_deaths:
             return []
-        dead = self._backend.dead_holders(self._worker,
-                                          restarted_within=2 * self.config.heartbeat_interval)
+        dead = self._backend.holders.dead(self._worker,
+                                         restarted_within=2 * self.config.heartbeat_interval)
         if dead is None:
             self._detect_deaths = False
             logger.info("Worker %s: Redis refuses CLIENT LIST, so a dead worker's tasks run "
