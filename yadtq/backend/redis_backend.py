@@ -3,9 +3,10 @@
 Redis, not the Kafka offset, is the source of truth for a task (DESIGN.md,
 "Delivery guarantees"). Every status change is one Lua script from
 ``yadtq/backend/lua`` that checks the move is legal, fences stale attempts, updates the
-counters and publishes one event on the queue's channel, so clients never poll per task. Every key is built by :class:`~yadtq.backend.keys.Keys`, every
-script is called through its codec in :mod:`yadtq.backend.scripts`, and a task's hash
-is written and read by :mod:`yadtq.backend.records`.
+counters and publishes one event on the queue's channel, so clients never poll per task.
+Every key is built by :class:`~yadtq.backend.keys.Keys`, every script is called through
+its codec in :mod:`yadtq.backend.scripts`, and a task's hash is written and read by
+:mod:`yadtq.backend.records`.
 """
 
 from __future__ import annotations
