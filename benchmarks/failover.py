@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import yadtq
-from yadtq.backend.records import text
 from yadtq.local import LocalCluster, LocalStack
 from yadtq.status import TaskStatus
 
 FAULTS = ("none", "kill", "stop4", "stop8", "kill_restart")
+RAN = {"success", "failed", "retry", "refused"}  # history events of an attempt that ran
 
 
 class Resolutions:
@@ -121,8 +121,11 @@ def describe(client: yadtq.Client, cluster: LocalCluster, batch: Any, seen: Reso
     with histories.pipeline(transaction=False) as pipe:
         for task_id in ids:
             pipe.lrange(client.backend.keys.task_history(task_id), 0, -1)
-        claims = [sum(json.loads(text(e)).get("event") == "claimed" for e in events)
-                  for events in pipe.execute()]
+        # A run leaves an outcome in the history, accepted or refused (one stored again
+        # after an unconfirmed call is refused under the same worker and attempt); a claim
+        # that was not confirmed and never ran leaves only its "claimed" event.
+        runs = [len({(e["worker"], e["attempt"]) for e in map(json.loads, events)
+                     if e.get("event") in RAN}) for events in pipe.execute()]
     counts = client.backend.batch_counts(batch.id)
     recount = {status.value: statuses.get(status.value, 0) for status in TaskStatus}
     finished = sorted(float(r["finished_at"]) for r in records
@@ -134,7 +137,7 @@ def describe(client: yadtq.Client, cluster: LocalCluster, batch: Any, seen: Reso
         "success": statuses.get("success", 0), "left_queued": statuses.get("queued", 0),
         "statuses": dict(statuses),
         "counters_match": all(counts.get(s, 0) == n for s, n in recount.items()),
-        "run_twice": sum(1 for n in claims if n > 1), "running_at_fault": leased,
+        "run_twice": sum(1 for n in runs if n > 1), "running_at_fault": leased,
         "changed_after_resolved": changed,
         "outage_s": round(outage, 2) if outage is not None else None,  # longest gap
         "workers_alive": len(alive),
