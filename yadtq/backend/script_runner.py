@@ -14,7 +14,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from yadtq.backend.due_scripts import ForgetSentCall, ReleaseCall, TakeDueCall
-from yadtq.backend.durability import Confirmation, PublishOutboxCall
+from yadtq.backend.durability import Confirmation, PublishOutboxCall, ReplicaUnconfirmed
 from yadtq.backend.failover_calls import RecountBatchCall
 from yadtq.backend.keys import Keys
 from yadtq.backend.limit_calls import WakeLimitsCall
@@ -104,7 +104,14 @@ class Scripts:
                 raise one
         if confirming:
             assert self._confirmation is not None
-            self._publish(self._confirmation.confirmed(acknowledged, outbox))
+            try:
+                ready = self._confirmation.confirmed(acknowledged, outbox)
+            except ReplicaUnconfirmed:
+                # A primary no replica follows may be a stale one a failover replaced: the
+                # next call connects afresh, through the sentinels to the current primary.
+                self._redis.connection_pool.disconnect(inuse_connections=False)
+                raise
+            self._publish(ready)
         return call.parse(reply), also_replies
 
     def _evalsha(
