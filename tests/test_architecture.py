@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "yadtq"
 # ("local", its __init__) stands for every module in it.
 LAYERS: list[set[str]] = [
     {"errors", "status", "config", "protocol", "registry", "values", "extras", "due",
-     "inputs", "schedule_times", "limits", "priority", "trace_context", "redis_urls"},  # bottom
+     "inputs", "schedule_times", "limits", "priority", "trace_context", "redis_urls",
+     "message_signing"},  # bottom
     {"backend", "broker"},  # adapters: Redis and Kafka
     {"futures", "batch", "store", "events", "client", "worker", "plots", "shipping",
      "routing", "acceptance", "worker_table", "dependencies", "workflow", "schedules",

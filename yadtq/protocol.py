@@ -42,8 +42,6 @@ the field and the reason; a worker uses that text as the dead-letter reason.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import math
 import re
@@ -56,6 +54,8 @@ from typing import Any
 from yadtq import values
 from yadtq.errors import MessageTooLarge, ProtocolError
 from yadtq.inputs import Inputs
+from yadtq.message_signing import canonical, check_signature, hmac_hex
+from yadtq.message_signing import signature as signature  # protocol.signature, as before
 from yadtq.priority import Priority, read_priority
 from yadtq.trace_context import Trace
 from yadtq.values import Ref
@@ -66,7 +66,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 _PLAIN_ID_FIELDS = ("task-id", "task_id", "id")
-_SIG_LAST = re.compile(rb',"sig":"([0-9a-f]{64})"}$')  # how encode appends the signature
 # What a message with a shipped function asks of a worker, in place of a task name
 # (no task name can be spelt so): workers that trust code serve it.
 SHIPPED_CODE = "<shipped code>"
@@ -222,20 +221,6 @@ def build(
     return validate(payload, trace)
 
 
-def signature(payload: dict[str, Any], secret: str) -> str:
-    """Hex HMAC-SHA256 of the canonical form of ``payload`` (its ``sig`` left out)."""
-    unsigned = {k: v for k, v in payload.items() if k != "sig"}
-    return _hmac(secret, _canonical(unsigned).encode())
-
-
-def _canonical(payload: dict[str, Any]) -> str:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def _hmac(secret: str, data: bytes) -> str:
-    return hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
-
-
 def encode(
     message: TaskMessage,
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -249,8 +234,8 @@ def encode(
     """
     payload = message.to_dict()
     if secret:
-        canonical = _canonical(payload).encode()
-        data = b'%s,"sig":"%s"}' % (canonical[:-1], _hmac(secret, canonical).encode())
+        text = canonical(payload).encode()
+        data = b'%s,"sig":"%s"}' % (text[:-1], hmac_hex(secret, text).encode())
     else:
         data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
     if len(data) > max_bytes:
@@ -331,47 +316,6 @@ def _identify(obj: Mapping[str, Any]) -> tuple[str | None, str | None]:
         return None, None
     task = obj.get("task")
     return task_id, task if isinstance(task, str) and _TASK_NAME.match(task) else None
-
-
-def check_signature(obj: Mapping[str, Any], data: bytes, secret: str,
-                    require_signed: bool = True) -> None:
-    """Refuse a message that breaks the signing rule, the same on every path to a worker.
-
-    The rule: a message that carries a ``sig`` must match it (the HMAC of its
-    canonical payload); one that carries code or pickled arguments must be
-    signed; a plain JSON call of a registered task must be signed only where
-    ``require_signed``. A message as ``encode`` writes it is checked over its
-    own bytes: with the appended ``"sig"`` cut off, they are the canonical text
-    that was signed, and ``obj`` is what they parse to (plus ``sig``).
-
-    Raises:
-        ProtocolError: the rule is broken; the text says how and what to do.
-    """
-    claimed = obj.get("sig")
-    if claimed is None:
-        if obj.get("code") is not None or obj.get("pickled") is not None:
-            raise ProtocolError("message carries code or pickled arguments but is not "
-                                "signed; such messages must be signed with the shared secret "
-                                "(YADTQ_SECRET)")
-        if require_signed:
-            raise ProtocolError("message is not signed, and this worker requires signed "
-                                "messages (YADTQ_REQUIRE_SIGNED, on by default with "
-                                "YADTQ_SECRET); sign it with the shared secret")
-        return
-    if not isinstance(claimed, str):
-        raise ProtocolError(f"field 'sig' must be a hex string, got {type(claimed).__name__}")
-    last = _SIG_LAST.search(data)
-    if last is not None and hmac.compare_digest(
-            last.group(1), _hmac(secret, data[:last.start()] + b"}").encode()):
-        return
-    try:
-        expected = signature(obj, secret)
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"message cannot be put in canonical form to check it: {exc}") from None
-    if not hmac.compare_digest(claimed.encode("utf-8", "replace"), expected.encode()):
-        raise ProtocolError("message signature does not match its payload: forged, altered, "
-                            "or signed with another secret (the sender's YADTQ_SECRET is not "
-                            "this worker's)")
 
 
 def _finite_float(text: str) -> float:

@@ -21,6 +21,7 @@ subscription (``yadtq.events``).
 """
 
 from yadtq.backend.moves import Claim, Outcome, Stored
-from yadtq.backend.redis_backend import PIPELINE_CHUNK, UNNAMED_RING, RedisBackend
+from yadtq.backend.parts import PIPELINE_CHUNK
+from yadtq.backend.redis_backend import UNNAMED_RING, RedisBackend
 
 __all__ = ["PIPELINE_CHUNK", "UNNAMED_RING", "Claim", "Outcome", "RedisBackend", "Stored"]

@@ -11,12 +11,9 @@ durability needs it, ``replicated`` makes it a no-op.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any
-
 from yadtq.backend.due_sets import Retries
 from yadtq.backend.failover_calls import RecountBatchCall
-from yadtq.backend.parts import PIPELINE_CHUNK, BackendPart
+from yadtq.backend.parts import PIPELINE_CHUNK, BackendPart, chunks
 from yadtq.backend.queue_stats import RECENT_BATCHES_KEPT
 from yadtq.backend.records import text
 from yadtq.backend.redis_errors import at_the_edge
@@ -52,8 +49,8 @@ class Failover(BackendPart):
         may be one whose claim the failover lost after its offset was committed. Some may
         still have their message in Kafka; the copy sent again is then skipped by claim."""
         queued: list[str] = []
-        for keys in _chunks(self.redis.scan_iter(f"{self._keys.prefix}:task:*",
-                                                 count=PIPELINE_CHUNK)):
+        for _, keys in chunks(self.redis.scan_iter(f"{self._keys.prefix}:task:*",
+                                                   count=PIPELINE_CHUNK)):
             ids = [name[len(self._keys.prefix) + 6:] for name in map(text, keys)
                    if name.count(":") == self._keys.prefix.count(":") + 2]
             with self.redis.pipeline(transaction=False) as pipe:
@@ -68,14 +65,3 @@ class Failover(BackendPart):
                        and replies[4 * i + 1] is None and replies[4 * i + 2] is None
                        and replies[4 * i + 3] is None]
         return Retries(self.config, self.redis, self._scripts, self._keys).messages(queued)
-
-
-def _chunks(names: Iterable[Any]) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for name in names:
-        chunk.append(name)
-        if len(chunk) == PIPELINE_CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

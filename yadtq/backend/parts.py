@@ -5,6 +5,9 @@ and handed to each part (due sets, workflows and edges, schedules, unrunnable ta
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
 import redis
 
 from yadtq.backend.keys import Keys
@@ -12,6 +15,22 @@ from yadtq.backend.script_runner import Scripts
 from yadtq.config import Config
 
 PIPELINE_CHUNK = 1000  # commands a pipelined read or write sends at once
+
+T = TypeVar("T")
+
+
+def chunks(items: Iterable[T], size: int = PIPELINE_CHUNK) -> Iterator[tuple[int, list[T]]]:
+    """``items`` (any iterable, read once) in lists of ``size``, each with the index it
+    starts at: what one pipelined round trip handles."""
+    chunk: list[T] = []
+    start = 0
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield start, chunk
+            start, chunk = start + size, []
+    if chunk:
+        yield start, chunk
 
 
 class BackendPart:

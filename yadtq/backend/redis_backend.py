@@ -31,7 +31,7 @@ from yadtq.backend.level_news import LevelNews
 from yadtq.backend.limit_store import LimitStore, claim_limits, limited_names
 from yadtq.backend.listings import Listings
 from yadtq.backend.moves import Claim, Outcome, Stored
-from yadtq.backend.parts import PIPELINE_CHUNK
+from yadtq.backend.parts import chunks
 from yadtq.backend.queue_stats import QueueStats, note_batch, read_queue_stats, recent_batches
 from yadtq.backend.read_positions import ReadPositions
 from yadtq.backend.records import (
@@ -179,7 +179,7 @@ class RedisBackend:
         status = TaskStatus.SCHEDULED if due else TaskStatus.QUEUED
         now, secret = time.time(), self.config.secret
         # Messages of one submit or map share all but their own fields: one call a chunk.
-        spans = [(start, list(group)) for start, chunk in _chunks(messages, PIPELINE_CHUNK)
+        spans = [(start, list(group)) for start, chunk in chunks(messages)
                  for start, group in _groups(start, chunk)]
         if not spans and batch_id is not None and batch_total is not None:  # an empty map
             with self.redis.pipeline(transaction=False) as pipe:
@@ -283,7 +283,7 @@ class RedisBackend:
     def task_records(self, task_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         """Decoded task hashes in order, read in pipelined chunks."""
         records: list[dict[str, Any] | None] = []
-        for _, chunk in _chunks(task_ids, PIPELINE_CHUNK):
+        for _, chunk in chunks(task_ids):
             with self.redis.pipeline(transaction=False) as pipe:
                 for task_id in chunk:
                     pipe.hgetall(self.keys.task(task_id))
@@ -484,12 +484,6 @@ class RedisBackend:
 
         call = RenewCall(worker_id, now + self.config.lease_seconds, list(leased))
         return self._scripts.run(call, also=beat)[0]
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[tuple[int, Sequence[Any]]]:
-    """``items`` in chunks of ``size``, each with the index it starts at."""
-    for start in range(0, len(items), size):
-        yield start, items[start:start + size]
 
 
 def _groups(start: int, chunk: Sequence[TaskMessage]
