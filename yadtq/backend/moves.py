@@ -11,6 +11,8 @@ from typing import Any
 from yadtq.backend.scripts import RETRY, ClaimReply, FinishTask
 from yadtq.status import TaskStatus
 
+OVER_THE_LIMIT = "over the limit"  # claim.lua's reason for a task after its limit: untouched
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -24,6 +26,11 @@ class Claim:
     def claimed(self) -> bool:
         """True when this worker may run the task."""
         return self.attempt is not None
+
+    @property
+    def untouched(self) -> bool:
+        """True when the claim's limit was reached before this task: it is still queued."""
+        return self.skipped_because == OVER_THE_LIMIT
 
     @classmethod
     def of(cls, task_id: str, reply: ClaimReply) -> Claim:

@@ -46,6 +46,8 @@ COMMIT_INTERVAL = 0.5  # seconds; a claim, not the offset, is what keeps a task 
 COUNT_INTERVAL = 5.0  # seconds between counts of what waits at each level (for heartbeats)
 COUNT_TIMEOUT_MS = 200  # a count Kafka does not answer at once is skipped
 STEAL_BACKOFF_MIN, STEAL_BACKOFF_MAX = 0.05, 5.0  # seconds between looks that find nothing
+VIEW_REFRESH = 0.1  # seconds; while slots are busy, how often to look at others' partitions
+VIEW_MAX_AGE = 0.5  # seconds; a take that shows them never goes by an older look
 
 
 class TaskConsumer:
@@ -107,17 +109,26 @@ class TaskConsumer:
                                                                    claimed_up_to)
         self._steal_backoff = 0.0
         self._next_steal_at = 0.0
+        self._viewed_at = 0.0  # when others' partitions were last looked at (0: not shown)
+        self._seen: dict[tuple[int, int], Delivery] = {}  # the last look's, decoded once
 
     # --- taking ------------------------------------------------------------
 
-    def take(self, count: int, wait: bool = True) -> list[Delivery]:
+    def take(self, count: int, wait: bool = True, everywhere: bool = False) -> list[Delivery]:
         """Up to ``count`` deliveries, the next to run first; looks at the high level,
         and polls the group's topics when nothing is buffered.
 
         ``wait``: let the poll wait a moment for messages to arrive (False when
         the caller expects them already there). While the group is forming the
-        poll is longer: a join completes only over polls.
+        poll is longer: a join completes only over polls. ``everywhere``: take from
+        what waits in other members' partitions too (``foreign`` deliveries, which
+        the worker claims but does not mark claimed), the oldest first.
         """
+        if everywhere:
+            if time.monotonic() - self._viewed_at > VIEW_MAX_AGE:
+                self._look_around()
+        elif self._viewed_at:
+            self._forget_view()
         self._resume()
         if self._lanes and self.partitions:
             self._look_at_levels()
@@ -139,8 +150,11 @@ class TaskConsumer:
         """Seconds since Kafka was last polled."""
         return time.monotonic() - self._polled_at
 
-    def hold(self) -> None:
-        """Every slot is busy: pause the partitions and poll only to stay in the group."""
+    def hold(self, look_around: bool = False) -> None:
+        """Every slot is busy: pause the partitions and poll only to stay in the group;
+        ``look_around``: meanwhile keep the view of others' partitions fresh."""
+        if look_around and time.monotonic() - self._viewed_at > VIEW_REFRESH:
+            self._look_around()
         if not self._paused:
             self._consumer.pause(*self._consumer.assignment())
             self._paused = True
@@ -149,8 +163,10 @@ class TaskConsumer:
 
     def claimed(self, deliveries: Iterable[Delivery]) -> None:
         """Mark deliveries as claimed in Redis (or dead-lettered): their offsets may be
-        committed."""
+        committed. Foreign ones are their owners' to commit."""
         for delivery in deliveries:
+            if delivery.foreign:
+                continue
             lane = self._lanes.get(delivery.topic)
             if lane is not None:
                 lane.done(delivery.partition, delivery.offset)
@@ -158,6 +174,10 @@ class TaskConsumer:
             self._claimed_through[TopicPartition(delivery.topic, delivery.partition)] = \
                 delivery.offset + 1
             self._commit_due = True
+
+    def give_back(self, deliveries: list[Delivery]) -> None:
+        """Deliveries taken but not claimed: they go next again."""
+        self._buffer.give_back(deliveries)
 
     def commit(self, now: bool = False) -> None:
         """Commit what was claimed, at most every ``COMMIT_INTERVAL`` unless ``now``.
@@ -190,8 +210,9 @@ class TaskConsumer:
 
     # --- stealing ----------------------------------------------------------
 
-    def steal(self) -> list[Delivery] | None:
-        """Task messages waiting in other members' partitions, best to steal first.
+    def steal(self, oldest_first: bool = False) -> list[Delivery] | None:
+        """Task messages waiting in other members' partitions, best to steal first
+        (``oldest_first``: the oldest, else the newest of the longest wait lists).
 
         None when not looking: stealing is off, the group is forming, or it is
         the backoff after looks whose messages the worker could not claim
@@ -205,7 +226,8 @@ class TaskConsumer:
         if time.monotonic() < self._next_steal_at:
             return None
         return [delivery for delivery in map(self._decode, self._stealer.take(
-            set(self.partitions), self.topic_partitions)) if delivery.message is not None]
+            set(self.partitions), self.topic_partitions, oldest_first))
+            if delivery.message is not None]
 
     def steal_due_in(self) -> float | None:
         """Seconds until stealing may look again (0: now); None while it does not look."""
@@ -222,6 +244,26 @@ class TaskConsumer:
             self._steal_backoff = min(max(2 * self._steal_backoff, STEAL_BACKOFF_MIN),
                                       STEAL_BACKOFF_MAX)
         self._next_steal_at = time.monotonic() + self._steal_backoff
+
+    def _look_around(self) -> None:
+        """Show the buffer what waits in other members' partitions now (one fetch)."""
+        if self._stealer is None or not self.partitions:
+            return
+        try:
+            waiting = self._stealer.look(set(self.partitions), self.topic_partitions)
+        except YadtqError as exc:  # Redis did not say how far they are claimed
+            logger.warning("Worker %s: cannot look at other partitions: %s", self._name, exc)
+            waiting = []
+        seen, self._seen = self._seen, {}
+        for record in (record for records in waiting for record in records):
+            where = record.partition, record.offset
+            self._seen[where] = seen.get(where) or decode(record, self.config, foreign=True)
+        self._buffer.show_foreign(d for d in self._seen.values() if d.message is not None)
+        self._viewed_at = time.monotonic()
+
+    def _forget_view(self) -> None:
+        self._buffer.forget_foreign()
+        self._seen, self._viewed_at = {}, 0.0
 
     def busy(self) -> None:
         """The worker started tasks of its own: steal at once when it is idle again."""
@@ -331,6 +373,7 @@ class TaskConsumer:
     def _report_assignment(self) -> None:
         """Log a new assignment and learn the topic's partition count (after the poll)."""
         self._assignment_news = False
+        self._forget_view()  # what was foreign may be this worker's now
         total = partition_count(self._consumer, self.config.tasks_topic)
         self.topic_partitions = total
         if not total:

@@ -22,6 +22,7 @@ class Delivery:
     value: bytes
     message: protocol.TaskMessage | None  # None when ``error`` says why
     error: ProtocolError | None = None
+    foreign: bool = False  # read from another worker's partition (``stealing``)
 
     @property
     def where(self) -> str:
@@ -34,8 +35,9 @@ class Delivery:
         return self.timestamp, (self.message.submitted_at or 0.0) if self.message else 0.0
 
 
-def decode(record: Any, config: Config) -> Delivery:
-    """A polled kafka-python record as a :class:`Delivery` (decoded here, once)."""
+def decode(record: Any, config: Config, foreign: bool = False) -> Delivery:
+    """A polled kafka-python record as a :class:`Delivery` (decoded here, once);
+    ``foreign``: read from another worker's partition."""
     trace = trace_context.from_headers(record.headers) if record.headers else ()
     try:
         message = protocol.decode(record.value, config.max_message_bytes, config.secret,
@@ -44,6 +46,6 @@ def decode(record: Any, config: Config) -> Delivery:
     except ProtocolError as exc:
         message, error = None, exc
     return Delivery(record.topic, record.partition, record.offset, record.timestamp,
-                    record.key, record.value or b"", message, error)
+                    record.key, record.value or b"", message, error, foreign)
 
 

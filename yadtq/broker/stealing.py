@@ -10,7 +10,9 @@ it fetches what is waiting and offers the newest messages of the longest wait
 lists first, the ones their owners would reach last.
 The worker claims them through the same atomic Redis claim as its own, so
 each task still runs once; when the owner reaches a stolen message, its claim
-finds the task taken and skips it. The stealer never commits an offset.
+finds the task taken and skips it. The stealer never commits an offset. While tasks
+are long, the same look shows the worker what waits elsewhere, so that a free slot
+takes the queue's oldest task (``read_ahead``).
 """
 
 from __future__ import annotations
@@ -45,12 +47,29 @@ class Stealer:
         self._reader = make_reader(config, client_id=f"{client_id}-stealer",
                                           fetch_wait_ms=READER_FETCH_WAIT_MS)
 
-    def take(self, own: set[int], total: int) -> list[Any]:
+    def take(self, own: set[int], total: int, oldest_first: bool = False) -> list[Any]:
         """Records waiting in foreign partitions, best to steal first.
 
         One fetch covers every foreign partition. The longest wait list comes
         first (ties in random order, so that two thieves seldom pick the same
-        one), newest record first within each list.
+        one), newest record first within each list: what its owner would reach
+        last. ``oldest_first`` (while tasks are long): in the order Kafka received them,
+        as the owners take theirs.
+        """
+        waiting = self.look(own, total)
+        if oldest_first:
+            return sorted((record for records in waiting for record in records),
+                          key=lambda record: record.timestamp)
+        random.shuffle(waiting)
+        waiting.sort(key=len, reverse=True)
+        return [record for records in waiting for record in reversed(records)]
+
+    def look(self, own: set[int], total: int) -> list[list[Any]]:
+        """Each foreign partition's records not yet claimed by its owner, in offset order
+        (one fetch; none if it fails).
+
+        Raises:
+            BackendUnavailable: Redis did not say how far the partitions are claimed.
         """
         foreign = [p for p in range(total) if p not in own]
         if not foreign:
@@ -66,13 +85,8 @@ class Stealer:
         except KafkaError as exc:
             logger.debug("stealer: read-ahead failed: %s", exc)
             return []
-        waiting = [
-            [r for r in records if r.offset >= committed.get(partition.partition, 0)]
-            for partition, records in fetched.items()
-        ]
-        random.shuffle(waiting)
-        waiting.sort(key=len, reverse=True)
-        return [record for records in waiting for record in reversed(records)]
+        return [[r for r in records if r.offset >= committed.get(partition.partition, 0)]
+                for partition, records in fetched.items()]
 
     def close(self) -> None:
         """Close the reader."""

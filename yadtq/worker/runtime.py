@@ -47,7 +47,7 @@ from yadtq.backend import UNNAMED_RING, Claim, Outcome, RedisBackend
 from yadtq.broker import Delivery, TaskConsumer, TaskProducer, create_topics
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable, BrokerUnavailable
-from yadtq.worker import execution, outcomes
+from yadtq.worker import execution, oldest_first, outcomes
 from yadtq.worker.admission import Admission
 from yadtq.worker.handing_on import HandOn
 from yadtq.worker.held import HeldTasks
@@ -99,6 +99,7 @@ class Worker:
             queue=config.queue, worker=self.name, slots=concurrency, host=metrics_host,
             port=metrics_port)
         self.concurrency = concurrency
+        self.steals = steal
         self.mode = mode
         self.shutdown_grace = shutdown_grace
         self.clock = clock
@@ -197,7 +198,9 @@ class Worker:
             self._sleep_until_rung()
             return
         self._rung_for_one = False
-        deliveries = self.consumer.take(free, wait=self._poll_waits)
+        everywhere = self._takes_oldest()
+        deliveries = self.consumer.take(free + (oldest_first.LOOKED_PAST if everywhere else 0),
+                                        wait=self._poll_waits, everywhere=everywhere)
         self._metrics.read(deliveries)
         if not deliveries:
             # Our partitions are drained: look again without waiting (a ring, or tasks
@@ -206,27 +209,36 @@ class Worker:
             if not self._steal(min(free, STOLEN_AT_ONCE * self.concurrency)):
                 self._sleep_until_rung()
             return
-        tasks = self._accept(deliveries)
+        own = [d for d in deliveries if not d.foreign]
+        tasks = self._accept(own)
         if tasks is None:
             return  # the worker is stopping; nothing was committed, so nothing is lost
+        if len(own) < len(deliveries):
+            tasks = oldest_first.candidates(deliveries, tasks, self._served)
         tasks = self._rung_copies.without_copies(tasks)
-        # How far each partition of the normal level is claimed, for thieves (who steal
-        # from that level only).
-        claims = self._claim(tasks, offsets={d.partition: d.offset + 1 for d in deliveries
-                                             if d.topic == self.config.tasks_topic})
+        claims = self._claim(tasks, offsets=oldest_first.claimed_offsets(
+            own, self.config.tasks_topic, limited=everywhere), limit=free if everywhere else None)
         if claims is None:
             logger.warning("Worker %s: stopping while Redis is unreachable; %d task(s) taken "
                            "but not claimed stay uncommitted for the partition's next owner",
                            self.name, len(tasks))
             return
+        untouched = oldest_first.untouched(deliveries, tasks, claims)
+        self.consumer.give_back(untouched)
         started = self._start_claimed(tasks, claims)
-        self.consumer.claimed(deliveries)
+        self.consumer.claimed(own if not untouched else [
+            d for d in own if not any(d is u for u in untouched)])
         self._idle_wait = self.config.idle_wait
         if started:
             self.consumer.busy()  # and steal at once when idle again
         # Wait on the next poll only while more may be on its way: tasks started (none:
         # only copies of tasks claimed elsewhere), and the last poll could not take all.
         self._poll_waits = bool(started) and not self.consumer.drained
+
+    def _takes_oldest(self) -> bool:
+        """While tasks are long, a free slot takes the queue's oldest task, whoever's
+        partition holds it (greedy list scheduling): none sits behind a running one."""
+        return self._ahead == 0 and self.steals
 
     def _free_slots(self) -> int:
         """How many tasks to claim now: one a free slot, and while tasks are short, a
@@ -236,7 +248,7 @@ class Worker:
 
     def _wait_for_a_slot(self) -> None:
         """Every slot is busy: keep the group membership while waiting for one."""
-        self.consumer.hold()
+        self.consumer.hold(look_around=self._takes_oldest())
         self._slot_freed.wait(SLOT_WAIT)
         self._slot_freed.clear()  # the next turn counts the free slots anyway
 
@@ -314,7 +326,7 @@ class Worker:
         bad ones and hand on the tasks this worker does not serve.
         """
         try:
-            deliveries = self.consumer.steal()
+            deliveries = self.consumer.steal(oldest_first=self._takes_oldest())
         except BackendUnavailable as exc:  # counts as a look that found nothing: backs off
             logger.warning("Worker %s: cannot look for tasks to steal: %s", self.name, exc)
             deliveries = []
