@@ -124,11 +124,6 @@ class TaskConsumer:
         what waits in other members' partitions too (``foreign`` deliveries, which
         the worker claims but does not mark claimed), the oldest first.
         """
-        if everywhere:
-            if time.monotonic() - self._viewed_at > VIEW_MAX_AGE:
-                self._look_around()
-        elif self._viewed_at:
-            self._forget_view()
         self._resume()
         if self._lanes and self.partitions:
             self._look_at_levels()
@@ -137,6 +132,13 @@ class TaskConsumer:
         elif not self._buffer.holds(Priority.NORMAL.rank):
             # Only low tasks here: a normal one Kafka has goes first, so ask it (briefly).
             self._poll(LOW_ONLY_POLL_MS)
+        if not everywhere:
+            if self._viewed_at:
+                self._forget_view()
+        elif time.monotonic() - self._viewed_at > VIEW_MAX_AGE:
+            # Back from idle: with tasks of its own the worker starts on them at once (the
+            # next wait for a slot looks around); with none, what waits elsewhere is all.
+            self._look_around() if not self._buffer else self._forget_view()
         return self._buffer.take(count)
 
     @property

@@ -414,9 +414,9 @@ class Worker:
             # short tasks: once half the claimed-ahead ended, claim that many in one go
             refill = self.concurrency + self._ahead - self._executing >= max(
                 self._ahead // 2, 1)
-        self._outcomes.put(message, report)
         if refill:
-            self._slot_freed.set()
+            self._slot_freed.set()  # first: the loop claims the next while this is stored
+        self._outcomes.put(message, report)
 
     def _finished(self, message: protocol.TaskMessage, report: Outcome, refused: str | None
                   ) -> None:
