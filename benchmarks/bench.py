@@ -212,8 +212,9 @@ def balance(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def kill(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
-    """300 tasks of 20 ms; SIGKILL one worker after 1 s (``--kill-after``)."""
-    with _cluster(stack, args) as cluster, yadtq.connect(cluster) as q:
+    """300 tasks of 20 ms on 3 workers of 1 slot (like the peers); SIGKILL one worker
+    after 1 s (``--kill-after``)."""
+    with _cluster(stack, args, concurrency=1) as cluster, yadtq.connect(cluster) as q:
         q.wait_for_workers(WORKERS, timeout=60)
         started = time.perf_counter()
         batch = q.map(sleep, [0.02] * 300)

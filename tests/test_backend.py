@@ -18,6 +18,7 @@ import redis
 
 from yadtq import protocol
 from yadtq.backend import Outcome, RedisBackend
+from yadtq.backend.holders import SERVER_FIELD
 from yadtq.backend.scripts import ClaimCall, ClaimTask
 from yadtq.config import Config
 from yadtq.limits import Limits, Rate
@@ -361,6 +362,33 @@ def test_a_worker_with_no_redis_connection_left_is_a_dead_holder_of_its_leases(
         assert reaper.holders.dead(OTHER_WORKER, restarted_within=0) == []  # never itself
     finally:
         workers[WORKER].close()
+        reaper.close()
+
+
+def test_a_worker_that_beat_on_this_very_server_is_dead_without_the_restart_grace(
+    backend: RedisBackend, config: Config
+) -> None:
+    # Given a task claimed by a worker whose connections then closed, on a server this
+    # reaper has only just seen (within the grace live workers get to reconnect)
+    batch_id, [message] = enqueue_batch(backend, count=1)
+    holder = RedisBackend(config, worker_id=OTHER_WORKER)
+    claim_one(holder, message, worker=OTHER_WORKER)
+    holder.close()
+    reaper = RedisBackend(config, worker_id=REAPER)
+    run_id = str(backend.redis.info("server")["run_id"])
+    record = backend.keys.worker(OTHER_WORKER)
+    try:
+        # While its last heartbeat went to another server (or none), the grace holds
+        assert reaper.holders.dead(REAPER, restarted_within=10**9) == []
+        backend.redis.hset(record, SERVER_FIELD, "a-server-before-a-failover")
+        assert reaper.holders.dead(REAPER, restarted_within=10**9) == []
+
+        # When its last heartbeat went to this very server, it had a connection to it
+        # since it took over: it is dead at once
+        backend.redis.hset(record, SERVER_FIELD, run_id)
+        assert reaper.holders.dead(REAPER, restarted_within=10**9) == [
+            (message.id, batch_id, OTHER_WORKER)]
+    finally:
         reaper.close()
 
 

@@ -37,6 +37,11 @@ class FailoverRepair:
         self._run_id: str | None = None
         self._changed_at: float | None = None  # when a new run id was seen, until repaired
 
+    @property
+    def server(self) -> str:
+        """The run id of the server as last seen ("" before the first look)."""
+        return self._run_id or ""
+
     def look(self) -> int:
         """Note the run id; repair if it changed ``grace`` ago; returns tasks produced."""
         run_id = self._backend.failover.run_id()

@@ -26,6 +26,7 @@ from typing import Any
 
 from yadtq import protocol
 from yadtq.backend import RedisBackend
+from yadtq.backend.holders import SERVER_FIELD
 from yadtq.broker import TaskProducer
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable, BrokerUnavailable
@@ -107,9 +108,10 @@ class Maintenance:
         while not self._stopped.is_set():
             now = self._clock()
             if time.monotonic() >= next_beat:
-                duties = (self._beat, self.send_due_retries, self.fire_due_schedules,
-                          self.wake_limited, self.send_due_scheduled, self.repair_blocked,
-                          self.reap, self.repair_failover)
+                # The server first: the heartbeat names it (``backend.holders``).
+                duties = (self.repair_failover, self._beat, self.send_due_retries,
+                          self.fire_due_schedules, self.wake_limited, self.send_due_scheduled,
+                          self.repair_blocked, self.reap)
                 next_beat = time.monotonic() + self.config.heartbeat_interval
                 next_death_check = time.monotonic() + DEATH_CHECK_INTERVAL
             elif time.monotonic() >= next_death_check:
@@ -152,7 +154,8 @@ class Maintenance:
     def heartbeat(self, now: float, status: str = "running") -> list[str]:
         """Record the worker in Redis and renew its leases; returns cancelled task ids."""
         info, leased = self._record(status)
-        info = {**info, "fired": self._firer.fired}  # schedule occurrences it fired
+        info = {**info, "fired": self._firer.fired,  # schedule occurrences it fired
+                SERVER_FIELD: self._failover.server}  # so its death is seen at once
         return self._backend.heartbeat(self._worker, info, leased, now)
 
     def send_due_retries(self, now: float) -> int:
