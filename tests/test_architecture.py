@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
      "inputs", "schedule_times", "limits", "priority", "trace_context", "redis_urls",
      "message_signing"},  # bottom
     {"backend", "broker"},  # adapters: Redis and Kafka
-    {"futures", "batch", "store", "events", "client", "worker", "plots", "shipping",
+    {"futures", "batch", "store", "events", "client", "waking", "worker", "plots", "shipping",
      "routing", "acceptance", "worker_table", "dependencies", "workflow", "schedules",
      "call_options", "tracing"},  # core
     {"display", "workflow_display", "local", "cli", "cli_schedules", "connection", "__init__",

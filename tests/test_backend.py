@@ -336,6 +336,29 @@ def test_finish_of_an_unknown_task_is_refused_as_missing(backend: RedisBackend) 
     assert backend.task_record(message.id) is None
 
 
+def test_a_batch_ring_claims_its_first_queued_tasks_from_their_records_in_order(
+    backend: RedisBackend,
+) -> None:
+    # Given a batch of five, the first claimed already through its message
+    batch_id, messages = enqueue_batch(backend, count=5)
+    claim_one(backend, messages[0], worker=OTHER_WORKER)
+    heads = backend.record_claims
+
+    # When a worker of two free slots claims the batch's head from the records
+    claimed = heads.batch_head(batch_id, WORKER, ["add"], count=2, looked_past=1)
+
+    # Then it passed over the taken one and has the next two, rebuilt from their records
+    assert [(m, c.attempt) for m, c, _ in claimed] == [(messages[1], 1), (messages[2], 1)]
+    assert counters(backend, batch_id) == {"total": 5, "queued": 2, "processing": 3,
+                                           "success": 0, "failed": 0}
+    # And a worker that does not serve the task, or looks no further, claims none
+    assert heads.batch_head(batch_id, REAPER, ["subtract"], count=5, looked_past=0) == []
+    assert heads.batch_head(batch_id, REAPER, ["add"], count=2, looked_past=1) == []
+    assert [m.id for m, _, _ in heads.batch_head(batch_id, REAPER, ["add"], count=2,
+                                                  looked_past=3)] == [messages[3].id,
+                                                                      messages[4].id]
+
+
 # --- requeue: reaper and handback ------------------------------------------------------
 
 

@@ -26,7 +26,6 @@ from yadtq.call_options import call_options, split_item
 from yadtq.config import Config
 from yadtq.due import due_spec
 from yadtq.errors import (
-    BackendUnavailable,
     BrokerUnavailable,
     ClientClosed,
     MessageTooLarge,
@@ -41,6 +40,7 @@ from yadtq.schedules import ScheduleMethods
 from yadtq.shipping import Shipment
 from yadtq.status import TaskStatus
 from yadtq.store import RedisTaskStore
+from yadtq.waking import WorkerWaking
 from yadtq.worker_table import WorkerViews
 from yadtq.workflow import WorkflowMethods, joining
 
@@ -49,7 +49,7 @@ TaskRef = Callable[..., Any] | str
 logger = logging.getLogger(__name__)
 
 
-class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
+class Client(WorkerViews, WorkflowMethods, ScheduleMethods, WorkerWaking):
     """A connection to one queue: submit tasks, look them up, list workers."""
 
     def __init__(self, config: Config, *, on_close: Callable[[], None] | None = None) -> None:
@@ -275,6 +275,8 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
                         partitions |= self._producer.deal(
                             [i for i, _ in send], [p for _, p in send], messages[0].priority,
                             trace)
+                        if number == 1:
+                            self._ring_early(partitions, batch_id, messages[0].priority)
                     if partitions and (number & (number - 1) == 0 or written == len(messages)):
                         self._flush(partitions)
             except BrokerUnavailable as exc:
@@ -307,16 +309,6 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods):
                               [batch] if batch is not None else [])
         waiting = set(started.blocked) | set(started.skipped)
         return all(future.id in waiting for future in futures)
-
-    def _flush(self, partitions: set[int]) -> None:
-        """Wait until Kafka has the messages sent so far, then wake the workers of
-        those partitions (and every worker's reader of the other levels they went to)."""
-        levels = self._producer.flush()
-        try:
-            self.backend.ring(partitions, levels=levels)
-        except BackendUnavailable as exc:  # the tasks are on their way; workers look anyway
-            logger.warning("could not ring the workers' doorbells (%s); they will find the "
-                           "tasks within %.1f s", exc, self.config.idle_wait)
 
     def _failed_undelivered(
         self,

@@ -34,6 +34,7 @@ from yadtq.backend.moves import Claim, Outcome, Stored
 from yadtq.backend.parts import chunks
 from yadtq.backend.queue_stats import QueueStats, note_batch, read_queue_stats, recent_batches
 from yadtq.backend.read_positions import ReadPositions
+from yadtq.backend.record_claims import RecordClaims
 from yadtq.backend.records import (
     PAYLOAD_FIELDS,
     RECORD_SIG,
@@ -116,6 +117,7 @@ class RedisBackend:
         self.listings = Listings(config, self.redis, self._scripts, self.keys)
         self.holders = Holders(config, self.redis, self._scripts, self.keys)
         self.failover = Failover(config, self.redis, self._scripts, self.keys)
+        self.record_claims = RecordClaims(config, self.redis, self._scripts, self.keys)
 
     def check_connection(self) -> None:
         """Fail fast with the address when Redis does not answer.
@@ -231,9 +233,10 @@ class RedisBackend:
         """Wake the workers of these partitions, and the readers of the other ``levels``
         (``level_news``): tasks were just produced to them.
 
-        With ``task_id`` (a lone task, in no batch) the ring names the task, so the
-        woken worker can claim it from its record at once rather than fetch it from
-        Kafka first. A doorbell keeps only its newest rings, so it never grows.
+        With ``task_id`` (a lone task, in no batch; or a batch's id) the ring names the
+        task (the batch), so the woken worker can claim it (the batch's first tasks) from
+        its record at once rather than fetch it from Kafka first (``record_claims``). A
+        doorbell keeps only its newest rings, so it never grows.
         """
         with self.redis.pipeline(transaction=False) as pipe:
             for partition in partitions:

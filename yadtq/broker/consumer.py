@@ -128,6 +128,8 @@ class TaskConsumer:
         if self._lanes and self.partitions:
             self._look_at_levels()
         if not self._buffer:
+            # No waiting for ours while others' wait to be taken.
+            wait = wait and not (everywhere and self._buffer.shows_foreign())
             self._poll(POLL_MS if wait else 0) if self.partitions else self._poll(JOIN_POLL_MS)
         elif not self._buffer.holds(Priority.NORMAL.rank):
             # Only low tasks here: a normal one Kafka has goes first, so ask it (briefly).

@@ -103,6 +103,10 @@ class ReadAhead:
                    if k[0] > 0 and queue[0].timestamp < starved_before]
         return min(starved, key=lambda k: (-k[0], self._queues[k][0].order), default=None)
 
+    def shows_foreign(self) -> bool:
+        """True if tasks waiting in other workers' partitions are shown."""
+        return any(key[3] for key in self._queues)
+
     def holds(self, rank: int) -> bool:
         """True if a delivery of this level's rank or a higher one is buffered."""
         return any(count for r, count in self._counts.items() if r <= rank)

@@ -44,6 +44,7 @@ from typing import Any
 
 from yadtq import protocol, registry
 from yadtq.backend import UNNAMED_RING, Claim, Outcome, RedisBackend
+from yadtq.backend.record_claims import BATCH_RING_PREFIX
 from yadtq.broker import Delivery, TaskConsumer, TaskProducer, create_topics
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable, BrokerUnavailable
@@ -364,14 +365,17 @@ class Worker:
             rang = self.backend.wait_for_ring(partitions, wait)
             self._idle_wait = self.config.idle_wait if rang else min(
                 2 * self._idle_wait, max(IDLE_WAIT_MAX, self.config.idle_wait))
-            if rang not in (None, UNNAMED_RING):
+            if rang is not None and rang.startswith(BATCH_RING_PREFIX):
+                self._claim_batch_head(rang)
+            elif rang not in (None, UNNAMED_RING):
                 self._claim_named(rang)
                 self._rung_for_one = True
             # Only a batch's ring is worth a poll that waits for messages to arrive; after
             # a lone task or no ring at all, a quick look (its fetch answered by the next)
             # keeps an idle worker near no CPU and still finds a task from a client that
             # rings no doorbell within two idle waits.
-            self._poll_waits = rang == UNNAMED_RING
+            self._poll_waits = rang == UNNAMED_RING or bool(rang) and rang.startswith(
+                BATCH_RING_PREFIX)
         except BackendUnavailable as exc:
             logger.warning("Worker %s: cannot wait on Redis (%s)", self.name, exc)
             self._stopping.wait(self.config.idle_wait)
@@ -390,6 +394,17 @@ class Worker:
         with self._lock:
             self._hold(message, claim.attempt)
         self._start(message, claim.attempt, record_signed=signed)
+
+    def _claim_batch_head(self, batch_id: str) -> None:
+        """Claim and start the first queued tasks of a batch whose ring named it, one a
+        free slot, from their records, while Kafka still takes their messages."""
+        for message, claim, signed in self.backend.record_claims.batch_head(
+                batch_id, self.name, sorted(self._served), self._free_slots(),
+                oldest_first.LOOKED_PAST, now=self.clock()):
+            self._rung_copies.claimed(message.id, message.attempt)
+            with self._lock:
+                self._hold(message, claim.attempt)
+            self._start(message, claim.attempt, record_signed=signed)
 
     # --- running a task ----------------------------------------------------
 
