@@ -8,12 +8,13 @@ trip → start what was claimed in the execution slots → mark them claimed, so
 the adapter may commit their offsets. With no free slot the adapter only keeps
 the group membership; with nothing to take the worker steals tasks waiting in
 other workers' partitions, or else sleeps until a client rings one of its
-partitions' doorbells in Redis (a ring that names a lone task is claimed
-straight from its Redis record).
+partitions' doorbells in Redis for a batch.
 
 Threads hand work over, and none holds a lock across a Redis or Kafka call:
 
 - this loop's thread is the only one that talks to the consumer;
+- the doorbells' thread (``doorbells``) claims a lone task a ring names straight
+  from its Redis record, whatever turn the loop is in, while a slot is free;
 - each of the N slot threads (``slots``) takes the next claimed task from a queue,
   runs it (``execution``) and hands its outcome to the outcome store's thread
   (``outcomes``), which stores whatever ended meanwhile in one round trip.
@@ -43,12 +44,13 @@ from dataclasses import replace
 from typing import Any
 
 from yadtq import protocol, registry
-from yadtq.backend import UNNAMED_RING, Claim, Outcome, RedisBackend
+from yadtq.backend import Claim, Outcome, RedisBackend
 from yadtq.broker import Delivery, TaskConsumer, TaskProducer, create_topics
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable, BrokerUnavailable
 from yadtq.worker import execution, outcomes
 from yadtq.worker.admission import Admission
+from yadtq.worker.doorbells import Doorbells
 from yadtq.worker.handing_on import HandOn
 from yadtq.worker.held import HeldTasks
 from yadtq.worker.maintenance import Maintenance
@@ -126,7 +128,6 @@ class Worker:
         self._stop_reason = "stopped"
         self._poll_waits = True  # False when the next messages are expected already there
         self._idle_wait = config.idle_wait  # how long the next sleep on the doorbells lasts
-        self._rung_for_one = False  # the last ring named a task: wait for the next ring first
         self._rung_copies = RungCopies()  # claimed by doorbell, Kafka copy not read yet
         self.backend = RedisBackend(config, worker_id=self.name)
         self.backend.check_connection()
@@ -156,6 +157,10 @@ class Worker:
             cancelled=self._held.cancelled, clock=clock, stopping=self._stopping,
             metrics=self._metrics, spans=self._spans)
         self._metrics.watch_slots(self._slots.busy)
+        self._doorbells = Doorbells(
+            self.backend, worker=self.name, partitions=lambda: self.consumer.partitions,
+            free=lambda: self._free_slots() > 0, claim=self._claim_named,
+            retry_wait=config.idle_wait, stopping=self._stopping)
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -169,6 +174,7 @@ class Worker:
         self._outcomes.start()
         self._maintenance.start()
         self._slots.start()
+        self._doorbells.start()
         try:
             while not self._stopping.is_set():
                 self._serve()
@@ -190,13 +196,6 @@ class Worker:
         if free <= 0:
             self._wait_for_a_slot()
             return
-        if self._rung_for_one and self.consumer.since_poll < IDLE_WAIT_MAX:
-            # A lone task came by doorbell: so, likely, does the next. Its Kafka copy (to
-            # be skipped) waits for a poll, at most a second after the last.
-            self._rung_for_one = False
-            self._sleep_until_rung()
-            return
-        self._rung_for_one = False
         deliveries = self.consumer.take(free, wait=self._poll_waits)
         self._metrics.read(deliveries)
         if not deliveries:
@@ -332,7 +331,8 @@ class Worker:
         return started > 0
 
     def _sleep_until_rung(self) -> None:
-        """Nothing to do: sleep until a client rings one of our partitions' doorbells.
+        """Nothing to do: sleep until a client rings one of our partitions' doorbells for
+        a batch (the doorbells' thread claims the lone tasks rings name meanwhile).
 
         A poll that finds nothing is not repeated at once: the embedded broker
         would be asked hundreds of times a second. yadtq's clients and workers ring
@@ -348,27 +348,24 @@ class Worker:
         steal_due = self.consumer.steal_due_in()  # an idle worker looks to steal in time
         wait = self._idle_wait if steal_due is None else min(self._idle_wait,
                                                              max(steal_due, MIN_WAIT))
-        try:
-            rang = self.backend.wait_for_ring(partitions, wait)
-            self._idle_wait = self.config.idle_wait if rang else min(
-                2 * self._idle_wait, max(IDLE_WAIT_MAX, self.config.idle_wait))
-            if rang not in (None, UNNAMED_RING):
-                self._claim_named(rang)
-                self._rung_for_one = True
-            # Only a batch's ring is worth a poll that waits for messages to arrive; after
-            # a lone task or no ring at all, a quick look (its fetch answered by the next)
-            # keeps an idle worker near no CPU and still finds a task from a client that
-            # rings no doorbell within two idle waits.
-            self._poll_waits = rang == UNNAMED_RING
-        except BackendUnavailable as exc:
-            logger.warning("Worker %s: cannot wait on Redis (%s)", self.name, exc)
-            self._stopping.wait(self.config.idle_wait)
+        batch = self._doorbells.sleep(wait)
+        # Only a batch's ring is worth a poll that waits for messages to arrive, and
+        # shortens the next sleeps. Lone tasks' rings do not: their tasks are claimed, and
+        # their Kafka copies (to be skipped) can wait. After them or no ring at all, a
+        # quick look (its fetch answered by the next) keeps an idle worker near no CPU
+        # and still finds a task from a client that rings no doorbell within two idle
+        # waits.
+        self._idle_wait = self.config.idle_wait if batch else min(
+            2 * self._idle_wait, max(IDLE_WAIT_MAX, self.config.idle_wait))
+        self._poll_waits = batch
 
     def _claim_named(self, task_id: str) -> None:
-        """Claim and start a lone task a doorbell named, straight from its Redis record.
+        """Claim and start a lone task a doorbell named, straight from its Redis record
+        (on the doorbells' thread).
 
-        Its Kafka message is on the topic too; when this worker (or another)
-        reaches it, the claim finds the task taken and skips it.
+        Its Kafka message is on the topic too; when this worker reads it, it is dropped
+        as a copy (``rung_copies``), and when another does, its claim finds the task
+        taken and skips it.
         """
         message, claim, signed = self.backend.claim_named(
             task_id, self.name, sorted(self._served), now=self.clock())
@@ -403,6 +400,7 @@ class Worker:
             refill = self.concurrency + self._ahead - self._executing >= max(
                 self._ahead // 2, 1)
         self._outcomes.put(message, report)
+        self._doorbells.wake()  # a slot is free for a rung task
         if refill:
             self._slot_freed.set()
 
@@ -425,6 +423,7 @@ class Worker:
 
     def _on_assignment(self) -> None:
         self._maintenance.beat_now()  # the queue's clients see the new partitions at once
+        self._doorbells.wake()  # listen to the new partitions' doorbells
 
     def _record(self, status: str) -> tuple[dict[str, Any], list[str]]:
         """This worker's heartbeat record and the ids of the tasks it holds leases for."""
@@ -462,6 +461,7 @@ class Worker:
         rest, leave the group, and record the stop."""
         logger.info("Worker %s: stopping (%s); %d task(s) in flight", self.name,
                     self._stop_reason, len(self._held))
+        self._doorbells.stop()  # first: it claims nothing the slots would not run
         self._slots.stop(self.shutdown_grace)  # claimed tasks no slot has begun go back
         self._outcomes.close(timeout=outcomes.FINISH_RETRY_SECONDS)
         self._maintenance.hand_back(self._held.messages())
