@@ -45,7 +45,7 @@ class Doorbells:
         self._stopping = stopping
         self._heard = threading.Condition()  # guards the flag below
         self._batch_rang = False  # a batch's ring since the loop last slept: look in Kafka
-        self._wake = threading.Event()  # a slot was freed, or the partitions changed
+        self._wake = threading.Event()  # a slot freed, new partitions, or stopping
         self._thread = threading.Thread(target=self._listen, name=f"{worker}-doorbells",
                                         daemon=True)
 
@@ -60,15 +60,18 @@ class Doorbells:
         self._thread.join(LISTEN_SECONDS + self._backend.config.connect_timeout)
 
     def wake(self) -> None:
-        """A slot was freed or the partitions changed: listen again if paused."""
+        """A slot was freed, the partitions changed, or the worker is stopping: listen
+        again if paused (and end the loop's sleep if stopping)."""
         self._wake.set()
+        with self._heard:
+            self._heard.notify_all()
 
     def sleep(self, timeout: float) -> bool:
         """Sleep until a batch's ring, or ``timeout`` seconds (the worker's loop); True if
         a batch's ring came since the last sleep (lone tasks' rings are claimed here)."""
         with self._heard:
-            rang = self._heard.wait_for(lambda: self._batch_rang, timeout)
-            self._batch_rang = False
+            self._heard.wait_for(lambda: self._batch_rang or self._stopping.is_set(), timeout)
+            rang, self._batch_rang = self._batch_rang, False
         return rang
 
     def _listen(self) -> None:

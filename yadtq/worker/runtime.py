@@ -187,6 +187,7 @@ class Worker:
         self._stop_reason = reason
         self._stopping.set()
         self._slot_freed.set()
+        self._doorbells.wake()
 
     # --- the loop's steps --------------------------------------------------
 
