@@ -221,8 +221,8 @@ class Worker:
             return
         started = self._start_claimed(tasks, claims)
         self.consumer.claimed(deliveries)
-        self._idle_wait = self.config.idle_wait
-        if started:
+        if started:  # not for copies of rung tasks only: an idle worker reads them seldom
+            self._idle_wait = self.config.idle_wait
             self.consumer.busy()  # and steal at once when idle again
         # Wait on the next poll only while more may be on its way: tasks started (none:
         # only copies of tasks claimed elsewhere), and the last poll could not take all.
