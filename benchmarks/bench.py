@@ -171,17 +171,17 @@ def _duration_count(port: int) -> float:
 
 
 def latency(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
-    """200 sequential submit(add).result() after 20 warm-ups."""
+    """1,500 sequential submit(add).result() after 20 warm-ups (``workloads``)."""
     with _cluster(stack, args) as cluster, yadtq.connect(cluster) as q:
         q.wait_for_workers(WORKERS, timeout=60)
-        for _ in range(20):
+        for _ in range(workloads.LATENCY_WARMUPS):
             q.submit(add, 1, 2).result(timeout=30)
         samples = []
-        for _ in range(200):
+        for _ in range(workloads.LATENCY_SAMPLES):
             started = time.perf_counter()
             assert q.submit(add, 1, 2).result(timeout=30) == 3
             samples.append((time.perf_counter() - started) * 1000)
-    return workloads.percentiles(samples)
+    return workloads.tail_percentiles(samples)
 
 
 def balance(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:

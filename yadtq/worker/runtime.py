@@ -5,23 +5,23 @@ free slots → take deliveries from the Kafka adapter → accept them (undecodab
 ones to the dead-letter topic, ones only another live worker serves handed on
 to it, ``yadtq.routing``) → claim them in Redis with a lease, in one round
 trip → start what was claimed in the execution slots → mark them claimed, so
-the adapter may commit their offsets. With no free slot the adapter only keeps
-the group membership; with nothing to take the worker steals tasks waiting in
-other workers' partitions, or else sleeps until a client rings one of its
-partitions' doorbells in Redis (a ring that names a lone task is claimed
-straight from its Redis record).
+the adapter may commit their offsets. While tasks are long, what waits in other
+workers' partitions is taken too, the oldest first (``oldest_first``). With no
+free slot the adapter only keeps the group membership; with nothing to take the
+worker steals, or else sleeps until a client rings for a batch.
 
 Threads hand work over, and none holds a lock across a Redis or Kafka call:
 
 - this loop's thread is the only one that talks to the consumer;
+- the doorbells' thread (``doorbells``) claims a lone task (a batch's first tasks)
+  a ring names from its Redis record, whatever turn the loop is in, while a slot is free;
 - each of the N slot threads (``slots``) takes the next claimed task from a queue,
   runs it (``execution``) and hands its outcome to the outcome store's thread
   (``outcomes``), which stores whatever ended meanwhile in one round trip.
   While tasks are short (under 5 ms on average), the loop claims ahead, a group
   of tasks a slot, so a slot goes from one task to the next without waiting for
   a claim, and hands the claimed tasks waiting together (up to ``GROUP``) to its
-  task process in one round trip; long tasks are claimed only for free slots,
-  so idle workers can still steal the rest;
+  task process in one round trip; long tasks are claimed only for free slots;
 - the maintenance thread (``maintenance``) beats, renews leases, stops
   cancelled tasks, sends due retries and scheduled tasks, and reaps expired leases.
 
@@ -43,13 +43,14 @@ from dataclasses import replace
 from typing import Any
 
 from yadtq import protocol, registry
-from yadtq.backend import UNNAMED_RING, Claim, Outcome, RedisBackend
+from yadtq.backend import Claim, Outcome, RedisBackend
 from yadtq.backend.record_claims import BATCH_RING_PREFIX
 from yadtq.broker import Delivery, TaskConsumer, TaskProducer, create_topics
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable, BrokerUnavailable
 from yadtq.worker import execution, oldest_first, outcomes
 from yadtq.worker.admission import Admission
+from yadtq.worker.doorbells import Doorbells
 from yadtq.worker.handing_on import HandOn
 from yadtq.worker.held import HeldTasks
 from yadtq.worker.maintenance import Maintenance
@@ -128,7 +129,6 @@ class Worker:
         self._stop_reason = "stopped"
         self._poll_waits = True  # False when the next messages are expected already there
         self._idle_wait = config.idle_wait  # how long the next sleep on the doorbells lasts
-        self._rung_for_one = False  # the last ring named a task: wait for the next ring first
         self._rung_copies = RungCopies()  # claimed by doorbell, Kafka copy not read yet
         self.backend = RedisBackend(config, worker_id=self.name)
         self.backend.check_connection()
@@ -158,6 +158,10 @@ class Worker:
             cancelled=self._held.cancelled, clock=clock, stopping=self._stopping,
             metrics=self._metrics, spans=self._spans)
         self._metrics.watch_slots(self._slots.busy)
+        self._doorbells = Doorbells(
+            self.backend, worker=self.name, partitions=lambda: self.consumer.partitions,
+            free=lambda: self._free_slots() > 0, claim=self._claim_rung,
+            retry_wait=config.idle_wait, stopping=self._stopping)
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -171,6 +175,7 @@ class Worker:
         self._outcomes.start()
         self._maintenance.start()
         self._slots.start()
+        self._doorbells.start()
         try:
             while not self._stopping.is_set():
                 self._serve()
@@ -183,6 +188,7 @@ class Worker:
         self._stop_reason = reason
         self._stopping.set()
         self._slot_freed.set()
+        self._doorbells.wake()
 
     # --- the loop's steps --------------------------------------------------
 
@@ -192,13 +198,6 @@ class Worker:
         if free <= 0:
             self._wait_for_a_slot()
             return
-        if self._rung_for_one and self.consumer.since_poll < IDLE_WAIT_MAX:
-            # A lone task came by doorbell: so, likely, does the next. Its Kafka copy (to
-            # be skipped) waits for a poll, at most a second after the last.
-            self._rung_for_one = False
-            self._sleep_until_rung()
-            return
-        self._rung_for_one = False
         everywhere = self._takes_oldest()
         deliveries = self.consumer.take(free + (oldest_first.LOOKED_PAST if everywhere else 0),
                                         wait=self._poll_waits, everywhere=everywhere)
@@ -229,8 +228,8 @@ class Worker:
         started = self._start_claimed(tasks, claims)
         self.consumer.claimed(own if not untouched else [
             d for d in own if not any(d is u for u in untouched)])
-        self._idle_wait = self.config.idle_wait
-        if started:
+        if started:  # not for copies of rung tasks only: an idle worker reads them seldom
+            self._idle_wait = self.config.idle_wait
             self.consumer.busy()  # and steal at once when idle again
         # Wait on the next poll only while more may be on its way: tasks started (none:
         # only copies of tasks claimed elsewhere), and the last poll could not take all.
@@ -345,7 +344,8 @@ class Worker:
         return started > 0
 
     def _sleep_until_rung(self) -> None:
-        """Nothing to do: sleep until a client rings one of our partitions' doorbells.
+        """Nothing to do: sleep until a client rings one of our partitions' doorbells for
+        a batch (the doorbells' thread claims the lone tasks rings name meanwhile).
 
         A poll that finds nothing is not repeated at once: the embedded broker
         would be asked hundreds of times a second. yadtq's clients and workers ring
@@ -361,46 +361,37 @@ class Worker:
         steal_due = self.consumer.steal_due_in()  # an idle worker looks to steal in time
         wait = self._idle_wait if steal_due is None else min(self._idle_wait,
                                                              max(steal_due, MIN_WAIT))
-        try:
-            rang = self.backend.wait_for_ring(partitions, wait)
-            self._idle_wait = self.config.idle_wait if rang else min(
-                2 * self._idle_wait, max(IDLE_WAIT_MAX, self.config.idle_wait))
-            if rang is not None and rang.startswith(BATCH_RING_PREFIX):
-                self._claim_batch_head(rang)
-            elif rang not in (None, UNNAMED_RING):
-                self._claim_named(rang)
-                self._rung_for_one = True
-            # Only a batch's ring is worth a poll that waits for messages to arrive; after
-            # a lone task or no ring at all, a quick look (its fetch answered by the next)
-            # keeps an idle worker near no CPU and still finds a task from a client that
-            # rings no doorbell within two idle waits.
-            self._poll_waits = rang == UNNAMED_RING or bool(rang) and rang.startswith(
-                BATCH_RING_PREFIX)
-        except BackendUnavailable as exc:
-            logger.warning("Worker %s: cannot wait on Redis (%s)", self.name, exc)
-            self._stopping.wait(self.config.idle_wait)
+        batch = self._doorbells.sleep(wait)
+        # Only a batch's ring is worth a poll that waits for messages to arrive, and
+        # shortens the next sleeps. Lone tasks' rings do not: their tasks are claimed, and
+        # their Kafka copies (to be skipped) can wait. After them or no ring at all, a
+        # quick look (its fetch answered by the next) keeps an idle worker near no CPU
+        # and still finds a task from a client that rings no doorbell within two idle
+        # waits.
+        self._idle_wait = self.config.idle_wait if batch else min(
+            2 * self._idle_wait, max(IDLE_WAIT_MAX, self.config.idle_wait))
+        self._poll_waits = batch
 
-    def _claim_named(self, task_id: str) -> None:
-        """Claim and start a lone task a doorbell named, straight from its Redis record.
+    def _claim_rung(self, name: str) -> None:
+        """Claim and start what a doorbell's ring names, straight from the records (on the
+        doorbells' thread): a lone task, or a batch's first tasks, one a free slot.
 
-        Its Kafka message is on the topic too; when this worker (or another)
-        reaches it, the claim finds the task taken and skips it.
+        Their Kafka messages are on the topic too; when this worker reads them, they are
+        dropped as copies (``rung_copies``), and when another does, its claim finds the
+        tasks taken and skips them.
         """
-        message, claim, signed = self.backend.claim_named(
-            task_id, self.name, sorted(self._served), now=self.clock())
-        if message is None or claim.attempt is None:
-            return
-        self._rung_copies.claimed(message.id, message.attempt)
-        with self._lock:
-            self._hold(message, claim.attempt)
-        self._start(message, claim.attempt, record_signed=signed)
-
-    def _claim_batch_head(self, batch_id: str) -> None:
-        """Claim and start the first queued tasks of a batch whose ring named it, one a
-        free slot, from their records, while Kafka still takes their messages."""
-        for message, claim, signed in self.backend.record_claims.batch_head(
-                batch_id, self.name, sorted(self._served), self._free_slots(),
-                oldest_first.LOOKED_PAST, now=self.clock()):
+        served = sorted(self._served)
+        if name.startswith(BATCH_RING_PREFIX):
+            claimed = self.backend.record_claims.batch_head(
+                # one a slot with nothing claimed for it (not the short tasks' claim-ahead)
+                name, self.name, served, self.concurrency - self._executing,
+                oldest_first.LOOKED_PAST, now=self.clock())
+        else:
+            message, claim, signed = self.backend.claim_named(name, self.name, served,
+                                                              now=self.clock())
+            claimed = [] if message is None else [(message, claim, signed)]
+        for message, claim, signed in claimed:
+            assert claim.attempt is not None  # only claimed ones come with a message
             self._rung_copies.claimed(message.id, message.attempt)
             with self._lock:
                 self._hold(message, claim.attempt)
@@ -432,6 +423,7 @@ class Worker:
         if refill:
             self._slot_freed.set()  # first: the loop claims the next while this is stored
         self._outcomes.put(message, report)
+        self._doorbells.wake()  # a slot is free for a rung task
 
     def _finished(self, message: protocol.TaskMessage, report: Outcome, refused: str | None
                   ) -> None:
@@ -452,6 +444,7 @@ class Worker:
 
     def _on_assignment(self) -> None:
         self._maintenance.beat_now()  # the queue's clients see the new partitions at once
+        self._doorbells.wake()  # listen to the new partitions' doorbells
 
     def _record(self, status: str) -> tuple[dict[str, Any], list[str]]:
         """This worker's heartbeat record and the ids of the tasks it holds leases for."""
@@ -461,7 +454,8 @@ class Worker:
         return {**self._identity, "in_flight": len(leased), "status": status,
                 "partitions": ",".join(map(str, self.consumer.partitions)),
                 "topic_partitions": self.consumer.topic_partitions,
-                "waiting": json.dumps(self.consumer.waiting)}, leased
+                "waiting": json.dumps(self._rung_copies.uncounted(self.consumer.waiting))
+                }, leased
 
     # --- sending to Kafka --------------------------------------------------
 
@@ -489,6 +483,7 @@ class Worker:
         rest, leave the group, and record the stop."""
         logger.info("Worker %s: stopping (%s); %d task(s) in flight", self.name,
                     self._stop_reason, len(self._held))
+        self._doorbells.stop()  # first: it claims nothing the slots would not run
         self._slots.stop(self.shutdown_grace)  # claimed tasks no slot has begun go back
         self._outcomes.close(timeout=outcomes.FINISH_RETRY_SECONDS)
         self._maintenance.hand_back(self._held.messages())

@@ -1,0 +1,92 @@
+"""The worker's doorbells (yadtq/worker/doorbells.py) against a real Redis: a lone task's
+ring is claimed on the doorbells' own thread, whatever the worker's loop is doing."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from helpers import wait_until
+
+from yadtq.backend import RedisBackend
+from yadtq.worker.doorbells import Doorbells
+
+PARTITIONS = [0, 1]
+
+
+@pytest.fixture
+def doorbells(backend: RedisBackend) -> Iterator[Callable[..., tuple[Doorbells, queue.Queue]]]:
+    """Start Doorbells on the test queue's partitions 0 and 1; returns it and the queue of
+    the task ids it claimed. Stopped after the test."""
+    stopping = threading.Event()
+    started: list[Doorbells] = []
+
+    def start(free: Callable[[], bool] = lambda: True) -> tuple[Doorbells, queue.Queue]:
+        claimed: queue.Queue[str] = queue.Queue()
+        bells = Doorbells(backend, worker="w-test", partitions=lambda: PARTITIONS, free=free,
+                          claim=claimed.put, retry_wait=0.2, stopping=stopping)
+        bells.start()
+        started.append(bells)
+        return bells, claimed
+
+    yield start
+    stopping.set()
+    for bells in started:
+        bells.stop()
+
+
+def test_a_lone_tasks_ring_is_claimed_while_the_loop_does_not_sleep(backend, doorbells):
+    # Given doorbells listening, and a worker's loop busy elsewhere (it never sleeps here)
+    bells, claimed = doorbells()
+    wait_until(lambda: backend.redis.info("clients")["blocked_clients"] >= 1, 10,
+               "the doorbells' thread to block on its doorbells")
+    # When a client rings partition 1's doorbell naming a lone task
+    backend.ring([1], "task-1")
+    # Then the doorbells' thread claims it at once, without the loop
+    assert claimed.get(timeout=10) == "task-1"
+
+
+def test_a_batchs_ring_ends_the_loops_sleep_and_is_told_once(backend, doorbells):
+    # Given doorbells listening
+    bells, claimed = doorbells()
+    # When a batch's ring (naming no task) comes while the loop sleeps
+    ringer = threading.Timer(0.0, backend.ring, args=([0],))
+    ringer.start()
+    began = time.monotonic()
+    rang = bells.sleep(30.0)
+    # Then the sleep ends with it, well before its timeout, and claims nothing
+    assert rang is True
+    assert time.monotonic() - began < 10
+    ringer.join()
+    assert bells.sleep(0.01) is False
+    assert claimed.empty()
+
+
+def test_with_no_free_slot_a_ring_waits_in_redis_until_a_slot_is_freed(backend, doorbells):
+    # Given doorbells of a worker whose every slot is busy
+    free = threading.Event()
+    asked = []
+
+    def is_free() -> bool:
+        asked.append(free.is_set())
+        return asked[-1]
+
+    bells, claimed = doorbells(free=is_free)
+    # When a lone task's ring comes, and the doorbells' thread looks again
+    backend.ring([0], "task-2")
+    for _ in range(2):  # twice: the first look may have begun before the ring
+        looks = len(asked)
+        bells.wake()
+        wait_until(lambda seen=looks: len(asked) > seen, 10,
+                   "the doorbells' thread to look at the slots")
+    # Then nobody takes it: it waits in Redis (or for its Kafka message)
+    assert backend.redis.llen(backend.keys.doorbell(0)) == 1
+    assert claimed.empty()
+    # And once a slot is freed, the doorbells' thread claims it
+    free.set()
+    bells.wake()
+    assert claimed.get(timeout=10) == "task-2"
+    assert backend.redis.llen(backend.keys.doorbell(0)) == 0
