@@ -1,5 +1,6 @@
 """The worker's doorbells (yadtq/worker/doorbells.py) against a real Redis: a lone task's
-ring is claimed on the doorbells' own thread, whatever the worker's loop is doing."""
+ring is claimed on the doorbells' own thread, whatever the worker's loop is doing; a
+batch's first tasks only while the loop sleeps."""
 
 from __future__ import annotations
 
@@ -24,10 +25,15 @@ def doorbells(backend: RedisBackend) -> Iterator[Callable[..., tuple[Doorbells, 
     stopping = threading.Event()
     started: list[Doorbells] = []
 
-    def start(free: Callable[[], bool] = lambda: True) -> tuple[Doorbells, queue.Queue]:
-        claimed: queue.Queue[str] = queue.Queue()
+    def start(free: Callable[[], bool] = lambda: True, idle: int = 0
+              ) -> tuple[Doorbells, queue.Queue]:
+        """``idle``: the slots a batch's ring may reserve; the claims of a batch's head go
+        to the queue as (batch id, slots reserved)."""
+        claimed: queue.Queue[str | tuple[str, int]] = queue.Queue()
         bells = Doorbells(backend, worker="w-test", partitions=lambda: PARTITIONS, free=free,
-                          claim=claimed.put, retry_wait=0.2, stopping=stopping)
+                          claim=claimed.put, reserve=lambda: idle,
+                          claim_batch=lambda batch, reserved: claimed.put((batch, reserved)),
+                          retry_wait=0.2, stopping=stopping)
         bells.start()
         started.append(bells)
         return bells, claimed
@@ -90,3 +96,27 @@ def test_with_no_free_slot_a_ring_waits_in_redis_until_a_slot_is_freed(backend, 
     bells.wake()
     assert claimed.get(timeout=10) == "task-2"
     assert backend.redis.llen(backend.keys.doorbell(0)) == 0
+
+
+def test_a_ring_naming_a_batch_claims_its_head_only_while_the_loop_sleeps(backend, doorbells):
+    # Given doorbells of a worker with two idle slots, its loop busy (not asleep)
+    bells, claimed = doorbells(idle=2)
+    wait_until(lambda: backend.redis.info("clients")["blocked_clients"] >= 1, 10,
+               "the doorbells' thread to block on its doorbells")
+    # When a batch's ring names it (a partition's ring coming after the loop took it up)
+    backend.ring([0], "b-late")
+    wait_until(lambda: backend.redis.llen(backend.keys.doorbell(0)) == 0
+               and backend.redis.info("clients")["blocked_clients"] >= 1, 10,
+               "the doorbells' thread to take the ring and listen again")
+    # Then it only tells the loop to look in Kafka: the loop claims for its slots itself
+    assert bells.sleep(10.0) is True
+    assert claimed.empty()
+
+    # When the next batch rings while the loop sleeps
+    ringer = threading.Timer(0.05, backend.ring, args=([1], "b-first"))
+    ringer.start()
+    assert bells.sleep(30.0) is True
+    ringer.join()
+    # Then its first tasks were claimed from their records into the idle slots, before
+    # the loop woke
+    assert claimed.get_nowait() == ("b-first", 2)

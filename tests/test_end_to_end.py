@@ -252,7 +252,7 @@ def test_non_json_argument_is_refused_before_anything_is_sent(client):
     assert client.backend.redis.keys(f"{client.config.key_prefix}:task:*") == []
 
 
-def test_an_idle_worker_steals_tasks_waiting_in_another_workers_partition(
+def test_an_idle_worker_steals_tasks_waiting_in_another_workers_partition_oldest_first(
     client, start_workers
 ):
     # Given two workers of one slot each, and eight tasks all in one partition of the first
@@ -278,6 +278,11 @@ def test_an_idle_worker_steals_tasks_waiting_in_another_workers_partition(
     # Then the idle worker took some of them from the busy one's partition
     ran_by = [r["worker"] for r in done]
     assert ran_by.count(owner["name"]) < len(ids), ran_by
+    # And, the tasks being long, the oldest waiting first (issue 24: not the newest), so
+    # they started in the order they were sent, a few milliseconds of claims crossing aside
+    started = [float(r["started_at"]) for r in done]
+    late = [(i, j) for i in range(8) for j in range(i + 1, 8) if started[j] < started[i] - 0.005]
+    assert not late, (late, started)
     assert set(ran_by) == {row["name"] for row in workers}, ran_by
 
     # And each ran once: one claim and one success in its history, nothing refused

@@ -1,14 +1,9 @@
 """Long tasks go oldest first, whoever's partition holds them (issue 24): the read-ahead's
-view of other workers' partitions, and real workers splitting one partition's backlog.
+view of other workers' partitions (real workers stealing the oldest first:
+``test_end_to_end``).
 """
 
 from __future__ import annotations
-
-import json
-import uuid
-
-from helpers import wait_until
-from kafka import KafkaProducer
 
 from yadtq import protocol
 from yadtq.broker.delivery import Delivery
@@ -56,40 +51,3 @@ def test_a_fresh_look_replaces_the_view_and_forgetting_it_keeps_our_own() -> Non
     buffer.show_foreign([delivery(4, 1, 300, True)])
     buffer.forget_foreign()  # tasks turned short, or the group rebalanced
     assert ids(buffer.take(5, now_ms=1_000)) == ["p0-0"]
-
-
-def test_an_idle_worker_takes_a_busy_partitions_long_tasks_in_the_order_they_were_sent(
-    client, start_workers
-):
-    # Given two workers of one slot each, and eight 0.3 s tasks all in one partition of
-    # the first, sent by a plain Kafka producer (no doorbell)
-    start_workers(2, concurrency=1)
-    workers = client.wait_for_workers(2, timeout=60)
-    owner = min(workers, key=lambda row: row["name"])
-    partition = int(owner["partitions"].split(",")[0])
-    task_ids = [uuid.uuid4().hex for _ in range(8)]
-    producer = KafkaProducer(bootstrap_servers=client.config.bootstrap)
-    for task_id in task_ids:
-        producer.send(client.config.tasks_topic, partition=partition, value=json.dumps(
-            {"task-id": task_id, "task": "sleep", "args": [0.3]}).encode())
-    producer.flush()
-    producer.close()
-
-    # When they have run
-    def records():
-        found = client.backend.task_records(task_ids)
-        return found if all(r and r["status"] == "success" for r in found) else None
-
-    done = wait_until(records, 60, "all eight tasks done")
-
-    # Then they started in the order they were sent (a thief took the oldest waiting,
-    # not the newest), a few milliseconds of claims crossing aside
-    started = [float(r["started_at"]) for r in done]
-    late = [(i, j) for i in range(8) for j in range(i + 1, 8) if started[j] < started[i] - 0.005]
-    assert not late, (late, started)
-    # And both workers ran a share (the idle one may only wake after its idle wait: no
-    # doorbell rang), each task once
-    ran_by = [r["worker"] for r in done]
-    assert min(ran_by.count(row["name"]) for row in workers) >= 2, ran_by
-    for task_id in task_ids:
-        assert [e["event"] for e in client.history(task_id)] == ["claimed", "success"]

@@ -38,17 +38,23 @@ class Doorbells:
 
     def __init__(self, backend: RedisBackend, *, worker: str,
                  partitions: Callable[[], list[int]], free: Callable[[], bool],
-                 claim: Callable[[str], None], retry_wait: float,
+                 claim: Callable[[str], None], reserve: Callable[[], int],
+                 claim_batch: Callable[[str, int], None], retry_wait: float,
                  stopping: threading.Event) -> None:
+        """``reserve()``: take every idle slot for a batch's first tasks (how many);
+        ``claim_batch(batch_id, reserved)``: claim and start them, freeing what is left."""
         self._backend = backend
         self._worker = worker
         self._partitions = partitions
         self._free = free
         self._claim = claim
+        self._reserve = reserve
+        self._claim_batch = claim_batch
         self._retry_wait = retry_wait
         self._stopping = stopping
-        self._heard = threading.Condition()  # guards the flag below
+        self._heard = threading.Condition()  # guards the flags below
         self._batch_rang = False  # a batch's ring since the loop last slept: look in Kafka
+        self._asleep = False  # the loop sleeps: it claims nothing until told
         self._wake = threading.Event()  # a slot freed, new partitions, or stopping
         self._thread = threading.Thread(target=self._listen, name=f"{worker}-doorbells",
                                         daemon=True)
@@ -74,7 +80,9 @@ class Doorbells:
         """Sleep until a batch's ring, or ``timeout`` seconds (the worker's loop); True if
         a batch's ring came since the last sleep (lone tasks' rings are claimed here)."""
         with self._heard:
+            self._asleep = True
             self._heard.wait_for(lambda: self._batch_rang or self._stopping.is_set(), timeout)
+            self._asleep = False
             rang, self._batch_rang = self._batch_rang, False
         return rang
 
@@ -101,9 +109,19 @@ class Doorbells:
         rang = self._backend.wait_for_ring(partitions, LISTEN_SECONDS)
         if rang is None:
             return
-        if rang != UNNAMED_RING and not self._stopping.is_set() and self._free():
+        batch = rang.startswith(BATCH_RING_PREFIX)
+        if batch:
+            # Only while the loop sleeps (a batch's rings come one a partition, some after
+            # the loop took the batch up), and the slots reserved before it can wake: it
+            # then counts them taken, and claims none of them too.
+            with self._heard:
+                reserved = self._reserve() if self._asleep and not self._stopping.is_set() \
+                    else 0
+            if reserved:
+                self._claim_batch(rang, reserved)
+        elif rang != UNNAMED_RING and not self._stopping.is_set() and self._free():
             self._claim(rang)  # before the loop is told: it then counts the slots taken
-        if rang == UNNAMED_RING or rang.startswith(BATCH_RING_PREFIX):
+        if rang == UNNAMED_RING or batch:
             with self._heard:
                 self._batch_rang = True
                 self._heard.notify_all()

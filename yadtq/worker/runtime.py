@@ -44,7 +44,6 @@ from typing import Any
 
 from yadtq import protocol, registry
 from yadtq.backend import Claim, Outcome, RedisBackend
-from yadtq.backend.record_claims import BATCH_RING_PREFIX
 from yadtq.broker import Delivery, TaskConsumer, TaskProducer, create_topics
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable, BrokerUnavailable
@@ -54,10 +53,11 @@ from yadtq.worker.doorbells import Doorbells
 from yadtq.worker.handing_on import HandOn
 from yadtq.worker.held import HeldTasks
 from yadtq.worker.maintenance import Maintenance
+from yadtq.worker.occupancy import Occupancy
 from yadtq.worker.outcomes import OutcomeStore
 from yadtq.worker.redis_retry import GAVE_UP, retry_redis
 from yadtq.worker.rung_copies import RungCopies
-from yadtq.worker.slots import GROUP, SHORT_TASK, Slots
+from yadtq.worker.slots import Slots
 from yadtq.worker.spans import worker_spans
 from yadtq.worker.worker_metrics import NO_METRICS, WorkerMetrics
 
@@ -120,10 +120,8 @@ class Worker:
             "settings": json.dumps(config.shared_settings(), sort_keys=True),
             "requires_signed": "1" if config.signatures_required else "0",
         }
-        self._lock = threading.Lock()  # guards the counts below; never held across I/O
         self._held = HeldTasks(self.name)  # claimed, outcome not yet stored
-        self._executing = 0  # claimed and not yet ended: waiting for a slot or in one
-        self._ahead = 0  # how many claimed tasks may wait for a slot (0 while tasks are long)
+        self._occupancy = Occupancy(concurrency)  # how many more to claim
         self._slot_freed = threading.Event()
         self._stopping = threading.Event()
         self._stop_reason = "stopped"
@@ -154,13 +152,14 @@ class Worker:
         self._slots = Slots(
             config, self.backend, worker=self.name,
             runners=execution.make_runners(mode, concurrency, task_modules), ended=self._ended,
-            grouping=lambda: self._ahead > 0, attach=self._held.attach,
+            grouping=lambda: self._occupancy.short, attach=self._held.attach,
             cancelled=self._held.cancelled, clock=clock, stopping=self._stopping,
             metrics=self._metrics, spans=self._spans)
         self._metrics.watch_slots(self._slots.busy)
         self._doorbells = Doorbells(
             self.backend, worker=self.name, partitions=lambda: self.consumer.partitions,
-            free=lambda: self._free_slots() > 0, claim=self._claim_rung,
+            free=lambda: self._free_slots() > 0, claim=self._claim_named,
+            reserve=self._occupancy.reserve_idle, claim_batch=self._claim_batch_head,
             retry_wait=config.idle_wait, stopping=self._stopping)
 
     # --- lifecycle ---------------------------------------------------------
@@ -238,13 +237,10 @@ class Worker:
     def _takes_oldest(self) -> bool:
         """While tasks are long, a free slot takes the queue's oldest task, whoever's
         partition holds it (greedy list scheduling): none sits behind a running one."""
-        return self._ahead == 0 and self.steals
+        return not self._occupancy.short and self.steals
 
     def _free_slots(self) -> int:
-        """How many tasks to claim now: one a free slot, and while tasks are short, a
-        group a slot more, so a slot that ends one starts the next without a claim."""
-        with self._lock:
-            return self.concurrency + self._ahead - self._executing
+        return self._occupancy.free()
 
     def _wait_for_a_slot(self) -> None:
         """Every slot is busy: keep the group membership while waiting for one."""
@@ -295,16 +291,17 @@ class Worker:
         )
         if claims is GAVE_UP:
             return None
-        with self._lock:
-            for message, claim in zip(messages, claims, strict=True):
-                if claim.attempt is not None:
-                    self._hold(message, claim.attempt)
+        for message, claim in zip(messages, claims, strict=True):
+            if claim.attempt is not None:
+                self._hold(message, claim.attempt)
         return claims
 
-    def _hold(self, message: protocol.TaskMessage, attempt: int) -> None:
-        """Count a claimed task as this worker's (call with the lock held)."""
+    def _hold(self, message: protocol.TaskMessage, attempt: int, reserved: bool = False
+              ) -> None:
+        """Count a claimed task as this worker's (``reserved``: its slot was counted)."""
         self._held.hold(message, attempt)
-        self._executing += 1
+        if not reserved:
+            self._occupancy.take()
 
     def _start_claimed(self, messages: list[protocol.TaskMessage], claims: list[Claim]) -> int:
         """Start every message this worker claimed; returns how many."""
@@ -372,30 +369,37 @@ class Worker:
             2 * self._idle_wait, max(IDLE_WAIT_MAX, self.config.idle_wait))
         self._poll_waits = batch
 
-    def _claim_rung(self, name: str) -> None:
-        """Claim and start what a doorbell's ring names, straight from the records (on the
-        doorbells' thread): a lone task, or a batch's first tasks, one a free slot.
+    def _claim_named(self, task_id: str) -> None:
+        """Claim and start a lone task a doorbell named, straight from its Redis record (on
+        the doorbells' thread). Its Kafka message, read later, is a copy: dropped here
+        (``rung_copies``), skipped by another worker's claim."""
+        message, claim, signed = self.backend.claim_named(task_id, self.name,
+                                                          sorted(self._served), now=self.clock())
+        if message is not None and claim.attempt is not None:
+            self._hold(message, claim.attempt)
+            self._start_from_record(message, claim.attempt, signed)
 
-        Their Kafka messages are on the topic too; when this worker reads them, they are
-        dropped as copies (``rung_copies``), and when another does, its claim finds the
-        tasks taken and skips them.
-        """
-        served = sorted(self._served)
-        if name.startswith(BATCH_RING_PREFIX):
+    def _claim_batch_head(self, batch_id: str, reserved: int) -> None:
+        """Claim and start up to ``reserved`` of a batch's first tasks from their records,
+        in the slots reserved for them, and free the rest (on the doorbells' thread)."""
+        claimed = []
+        try:
             claimed = self.backend.record_claims.batch_head(
-                # one a slot with nothing claimed for it (not the short tasks' claim-ahead)
-                name, self.name, served, self.concurrency - self._executing,
+                batch_id, self.name, sorted(self._served), reserved,
                 oldest_first.LOOKED_PAST, now=self.clock())
-        else:
-            message, claim, signed = self.backend.claim_named(name, self.name, served,
-                                                              now=self.clock())
-            claimed = [] if message is None else [(message, claim, signed)]
+        finally:
+            for message, claim, _ in claimed:
+                self._hold(message, claim.attempt or 0, reserved=True)
+            if len(claimed) < reserved:
+                self._occupancy.release(reserved - len(claimed))
+                self._slot_freed.set()
         for message, claim, signed in claimed:
-            assert claim.attempt is not None  # only claimed ones come with a message
-            self._rung_copies.claimed(message.id, message.attempt)
-            with self._lock:
-                self._hold(message, claim.attempt)
-            self._start(message, claim.attempt, record_signed=signed)
+            self._start_from_record(message, claim.attempt or 0, signed)
+
+    def _start_from_record(self, message: protocol.TaskMessage, attempt: int,
+                           signed: bool) -> None:
+        self._rung_copies.claimed(message.id, message.attempt)
+        self._start(message, attempt, record_signed=signed)
 
     # --- running a task ----------------------------------------------------
 
@@ -414,13 +418,7 @@ class Worker:
         it may wait for other outcomes' round trip, while the slot runs the next task.
         """
         report = replace(report, ended_at=self.clock())
-        with self._lock:
-            self._executing -= 1
-            self._ahead = self.concurrency * GROUP if self._slots.mean_run < SHORT_TASK else 0
-            # short tasks: once half the claimed-ahead ended, claim that many in one go
-            refill = self.concurrency + self._ahead - self._executing >= max(
-                self._ahead // 2, 1)
-        if refill:
+        if self._occupancy.ended(self._slots.mean_run):
             self._slot_freed.set()  # first: the loop claims the next while this is stored
         self._outcomes.put(message, report)
         self._doorbells.wake()  # a slot is free for a rung task
