@@ -188,27 +188,47 @@ def balance(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
     """60 long-tailed sleeps a slot (an ideal makespan of about 3 s), 3 workers of
     1 slot and of 4 (``--balance-slots``; with 4, each duration four times in a row), ``--runs``
     times each: per run the makespan and efficiency (ideal / makespan), beside the ideal and
-    what list scheduling in submission order reaches (the greedy bound)."""
+    what list scheduling in submission order reaches (the greedy bound), and where each
+    worker's time went (``_worker_split``)."""
     figures: dict[str, Any] = {"runs": args.runs}
     for slots in args.balance_slots:
         # each duration once a slot, in turn: every slot meets the 1-slot problem
         durations = [d for d in workloads.long_tail_durations() for _ in range(slots)]
         ideal = workloads.ideal_makespan(durations, WORKERS * slots)
         greedy = workloads.greedy_makespan(durations, WORKERS * slots)
-        makespans = []
+        makespans, splits = [], []
         with _cluster(stack, args, concurrency=slots) as cluster, yadtq.connect(cluster) as q:
             q.wait_for_workers(WORKERS, timeout=60)
             for _ in range(args.runs):
-                started = time.perf_counter()
-                q.map(sleep, durations).results(timeout=120)
+                submitted, started = time.time(), time.perf_counter()
+                batch = q.map(sleep, durations)
+                batch.results(timeout=120)
                 makespans.append(time.perf_counter() - started)
+                splits.append(_worker_split(batch.to_dataframe(), submitted))
         efficiencies = [round(ideal / makespan, 3) for makespan in makespans]
         figures[f"slots_{slots}"] = {
             "tasks": len(durations), "ideal_s": round(ideal, 3), "greedy_s": round(greedy, 3),
             "greedy_efficiency": round(ideal / greedy, 3),
             "makespan_s": [round(m, 3) for m in makespans],
-            "efficiency_min": min(efficiencies), "efficiency": efficiencies}
+            "efficiency_min": min(efficiencies), "efficiency": efficiencies,
+            "workers": splits}
     return figures
+
+
+def _worker_split(frame: Any, submitted: float) -> list[str]:
+    """Each worker's share of a balance run, from its task records: tasks, seconds slept,
+    ms from the map's call to its first start, and ms a task between its claim and its slot
+    freed beyond the sleep itself (claim round trip, hand-offs, the task process's pipe)."""
+    def seconds(column: Any) -> Any:
+        return column.map(lambda v: v.timestamp() if hasattr(v, "timestamp") else float(v))
+
+    rows = []
+    for _, tasks in frame.groupby("worker"):
+        began, ended = seconds(tasks["started_at"]), seconds(tasks["finished_at"])
+        overhead = ((ended - began) - tasks["result"]).mean() * 1000
+        rows.append(f"{len(tasks)} tasks {tasks['result'].sum():.2f} s, first "
+                    f"{(began.min() - submitted) * 1000:.0f} ms, +{overhead:.1f} ms/task")
+    return rows
 
 
 def kill(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
