@@ -255,8 +255,9 @@ class TaskConsumer:
             return
         try:
             waiting = self._stealer.look(set(self.partitions), self.topic_partitions)
-        except YadtqError as exc:  # Redis did not say how far they are claimed
-            logger.warning("Worker %s: cannot look at other partitions: %s", self._name, exc)
+        except YadtqError as exc:  # Redis did not say how far they are claimed: the
+            # maintenance thread warns of Redis being away, once; their owners run them
+            logger.debug("Worker %s: cannot look at other partitions: %s", self._name, exc)
             waiting = []
         seen, self._seen = self._seen, {}
         for record in (record for records in waiting for record in records):
