@@ -1,13 +1,13 @@
-"""Claims of a batch's first tasks straight from their records (adapter layer, a part of
-the backend).
+"""Claims of tasks straight from their records (adapter layer, a part of the backend).
 
-A client rings the doorbells with a batch's id as soon as its first records are written,
-before Kafka has taken the messages (``Client.map``): the woken workers claim the batch's
-first queued tasks from their records, in submission order, rather than wait for the
-messages to be produced, acknowledged and fetched (the first start came 15-45 ms into a
-map on Tansu, up to 110 ms on Apache Kafka). Their Kafka messages, read later, are copies
-whose claim skips them. A task whose limits need its message's arguments, or that this
-worker does not serve, is left queued for its message.
+A doorbell's ring can name what it rings for, so that the woken worker claims it from
+its Redis record rather than wait for its Kafka message to be produced, acknowledged and
+fetched: a lone task (``Client.submit``), or a batch, whose first queued tasks are then
+claimed in submission order (``Client.map`` rings with the batch's id as soon as its
+first records are written; the first start came 15-45 ms into a map on Tansu, up to
+110 ms on Apache Kafka). Their Kafka messages, read later, are copies whose claim skips
+them. A task whose limits need its message's arguments, or that this worker does not
+serve, is left queued for its message.
 """
 
 from __future__ import annotations
@@ -37,35 +37,55 @@ BATCH_RING_PREFIX = "b-"  # a ring naming a batch: its id (task ids are bare hex
 class RecordClaims(BackendPart):
     """Claims of tasks read from their records rather than their messages."""
 
+    def named(self, task_id: str, worker_id: str, served: Sequence[str],
+              now: float | None = None) -> tuple[TaskMessage | None, Claim, bool]:
+        """Claim a lone task by id: one round trip.
+
+        Returns its message (None unless claimed), the claim, and whether the record was
+        written by a holder of the secret (``record_signed``), which is all a worker that
+        requires signatures has to go by: no message was read.
+        """
+        [(message, claim, signed)] = self._claim([task_id], None, worker_id, served, 1, now)
+        return message, claim, signed
+
     def batch_head(
         self, batch_id: str, worker_id: str, served: Sequence[str], count: int,
         looked_past: int, now: float | None = None,
     ) -> list[tuple[TaskMessage, Claim, bool]]:
         """Claim up to ``count`` of the batch's first ``count + looked_past`` tasks that are
-        still queued and served here (two round trips).
-
-        Returns, for each task claimed, its message rebuilt from its record, the claim, and
-        whether the record was written by a holder of the secret (``record_signed``).
-        """
+        still queued and served here (two round trips): for each claimed, as ``named``."""
         ids = [text(i) for i in self.redis.lrange(self._keys.batch_tasks(batch_id), 0,
                                                    count + looked_past - 1)]
         if not ids or count < 1:
             return []
+        return [(message, claim, signed) for message, claim, signed
+                in self._claim(ids, batch_id, worker_id, served, count, now)
+                if message is not None]
+
+    def _claim(
+        self, ids: list[str], batch_id: str | None, worker_id: str, served: Sequence[str],
+        limit: int, now: float | None,
+    ) -> list[tuple[TaskMessage | None, Claim, bool]]:
+        """Claim the first ``limit`` of ``ids`` still queued, reading their records in the
+        claim's round trip: for each id, its message if claimed, the claim, and whether its
+        record is signed."""
         now = time.time() if now is None else now
-        call = ClaimCall(worker_id, now + self.config.lease_seconds, now, count,
+        call = ClaimCall(worker_id, now + self.config.lease_seconds, now, limit,
                          [ClaimTask(task_id, batch_id) for task_id in ids], served,
                          need_message=limited_names())
 
-        def read_records(pipe: redis.client.Pipeline) -> None:  # in the claim's round trip
+        def read_records(pipe: redis.client.Pipeline) -> None:
             for task_id in ids:
                 pipe.hmget(self._keys.task(task_id), *PAYLOAD_FIELDS, RECORD_SIG)
 
         replies, records = self._scripts.run(call, also=read_records)
-        claimed = []
+        claims = []
         for task_id, reply, values in zip(ids, replies, records, strict=True):
             claim = Claim.of(task_id, reply)
-            if claim.attempt is not None:
-                fields = {**payload(values[:-1]), RECORD_SIG: text(values[-1])}
-                claimed.append((message_from_payload(task_id, claim.attempt, fields), claim,
-                                record_signed(self.config.secret, task_id, fields)))
-        return claimed
+            if claim.attempt is None:
+                claims.append((None, claim, False))
+                continue
+            fields = {**payload(values[:-1]), RECORD_SIG: text(values[-1])}
+            claims.append((message_from_payload(task_id, claim.attempt, fields), claim,
+                           record_signed(self.config.secret, task_id, fields)))
+        return claims

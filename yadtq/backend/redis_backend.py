@@ -28,7 +28,7 @@ from yadtq.backend.failover import Failover
 from yadtq.backend.holders import Holders
 from yadtq.backend.keys import Keys
 from yadtq.backend.level_news import LevelNews
-from yadtq.backend.limit_store import LimitStore, claim_limits, limited_names
+from yadtq.backend.limit_store import LimitStore, claim_limits
 from yadtq.backend.listings import Listings
 from yadtq.backend.moves import Claim, Outcome, Stored
 from yadtq.backend.parts import chunks
@@ -36,14 +36,10 @@ from yadtq.backend.queue_stats import QueueStats, note_batch, read_queue_stats, 
 from yadtq.backend.read_positions import ReadPositions
 from yadtq.backend.record_claims import RecordClaims
 from yadtq.backend.records import (
-    PAYLOAD_FIELDS,
-    RECORD_SIG,
     RecordSigner,
     decode_record,
     message_from_payload,
     own_values,
-    payload,
-    record_signed,
     shared_fields,
     shares_fields,
     text,
@@ -255,28 +251,6 @@ class RedisBackend:
         """
         rang = self.redis.blpop([self.keys.doorbell(p) for p in partitions], timeout)
         return None if rang is None else text(rang[1])
-
-    def claim_named(
-        self, task_id: str, worker_id: str, served: Sequence[str], now: float | None = None
-    ) -> tuple[TaskMessage | None, Claim, bool]:
-        """Claim a lone task by id, reading its message from its record: one round trip.
-
-        A task whose name is not among ``served`` is left queued ("not served here")
-        for its Kafka message to reach a worker that serves it. The third value says
-        whether the record was written by a holder of the secret (:func:`record_signed`),
-        which is all a worker that requires signatures has to go by: no message was read.
-        """
-        now = time.time() if now is None else now
-        [reply], [values] = self._scripts.run(
-            self._claim_call([ClaimTask(task_id, None)], worker_id, now, 1, served,
-                             limited_names()),
-            also=lambda pipe: pipe.hmget(self.keys.task(task_id), *PAYLOAD_FIELDS, RECORD_SIG))
-        claim = Claim.of(task_id, reply)
-        if claim.attempt is None:
-            return None, claim, False
-        fields = {**payload(values[:-1]), RECORD_SIG: text(values[-1])}
-        return (message_from_payload(task_id, claim.attempt, fields), claim,
-                record_signed(self.config.secret, task_id, fields))
 
     def task_record(self, task_id: str) -> dict[str, Any] | None:
         """The decoded task hash, or None if Redis holds no record."""

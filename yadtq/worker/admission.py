@@ -50,7 +50,7 @@ class Admission:
         """Why this worker will not run a task it claimed, or None.
 
         ``record_signed`` is False for a task claimed from a record no holder of
-        the secret wrote (``RedisBackend.claim_named``).
+        the secret wrote (``backend.record_claims``).
         """
         if not record_signed and (self.config.signatures_required or message.needs_trust):
             return UnsignedTask(

@@ -225,8 +225,8 @@ class Worker:
         untouched = oldest_first.untouched(deliveries, tasks, claims)
         self.consumer.give_back(untouched)
         started = self._start_claimed(tasks, claims)
-        self.consumer.claimed(own if not untouched else [
-            d for d in own if not any(d is u for u in untouched)])
+        left = {id(d) for d in untouched}
+        self.consumer.claimed(d for d in own if id(d) not in left)
         if started:  # not for copies of rung tasks only: an idle worker reads them seldom
             self._idle_wait = self.config.idle_wait
             self.consumer.busy()  # and steal at once when idle again
@@ -373,11 +373,11 @@ class Worker:
         """Claim and start a lone task a doorbell named, straight from its Redis record (on
         the doorbells' thread). Its Kafka message, read later, is a copy: dropped here
         (``rung_copies``), skipped by another worker's claim."""
-        message, claim, signed = self.backend.claim_named(task_id, self.name,
-                                                          sorted(self._served), now=self.clock())
-        if message is not None and claim.attempt is not None:
-            self._hold(message, claim.attempt)
-            self._start_from_record(message, claim.attempt, signed)
+        message, claim, signed = self.backend.record_claims.named(
+            task_id, self.name, sorted(self._served), now=self.clock())
+        if message is not None:
+            self._hold(message, message.attempt)
+            self._start_from_record(message, signed)
 
     def _claim_batch_head(self, batch_id: str, reserved: int) -> None:
         """Claim and start up to ``reserved`` of a batch's first tasks from their records,
@@ -388,18 +388,17 @@ class Worker:
                 batch_id, self.name, sorted(self._served), reserved,
                 oldest_first.LOOKED_PAST, now=self.clock())
         finally:
-            for message, claim, _ in claimed:
-                self._hold(message, claim.attempt or 0, reserved=True)
+            for message, _, _ in claimed:
+                self._hold(message, message.attempt, reserved=True)
             if len(claimed) < reserved:
                 self._occupancy.release(reserved - len(claimed))
                 self._slot_freed.set()
-        for message, claim, signed in claimed:
-            self._start_from_record(message, claim.attempt or 0, signed)
+        for message, _, signed in claimed:
+            self._start_from_record(message, signed)
 
-    def _start_from_record(self, message: protocol.TaskMessage, attempt: int,
-                           signed: bool) -> None:
+    def _start_from_record(self, message: protocol.TaskMessage, signed: bool) -> None:
         self._rung_copies.claimed(message.id, message.attempt)
-        self._start(message, attempt, record_signed=signed)
+        self._start(message, message.attempt, record_signed=signed)
 
     # --- running a task ----------------------------------------------------
 
