@@ -111,6 +111,9 @@ class TaskConsumer:
         self._next_steal_at = 0.0
         self._viewed_at = 0.0  # when others' partitions were last looked at (0: not shown)
         self._seen: dict[tuple[int, int], Delivery] = {}  # the last look's, decoded once
+        # partition -> offset below which the view shows nothing: what this worker's
+        # claims passed over there is claimed already, though its owner may not know yet
+        self._passed: dict[int, int] = {}
 
     # --- taking ------------------------------------------------------------
 
@@ -167,9 +170,12 @@ class TaskConsumer:
 
     def claimed(self, deliveries: Iterable[Delivery]) -> None:
         """Mark deliveries as claimed in Redis (or dead-lettered): their offsets may be
-        committed. Foreign ones are their owners' to commit."""
+        committed. Foreign ones are their owners' to commit; the view of others'
+        partitions no longer shows them, nor what came before them."""
         for delivery in deliveries:
             if delivery.foreign:
+                self._passed[delivery.partition] = max(
+                    self._passed.get(delivery.partition, 0), delivery.offset + 1)
                 continue
             lane = self._lanes.get(delivery.topic)
             if lane is not None:
@@ -261,6 +267,8 @@ class TaskConsumer:
             waiting = []
         seen, self._seen = self._seen, {}
         for record in (record for records in waiting for record in records):
+            if record.offset < self._passed.get(record.partition, 0):
+                continue
             where = record.partition, record.offset
             self._seen[where] = seen.get(where) or decode(record, self.config, foreign=True)
         self._buffer.show_foreign(d for d in self._seen.values() if d.message is not None)

@@ -52,6 +52,11 @@ class Occupancy:
         with self._lock:
             self._held -= count
 
+    def kept(self, mean_run: float) -> None:
+        """A task ended and its slot claimed its next itself (``next_up``): still held."""
+        with self._lock:
+            self._ahead = self.concurrency * GROUP if mean_run < SHORT_TASK else 0
+
     def ended(self, mean_run: float) -> bool:
         """Count a task ended, given how long tasks now run on average; True when the loop
         should claim again (short tasks: once half the claimed-ahead ended, that many in

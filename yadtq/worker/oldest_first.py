@@ -17,7 +17,6 @@ only for a free slot, so none waits behind a running one while a worker idles.
 
 from __future__ import annotations
 
-from yadtq.backend import Claim
 from yadtq.broker import Delivery
 from yadtq.protocol import TaskMessage
 
@@ -46,10 +45,3 @@ def claimed_offsets(own: list[Delivery], tasks_topic: str, limited: bool) -> dic
             else:
                 offsets[delivery.partition] = delivery.offset + 1
     return offsets
-
-
-def untouched(deliveries: list[Delivery], tasks: list[TaskMessage],
-              claims: list[Claim]) -> list[Delivery]:
-    """The deliveries whose tasks the claim's limit left queued, in order."""
-    left = {id(task) for task, claim in zip(tasks, claims, strict=True) if claim.untouched}
-    return [d for d in deliveries if id(d.message) in left]

@@ -52,7 +52,9 @@ from yadtq.worker.admission import Admission
 from yadtq.worker.doorbells import Doorbells
 from yadtq.worker.handing_on import HandOn
 from yadtq.worker.held import HeldTasks
+from yadtq.worker.intake import Intake
 from yadtq.worker.maintenance import Maintenance
+from yadtq.worker.next_up import NextUp
 from yadtq.worker.occupancy import Occupancy
 from yadtq.worker.outcomes import OutcomeStore
 from yadtq.worker.redis_retry import GAVE_UP, retry_redis
@@ -143,6 +145,11 @@ class Worker:
         self._admission = Admission(config, self.backend, worker=self.name,
                                     task_names=self.task_names, served=self._served,
                                     served_elsewhere=self._hand_on.served_elsewhere)
+        self._intake = Intake(self.consumer, tasks_topic=config.tasks_topic, served=self._served,
+                              dead_letter=self._dead_letter, refused=self._admission.end_refused,
+                              flushed=self._flushed, unserved=self._hand_on.unserved,
+                              rung_copies=self._rung_copies, metrics=self._metrics)
+        self._next_up = NextUp(self.backend, self.name, clock)  # a freed slot's next long task
         self._maintenance = Maintenance(
             config, self.backend, self.producer, worker=self.name, record=self._record,
             on_cancelled=self._held.stop_cancelled, partitions=lambda: self.consumer.partitions,
@@ -197,42 +204,38 @@ class Worker:
         if free <= 0:
             self._wait_for_a_slot()
             return
+        self._settle_next_up()
         everywhere = self._takes_oldest()
-        deliveries = self.consumer.take(free + (oldest_first.LOOKED_PAST if everywhere else 0),
-                                        wait=self._poll_waits, everywhere=everywhere)
-        self._metrics.read(deliveries)
-        if not deliveries:
+        taken = self._intake.take(free + (oldest_first.LOOKED_PAST if everywhere else 0),
+                           wait=self._poll_waits, everywhere=everywhere)
+        if taken is None:
+            return  # the worker is stopping; nothing was committed, so nothing is lost
+        if not taken.deliveries:
             # Our partitions are drained: look again without waiting (a ring, or tasks
             # started, say when more may be on their way).
             self._poll_waits = False
             if not self._steal(min(free, STOLEN_AT_ONCE * self.concurrency)):
                 self._sleep_until_rung()
             return
-        own = [d for d in deliveries if not d.foreign]
-        tasks = self._accept(own)
-        if tasks is None:
-            return  # the worker is stopping; nothing was committed, so nothing is lost
-        if len(own) < len(deliveries):
-            tasks = oldest_first.candidates(deliveries, tasks, self._served)
-        tasks = self._rung_copies.without_copies(tasks)
-        claims = self._claim(tasks, offsets=oldest_first.claimed_offsets(
-            own, self.config.tasks_topic, limited=everywhere), limit=free if everywhere else None)
+        claims = self._claim(taken.tasks, offsets=taken.offsets,
+                             limit=free if everywhere else None)
         if claims is None:
             logger.warning("Worker %s: stopping while Redis is unreachable; %d task(s) taken "
                            "but not claimed stay uncommitted for the partition's next owner",
-                           self.name, len(tasks))
+                           self.name, len(taken.tasks))
             return
-        untouched = oldest_first.untouched(deliveries, tasks, claims)
-        self.consumer.give_back(untouched)
-        started = self._start_claimed(tasks, claims)
-        left = {id(d) for d in untouched}
-        self.consumer.claimed(d for d in own if id(d) not in left)
+        self._intake.settle(taken, claims)
+        started = self._start_claimed(taken.tasks, claims)
         if started:  # not for copies of rung tasks only: an idle worker reads them seldom
             self._idle_wait = self.config.idle_wait
             self.consumer.busy()  # and steal at once when idle again
         # Wait on the next poll only while more may be on its way: tasks started (none:
         # only copies of tasks claimed elsewhere), and the last poll could not take all.
         self._poll_waits = bool(started) and not self.consumer.drained
+
+    def _settle_next_up(self) -> None:
+        for taken, claims in self._next_up.withdraw():
+            self._intake.settle(taken, claims)
 
     def _takes_oldest(self) -> bool:
         """While tasks are long, a free slot takes the queue's oldest task, whoever's
@@ -243,25 +246,19 @@ class Worker:
         return self._occupancy.free()
 
     def _wait_for_a_slot(self) -> None:
-        """Every slot is busy: keep the group membership while waiting for one."""
-        self.consumer.hold(look_around=self._takes_oldest())
+        """Every slot is busy: keep the group membership while waiting for one; while
+        tasks are long, prepare the next claim for the slot that frees (``next_up``)."""
+        self._settle_next_up()
+        look_around = self._takes_oldest()
+        self.consumer.hold(look_around=look_around)
+        if look_around:
+            taken = self._intake.take(1 + oldest_first.LOOKED_PAST, wait=False, everywhere=True)
+            if taken is not None and taken.tasks:
+                self._next_up.prepare(taken)
+            elif taken is not None:
+                self._intake.settle(taken, [])  # dead-lettered or handed on: nothing to claim
         self._slot_freed.wait(SLOT_WAIT)
         self._slot_freed.clear()  # the next turn counts the free slots anyway
-
-    def _accept(self, deliveries: list[Delivery]) -> list[protocol.TaskMessage] | None:
-        """The tasks to claim here: undecodable deliveries are dead-lettered, tasks
-        another live worker serves are handed on. None: the worker is stopping, and
-        commits nothing of these."""
-        messages = []
-        for delivery in deliveries:
-            if delivery.message is None:
-                self._dead_letter(str(delivery.error), delivery=delivery)
-                self._admission.end_refused(delivery)
-            else:
-                messages.append(delivery.message)
-        if len(messages) < len(deliveries) and not self._flushed("dead letters"):
-            return None
-        return self._hand_on.unserved(messages)
 
     def _flushed(self, what: str) -> bool:
         """Wait until Kafka has what was sent, before its offsets can be committed; if it
@@ -411,12 +408,22 @@ class Worker:
         self._slots.put(message, attempt)
 
     def _ended(self, message: protocol.TaskMessage, report: Outcome) -> None:
-        """Free the slot and hand the outcome to the outcome store.
+        """Free the slot and hand the outcome to the outcome store; while tasks are long,
+        the slot first claims its next task from what the loop prepared (``next_up``).
 
         The outcome keeps when its slot was freed as the task's finish time: storing
         it may wait for other outcomes' round trip, while the slot runs the next task.
         """
         report = replace(report, ended_at=self.clock())
+        if self._takes_oldest() and not self._stopping.is_set():
+            next_task = self._next_up.claim_next()
+            if next_task is not None:  # the slot stays counted, for its next task
+                self._occupancy.kept(self._slots.mean_run)
+                self._held.hold(*next_task)
+                self._slot_freed.set()  # the loop settles the claim, prepares the next
+                self._outcomes.put(message, report)
+                self._start(*next_task)
+                return
         if self._occupancy.ended(self._slots.mean_run):
             self._slot_freed.set()  # first: the loop claims the next while this is stored
         self._outcomes.put(message, report)

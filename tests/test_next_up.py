@@ -1,0 +1,119 @@
+"""A freed slot claims its next long task itself, from candidates the loop prepared
+(issue 24), against a real Redis; real workers take this path in ``test_end_to_end``'s
+stealing test and ``benchmarks/bench.py balance``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from yadtq import protocol
+from yadtq.backend import RedisBackend
+from yadtq.broker.delivery import Delivery
+from yadtq.worker.intake import Taken
+from yadtq.worker.next_up import NextUp
+
+WORKER = "worker-a"
+OTHER_WORKER = "worker-b"
+
+
+def prepared(backend: RedisBackend, count: int) -> Taken:
+    """``count`` queued tasks, one delivery each in partition 0, as the loop takes them."""
+    messages = [protocol.build("sleep", [0.5]) for _ in range(count)]
+    backend.enqueue(messages)
+    deliveries = [Delivery("yadtq.q.tasks", 0, offset, offset, None, b"", message)
+                  for offset, message in enumerate(messages)]
+    return Taken(deliveries, messages, {0: 0})
+
+
+def test_a_freed_slot_claims_the_oldest_prepared_task_still_queued(backend) -> None:
+    # Given four prepared candidates, the first two claimed by another worker meanwhile
+    taken = prepared(backend, 4)
+    backend.claim_many(taken.tasks[:2], OTHER_WORKER)
+    next_up = NextUp(backend, WORKER, time.time)
+    next_up.prepare(taken)
+
+    # When a slot frees
+    claimed = next_up.claim_next()
+
+    # Then it holds the third, the oldest still queued, and only that one
+    assert claimed == (taken.tasks[2], 1)
+    records = backend.task_records([m.id for m in taken.tasks])
+    assert [r.get("worker") for r in records] == [OTHER_WORKER, OTHER_WORKER, WORKER, None]
+    assert records[3]["status"] == "queued"
+    # And the loop settles it: the fourth goes back to the read-ahead, the rest is passed
+    [(settled, claims)] = next_up.withdraw()
+    assert settled is taken and settled.untouched(claims) == [taken.deliveries[3]]
+    # And the next slot to free finds nothing prepared: the loop claims for it
+    assert next_up.claim_next() is None
+
+
+def test_candidates_all_taken_elsewhere_leave_the_slot_to_the_loop(backend) -> None:
+    taken = prepared(backend, 3)
+    backend.claim_many(taken.tasks, OTHER_WORKER)
+    next_up = NextUp(backend, WORKER, time.time)
+    next_up.prepare(taken)
+
+    assert next_up.claim_next() is None
+    [(_, claims)] = next_up.withdraw()
+    assert taken.untouched(claims) == []  # none to give back: all were claimed
+
+
+def test_what_no_slot_used_goes_back_whole_when_the_loop_withdraws_it(backend) -> None:
+    taken = prepared(backend, 3)
+    next_up = NextUp(backend, WORKER, time.time)
+    next_up.prepare(taken)
+
+    [(settled, claims)] = next_up.withdraw()
+
+    assert claims is None and settled.untouched(claims) == taken.deliveries
+    assert next_up.claim_next() is None  # withdrawn: no slot claims it any more
+    assert [r["status"] for r in backend.task_records([m.id for m in taken.tasks])] == [
+        "queued"] * 3
+
+
+class HeldClaims(RedisBackend):
+    """The real backend, whose claims wait for the test to let them go to Redis."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reached, self.go = threading.Event(), threading.Event()
+
+    def claim_many(self, messages: Sequence[protocol.TaskMessage], *args: Any, **kwargs: Any
+                   ) -> Any:
+        self.reached.set()
+        assert self.go.wait(10)
+        return super().claim_many(messages, *args, **kwargs)
+
+
+def test_the_loop_waits_for_a_slots_claim_under_way_before_it_settles(config) -> None:
+    # Given a slot's claim of the prepared candidates under way
+    backend = HeldClaims(config)
+    try:
+        taken = prepared(backend, 2)
+        next_up = NextUp(backend, WORKER, time.time)
+        next_up.prepare(taken)
+        slot = threading.Thread(target=next_up.claim_next)
+        slot.start()
+        assert backend.reached.wait(10)
+
+        # When the loop withdraws meanwhile
+        withdrawn: list[Any] = []
+        loop = threading.Thread(target=lambda: withdrawn.extend(next_up.withdraw()))
+        loop.start()
+        loop.join(0.3)
+        # Then it waits for the claim (its deliveries are not the loop's to take yet)
+        assert loop.is_alive() and not withdrawn
+
+        # And settles the claim's outcome once it is known
+        backend.go.set()
+        slot.join(10)
+        loop.join(10)
+        [(settled, claims)] = withdrawn
+        assert settled is taken and [c.claimed for c in claims] == [True, False]
+        assert settled.untouched(claims) == [taken.deliveries[1]]
+    finally:
+        backend.close()

@@ -1,0 +1,80 @@
+"""The next long task, claimed by the slot that frees for it (worker runtime).
+
+While tasks are long, a slot that frees used to wake the loop, which then took
+candidates from the read-ahead, accepted them and claimed one: about 1.5 ms a task,
+on the loop's wake-up, its take and a hand-over back to a slot, every one of them a
+moment the slot stands idle (issue 24: a few per cent of balance). So, while every
+slot is busy, the loop prepares the candidates the next claim would take (taken from
+the read-ahead, accepted, in order), and the slot whose task ends claims one of them
+itself, in one round trip, and runs it: no thread wakes in between.
+
+The read-ahead and the consumer stay the loop's alone. What the slot's claim consumed
+or left untouched is settled by the loop (:meth:`NextUp.withdraw`) before it takes
+anything again, so each partition's deliveries still leave in offset order, and
+prepared candidates the slots did not use go back where they were.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from yadtq.backend import Claim, RedisBackend
+from yadtq.errors import BackendUnavailable
+from yadtq.protocol import TaskMessage
+from yadtq.worker.intake import Taken
+
+
+class NextUp:
+    """Candidates prepared for the next slot to free, and what slots claimed of them."""
+
+    def __init__(self, backend: RedisBackend, worker: str, clock: Callable[[], float]
+                 ) -> None:
+        self._backend = backend
+        self._worker = worker
+        self._clock = clock
+        self._changed = threading.Condition()
+        self._prepared: Taken | None = None
+        self._claiming = False  # a slot's claim of the prepared candidates is under way
+        self._settled: list[tuple[Taken, list[Claim] | None]] = []
+
+    def prepare(self, taken: Taken) -> None:
+        """Offer candidates to the next slot that frees (the loop, after :meth:`withdraw`)."""
+        with self._changed:
+            self._prepared = taken
+
+    def withdraw(self) -> list[tuple[Taken, list[Claim] | None]]:
+        """Take back what is prepared, once no slot is claiming from it, and what the
+        slots' claims left to settle: each with its claims (None: nothing claimed)."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._claiming)  # one round trip at most
+            if self._prepared is not None:
+                self._settled.append((self._prepared, None))
+                self._prepared = None
+            settled, self._settled = self._settled, []
+        return settled
+
+    def claim_next(self) -> tuple[TaskMessage, int] | None:
+        """For a slot just freed: claim the oldest prepared task still queued; None if
+        none is prepared, all were taken elsewhere, or Redis did not answer (the loop
+        then claims for the slot)."""
+        with self._changed:
+            taken, self._prepared = self._prepared, None
+            if taken is None:
+                return None
+            self._claiming = True
+        claims = None
+        try:
+            claims = self._backend.claim_many(taken.tasks, self._worker, now=self._clock(),
+                                              offsets=taken.offsets, limit=1)
+        except BackendUnavailable:
+            pass  # untouched: the loop takes them again
+        finally:
+            with self._changed:
+                self._claiming = False
+                self._settled.append((taken, claims))
+                self._changed.notify_all()
+        for task, claim in zip(taken.tasks, claims or [], strict=False):
+            if claim.attempt is not None:
+                return task, claim.attempt
+        return None
