@@ -114,6 +114,7 @@ class TaskConsumer:
         # partition -> offset below which the view shows nothing: what this worker's
         # claims passed over there is claimed already, though its owner may not know yet
         self._passed: dict[int, int] = {}
+        self._taken: dict[int, int] = {}  # rank -> deliveries taken, not claimed or given back
 
     # --- taking ------------------------------------------------------------
 
@@ -144,7 +145,9 @@ class TaskConsumer:
             # Back from idle: with tasks of its own the worker starts on them at once (the
             # next wait for a slot looks around); with none, what waits elsewhere is all.
             self._look_around() if not self._buffer else self._forget_view()
-        return self._buffer.take(count)
+        taken = self._buffer.take(count)
+        self._out(taken, 1)
+        return taken
 
     @property
     def drained(self) -> bool:
@@ -172,6 +175,8 @@ class TaskConsumer:
         """Mark deliveries as claimed in Redis (or dead-lettered): their offsets may be
         committed. Foreign ones are their owners' to commit; the view of others'
         partitions no longer shows them, nor what came before them."""
+        deliveries = list(deliveries)
+        self._out(deliveries, -1)
         for delivery in deliveries:
             if delivery.foreign:
                 self._passed[delivery.partition] = max(
@@ -187,7 +192,16 @@ class TaskConsumer:
 
     def give_back(self, deliveries: list[Delivery]) -> None:
         """Deliveries taken but not claimed: they go next again."""
+        self._out(deliveries, -1)
         self._buffer.give_back(deliveries)
+
+    def _out(self, deliveries: list[Delivery], change: int) -> None:
+        """Count this worker's deliveries taken and not yet claimed or given back: they
+        still wait (a slot may claim them later, ``yadtq.worker.next_up``)."""
+        for delivery in deliveries:
+            if not delivery.foreign:
+                rank = level_of_topic(delivery.topic, self.config.tasks_topic).rank
+                self._taken[rank] = self._taken.get(rank, 0) + change
 
     def commit(self, now: bool = False) -> None:
         """Commit what was claimed, at most every ``COMMIT_INTERVAL`` unless ``now``.
@@ -341,6 +355,8 @@ class TaskConsumer:
         fetch, so its last fetch is no guide)."""
         self._counted_at = time.monotonic()
         by_rank = self._buffer.waiting()
+        for rank, taken in self._taken.items():
+            by_rank[rank] = by_rank.get(rank, 0) + taken
         assigned = list(self._consumer.assignment())
         try:
             ends = self._consumer.end_offsets(assigned, timeout_ms=COUNT_TIMEOUT_MS) \
