@@ -44,11 +44,27 @@ def test_a_freed_slot_claims_the_oldest_prepared_task_still_queued(backend) -> N
     records = backend.task_records([m.id for m in taken.tasks])
     assert [r.get("worker") for r in records] == [OTHER_WORKER, OTHER_WORKER, WORKER, None]
     assert records[3]["status"] == "queued"
-    # And the loop settles it: the fourth goes back to the read-ahead, the rest is passed
-    [(settled, claims)] = next_up.withdraw()
-    assert settled is taken and settled.untouched(claims) == [taken.deliveries[3]]
-    # And the next slot to free finds nothing prepared: the loop claims for it
-    assert next_up.claim_next() is None
+    # And the fourth stays prepared: the next slot to free claims it, with no look
+    assert next_up.prepared
+    assert next_up.claim_next() == (taken.tasks[3], 1)
+    assert not next_up.prepared and next_up.claim_next() is None
+    # And the loop settles both claims: the four deliveries used, none to give back
+    settled = next_up.withdraw()
+    assert [d for part, _ in settled for d in part.deliveries] == taken.deliveries
+    assert all(part.untouched(claims) == [] for part, claims in settled)
+
+
+def test_the_loop_takes_back_what_the_slots_left_prepared(backend) -> None:
+    taken = prepared(backend, 3)
+    next_up = NextUp(backend, WORKER, time.time)
+    next_up.prepare(taken)
+    assert next_up.claim_next() == (taken.tasks[0], 1)
+
+    [(used, claims), (rest, none)] = next_up.withdraw()
+
+    assert used.deliveries == taken.deliveries[:1] and [c.claimed for c in claims] == [True]
+    assert none is None and rest.untouched(none) == taken.deliveries[1:]  # back in order
+    assert not next_up.prepared
 
 
 def test_candidates_all_taken_elsewhere_leave_the_slot_to_the_loop(backend) -> None:
@@ -112,8 +128,9 @@ def test_the_loop_waits_for_a_slots_claim_under_way_before_it_settles(config) ->
         backend.go.set()
         slot.join(10)
         loop.join(10)
-        [(settled, claims)] = withdrawn
-        assert settled is taken and [c.claimed for c in claims] == [True, False]
-        assert settled.untouched(claims) == [taken.deliveries[1]]
+        [(used, claims), (rest, none)] = withdrawn
+        assert used.deliveries == taken.deliveries[:1] and [c.claimed for c in claims] == [
+            True]
+        assert rest.untouched(none) == [taken.deliveries[1]]
     finally:
         backend.close()

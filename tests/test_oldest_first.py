@@ -5,6 +5,8 @@ view of other workers' partitions (real workers stealing the oldest first:
 
 from __future__ import annotations
 
+import dataclasses
+
 from yadtq import protocol
 from yadtq.broker.delivery import Delivery
 from yadtq.broker.read_ahead import ReadAhead
@@ -14,6 +16,7 @@ TOPIC = "yadtq.q.tasks"
 
 def delivery(partition: int, offset: int, at_ms: int, foreign: bool = False) -> Delivery:
     message = protocol.build("sleep", [0.1], task_id=f"p{partition}-{offset}")
+    message = dataclasses.replace(message, submitted_at=at_ms / 1000)  # sent then
     return Delivery(TOPIC, partition, offset, at_ms, None, b"", message, foreign=foreign)
 
 

@@ -5,6 +5,7 @@ clock.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -26,6 +27,7 @@ TOPIC = "yadtq.q.tasks"
 
 def delivery(level: Priority, partition: int, offset: int, at_ms: int) -> Delivery:
     message = protocol.build("add", [1, 2], task_id=f"{level.value}-{partition}-{offset}")
+    message = dataclasses.replace(message, submitted_at=at_ms / 1000)  # sent then
     return Delivery(level.topic(TOPIC), partition, offset, at_ms, None, b"", message)
 
 

@@ -173,8 +173,8 @@ class TaskConsumer:
 
     def claimed(self, deliveries: Iterable[Delivery]) -> None:
         """Mark deliveries as claimed in Redis (or dead-lettered): their offsets may be
-        committed. Foreign ones are their owners' to commit; the view of others'
-        partitions no longer shows them, nor what came before them."""
+        committed. Foreign ones are their owners' to commit; looks at others'
+        partitions no longer fetch them, nor what came before them."""
         deliveries = list(deliveries)
         self._out(deliveries, -1)
         for delivery in deliveries:
@@ -249,9 +249,12 @@ class TaskConsumer:
             return None
         if time.monotonic() < self._next_steal_at:
             return None
-        return [delivery for delivery in map(self._decode, self._stealer.take(
-            set(self.partitions), self.topic_partitions, oldest_first))
+        deliveries = [delivery for delivery in map(self._decode, self._stealer.take(
+            set(self.partitions), self.topic_partitions, oldest_first, self._passed))
             if delivery.message is not None]
+        if oldest_first:
+            deliveries.sort(key=lambda delivery: delivery.order)
+        return deliveries
 
     def steal_due_in(self) -> float | None:
         """Seconds until stealing may look again (0: now); None while it does not look."""
@@ -274,18 +277,25 @@ class TaskConsumer:
         if self._stealer is None or not self.partitions:
             return
         try:
-            waiting = self._stealer.look(set(self.partitions), self.topic_partitions)
+            waiting = self._stealer.look(set(self.partitions), self.topic_partitions,
+                                         self._passed)
         except YadtqError as exc:  # Redis did not say how far they are claimed: the
             # maintenance thread warns of Redis being away, once; their owners run them
             logger.debug("Worker %s: cannot look at other partitions: %s", self._name, exc)
             waiting = []
-        seen, self._seen = self._seen, {}
+        # A fetch may bring some partitions and not others: the others' last look stays,
+        # less what this worker's claims passed over (their owners'd run it, late).
+        fetched = {records[0].partition for records in waiting if records}
+        seen, self._seen = self._seen, {
+            (partition, offset): delivery for (partition, offset), delivery
+            in self._seen.items() if partition not in fetched
+            and partition not in self.partitions and offset >= self._passed.get(partition, 0)}
         for record in (record for records in waiting for record in records):
-            if record.offset < self._passed.get(record.partition, 0):
-                continue
             where = record.partition, record.offset
             self._seen[where] = seen.get(where) or decode(record, self.config, foreign=True)
-        self._buffer.show_foreign(d for d in self._seen.values() if d.message is not None)
+        self._buffer.show_foreign(sorted((d for d in self._seen.values()
+                                          if d.message is not None),
+                                         key=lambda d: (d.partition, d.offset)))
         self._viewed_at = time.monotonic()
 
     def _forget_view(self) -> None:

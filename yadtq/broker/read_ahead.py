@@ -5,8 +5,8 @@ partition's deliveries leave in offset order, so committing up to the last one t
 never skips one. Otherwise the next to go is:
 
 - the highest priority level's (``yadtq.priority``), and within a level the partition
-  whose next task was sent first: tasks run in about the order they were sent, not one
-  partition after another;
+  whose next task was submitted first (``Delivery.order``): tasks run in the order they
+  were submitted, not one partition after another;
 - except that no level starves: while a task of a level below the highest has waited
   (since Kafka received it) longer than the starvation bound, at least one pick in
   ``STARVED_SHARE`` goes to such a task, the lowest level's oldest first. A share, not

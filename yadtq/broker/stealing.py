@@ -47,26 +47,29 @@ class Stealer:
         self._reader = make_reader(config, client_id=f"{client_id}-stealer",
                                           fetch_wait_ms=READER_FETCH_WAIT_MS)
 
-    def take(self, own: set[int], total: int, oldest_first: bool = False) -> list[Any]:
+    def take(self, own: set[int], total: int, oldest_first: bool = False,
+             passed: dict[int, int] | None = None) -> list[Any]:
         """Records waiting in foreign partitions, best to steal first.
 
         One fetch covers every foreign partition. The longest wait list comes
         first (ties in random order, so that two thieves seldom pick the same
         one), newest record first within each list: what its owner would reach
-        last. ``oldest_first`` (while tasks are long): in the order Kafka received them,
-        as the owners take theirs.
+        last. ``oldest_first`` (while tasks are long): each partition's in offset order,
+        for the caller to sort by when they were submitted, as the owners take theirs.
+        ``passed``: as for :meth:`look`.
         """
-        waiting = self.look(own, total)
-        if oldest_first:
-            return sorted((record for records in waiting for record in records),
-                          key=lambda record: record.timestamp)
+        waiting = self.look(own, total, passed)
+        if oldest_first:  # each partition's in offset order: the caller sorts them decoded
+            return [record for records in waiting for record in records]
         random.shuffle(waiting)
         waiting.sort(key=len, reverse=True)
         return [record for records in waiting for record in reversed(records)]
 
-    def look(self, own: set[int], total: int) -> list[list[Any]]:
+    def look(self, own: set[int], total: int, passed: dict[int, int] | None = None
+             ) -> list[list[Any]]:
         """Each foreign partition's records not yet claimed by its owner, in offset order
-        (one fetch; none if it fails).
+        (one fetch; none if it fails); ``passed``: where this worker's claims found them
+        claimed already, further than their owners recorded (the look starts there).
 
         Raises:
             BackendUnavailable: Redis did not say how far the partitions are claimed.
@@ -75,6 +78,8 @@ class Stealer:
         if not foreign:
             return []
         committed = self._claimed_up_to()
+        for partition, offset in (passed or {}).items():
+            committed[partition] = max(committed.get(partition, 0), offset)
         partitions = [TopicPartition(self.config.tasks_topic, p) for p in foreign]
         self._reader.assign(partitions)
         for partition in partitions:

@@ -35,11 +35,21 @@ class Taken:
         """The deliveries whose tasks stay queued (every candidate's if nothing was
         claimed), in order: they go back to the read-ahead."""
         if claims is None:
-            left = {id(task) for task in self.tasks}
-        else:
-            left = {id(task) for task, claim in zip(self.tasks, claims, strict=True)
-                    if claim.untouched}
-        return [d for d in self.deliveries if id(d.message) in left]
+            return [d for d in self.deliveries if id(d.message) in {id(t) for t in self.tasks}]
+        return self.split(claims)[2].deliveries
+
+    def split(self, claims: list[Claim]) -> tuple[Taken, list[Claim], Taken]:
+        """What a claim used (its deliveries, candidates and their claims), and the
+        candidates its limit left untouched, still queued, in order."""
+        left = {id(task) for task, claim in zip(self.tasks, claims, strict=True)
+                if claim.untouched}
+        used = [(task, claim) for task, claim in zip(self.tasks, claims, strict=True)
+                if id(task) not in left]
+        return (Taken([d for d in self.deliveries if id(d.message) not in left],
+                      [task for task, _ in used], self.offsets),
+                [claim for _, claim in used],
+                Taken([d for d in self.deliveries if id(d.message) in left],
+                      [task for task in self.tasks if id(task) in left], self.offsets))
 
 
 class Intake:

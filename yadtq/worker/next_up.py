@@ -54,10 +54,15 @@ class NextUp:
             settled, self._settled = self._settled, []
         return settled
 
+    @property
+    def prepared(self) -> bool:
+        """True while candidates wait for the next slot to free."""
+        return self._prepared is not None
+
     def claim_next(self) -> tuple[TaskMessage, int] | None:
-        """For a slot just freed: claim the oldest prepared task still queued; None if
-        none is prepared, all were taken elsewhere, or Redis did not answer (the loop
-        then claims for the slot)."""
+        """For a slot just freed: claim the oldest prepared task still queued (the ones
+        after it stay prepared); None if none is prepared, all were taken elsewhere, or
+        Redis did not answer (the loop then claims for the slot)."""
         with self._changed:
             taken, self._prepared = self._prepared, None
             if taken is None:
@@ -72,9 +77,22 @@ class NextUp:
         finally:
             with self._changed:
                 self._claiming = False
-                self._settled.append((taken, claims))
+                self._settle(taken, claims)
                 self._changed.notify_all()
         for task, claim in zip(taken.tasks, claims or [], strict=False):
             if claim.attempt is not None:
                 return task, claim.attempt
         return None
+
+    def _settle(self, taken: Taken, claims: list[Claim] | None) -> None:
+        """Keep what the claim's limit left untouched for the next slot to free (under
+        the lock); the rest is the loop's to settle."""
+        if claims is None:
+            self._settled.append((taken, None))
+            return
+        used, used_claims, rest = taken.split(claims)
+        self._settled.append((used, used_claims))
+        if rest.tasks and self._prepared is None:
+            self._prepared = rest
+        elif rest.tasks:
+            self._settled.append((rest, None))

@@ -420,7 +420,8 @@ class Worker:
             if next_task is not None:  # the slot stays counted, for its next task
                 self._occupancy.kept(self._slots.mean_run)
                 self._held.hold(*next_task)
-                self._slot_freed.set()  # the loop settles the claim, prepares the next
+                if not self._next_up.prepared:
+                    self._slot_freed.set()  # the loop settles the claim, prepares more
                 self._outcomes.put(message, report)
                 self._start(*next_task)
                 return
