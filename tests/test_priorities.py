@@ -48,6 +48,20 @@ def test_the_read_ahead_hands_out_higher_levels_first_then_the_starved_before_al
     assert len(buffer) == 0
 
 
+def test_a_take_of_one_level_stops_where_the_level_changes() -> None:
+    # Given the last two normal tasks buffered, low ones behind them (more normal ones may
+    # still be in Kafka: a slot's claim from what the loop prepared does not poll)
+    buffer = ReadAhead(TOPIC, starvation_ms=30_000)
+    buffer.add(TOPIC, 0, [delivery(Priority.NORMAL, 0, o, 1_000 + o) for o in range(2)])
+    buffer.add(f"{TOPIC}.low", 1, [delivery(Priority.LOW, 1, o, 500 + o) for o in range(3)])
+
+    # Then a take of one level hands out the normal ones only, and leaves the low ones
+    assert [d.message.id for d in buffer.take(9, now_ms=2_000, one_level=True)] == [
+        "normal-0-0", "normal-0-1"]
+    assert [d.message.id for d in buffer.take(9, now_ms=2_000, one_level=True)] == [
+        "low-1-0", "low-1-1", "low-1-2"]
+
+
 def test_starved_tasks_get_a_share_of_the_picks_not_all_of_them() -> None:
     # Given a deep low backlog all past the bound, and fresh normal tasks
     buffer = ReadAhead(TOPIC, starvation_ms=30_000)

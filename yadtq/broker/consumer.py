@@ -118,7 +118,8 @@ class TaskConsumer:
 
     # --- taking ------------------------------------------------------------
 
-    def take(self, count: int, wait: bool = True, everywhere: bool = False) -> list[Delivery]:
+    def take(self, count: int, wait: bool = True, everywhere: bool = False,
+             one_level: bool = False) -> list[Delivery]:
         """Up to ``count`` deliveries, the next to run first; looks at the high level,
         and polls the group's topics when nothing is buffered.
 
@@ -126,7 +127,8 @@ class TaskConsumer:
         the caller expects them already there). While the group is forming the
         poll is longer: a join completes only over polls. ``everywhere``: take from
         what waits in other members' partitions too (``foreign`` deliveries, which
-        the worker claims but does not mark claimed), the oldest first.
+        the worker claims but does not mark claimed), the oldest first. ``one_level``:
+        only of the first one's priority level.
         """
         self._resume()
         if self._lanes and self.partitions:
@@ -145,7 +147,7 @@ class TaskConsumer:
             # Back from idle: with tasks of its own the worker starts on them at once (the
             # next wait for a slot looks around); with none, what waits elsewhere is all.
             self._look_around() if not self._buffer else self._forget_view()
-        taken = self._buffer.take(count)
+        taken = self._buffer.take(count, one_level=one_level)
         self._out(taken, 1)
         return taken
 

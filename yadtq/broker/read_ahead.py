@@ -71,20 +71,22 @@ class ReadAhead:
             if not delivery.foreign:
                 self._counts[key[0]] = self._counts.get(key[0], 0) + 1
 
-    def take(self, count: int, now_ms: float | None = None) -> list[Delivery]:
-        """Up to ``count`` deliveries, the next to run first."""
+    def take(self, count: int, now_ms: float | None = None, one_level: bool = False
+             ) -> list[Delivery]:
+        """Up to ``count`` deliveries, the next to run first; ``one_level``: only of the
+        first one's level (the rest may have to wait for another level's, still in Kafka)."""
         now_ms = time.time() * 1000 if now_ms is None else now_ms
         starved_before = now_ms - self._starvation_ms
-        taken = []
+        taken: list[Delivery] = []
         while len(taken) < count and self._queues:
-            first = None
+            starved = None
             if self._since_starved_pick >= STARVED_SHARE - 1:
-                first = self._starved(starved_before)
-            if first is None:
-                first = min(self._queues, key=lambda k: (k[0], self._queues[k][0].order))
-                self._since_starved_pick += 1
-            else:
-                self._since_starved_pick = 0
+                starved = self._starved(starved_before)
+            first = starved or min(self._queues,
+                                   key=lambda k: (k[0], self._queues[k][0].order))
+            if one_level and taken and first[0] != self._key(taken[0])[0]:
+                break
+            self._since_starved_pick = 0 if starved else self._since_starved_pick + 1
             waiting = self._queues[first]
             taken.append(waiting.popleft())
             if not first[3]:

@@ -82,10 +82,13 @@ class Intake:
         self._rung_copies = rung_copies
         self._metrics = metrics
 
-    def take(self, count: int, wait: bool, everywhere: bool) -> Taken | None:
+    def take(self, count: int, wait: bool, everywhere: bool, one_level: bool = False
+             ) -> Taken | None:
         """Take up to ``count`` deliveries and accept them: the candidates to claim, in
-        order; None: the worker is stopping (nothing of these is committed)."""
-        deliveries = self._consumer.take(count, wait=wait, everywhere=everywhere)
+        order (``one_level``: of one priority level); None: the worker is stopping
+        (nothing of these is committed)."""
+        deliveries = self._consumer.take(count, wait=wait, everywhere=everywhere,
+                                         one_level=one_level)
         self._metrics.read(deliveries)
         own = [d for d in deliveries if not d.foreign]
         tasks = self._accept(own)

@@ -252,7 +252,9 @@ class Worker:
         look_around = self._takes_oldest()
         self.consumer.hold(look_around=look_around)
         if look_around:
-            taken = self._intake.take(1 + oldest_first.LOOKED_PAST, wait=False, everywhere=True)
+            # of one level: a slot claims without polling, and a higher one may be in Kafka
+            taken = self._intake.take(1 + oldest_first.LOOKED_PAST, wait=False, everywhere=True,
+                                      one_level=True)
             if taken is not None and taken.tasks:
                 self._next_up.prepare(taken)
             elif taken is not None:
