@@ -45,7 +45,7 @@ def test_a_freed_slot_claims_the_oldest_prepared_task_still_queued(backend) -> N
     assert [r.get("worker") for r in records] == [OTHER_WORKER, OTHER_WORKER, WORKER, None]
     assert records[3]["status"] == "queued"
     # And the fourth stays prepared: the next slot to free claims it, with no look
-    assert next_up.prepared
+    assert next_up.prepared == 1
     assert next_up.claim_next() == (taken.tasks[3], 1)
     assert not next_up.prepared and next_up.claim_next() is None
     # And the loop settles both claims: the four deliveries used, none to give back

@@ -115,6 +115,7 @@ class TaskConsumer:
         # claims passed over there is claimed already, though its owner may not know yet
         self._passed: dict[int, int] = {}
         self._taken: dict[int, int] = {}  # rank -> deliveries taken, not claimed or given back
+        self._out_foreign: set[tuple[int, int]] = set()  # others' taken so, by place
 
     # --- taking ------------------------------------------------------------
 
@@ -199,11 +200,15 @@ class TaskConsumer:
 
     def _out(self, deliveries: list[Delivery], change: int) -> None:
         """Count this worker's deliveries taken and not yet claimed or given back: they
-        still wait (a slot may claim them later, ``yadtq.worker.next_up``)."""
+        still wait (a slot may claim them later, ``yadtq.worker.next_up``); others' are
+        kept out of the view meanwhile (the next look would show them twice)."""
         for delivery in deliveries:
-            if not delivery.foreign:
-                rank = level_of_topic(delivery.topic, self.config.tasks_topic).rank
-                self._taken[rank] = self._taken.get(rank, 0) + change
+            if delivery.foreign:
+                where = delivery.partition, delivery.offset
+                self._out_foreign.add(where) if change > 0 else self._out_foreign.discard(where)
+                continue
+            rank = level_of_topic(delivery.topic, self.config.tasks_topic).rank
+            self._taken[rank] = self._taken.get(rank, 0) + change
 
     def commit(self, now: bool = False) -> None:
         """Commit what was claimed, at most every ``COMMIT_INTERVAL`` unless ``now``.
@@ -295,8 +300,9 @@ class TaskConsumer:
         for record in (record for records in waiting for record in records):
             where = record.partition, record.offset
             self._seen[where] = seen.get(where) or decode(record, self.config, foreign=True)
-        self._buffer.show_foreign(sorted((d for d in self._seen.values()
-                                          if d.message is not None),
+        self._buffer.show_foreign(sorted((d for where, d in self._seen.items()
+                                          if d.message is not None
+                                          and where not in self._out_foreign),
                                          key=lambda d: (d.partition, d.offset)))
         self._viewed_at = time.monotonic()
 

@@ -55,15 +55,18 @@ class NextUp:
         return settled
 
     @property
-    def prepared(self) -> bool:
-        """True while candidates wait for the next slot to free."""
-        return self._prepared is not None
+    def prepared(self) -> int:
+        """How many candidates wait for the next slot to free."""
+        prepared = self._prepared
+        return 0 if prepared is None else len(prepared.tasks)
 
     def claim_next(self) -> tuple[TaskMessage, int] | None:
         """For a slot just freed: claim the oldest prepared task still queued (the ones
         after it stay prepared); None if none is prepared, all were taken elsewhere, or
         Redis did not answer (the loop then claims for the slot)."""
         with self._changed:
+            # another slot's claim under way leaves what it did not reach: wait for it
+            self._changed.wait_for(lambda: not self._claiming)
             taken, self._prepared = self._prepared, None
             if taken is None:
                 return None

@@ -248,9 +248,9 @@ class Worker:
     def _wait_for_a_slot(self) -> None:
         """Every slot is busy: keep the group membership while waiting for one; while
         tasks are long, prepare the next claim for the slot that frees (``next_up``)."""
-        self._settle_next_up()
         look_around = self._takes_oldest()
-        self.consumer.hold(look_around=look_around)
+        self.consumer.hold(look_around=look_around)  # (slots claim what is prepared meanwhile)
+        self._settle_next_up()
         if look_around:
             # of one level: a slot claims without polling, and a higher one may be in Kafka
             taken = self._intake.take(1 + oldest_first.LOOKED_PAST, wait=False, everywhere=True,
@@ -422,8 +422,8 @@ class Worker:
             if next_task is not None:  # the slot stays counted, for its next task
                 self._occupancy.kept(self._slots.mean_run)
                 self._held.hold(*next_task)
-                if not self._next_up.prepared:
-                    self._slot_freed.set()  # the loop settles the claim, prepares more
+                if self._next_up.prepared < self.concurrency:  # others' slots free soon too
+                    self._slot_freed.set()  # the loop settles the claim, prepares afresh
                 self._outcomes.put(message, report)
                 self._start(*next_task)
                 return
