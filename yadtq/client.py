@@ -272,11 +272,12 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods, WorkerWaking):
                     send = [(m.id, p) for m, p in zip(chunk, payloads[start:start + len(chunk)],
                                                        strict=True) if m.id not in waiting]
                     if send:
+                        if number == 1:  # its first tasks are claimed from their records
+                            self._ring_early(self._producer.partitions_ahead(
+                                len(send), messages[0].priority), batch_id, messages[0].priority)
                         partitions |= self._producer.deal(
                             [i for i, _ in send], [p for _, p in send], messages[0].priority,
                             trace)
-                        if number == 1:
-                            self._ring_early(partitions, batch_id, messages[0].priority)
                     if partitions and (number & (number - 1) == 0 or written == len(messages)):
                         self._flush(partitions)
             except BrokerUnavailable as exc:

@@ -24,7 +24,7 @@ class WorkerWaking:
     _producer: TaskProducer
 
     def _ring_early(self, partitions: set[int], batch_id: str, priority: Priority) -> None:
-        """Wake the workers while Kafka takes the first messages: a ring naming the batch
+        """Wake the workers before the first messages go to Kafka: a ring naming the batch
         has them claim its first tasks from their records (``backend.record_claims``)."""
         if priority is not Priority.NORMAL:
             return  # the other levels are read by every worker, not woken by partition

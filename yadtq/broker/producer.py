@@ -84,6 +84,21 @@ class TaskProducer:
             raise self._undelivered(len(payloads), exc) from exc
         return used
 
+    def partitions_ahead(self, count: int, priority: Priority = Priority.NORMAL) -> set[int]:
+        """The partitions the next ``count`` dealt messages of ``priority`` would go to
+        (none taken): a map's workers are woken before its messages are sent.
+
+        Raises:
+            BrokerUnavailable: the topic's partitions are unknown and no broker answers.
+        """
+        try:
+            partitions = sorted(self._producer.partitions_for(priority.topic(
+                self.config.tasks_topic)))
+        except Exception as exc:  # kafka-python raises several unrelated types here
+            raise self._undelivered(count, exc) from exc
+        return {partitions[(self._next_partition + 1 + i) % len(partitions)]
+                for i in range(min(count, len(partitions)))}
+
     def next_partition(self) -> int:
         """The partition the next dealt message goes to, taken now: a lone task's
         doorbell is rung before its message is sent.
