@@ -108,9 +108,11 @@ def test_a_ring_naming_a_batch_claims_its_head_only_while_the_loop_sleeps(backen
     wait_until(lambda: backend.redis.llen(backend.keys.doorbell(0)) == 0
                and backend.redis.info("clients")["blocked_clients"] >= 1, 10,
                "the doorbells' thread to take the ring and listen again")
-    # Then it only tells the loop to look in Kafka: the loop claims for its slots itself
+    # Then it only tells the loop: the loop claims the batch's head for its slots itself
     assert bells.sleep(10.0) is True
     assert claimed.empty()
+    assert bells.missed_batch() == "b-late"
+    assert bells.missed_batch() is None  # once
 
     # When the next batch rings while the loop sleeps
     ringer = threading.Timer(0.05, backend.ring, args=([1], "b-first"))
@@ -118,5 +120,6 @@ def test_a_ring_naming_a_batch_claims_its_head_only_while_the_loop_sleeps(backen
     assert bells.sleep(30.0) is True
     ringer.join()
     # Then its first tasks were claimed from their records into the idle slots, before
-    # the loop woke
+    # the loop woke, and the loop has nothing to claim of it
     assert claimed.get_nowait() == ("b-first", 2)
+    assert bells.missed_batch() is None

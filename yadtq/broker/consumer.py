@@ -46,7 +46,7 @@ COMMIT_INTERVAL = 0.5  # seconds; a claim, not the offset, is what keeps a task 
 COUNT_INTERVAL = 5.0  # seconds between counts of what waits at each level (for heartbeats)
 COUNT_TIMEOUT_MS = 200  # a count Kafka does not answer at once is skipped
 STEAL_BACKOFF_MIN, STEAL_BACKOFF_MAX = 0.05, 5.0  # seconds between looks that find nothing
-VIEW_REFRESH = 0.1  # seconds; while slots are busy, how often to look at others' partitions
+VIEW_REFRESH = 0.25  # seconds; while slots are busy, how often to look at others' partitions
 VIEW_MAX_AGE = 0.5  # seconds; a take that shows them never goes by an older look
 
 

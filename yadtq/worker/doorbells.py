@@ -54,6 +54,7 @@ class Doorbells:
         self._stopping = stopping
         self._heard = threading.Condition()  # guards the flags below
         self._batch_rang = False  # a batch's ring since the loop last slept: look in Kafka
+        self._missed: str | None = None  # a batch rung for while the loop was awake
         self._asleep = False  # the loop sleeps: it claims nothing until told
         self._wake = threading.Event()  # a slot freed, new partitions, or stopping
         self._thread = threading.Thread(target=self._listen, name=f"{worker}-doorbells",
@@ -86,6 +87,13 @@ class Doorbells:
             rang, self._batch_rang = self._batch_rang, False
         return rang
 
+    def missed_batch(self) -> str | None:
+        """The last batch rung for while the loop was awake (its first tasks not claimed
+        here), once: the loop claims them itself."""
+        with self._heard:
+            missed, self._missed = self._missed, None
+        return missed
+
     def _listen(self) -> None:
         while not self._stopping.is_set():
             partitions = self._partitions()
@@ -117,6 +125,8 @@ class Doorbells:
             with self._heard:
                 reserved = self._reserve() if self._asleep and not self._stopping.is_set() \
                     else 0
+                if not self._asleep:
+                    self._missed = rang
             if reserved:
                 self._claim_batch(rang, reserved)
         elif rang != UNNAMED_RING and not self._stopping.is_set() and self._free():

@@ -5,7 +5,7 @@ free slots → take deliveries from the Kafka adapter → accept them (undecodab
 ones to the dead-letter topic, ones only another live worker serves handed on
 to it, ``yadtq.routing``) → claim them in Redis with a lease, in one round
 trip → start what was claimed in the execution slots → mark them claimed, so
-the adapter may commit their offsets. While tasks are long, what waits in other
+the adapter may commit their offsets (``intake``). While tasks are long, what waits in other
 workers' partitions is taken too, the oldest first (``oldest_first``). With no
 free slot the adapter only keeps the group membership; with nothing to take the
 worker steals, or else sleeps until a client rings for a batch.
@@ -14,14 +14,16 @@ Threads hand work over, and none holds a lock across a Redis or Kafka call:
 
 - this loop's thread is the only one that talks to the consumer;
 - the doorbells' thread (``doorbells``) claims a lone task (a batch's first tasks)
-  a ring names from its Redis record, whatever turn the loop is in, while a slot is free;
+  a ring names from its Redis record (``record_starts``), whatever turn the loop is in,
+  while a slot is free;
 - each of the N slot threads (``slots``) takes the next claimed task from a queue,
   runs it (``execution``) and hands its outcome to the outcome store's thread
   (``outcomes``), which stores whatever ended meanwhile in one round trip.
   While tasks are short (under 5 ms on average), the loop claims ahead, a group
   of tasks a slot, so a slot goes from one task to the next without waiting for
   a claim, and hands the claimed tasks waiting together (up to ``GROUP``) to its
-  task process in one round trip; long tasks are claimed only for free slots;
+  task process in one round trip; long tasks are claimed only for free slots, by
+  the slot that frees itself, from candidates the loop prepared (``next_up``);
 - the maintenance thread (``maintenance``) beats, renews leases, stops
   cancelled tasks, sends due retries and scheduled tasks, and reaps expired leases.
 
@@ -32,6 +34,7 @@ out (``admission``, ``shipped``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -57,6 +60,7 @@ from yadtq.worker.maintenance import Maintenance
 from yadtq.worker.next_up import NextUp
 from yadtq.worker.occupancy import Occupancy
 from yadtq.worker.outcomes import OutcomeStore
+from yadtq.worker.record_starts import RecordStarts
 from yadtq.worker.redis_retry import GAVE_UP, retry_redis
 from yadtq.worker.rung_copies import RungCopies
 from yadtq.worker.slots import Slots
@@ -163,10 +167,15 @@ class Worker:
             cancelled=self._held.cancelled, clock=clock, stopping=self._stopping,
             metrics=self._metrics, spans=self._spans)
         self._metrics.watch_slots(self._slots.busy)
+        self._record_starts = RecordStarts(
+            self.backend, worker=self.name, served=self._served, clock=clock,
+            occupancy=self._occupancy, hold=self._hold,
+            start=lambda message, signed: self._start(message, message.attempt, signed),
+            rung_copies=self._rung_copies, slot_freed=self._slot_freed)
         self._doorbells = Doorbells(
             self.backend, worker=self.name, partitions=lambda: self.consumer.partitions,
-            free=lambda: self._free_slots() > 0, claim=self._claim_named,
-            reserve=self._occupancy.reserve_idle, claim_batch=self._claim_batch_head,
+            free=lambda: self._free_slots() > 0, claim=self._record_starts.named,
+            reserve=self._occupancy.reserve_idle, claim_batch=self._record_starts.batch_head,
             retry_wait=config.idle_wait, stopping=self._stopping)
 
     # --- lifecycle ---------------------------------------------------------
@@ -358,6 +367,10 @@ class Worker:
         wait = self._idle_wait if steal_due is None else min(self._idle_wait,
                                                              max(steal_due, MIN_WAIT))
         batch = self._doorbells.sleep(wait)
+        missed = self._doorbells.missed_batch()  # rung while this loop was looking elsewhere
+        if missed and not self._stopping.is_set() and (idle := self._occupancy.reserve_idle()):
+            with contextlib.suppress(BackendUnavailable):  # then its messages are read
+                self._record_starts.batch_head(missed, idle)
         # Only a batch's ring is worth a poll that waits for messages to arrive, and
         # shortens the next sleeps. Lone tasks' rings do not: their tasks are claimed, and
         # their Kafka copies (to be skipped) can wait. After them or no ring at all, a
@@ -367,37 +380,6 @@ class Worker:
         self._idle_wait = self.config.idle_wait if batch else min(
             2 * self._idle_wait, max(IDLE_WAIT_MAX, self.config.idle_wait))
         self._poll_waits = batch
-
-    def _claim_named(self, task_id: str) -> None:
-        """Claim and start a lone task a doorbell named, straight from its Redis record (on
-        the doorbells' thread). Its Kafka message, read later, is a copy: dropped here
-        (``rung_copies``), skipped by another worker's claim."""
-        message, claim, signed = self.backend.record_claims.named(
-            task_id, self.name, sorted(self._served), now=self.clock())
-        if message is not None:
-            self._hold(message, message.attempt)
-            self._start_from_record(message, signed)
-
-    def _claim_batch_head(self, batch_id: str, reserved: int) -> None:
-        """Claim and start up to ``reserved`` of a batch's first tasks from their records,
-        in the slots reserved for them, and free the rest (on the doorbells' thread)."""
-        claimed = []
-        try:
-            claimed = self.backend.record_claims.batch_head(
-                batch_id, self.name, sorted(self._served), reserved,
-                oldest_first.LOOKED_PAST, now=self.clock())
-        finally:
-            for message, _, _ in claimed:
-                self._hold(message, message.attempt, reserved=True)
-            if len(claimed) < reserved:
-                self._occupancy.release(reserved - len(claimed))
-                self._slot_freed.set()
-        for message, _, signed in claimed:
-            self._start_from_record(message, signed)
-
-    def _start_from_record(self, message: protocol.TaskMessage, signed: bool) -> None:
-        self._rung_copies.claimed(message.id, message.attempt)
-        self._start(message, message.attempt, record_signed=signed)
 
     # --- running a task ----------------------------------------------------
 

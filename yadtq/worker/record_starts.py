@@ -1,0 +1,83 @@
+"""Tasks a doorbell's ring names, claimed from their Redis records and started (worker
+runtime).
+
+A lone task's ring names it, a map's first ring its batch (``yadtq.waking``): the woken
+worker claims the task, or the batch's first queued tasks, one an idle slot, straight
+from their records (``backend.record_claims``), rather than wait for their Kafka
+messages to be produced, acknowledged and fetched. Those messages, read later, are
+copies: dropped by this worker (``rung_copies``), skipped by another's claim. The
+doorbells' thread does this, or the worker's loop for a batch rung while it was awake.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from yadtq.backend import RedisBackend
+from yadtq.protocol import TaskMessage
+from yadtq.worker import oldest_first
+from yadtq.worker.occupancy import Occupancy
+from yadtq.worker.rung_copies import RungCopies
+
+
+class RecordStarts:
+    """Claims of rung tasks from their records, and their start."""
+
+    def __init__(
+        self,
+        backend: RedisBackend,
+        *,
+        worker: str,
+        served: frozenset[str],
+        clock: Callable[[], float],
+        occupancy: Occupancy,
+        hold: Callable[[TaskMessage, int, bool], None],
+        start: Callable[[TaskMessage, bool], None],
+        rung_copies: RungCopies,
+        slot_freed: threading.Event,
+    ) -> None:
+        """``hold(message, attempt, reserved)``: count a claimed task the worker's (its
+        slot reserved already or not); ``start(message, record_signed)``: run it."""
+        self._backend = backend
+        self._worker = worker
+        self._served = sorted(served)
+        self._clock = clock
+        self._occupancy = occupancy
+        self._hold = hold
+        self._start = start
+        self._rung_copies = rung_copies
+        self._slot_freed = slot_freed
+
+    def named(self, task_id: str) -> None:
+        """Claim and start a lone task a doorbell named."""
+        message, _, signed = self._backend.record_claims.named(
+            task_id, self._worker, self._served, now=self._clock())
+        if message is not None:
+            self._hold(message, message.attempt, False)
+            self._started(message, signed)
+
+    def batch_head(self, batch_id: str, reserved: int) -> None:
+        """Claim and start up to ``reserved`` of a batch's first tasks, in the slots
+        reserved for them, and free the rest.
+
+        Raises:
+            BackendUnavailable: Redis did not answer (the slots are freed).
+        """
+        claimed = []
+        try:
+            claimed = self._backend.record_claims.batch_head(
+                batch_id, self._worker, self._served, reserved, oldest_first.LOOKED_PAST,
+                now=self._clock())
+        finally:
+            for message, _, _ in claimed:
+                self._hold(message, message.attempt, True)
+            if len(claimed) < reserved:
+                self._occupancy.release(reserved - len(claimed))
+                self._slot_freed.set()
+        for message, _, signed in claimed:
+            self._started(message, signed)
+
+    def _started(self, message: TaskMessage, signed: bool) -> None:
+        self._rung_copies.claimed(message.id, message.attempt)
+        self._start(message, signed)
