@@ -203,12 +203,13 @@ class TaskConsumer:
         still wait (a slot may claim them later, ``yadtq.worker.next_up``); others' are
         kept out of the view meanwhile (the next look would show them twice)."""
         for delivery in deliveries:
-            if delivery.foreign:
-                where = delivery.partition, delivery.offset
-                self._out_foreign.add(where) if change > 0 else self._out_foreign.discard(where)
-                continue
-            rank = level_of_topic(delivery.topic, self.config.tasks_topic).rank
-            self._taken[rank] = self._taken.get(rank, 0) + change
+            if delivery.foreign and change > 0:
+                self._out_foreign.add((delivery.partition, delivery.offset))
+            elif delivery.foreign:
+                self._out_foreign.discard((delivery.partition, delivery.offset))
+            else:
+                rank = level_of_topic(delivery.topic, self.config.tasks_topic).rank
+                self._taken[rank] = self._taken.get(rank, 0) + change
 
     def commit(self, now: bool = False) -> None:
         """Commit what was claimed, at most every ``COMMIT_INTERVAL`` unless ``now``.
@@ -290,8 +291,9 @@ class TaskConsumer:
             # maintenance thread warns of Redis being away, once; their owners run them
             logger.debug("Worker %s: cannot look at other partitions: %s", self._name, exc)
             waiting = []
-        # A fetch may bring some partitions and not others: the others' last look stays,
-        # less what this worker's claims passed over (their owners'd run it, late).
+        # A fetch may bring some partitions and not others: the others' last look stays
+        # (less what this worker's claims passed over), or their oldest tasks would wait
+        # for their owners alone.
         fetched = {records[0].partition for records in waiting if records}
         seen, self._seen = self._seen, {
             (partition, offset): delivery for (partition, offset), delivery

@@ -35,7 +35,8 @@ class Taken:
         """The deliveries whose tasks stay queued (every candidate's if nothing was
         claimed), in order: they go back to the read-ahead."""
         if claims is None:
-            return [d for d in self.deliveries if id(d.message) in {id(t) for t in self.tasks}]
+            candidates = {id(task) for task in self.tasks}
+            return [d for d in self.deliveries if id(d.message) in candidates]
         return self.split(claims)[2].deliveries
 
     def split(self, claims: list[Claim]) -> tuple[Taken, list[Claim], Taken]:

@@ -216,7 +216,7 @@ class Worker:
         self._settle_next_up()
         everywhere = self._takes_oldest()
         taken = self._intake.take(free + (oldest_first.LOOKED_PAST if everywhere else 0),
-                           wait=self._poll_waits, everywhere=everywhere)
+                                  wait=self._poll_waits, everywhere=everywhere)
         if taken is None:
             return  # the worker is stopping; nothing was committed, so nothing is lost
         if not taken.deliveries:
