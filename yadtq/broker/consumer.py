@@ -114,7 +114,7 @@ class TaskConsumer:
         # partition -> offset below which the view shows nothing: what this worker's
         # claims passed over there is claimed already, though its owner may not know yet
         self._passed: dict[int, int] = {}
-        self._taken: dict[int, int] = {}  # rank -> deliveries taken, not claimed or given back
+        self._taken: dict[str, int] = {}  # topic -> deliveries taken, not claimed or given back
         self._out_foreign: set[tuple[int, int]] = set()  # others' taken so, by place
 
     # --- taking ------------------------------------------------------------
@@ -208,8 +208,7 @@ class TaskConsumer:
             elif delivery.foreign:
                 self._out_foreign.discard((delivery.partition, delivery.offset))
             else:
-                rank = level_of_topic(delivery.topic, self.config.tasks_topic).rank
-                self._taken[rank] = self._taken.get(rank, 0) + change
+                self._taken[delivery.topic] = self._taken.get(delivery.topic, 0) + change
 
     def commit(self, now: bool = False) -> None:
         """Commit what was claimed, at most every ``COMMIT_INTERVAL`` unless ``now``.
@@ -375,7 +374,8 @@ class TaskConsumer:
         fetch, so its last fetch is no guide)."""
         self._counted_at = time.monotonic()
         by_rank = self._buffer.waiting()
-        for rank, taken in self._taken.items():
+        for topic, taken in self._taken.items():
+            rank = level_of_topic(topic, self.config.tasks_topic).rank
             by_rank[rank] = by_rank.get(rank, 0) + taken
         assigned = list(self._consumer.assignment())
         try:
