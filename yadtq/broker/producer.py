@@ -91,11 +91,7 @@ class TaskProducer:
         Raises:
             BrokerUnavailable: the topic's partitions are unknown and no broker answers.
         """
-        try:
-            partitions = sorted(self._producer.partitions_for(priority.topic(
-                self.config.tasks_topic)))
-        except Exception as exc:  # kafka-python raises several unrelated types here
-            raise self._undelivered(count, exc) from exc
+        partitions = self._partitions(priority, count)
         return {partitions[(self._next_partition + 1 + i) % len(partitions)]
                 for i in range(min(count, len(partitions)))}
 
@@ -106,10 +102,15 @@ class TaskProducer:
         Raises:
             BrokerUnavailable: the topic's partitions are unknown and no broker answers.
         """
+        return self._deal(self._partitions(Priority.NORMAL, 1))
+
+    def _partitions(self, priority: Priority, count: int) -> list[int]:
+        """The partitions of ``priority``'s topic, in order (``count``: the messages that
+        cannot be sent if none are known)."""
         try:
-            return self._deal(sorted(self._producer.partitions_for(self.config.tasks_topic)))
+            return sorted(self._producer.partitions_for(priority.topic(self.config.tasks_topic)))
         except Exception as exc:  # kafka-python raises several unrelated types here
-            raise self._undelivered(1, exc) from exc
+            raise self._undelivered(count, exc) from exc
 
     def _deal(self, partitions: list[int]) -> int:
         self._next_partition = (self._next_partition + 1) % len(partitions)

@@ -78,14 +78,16 @@ class ReadAhead:
         now_ms = time.time() * 1000 if now_ms is None else now_ms
         starved_before = now_ms - self._starvation_ms
         taken: list[Delivery] = []
+        level = None  # the rank of what was taken
         while len(taken) < count and self._queues:
             starved = None
             if self._since_starved_pick >= STARVED_SHARE - 1:
                 starved = self._starved(starved_before)
             first = starved or min(self._queues,
                                    key=lambda k: (k[0], self._queues[k][0].order))
-            if one_level and taken and first[0] != self._key(taken[0])[0]:
+            if one_level and taken and first[0] != level:
                 break
+            level = first[0]
             self._since_starved_pick = 0 if starved else self._since_starved_pick + 1
             waiting = self._queues[first]
             taken.append(waiting.popleft())

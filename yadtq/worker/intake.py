@@ -34,18 +34,19 @@ class Taken:
     def untouched(self, claims: list[Claim] | None) -> list[Delivery]:
         """The deliveries whose tasks stay queued (every candidate's if nothing was
         claimed), in order: they go back to the read-ahead."""
-        if claims is None:
-            candidates = {id(task) for task in self.tasks}
-            return [d for d in self.deliveries if id(d.message) in candidates]
         return self.split(claims)[2].deliveries
 
-    def split(self, claims: list[Claim]) -> tuple[Taken, list[Claim], Taken]:
+    def split(self, claims: list[Claim] | None) -> tuple[Taken, list[Claim], Taken]:
         """What a claim used (its deliveries, candidates and their claims), and the
-        candidates its limit left untouched, still queued, in order."""
-        left = {id(task) for task, claim in zip(self.tasks, claims, strict=True)
-                if claim.untouched}
-        used = [(task, claim) for task, claim in zip(self.tasks, claims, strict=True)
-                if id(task) not in left]
+        candidates it left untouched (all of them if nothing was claimed), still queued,
+        in order."""
+        if claims is None:
+            left, used = {id(task) for task in self.tasks}, []
+        else:
+            left = {id(task) for task, claim in zip(self.tasks, claims, strict=True)
+                    if claim.untouched}
+            used = [(task, claim) for task, claim in zip(self.tasks, claims, strict=True)
+                    if id(task) not in left]
         return (Taken([d for d in self.deliveries if id(d.message) not in left],
                       [task for task, _ in used], self.offsets),
                 [claim for _, claim in used],
@@ -118,7 +119,6 @@ class Intake:
     def settle(self, taken: Taken, claims: list[Claim] | None) -> None:
         """What a claim left queued goes back to the read-ahead; the rest is marked claimed
         (this worker's offsets may be committed; others' are shown no more)."""
-        untouched = taken.untouched(claims)
-        self._consumer.give_back(untouched)
-        left = {id(d) for d in untouched}
-        self._consumer.claimed(d for d in taken.deliveries if id(d) not in left)
+        used, _, untouched = taken.split(claims)
+        self._consumer.give_back(untouched.deliveries)
+        self._consumer.claimed(used.deliveries)
