@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from yadtq import dependencies, protocol, tracing
@@ -45,6 +45,8 @@ from yadtq.worker_table import WorkerViews
 from yadtq.workflow import WorkflowMethods, joining
 
 TaskRef = Callable[..., Any] | str
+
+FIRST_MAP_CHUNK = 32  # tasks of a map stored before its workers are rung
 
 logger = logging.getLogger(__name__)
 
@@ -252,19 +254,21 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods, WorkerWaking):
                         due=due, workflow=workflow)
                     batch._set_due([m.id for m in chunk], reply.due_at)
                 return batch
-            # Chunk by chunk, so Kafka sends one chunk while Redis stores the next. After
-            # chunks 1, 2, 4, 8, ... the workers are woken to what Kafka has so far: they
-            # start on a large map while the rest is still being sent. Tasks that began
-            # blocked (or skipped) are not sent: their parents' workers produce them.
+            # Chunk by chunk, so Kafka sends one chunk while Redis stores the next. The
+            # first is small: its workers are rung as soon as it is stored, and claim its
+            # tasks from their records while the rest is written (240 records take Redis
+            # 7-10 ms). After chunks 2, 4, 8, ... the workers are woken to what Kafka has
+            # so far: they go on with a large map while the rest is still being sent. Tasks
+            # that began blocked (or skipped) are not sent: their parents' workers produce
+            # them.
             partitions: set[int] = set()
             written = 0
             try:
-                for number, start in enumerate(range(0, len(messages), PIPELINE_CHUNK), 1):
-                    chunk = messages[start:start + PIPELINE_CHUNK]
+                for number, (start, end) in enumerate(_map_chunks(len(messages)), 1):
+                    chunk = messages[start:end]
                     started = self.backend.enqueue(
                         chunk, batch_id=batch_id, batch_total=len(messages) if start == 0 else None,
-                        edges=with_edges[start:start + PIPELINE_CHUNK] if with_edges else None,
-                        workflow=workflow)
+                        edges=with_edges[start:end] if with_edges else None, workflow=workflow)
                     written += len(chunk)
                     waiting = set(started.blocked) | set(started.skipped)
                     if waiting:
@@ -274,11 +278,13 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods, WorkerWaking):
                     if send:
                         if number == 1:  # its first tasks are claimed from their records
                             self._ring_early(self._producer.partitions_ahead(
-                                len(send), messages[0].priority), batch_id, messages[0].priority)
+                                len(messages) - len(waiting), messages[0].priority), batch_id,
+                                messages[0].priority)
                         partitions |= self._producer.deal(
                             [i for i, _ in send], [p for _, p in send], messages[0].priority,
                             trace)
-                    if partitions and (number & (number - 1) == 0 or written == len(messages)):
+                    if partitions and (number > 1 and number & (number - 1) == 0
+                                       or written == len(messages)):
                         self._flush(partitions)
             except BrokerUnavailable as exc:
                 error = self._failed_undelivered(exc, messages[:written], batch_id,
@@ -477,6 +483,15 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods, WorkerWaking):
     def __repr__(self) -> str:
         return (f"<yadtq.Client queue={self.config.queue!r} kafka={self.config.bootstrap} "
                 f"redis={self.config.redis_address}>")
+
+
+def _map_chunks(total: int) -> Iterator[tuple[int, int]]:
+    """Where a map's chunks start and end: a first of ``FIRST_MAP_CHUNK`` (the workers are
+    rung once it is stored), then ``PIPELINE_CHUNK`` at a time."""
+    start, end = 0, min(total, FIRST_MAP_CHUNK)
+    while start < total:
+        yield start, end
+        start, end = end, min(total, end + PIPELINE_CHUNK)
 
 
 def _refuse_unknown(unknown: list[str]) -> None:

@@ -24,6 +24,8 @@ from yadtq.errors import BackendUnavailable
 from yadtq.protocol import TaskMessage
 from yadtq.worker.intake import Taken
 
+PREPARING_WAIT = 0.02  # seconds a freed slot waits for the loop's preparation, at most
+
 
 class NextUp:
     """Candidates prepared for the next slot to free, and what slots claimed of them."""
@@ -36,22 +38,29 @@ class NextUp:
         self._changed = threading.Condition()
         self._prepared: Taken | None = None
         self._claiming = False  # a slot's claim of the prepared candidates is under way
+        self._preparing = False  # the loop took them back to prepare afresh
         self._settled: list[tuple[Taken, list[Claim] | None]] = []
 
-    def prepare(self, taken: Taken) -> None:
-        """Offer candidates to the next slot that frees (the loop, after :meth:`withdraw`)."""
+    def prepare(self, taken: Taken | None) -> None:
+        """Offer candidates to the next slot that frees (None: there are none), after a
+        :meth:`withdraw` that was ``preparing``."""
         with self._changed:
             self._prepared = taken
+            self._preparing = False
+            self._changed.notify_all()
 
-    def withdraw(self) -> list[tuple[Taken, list[Claim] | None]]:
+    def withdraw(self, preparing: bool = False) -> list[tuple[Taken, list[Claim] | None]]:
         """Take back what is prepared, once no slot is claiming from it, and what the
-        slots' claims left to settle: each with its claims (None: nothing claimed)."""
+        slots' claims left to settle: each with its claims (None: nothing claimed).
+        ``preparing``: the loop prepares afresh at once (:meth:`prepare`), and a slot that
+        frees meanwhile waits for that, rather than hand its claim to the loop."""
         with self._changed:
             self._changed.wait_for(lambda: not self._claiming)  # one round trip at most
             if self._prepared is not None:
                 self._settled.append((self._prepared, None))
                 self._prepared = None
             settled, self._settled = self._settled, []
+            self._preparing = preparing
         return settled
 
     @property
@@ -65,8 +74,12 @@ class NextUp:
         after it stay prepared); None if none is prepared, all were taken elsewhere, or
         Redis did not answer (the loop then claims for the slot)."""
         with self._changed:
-            # another slot's claim under way leaves what it did not reach: wait for it
-            self._changed.wait_for(lambda: not self._claiming)
+            # another slot's claim under way leaves what it did not reach, and the loop's
+            # preparation under way takes a turn's take: wait for them
+            self._changed.wait_for(lambda: not self._claiming and not self._preparing,
+                                   PREPARING_WAIT)
+            if self._claiming:
+                return None
             taken, self._prepared = self._prepared, None
             if taken is None:
                 return None
