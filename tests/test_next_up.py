@@ -13,6 +13,7 @@ from typing import Any
 from yadtq import protocol
 from yadtq.backend import RedisBackend
 from yadtq.broker.delivery import Delivery
+from yadtq.worker import next_up as next_up_module
 from yadtq.worker.intake import Taken
 from yadtq.worker.next_up import NextUp
 
@@ -97,10 +98,12 @@ class HeldClaims(RedisBackend):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reached, self.go = threading.Event(), threading.Event()
+        self.waiting = threading.Semaphore(0)  # released once a claim for each waiting
 
     def claim_many(self, messages: Sequence[protocol.TaskMessage], *args: Any, **kwargs: Any
                    ) -> Any:
         self.reached.set()
+        self.waiting.release()
         assert self.go.wait(10)
         return super().claim_many(messages, *args, **kwargs)
 
@@ -134,3 +137,69 @@ def test_the_loop_waits_for_a_slots_claim_under_way_before_it_settles(config) ->
         assert rest.untouched(none) == [taken.deliveries[1]]
     finally:
         backend.close()
+
+
+def test_slots_that_free_together_claim_at_once_each_the_next_task_queued(config) -> None:
+    # Given four prepared candidates, and two slots whose claims are both under way
+    backend = HeldClaims(config)
+    try:
+        taken = prepared(backend, 4)
+        next_up = NextUp(backend, WORKER, time.time)
+        next_up.prepare(taken)
+        claimed: list[Any] = []
+        slots = [threading.Thread(target=lambda: claimed.append(next_up.claim_next()))
+                 for _ in range(2)]
+        for slot in slots:
+            slot.start()
+        # (the second slot does not wait for the first's round trip)
+        assert backend.waiting.acquire(timeout=10) and backend.waiting.acquire(timeout=10)
+
+        # When Redis answers them
+        backend.go.set()
+        for slot in slots:
+            slot.join(10)
+
+        # Then each holds one of the first two tasks, and the other two stay prepared
+        assert sorted(claimed, key=lambda c: taken.tasks.index(c[0])) == [
+            (taken.tasks[0], 1), (taken.tasks[1], 1)]
+        assert next_up.prepared == 2
+        # And the loop settles the first two as used, the rest going back in order
+        [(used, claims), (rest, none)] = next_up.withdraw()
+        assert used.deliveries == taken.deliveries[:2] and used.untouched(claims) == []
+        assert rest.untouched(none) == taken.deliveries[2:]
+    finally:
+        backend.close()
+
+
+def test_a_slot_freed_while_the_loop_prepares_claims_from_what_it_prepares(
+        backend, monkeypatch) -> None:
+    # Given the loop taking back what was prepared, to prepare afresh
+    monkeypatch.setattr(next_up_module, "PREPARING_WAIT", 10.0)  # however slow the test runs
+    first, fresh = prepared(backend, 1), prepared(backend, 2)
+    next_up = NextUp(backend, WORKER, time.time)
+    next_up._changed = watched = WatchedCondition()
+    next_up.prepare(first)
+    next_up.withdraw(preparing=True)
+
+    # When a slot frees meanwhile (and waits), and then the loop prepares
+    claimed: list[Any] = []
+    slot = threading.Thread(target=lambda: claimed.append(next_up.claim_next()))
+    slot.start()
+    assert watched.waiting.wait(10)
+    next_up.prepare(fresh)
+    slot.join(10)
+
+    # Then the slot claimed the first of the fresh candidates, not handed its claim back
+    assert claimed == [(fresh.tasks[0], 1)]
+
+
+class WatchedCondition(threading.Condition):
+    """A condition that tells when a thread waits on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait_for(self, predicate: Any, timeout: float | None = None) -> Any:
+        self.waiting.set()
+        return super().wait_for(predicate, timeout)

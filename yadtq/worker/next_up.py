@@ -28,7 +28,14 @@ PREPARING_WAIT = 0.02  # seconds a freed slot waits for the loop's preparation, 
 
 
 class NextUp:
-    """Candidates prepared for the next slot to free, and what slots claimed of them."""
+    """Candidates prepared for the next slot to free, and what slots claimed of them.
+
+    Slots that free together claim from the same candidates at once, each its own round
+    trip (Redis runs the claims one after another: each takes the first still queued).
+    Slots that began together on tasks of like length end together, and one claim after
+    another would keep the last of them waiting for them all. What the claims used is
+    known once the last of them is back.
+    """
 
     def __init__(self, backend: RedisBackend, worker: str, clock: Callable[[], float]
                  ) -> None:
@@ -37,7 +44,8 @@ class NextUp:
         self._clock = clock
         self._changed = threading.Condition()
         self._prepared: Taken | None = None
-        self._claiming = False  # a slot's claim of the prepared candidates is under way
+        self._claiming = 0  # slots' claims of the prepared candidates under way
+        self._answers: list[list[Claim] | None] = []  # of those back (None: Redis failed)
         self._preparing = False  # the loop took them back to prepare afresh
         self._settled: list[tuple[Taken, list[Claim] | None]] = []
 
@@ -74,16 +82,12 @@ class NextUp:
         after it stay prepared); None if none is prepared, all were taken elsewhere, or
         Redis did not answer (the loop then claims for the slot)."""
         with self._changed:
-            # another slot's claim under way leaves what it did not reach, and the loop's
-            # preparation under way takes a turn's take: wait for them
-            self._changed.wait_for(lambda: not self._claiming and not self._preparing,
-                                   PREPARING_WAIT)
-            if self._claiming:
+            # the loop's preparation under way takes a turn's take: wait for it
+            self._changed.wait_for(lambda: not self._preparing, PREPARING_WAIT)
+            taken = self._prepared
+            if taken is None or self._preparing:
                 return None
-            taken, self._prepared = self._prepared, None
-            if taken is None:
-                return None
-            self._claiming = True
+            self._claiming += 1
         claims = None
         try:
             claims = self._backend.claim_many(taken.tasks, self._worker, now=self._clock(),
@@ -92,23 +96,27 @@ class NextUp:
             pass  # untouched: the loop takes them again
         finally:
             with self._changed:
-                self._claiming = False
-                self._settle(taken, claims)
-                self._changed.notify_all()
+                self._claiming -= 1
+                self._answers.append(claims)
+                if not self._claiming:
+                    self._settle(taken)
+                    self._changed.notify_all()
         for task, claim in zip(taken.tasks, claims or [], strict=False):
             if claim.attempt is not None:
                 return task, claim.attempt
         return None
 
-    def _settle(self, taken: Taken, claims: list[Claim] | None) -> None:
-        """Keep what the claim's limit left untouched for the next slot to free (under
-        the lock); the rest is the loop's to settle."""
-        if claims is None:
+    def _settle(self, taken: Taken) -> None:
+        """Every claim of the prepared candidates is back (under the lock): what any of
+        them used is the loop's to settle; what all left untouched stays prepared."""
+        answers = [claims for claims in self._answers if claims is not None]
+        self._answers = []
+        if not answers:  # Redis did not answer: the loop takes them all back
+            self._prepared = None
             self._settled.append((taken, None))
             return
-        used, used_claims, rest = taken.split(claims)
+        merged = [next((claim for claim in column if not claim.untouched), column[0])
+                  for column in zip(*answers, strict=True)]
+        used, used_claims, rest = taken.split(merged)
         self._settled.append((used, used_claims))
-        if rest.tasks and self._prepared is None:
-            self._prepared = rest
-        elif rest.tasks:
-            self._settled.append((rest, None))
+        self._prepared = rest if rest.tasks else None
