@@ -254,13 +254,10 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods, WorkerWaking):
                         due=due, workflow=workflow)
                     batch._set_due([m.id for m in chunk], reply.due_at)
                 return batch
-            # Chunk by chunk, so Kafka sends one chunk while Redis stores the next. The
-            # first is small: its workers are rung as soon as it is stored, and claim its
-            # tasks from their records while the rest is written (240 records take Redis
-            # 7-10 ms). After chunks 2, 4, 8, ... the workers are woken to what Kafka has
-            # so far: they go on with a large map while the rest is still being sent. Tasks
-            # that began blocked (or skipped) are not sent: their parents' workers produce
-            # them.
+            # Chunk by chunk, so Kafka sends one chunk while Redis stores the next. Workers
+            # are rung once the small first is stored (they claim its tasks from their
+            # records), then after chunks 2, 4, 8, ... to what Kafka has so far. Tasks that
+            # began blocked (or skipped) are not sent: their parents' workers produce them.
             partitions: set[int] = set()
             written = 0
             try:
@@ -486,8 +483,7 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods, WorkerWaking):
 
 
 def _map_chunks(total: int) -> Iterator[tuple[int, int]]:
-    """Where a map's chunks start and end: a first of ``FIRST_MAP_CHUNK`` (the workers are
-    rung once it is stored), then ``PIPELINE_CHUNK`` at a time."""
+    """Where a map's chunks start and end: ``FIRST_MAP_CHUNK``, then ``PIPELINE_CHUNK`` each."""
     start, end = 0, min(total, FIRST_MAP_CHUNK)
     while start < total:
         yield start, end
