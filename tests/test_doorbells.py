@@ -1,6 +1,7 @@
 """The worker's doorbells (yadtq/worker/doorbells.py) against a real Redis: a lone task's
 ring is claimed on the doorbells' own thread, whatever the worker's loop is doing; a
-batch's first tasks only while the loop sleeps."""
+batch's first tasks only while the loop sleeps. And a map rings its workers as soon as
+its first chunk is stored."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from helpers import wait_until
 
+import yadtq
+from worker_node.tasks import add
 from yadtq.backend import RedisBackend
+from yadtq.client import FIRST_MAP_CHUNK
 from yadtq.worker.doorbells import Doorbells
 
 PARTITIONS = [0, 1]
@@ -123,3 +128,25 @@ def test_a_ring_naming_a_batch_claims_its_head_only_while_the_loop_sleeps(backen
     # the loop woke, and the loop has nothing to claim of it
     assert claimed.get_nowait() == ("b-first", 2)
     assert bells.missed_batch() is None
+
+
+def test_a_maps_workers_are_rung_once_its_first_tasks_are_stored_before_the_rest(
+        client: yadtq.Client, monkeypatch) -> None:
+    # Given a client whose rings note how many of the map's tasks Redis holds by then
+    stored_at_ring: list[int] = []
+    ring = client.backend.ring
+
+    def noting_ring(partitions: Any, task_id: str | None = None, levels: Any = ()) -> None:
+        if task_id is not None and task_id.startswith("b-"):
+            stored_at_ring.append(len(client.backend.batch_task_ids(task_id)))
+        ring(partitions, task_id=task_id, levels=levels)
+
+    monkeypatch.setattr(client.backend, "ring", noting_ring)
+
+    # When a map of 100 tasks is sent
+    batch = client.map(add, [(i, i) for i in range(100)])
+
+    # Then the ring naming its batch came with only the first chunk stored, and all of
+    # them were stored in the end
+    assert stored_at_ring == [FIRST_MAP_CHUNK]
+    assert len(client.backend.batch_task_ids(batch.id)) == 100
