@@ -17,7 +17,7 @@ from helpers import wait_until
 import yadtq
 from worker_node.tasks import add
 from yadtq.backend import RedisBackend
-from yadtq.client import FIRST_MAP_CHUNK
+from yadtq.waking import FIRST_MAP_CHUNK
 from yadtq.worker.doorbells import Doorbells
 
 PARTITIONS = [0, 1]

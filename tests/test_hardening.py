@@ -27,9 +27,9 @@ from worker_node.tasks import add, sleep
 from yadtq.backend import PIPELINE_CHUNK
 from yadtq.backend.redis_errors import is_transient
 from yadtq.broker import producer
-from yadtq.client import FIRST_MAP_CHUNK
 from yadtq.config import Config
 from yadtq.local import LocalCluster, LocalStack
+from yadtq.waking import FIRST_MAP_CHUNK
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+import pytest
 
 from yadtq import protocol
 from yadtq.backend import RedisBackend
@@ -30,12 +32,18 @@ def prepared(backend: RedisBackend, count: int) -> Taken:
     return Taken(deliveries, messages, {0: 0})
 
 
-def test_a_freed_slot_claims_the_oldest_prepared_task_still_queued(backend) -> None:
-    # Given four prepared candidates, the first two claimed by another worker meanwhile
-    taken = prepared(backend, 4)
-    backend.claim_many(taken.tasks[:2], OTHER_WORKER)
+def prepared_next_up(backend: RedisBackend, count: int) -> tuple[Taken, NextUp]:
+    """``count`` candidates, prepared for the slots of a fresh NextUp."""
+    taken = prepared(backend, count)
     next_up = NextUp(backend, WORKER, time.time)
     next_up.prepare(taken)
+    return taken, next_up
+
+
+def test_a_freed_slot_claims_the_oldest_prepared_task_still_queued(backend) -> None:
+    # Given four prepared candidates, the first two claimed by another worker meanwhile
+    taken, next_up = prepared_next_up(backend, 4)
+    backend.claim_many(taken.tasks[:2], OTHER_WORKER)
 
     # When a slot frees
     claimed = next_up.claim_next()
@@ -56,9 +64,7 @@ def test_a_freed_slot_claims_the_oldest_prepared_task_still_queued(backend) -> N
 
 
 def test_the_loop_takes_back_what_the_slots_left_prepared(backend) -> None:
-    taken = prepared(backend, 3)
-    next_up = NextUp(backend, WORKER, time.time)
-    next_up.prepare(taken)
+    taken, next_up = prepared_next_up(backend, 3)
     assert next_up.claim_next() == (taken.tasks[0], 1)
 
     [(used, claims), (rest, none)] = next_up.withdraw()
@@ -69,10 +75,8 @@ def test_the_loop_takes_back_what_the_slots_left_prepared(backend) -> None:
 
 
 def test_candidates_all_taken_elsewhere_leave_the_slot_to_the_loop(backend) -> None:
-    taken = prepared(backend, 3)
+    taken, next_up = prepared_next_up(backend, 3)
     backend.claim_many(taken.tasks, OTHER_WORKER)
-    next_up = NextUp(backend, WORKER, time.time)
-    next_up.prepare(taken)
 
     assert next_up.claim_next() is None
     [(_, claims)] = next_up.withdraw()
@@ -80,9 +84,7 @@ def test_candidates_all_taken_elsewhere_leave_the_slot_to_the_loop(backend) -> N
 
 
 def test_what_no_slot_used_goes_back_whole_when_the_loop_withdraws_it(backend) -> None:
-    taken = prepared(backend, 3)
-    next_up = NextUp(backend, WORKER, time.time)
-    next_up.prepare(taken)
+    taken, next_up = prepared_next_up(backend, 3)
 
     [(settled, claims)] = next_up.withdraw()
 
@@ -97,78 +99,72 @@ class HeldClaims(RedisBackend):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.reached, self.go = threading.Event(), threading.Event()
-        self.waiting = threading.Semaphore(0)  # released once a claim for each waiting
+        self.go = threading.Event()
+        self.waiting = threading.Semaphore(0)  # released once for each claim that waits
 
     def claim_many(self, messages: Sequence[protocol.TaskMessage], *args: Any, **kwargs: Any
                    ) -> Any:
-        self.reached.set()
         self.waiting.release()
         assert self.go.wait(10)
         return super().claim_many(messages, *args, **kwargs)
 
 
-def test_the_loop_waits_for_a_slots_claim_under_way_before_it_settles(config) -> None:
+@pytest.fixture
+def held(config) -> Iterator[HeldClaims]:
+    """A backend whose claims wait for ``go``, closed after the test."""
+    backend = HeldClaims(config)
+    yield backend
+    backend.close()
+
+
+def test_the_loop_waits_for_a_slots_claim_under_way_before_it_settles(held) -> None:
     # Given a slot's claim of the prepared candidates under way
-    backend = HeldClaims(config)
-    try:
-        taken = prepared(backend, 2)
-        next_up = NextUp(backend, WORKER, time.time)
-        next_up.prepare(taken)
-        slot = threading.Thread(target=next_up.claim_next)
-        slot.start()
-        assert backend.reached.wait(10)
+    taken, next_up = prepared_next_up(held, 2)
+    slot = threading.Thread(target=next_up.claim_next)
+    slot.start()
+    assert held.waiting.acquire(timeout=10)
 
-        # When the loop withdraws meanwhile
-        withdrawn: list[Any] = []
-        loop = threading.Thread(target=lambda: withdrawn.extend(next_up.withdraw()))
-        loop.start()
-        loop.join(0.3)
-        # Then it waits for the claim (its deliveries are not the loop's to take yet)
-        assert loop.is_alive() and not withdrawn
+    # When the loop withdraws meanwhile
+    withdrawn: list[Any] = []
+    loop = threading.Thread(target=lambda: withdrawn.extend(next_up.withdraw()))
+    loop.start()
+    loop.join(0.3)
+    # Then it waits for the claim (its deliveries are not the loop's to take yet)
+    assert loop.is_alive() and not withdrawn
 
-        # And settles the claim's outcome once it is known
-        backend.go.set()
-        slot.join(10)
-        loop.join(10)
-        [(used, claims), (rest, none)] = withdrawn
-        assert used.deliveries == taken.deliveries[:1] and [c.claimed for c in claims] == [
-            True]
-        assert rest.untouched(none) == [taken.deliveries[1]]
-    finally:
-        backend.close()
+    # And settles the claim's outcome once it is known
+    held.go.set()
+    slot.join(10)
+    loop.join(10)
+    [(used, claims), (rest, none)] = withdrawn
+    assert used.deliveries == taken.deliveries[:1] and [c.claimed for c in claims] == [True]
+    assert rest.untouched(none) == [taken.deliveries[1]]
 
 
-def test_slots_that_free_together_claim_at_once_each_the_next_task_queued(config) -> None:
+def test_slots_that_free_together_claim_at_once_each_the_next_task_queued(held) -> None:
     # Given four prepared candidates, and two slots whose claims are both under way
-    backend = HeldClaims(config)
-    try:
-        taken = prepared(backend, 4)
-        next_up = NextUp(backend, WORKER, time.time)
-        next_up.prepare(taken)
-        claimed: list[Any] = []
-        slots = [threading.Thread(target=lambda: claimed.append(next_up.claim_next()))
-                 for _ in range(2)]
-        for slot in slots:
-            slot.start()
-        # (the second slot does not wait for the first's round trip)
-        assert backend.waiting.acquire(timeout=10) and backend.waiting.acquire(timeout=10)
+    taken, next_up = prepared_next_up(held, 4)
+    claimed: list[Any] = []
+    slots = [threading.Thread(target=lambda: claimed.append(next_up.claim_next()))
+             for _ in range(2)]
+    for slot in slots:
+        slot.start()
+    # (the second slot does not wait for the first's round trip)
+    assert held.waiting.acquire(timeout=10) and held.waiting.acquire(timeout=10)
 
-        # When Redis answers them
-        backend.go.set()
-        for slot in slots:
-            slot.join(10)
+    # When Redis answers them
+    held.go.set()
+    for slot in slots:
+        slot.join(10)
 
-        # Then each holds one of the first two tasks, and the other two stay prepared
-        assert sorted(claimed, key=lambda c: taken.tasks.index(c[0])) == [
-            (taken.tasks[0], 1), (taken.tasks[1], 1)]
-        assert next_up.prepared == 2
-        # And the loop settles the first two as used, the rest going back in order
-        [(used, claims), (rest, none)] = next_up.withdraw()
-        assert used.deliveries == taken.deliveries[:2] and used.untouched(claims) == []
-        assert rest.untouched(none) == taken.deliveries[2:]
-    finally:
-        backend.close()
+    # Then each holds one of the first two tasks, and the other two stay prepared
+    assert sorted(claimed, key=lambda c: taken.tasks.index(c[0])) == [
+        (taken.tasks[0], 1), (taken.tasks[1], 1)]
+    assert next_up.prepared == 2
+    # And the loop settles the first two as used, the rest going back in order
+    [(used, claims), (rest, none)] = next_up.withdraw()
+    assert used.deliveries == taken.deliveries[:2] and used.untouched(claims) == []
+    assert rest.untouched(none) == taken.deliveries[2:]
 
 
 def test_a_slot_freed_while_the_loop_prepares_claims_from_what_it_prepares(

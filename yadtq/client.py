@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from yadtq import dependencies, protocol, tracing
@@ -40,13 +40,11 @@ from yadtq.schedules import ScheduleMethods
 from yadtq.shipping import Shipment
 from yadtq.status import TaskStatus
 from yadtq.store import RedisTaskStore
-from yadtq.waking import WorkerWaking
+from yadtq.waking import WorkerWaking, map_chunks
 from yadtq.worker_table import WorkerViews
 from yadtq.workflow import WorkflowMethods, joining
 
 TaskRef = Callable[..., Any] | str
-
-FIRST_MAP_CHUNK = 32  # tasks of a map stored before its workers are rung
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +259,7 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods, WorkerWaking):
             partitions: set[int] = set()
             written = 0
             try:
-                for number, (start, end) in enumerate(_map_chunks(len(messages)), 1):
+                for number, (start, end) in enumerate(map_chunks(len(messages)), 1):
                     chunk = messages[start:end]
                     started = self.backend.enqueue(
                         chunk, batch_id=batch_id, batch_total=len(messages) if start == 0 else None,
@@ -480,14 +478,6 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods, WorkerWaking):
     def __repr__(self) -> str:
         return (f"<yadtq.Client queue={self.config.queue!r} kafka={self.config.bootstrap} "
                 f"redis={self.config.redis_address}>")
-
-
-def _map_chunks(total: int) -> Iterator[tuple[int, int]]:
-    """Where a map's chunks start and end: ``FIRST_MAP_CHUNK``, then ``PIPELINE_CHUNK`` each."""
-    start, end = 0, min(total, FIRST_MAP_CHUNK)
-    while start < total:
-        yield start, end
-        start, end = end, min(total, end + PIPELINE_CHUNK)
 
 
 def _refuse_unknown(unknown: list[str]) -> None:

@@ -1,4 +1,5 @@
-"""How a client wakes the workers (client layer): the doorbells it rings as it sends.
+"""How a client wakes the workers (client layer): the doorbells it rings as it sends,
+and the chunks a map is sent in so that its workers are rung early.
 
 A mixin of :class:`yadtq.client.Client`, which has the backend, producer and config.
 """
@@ -6,14 +7,26 @@ A mixin of :class:`yadtq.client.Client`, which has the backend, producer and con
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
-from yadtq.backend import RedisBackend
+from yadtq.backend import PIPELINE_CHUNK, RedisBackend
 from yadtq.broker import TaskProducer
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable
 from yadtq.priority import Priority
 
 logger = logging.getLogger("yadtq.client")
+
+FIRST_MAP_CHUNK = 32  # tasks of a map stored before its workers are rung
+
+
+def map_chunks(total: int) -> Iterator[tuple[int, int]]:
+    """Where a map's chunks start and end: ``FIRST_MAP_CHUNK`` (its workers are rung once
+    it is stored, and claim its tasks from their records), then ``PIPELINE_CHUNK`` each."""
+    start, end = 0, min(total, FIRST_MAP_CHUNK)
+    while start < total:
+        yield start, end
+        start, end = end, min(total, end + PIPELINE_CHUNK)
 
 
 class WorkerWaking:
