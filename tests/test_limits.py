@@ -293,7 +293,7 @@ def test_a_claim_from_the_record_alone_leaves_a_limited_task_for_its_message(
     [message] = queued(backend, task="exclusive")
 
     # When a worker claims it by doorbell, from its record (no message, so no arguments)
-    task, claimed, _ = backend.record_claims.named(message.id, WORKER, ["exclusive"])
+    task, claimed, _, _ = backend.record_claims.named(message.id, WORKER, ["exclusive"])
 
     # Then it is left queued for its Kafka message, claimed with the call's limits
     assert task is None and claimed.skipped_because == "limits need the message"

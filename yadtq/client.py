@@ -154,15 +154,19 @@ class Client(WorkerViews, WorkflowMethods, ScheduleMethods, WorkerWaking):
                 started = self.backend.enqueue([message], edges=[found.spec], workflow=workflow)
                 if self._waits(started, [future]):
                     return future
-            # A worker claims the task from its record as soon as the doorbell rings, while
-            # Kafka takes its message (which the worker then skips, the task being taken).
-            # Submit returns once either has happened: a claimed task is safe in Redis
-            # (should its worker die, the reaper produces it again).
+            # A worker claims the task from its record as soon as the doorbell rings; until
+            # then, or for a moment, its message waits (``waking``). Submit returns once
+            # either is done: a claimed task is safe in Redis (should its worker die, the
+            # reaper produces it again).
             taken = threading.Event()
             future.add_change_callback(lambda _: taken.set())
             partition = self._lone_producer.next_partition()
             if not found.parents:
-                self.backend.enqueue([message], ring=partition, workflow=workflow)
+                unsent = self._awaits_claims()
+                self.backend.enqueue([message], ring=partition, workflow=workflow,
+                                     unsent=unsent)
+                if unsent and self._claimed_unsent(message.id, taken):
+                    return future
             try:
                 self._lone_producer.send_until(message.id, payload, partition, taken,
                                                message.priority, message.trace)

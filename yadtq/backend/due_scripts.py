@@ -1,6 +1,6 @@
 """The codecs of the due-set scripts (adapter layer, beside the backend): ``take_due.lua``,
-``release.lua`` and ``forget_sent.lua`` (see ``scripts`` for how a codec lays out a
-script's KEYS and ARGV).
+``release.lua``, ``forget_sent.lua`` and ``produce_unsent.lua`` (see ``scripts`` for how a
+codec lays out a script's KEYS and ARGV).
 """
 
 from __future__ import annotations
@@ -92,3 +92,24 @@ class ForgetSentCall:
     def parse(self, reply: Any) -> int:
         """How many entries were removed."""
         return int(reply)
+
+
+# --- produce_unsent.lua ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProduceUnsentCall:
+    """produce_unsent.lua: forget a guarded lone task's guard before its client produces it."""
+
+    script: ClassVar[str] = "produce_unsent.lua"
+    task_id: str
+
+    def keys(self, keys: Keys) -> list[str]:
+        return [keys.unsent, keys.task(self.task_id)]
+
+    def args(self, keys: Keys) -> list[Any]:
+        return [self.task_id]
+
+    def parse(self, reply: Any) -> bool:
+        """Whether to produce it: it is still queued."""
+        return int(reply) == 1

@@ -8,6 +8,10 @@ leaves it to be taken again.
 - ``retries:<queue>``: failed attempts waiting out their backoff, already ``queued``.
 - ``unblocked:<queue>``: tasks whose parents all finished (workflows), already ``queued``;
   the worker whose outcome readied them holds them while it produces them itself.
+- ``unsent:<queue>``: lone tasks, already ``queued``, whose client waits a moment for a
+  worker to claim one from its record before it produces its message (``yadtq.waking``);
+  claimed meanwhile, it needs none. Due ``UNSENT_GRACE`` after it was written, on Redis's
+  clock: only a client that died in that moment leaves one for a worker to produce.
 - ``scheduled:<queue>``: tasks submitted with a countdown or an ETA, written ``scheduled``
   with their due time on Redis's clock (``enqueue.lua``). Nothing is on Kafka for them, so
   no worker holds one and no delay can be redelivered early; a due one is moved
@@ -19,7 +23,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from yadtq.backend.due_scripts import ForgetSentCall, ReleaseCall, ReleaseTask, TakeDueCall
+from yadtq.backend.due_scripts import (
+    ForgetSentCall,
+    ProduceUnsentCall,
+    ReleaseCall,
+    ReleaseTask,
+    TakeDueCall,
+)
 from yadtq.backend.parts import BackendPart
 from yadtq.backend.records import PAYLOAD_FIELDS, message_from_payload, payload, text
 from yadtq.backend.redis_errors import at_the_edge
@@ -27,6 +37,7 @@ from yadtq.protocol import TaskMessage
 from yadtq.status import TaskStatus
 
 HOLD = 30.0  # seconds a taken entry waits before another worker may take it again
+UNSENT_GRACE = 10.0  # seconds a lone task's client has to produce it before a worker does
 
 
 @at_the_edge
@@ -77,6 +88,19 @@ class Unblocked(Retries):
     retries are)."""
 
     due_set = "unblocked"
+
+
+@at_the_edge
+class Unsent(Retries):
+    """Lone tasks whose client may not produce them, due on Redis's clock if it does not."""
+
+    due_set = "unsent"
+
+    def producing(self, task_id: str) -> bool:
+        """Forget the guard of a lone task its client is about to produce; False when it
+        no longer waits (claimed from its record meanwhile): then it needs no message."""
+        produce, _ = self._scripts.run(ProduceUnsentCall(task_id))
+        return produce
 
 
 @at_the_edge

@@ -59,9 +59,9 @@ class Failover(BackendPart):
                     pipe.zscore(self._keys.leases, task_id)
                     pipe.zscore(self._keys.retries, task_id)
                     pipe.zscore(self._keys.unblocked, task_id)
+                    pipe.zscore(self._keys.unsent, task_id)
                 replies = pipe.execute()
             queued += [task_id for i, task_id in enumerate(ids)
-                       if text(replies[4 * i]) == TaskStatus.QUEUED.value
-                       and replies[4 * i + 1] is None and replies[4 * i + 2] is None
-                       and replies[4 * i + 3] is None]
+                       if text(replies[5 * i]) == TaskStatus.QUEUED.value
+                       and all(reply is None for reply in replies[5 * i + 1:5 * i + 5])]
         return Retries(self.config, self.redis, self._scripts, self._keys).messages(queued)

@@ -100,6 +100,11 @@ class Keys:
         return f"{self.prefix}:retries:{self.queue}"
 
     @property
+    def unsent(self) -> str:
+        """Lone tasks whose client may not produce them (a due set: due when it is late)."""
+        return f"{self.prefix}:unsent:{self.queue}"
+
+    @property
     def scheduled(self) -> str:
         return f"{self.prefix}:scheduled:{self.queue}"
 

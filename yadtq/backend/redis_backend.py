@@ -22,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError
 
-from yadtq.backend.due_sets import Retries, ScheduledTasks, Unblocked
+from yadtq.backend.due_sets import UNSENT_GRACE, Retries, ScheduledTasks, Unblocked, Unsent
 from yadtq.backend.durability import Confirmation
 from yadtq.backend.failover import Failover
 from yadtq.backend.holders import Holders
@@ -103,6 +103,7 @@ class RedisBackend:
         self.retries = Retries(config, self.redis, self._scripts, self.keys)
         self.scheduled = ScheduledTasks(config, self.redis, self._scripts, self.keys)
         self.unblocked = Unblocked(config, self.redis, self._scripts, self.keys)
+        self.unsent = Unsent(config, self.redis, self._scripts, self.keys)
         self.read_positions = ReadPositions(config, self.redis, self._scripts, self.keys)
         self.level_news = LevelNews(config, self.redis, self._scripts, self.keys)
         self.workflows = Workflows(config, self.redis, self._scripts, self.keys)
@@ -155,6 +156,7 @@ class RedisBackend:
         due: str = "",
         edges: Sequence[str] | None = None,
         workflow: str | None = None,
+        unsent: bool = False,
     ) -> EnqueueReply:
         """Write ``queued`` records before anything is produced.
 
@@ -165,7 +167,9 @@ class RedisBackend:
         (``"in:<seconds>"`` or ``"at:<unix seconds>"``) writes them ``scheduled`` instead,
         to be produced by a worker when due (``scheduled``). ``edges`` (one per message,
         ``dependencies.Edges.spec``) writes tasks with parents ``blocked`` (or ``skipped``),
-        and ``workflow`` lists them in that workflow.
+        and ``workflow`` lists them in that workflow. ``unsent`` (a lone task with ``ring``)
+        guards one whose client may not produce it: claimed meanwhile, it needs no message
+        (``unsent``).
 
         Returns:
             When they are due (on Redis's clock), and which began blocked or skipped:
@@ -199,7 +203,7 @@ class RedisBackend:
                                ring=ring if number == 0 else None, rings_kept=DOORBELL_RINGS,
                                due=due, now=now, ttl=self.config.result_ttl,
                                edges=edges[start:start + len(group)] if edges else None,
-                               workflow=workflow)
+                               workflow=workflow, unsent_grace=UNSENT_GRACE if unsent else None)
             reply, _ = self._scripts.run(
                 call, also=start_batch if number == 0 and starts_batch else None)
             total = EnqueueReply(total.written + reply.written, reply.due_at,

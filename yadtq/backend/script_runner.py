@@ -13,7 +13,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from yadtq.backend.due_scripts import ForgetSentCall, ReleaseCall, TakeDueCall
+from yadtq.backend.due_scripts import ForgetSentCall, ProduceUnsentCall, ReleaseCall, TakeDueCall
 from yadtq.backend.durability import Confirmation, PublishOutboxCall, ReplicaUnconfirmed
 from yadtq.backend.failover_calls import RecountBatchCall
 from yadtq.backend.keys import Keys
@@ -42,7 +42,7 @@ CALLS: tuple[type[ScriptCall[Any]], ...] = (
     EnqueueCall, ClaimCall, FinishCall, RequeueCall, CancelCall, FailQueuedCall,
     TakeDueCall, ReleaseCall, RenewCall, SettleCall, InputsCall, RetryWorkflowCall,
     RepairBlockedCall, FireScheduleCall, WakeLimitsCall, ForgetSentCall, PublishOutboxCall,
-    RecountBatchCall)
+    RecountBatchCall, ProduceUnsentCall)
 
 
 _USES = re.compile(r"^-- uses: (\S+\.lua)$", re.MULTILINE)

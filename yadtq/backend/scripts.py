@@ -122,11 +122,12 @@ class EnqueueCall:
     ttl: float = 1.0  # seconds a record lives after it finishes (of one skipped at once)
     edges: Sequence[str] | None = None  # per task: "" or JSON {"p": [...], "t": [...]}
     workflow: str | None = None  # the workflow the tasks join
+    unsent_grace: float | None = None  # a lone task its client may not produce: guarded
 
     def keys(self, keys: Keys) -> list[str]:
         return [keys.batch_tasks(self.batch or NO_BATCH),
                 keys.doorbell(self.ring if self.ring is not None else -1), keys.scheduled,
-                keys.blocked, keys.workflow_tasks(self.workflow or NO_BATCH),
+                keys.blocked, keys.workflow_tasks(self.workflow or NO_BATCH), keys.unsent,
                 *(keys.task(task_id) for task_id, _ in self.tasks)]
 
     def args(self, keys: Keys) -> list[Any]:
@@ -134,6 +135,7 @@ class EnqueueCall:
         edges = self.edges
         return ["1" if self.batch else "", ring, self.rings_kept, self.due, self.now, self.ttl,
                 "1" if edges is not None else "", keys.events, self.workflow or "",
+                "" if self.unsent_grace is None else self.unsent_grace,
                 len(self.shared), *(item for pair in self.shared.items() for item in pair),
                 len(OWN_FIELDS), *OWN_FIELDS,
                 *(value for i, (task_id, own) in enumerate(self.tasks)
@@ -158,7 +160,7 @@ class EnqueueCall:
 
 @dataclass(frozen=True)
 class ClaimTask:
-    """One task of a claim: claim.lua reads task i's 3 KEYS from ``KEYS[3 * i + 1]`` and
+    """One task of a claim: claim.lua reads task i's 3 KEYS from ``KEYS[3 * i + 2]`` and
     its 4 ARGV from ``ARGV[4 * i + 6]``."""
 
     task_id: str
@@ -211,7 +213,7 @@ class ClaimCall:
     need_message: Sequence[str] = ()  # names whose limits a claim from the record lacks
 
     def keys(self, keys: Keys) -> list[str]:
-        return [keys.leases, keys.scheduled, keys.limits,
+        return [keys.leases, keys.scheduled, keys.limits, keys.unsent,
                 *(key for task in self.tasks for key in task.keys(keys))]
 
     def args(self, keys: Keys) -> list[Any]:

@@ -3,10 +3,11 @@
 Every heartbeat interval, and at once when asked: record the worker in Redis
 and renew the leases of what it runs (the reply names tasks cancelled while
 running, which the worker then stops), produce again the retries whose backoff
-is over, and re-queue the tasks whose lease expired (DESIGN.md, "Delivery
-guarantees"). More often, every ``DEATH_CHECK_INTERVAL``: re-queue the tasks of
-any worker that died (its Redis connections are gone), so they run again within
-a second of its death. Like RQ's
+is over, produce the lone tasks whose client died before it produced them, and
+re-queue the tasks whose lease expired (DESIGN.md, "Delivery guarantees"). More
+often, every ``DEATH_CHECK_INTERVAL``: re-queue the tasks of any worker that died
+(its Redis connections are gone), so they run again within a second of its death.
+Like RQ's
 maintenance tasks, these are safe to run in every worker at once: each step is
 a compare-and-set in Redis. While Redis is away, only this thread waits. A
 stopping worker hands its unfinished tasks back to the queue through the same
@@ -26,6 +27,7 @@ from typing import Any
 
 from yadtq import protocol
 from yadtq.backend import RedisBackend
+from yadtq.backend.due_sets import Retries
 from yadtq.backend.holders import SERVER_FIELD
 from yadtq.broker import TaskProducer
 from yadtq.config import Config
@@ -110,8 +112,8 @@ class Maintenance:
             if time.monotonic() >= next_beat:
                 # The server first: the heartbeat names it (``backend.holders``).
                 duties = (self.repair_failover, self._beat, self.send_due_retries,
-                          self.fire_due_schedules, self.wake_limited, self.send_due_scheduled,
-                          self.repair_blocked, self.reap)
+                          self.send_unsent, self.fire_due_schedules, self.wake_limited,
+                          self.send_due_scheduled, self.repair_blocked, self.reap)
                 next_beat = time.monotonic() + self.config.heartbeat_interval
                 next_death_check = time.monotonic() + DEATH_CHECK_INTERVAL
             elif time.monotonic() >= next_death_check:
@@ -160,13 +162,21 @@ class Maintenance:
 
     def send_due_retries(self, now: float) -> int:
         """Produce again the tasks whose retry backoff is over; returns how many."""
-        retries = self._backend.retries
-        taken = retries.take_due(now)
+        return self._send_queued(self._backend.retries, self._backend.retries.take_due(now))
+
+    def send_unsent(self, _now: float) -> int:
+        """Produce the lone tasks whose client died before it produced them (on Redis's
+        clock, ``backend.unsent``); returns how many."""
+        return self._send_queued(self._backend.unsent, self._backend.unsent.take_due())
+
+    def _send_queued(self, due_set: Retries, taken: list[str]) -> int:
+        """Produce the taken entries of a due set of queued tasks, to this worker's
+        partitions, and forget them; returns how many were still queued."""
         sent_to = [self._produce(message, self._partitions())
-                   for message in retries.messages(taken)] if taken else []
+                   for message in due_set.messages(taken)] if taken else []
         if taken:
             self._flush_and_ring(sent_to)
-            retries.sent(taken)
+            due_set.sent(taken)
         return len(sent_to)
 
     def send_due_scheduled(self, _now: float) -> int:

@@ -5,7 +5,8 @@ A lone task's ring names it, a map's first ring its batch (``yadtq.waking``): th
 worker claims the task, or the batch's first queued tasks, one an idle slot, straight
 from their records (``backend.record_claims``), rather than wait for their Kafka
 messages to be produced, acknowledged and fetched. Those messages, read later, are
-copies: dropped by this worker (``rung_copies``), skipped by another's claim. The
+copies: dropped by this worker (``rung_copies``), skipped by another's claim. A lone task
+claimed while its client waited for a claim has no message (``Client.submit``). The
 doorbells' thread does this, or the worker's loop for a batch rung while it was awake.
 """
 
@@ -51,11 +52,11 @@ class RecordStarts:
 
     def named(self, task_id: str) -> None:
         """Claim and start a lone task a doorbell named."""
-        message, _, signed = self._backend.record_claims.named(
+        message, _, signed, copied = self._backend.record_claims.named(
             task_id, self._worker, self._served, now=self._clock())
         if message is not None:
             self._hold(message, message.attempt, False)
-            self._started(message, signed)
+            self._started(message, signed, copied)
 
     def batch_head(self, batch_id: str, reserved: int) -> None:
         """Claim and start up to ``reserved`` of a batch's first tasks, in the slots
@@ -78,6 +79,7 @@ class RecordStarts:
         for message, _, signed in claimed:
             self._started(message, signed)
 
-    def _started(self, message: TaskMessage, signed: bool) -> None:
-        self._rung_copies.claimed(message.id, message.attempt)
+    def _started(self, message: TaskMessage, signed: bool, copied: bool = True) -> None:
+        if copied:
+            self._rung_copies.claimed(message.id, message.attempt)
         self._start(message, signed)

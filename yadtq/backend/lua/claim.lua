@@ -13,6 +13,7 @@
 -- KEYS[1] leases sorted set  yadtq:leases:<queue>   (task id -> lease expiry)
 -- KEYS[2] scheduled set      yadtq:scheduled:<queue> (where rate-limited tasks wait)
 -- KEYS[3] limits set         yadtq:limits:<queue>    (lib/limits.lua)
+-- KEYS[4] unsent set         yadtq:unsent:<queue>    (a claimed task leaves it: enqueue.lua)
 -- then for each task 3 keys:
 --   task hash          yadtq:task:<id>
 --   batch counters     yadtq:batch:<batch>    (touched only if the task is in that batch)
@@ -62,13 +63,23 @@ local limits = nil  -- made by the first limited task (lib/limits.lua)
 
 local function read(task_key)
   return redis.call('HMGET', task_key, 'status', 'attempt', 'batch', 'retry_at', 'task', 'code',
-                    'waits_on', 'limited_at')
+                    'waits_on', 'limited_at', 'unsent')
+end
+
+-- A guarded lone task no longer waits for its client to produce it: it is claimed, or
+-- waits over a limit in the scheduled set (enqueue.lua, produce_unsent.lua).
+local function unguard(id, task_key, record)
+  if record[9] then
+    redis.call('ZREM', KEYS[4], id)
+    redis.call('HDEL', task_key, 'unsent')
+  end
 end
 
 -- queued -> scheduled: a task over a limit waits (lib/limits.lua says until when).
 local function wait(id, task_key, batch_key, history_key, record, created, named_batch,
                     attempt, refusal)
   local reason, due, L, text = refusal[1], refusal[2], refusal[3], refusal[4]
+  unguard(id, task_key, record)
   local now = limits_now(limits)
   local since = tonumber(record[8]) or now
   redis.call('HSET', task_key, 'status', 'scheduled', 'waits_for', text, 'waits_on', L,
@@ -96,7 +107,7 @@ local function wait(id, task_key, batch_key, history_key, record, created, named
 end
 
 local function claim(i)
-  local task_key, batch_key, history_key = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
+  local task_key, batch_key, history_key = KEYS[3 * i + 2], KEYS[3 * i + 3], KEYS[3 * i + 4]
   local id, named_batch, fields = ARGV[4 * i + 6], ARGV[4 * i + 7], ARGV[4 * i + 8]
   local spec = ARGV[4 * i + 9]
   local record = read(task_key)
@@ -152,6 +163,7 @@ local function claim(i)
   redis.call('HSET', task_key, 'status', 'processing', 'worker', worker, 'started_at', started,
              'attempt', tostring(attempt))
   stats_move(stats, record[5], 'queued', 'processing')
+  unguard(id, task_key, record)
   if record[4] then
     redis.call('HDEL', task_key, 'retry_at')
   end
@@ -174,7 +186,7 @@ local function claim(i)
 end
 
 local replies, claimed = {}, 0
-for i = 1, (#KEYS - 3) / 3 do
+for i = 1, (#KEYS - 4) / 3 do
   if claimed >= limit then
     replies[i] = {'skip', 'over the limit'}
   else

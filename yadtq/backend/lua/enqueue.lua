@@ -2,7 +2,10 @@
 -- messages are produced (the record comes first: DESIGN.md, "Delivery guarantees").
 -- The fields the call's tasks share come once; each task brings only its own. A lone
 -- task's doorbell is rung here, after its record exists: a worker it wakes claims it
--- from that record.
+-- from that record. Its message may then never be produced: a guarded lone task
+-- (ARGV[10]) is marked `unsent` and kept in the unsent set, due a grace after now on
+-- Redis's clock, until a claim or its client's produce_unsent.lua forgets it; should its
+-- client die first, a worker produces it when due (worker/maintenance.py).
 --
 -- uses: stats.lua
 -- uses: edges.lua
@@ -20,6 +23,7 @@
 -- KEYS[3] scheduled set    yadtq:scheduled:<queue>  (touched only with ARGV[4])
 -- KEYS[4] blocked set      yadtq:blocked:<queue>  (touched only for tasks with parents)
 -- KEYS[5] workflow's tasks yadtq:workflow:<workflow>:tasks  (touched only with ARGV[9])
+-- KEYS[6] unsent set       yadtq:unsent:<queue>  (touched only with ARGV[10])
 -- then for each task 1 key: task hash yadtq:task:<id>
 -- ARGV[1] "1" to append the tasks' ids to the batch's task list, or ""
 -- ARGV[2] the id to ring the doorbell with, or "" to ring none
@@ -30,8 +34,9 @@
 -- ARGV[7] "1" when each task's values end with its edges, else ""
 -- ARGV[8] events target (lib/events.lua: the channel, or it and an outbox)
 -- ARGV[9] the workflow the tasks join, or ""
--- ARGV[10] how many fields every record of the call has, n; then their n names and values,
---         in pairs, from ARGV[11]
+-- ARGV[10] seconds of grace for a guarded lone task's client to produce it, or ""
+-- ARGV[11] how many fields every record of the call has, n; then their n names and values,
+--         in pairs, from ARGV[12]
 -- then m, how many fields each task has of its own, and their m names
 -- then for each task: its id and its m values ("" leaves that field unset), then with
 -- ARGV[7] its edges: "" for none, or JSON {"p": [parent ids], "t": [the parents whose
@@ -55,12 +60,12 @@ if ARGV[4] ~= '' then
 end
 local now, ttl, with_edges, workflow = tonumber(ARGV[5]), math.floor(tonumber(ARGV[6])),
   ARGV[7] == '1', ARGV[9]
-local shared_count = tonumber(ARGV[10])
+local shared_count = tonumber(ARGV[11])
 local shared = {}
-for i = 11, 10 + 2 * shared_count do
+for i = 12, 11 + 2 * shared_count do
   shared[#shared + 1] = ARGV[i]
 end
-local own_at = 11 + 2 * shared_count
+local own_at = 12 + 2 * shared_count
 local own_count = tonumber(ARGV[own_at])
 local stride = 1 + own_count + (with_edges and 1 or 0)
 local first = own_at + own_count + 1
@@ -68,7 +73,7 @@ local tasks = (#ARGV - first + 1) / stride
 
 local edges = {}
 if with_edges then  -- refuse an unknown parent before writing anything
-  local prefix = edges_prefix(KEYS[6], ARGV[first])
+  local prefix = edges_prefix(KEYS[7], ARGV[first])
   for i = 1, tasks do
     local spec = ARGV[first + i * stride - 1]
     if spec ~= '' then
@@ -92,7 +97,7 @@ local blocked_scores = {}
 local ctx
 for i = 1, tasks do
   local at = first + (i - 1) * stride
-  local id, task_key = ARGV[at], KEYS[5 + i]
+  local id, task_key = ARGV[at], KEYS[6 + i]
   local fields = {unpack(shared)}
   for j = 1, own_count do
     local value = ARGV[at + j]
@@ -182,6 +187,11 @@ end
 if workflow ~= '' and tasks > 0 then
   redis.call('RPUSH', KEYS[5], unpack(ids))
   redis.call('EXPIRE', KEYS[5], ttl)
+end
+if ARGV[10] ~= '' then
+  local time = redis.call('TIME')
+  redis.call('HSET', KEYS[7], 'unsent', '1')
+  redis.call('ZADD', KEYS[6], tonumber(time[1]) + tonumber(ARGV[10]), ids[1])
 end
 if ARGV[2] ~= '' then
   redis.call('LPUSH', KEYS[2], ARGV[2])
