@@ -34,12 +34,13 @@ class RecordStarts:
         clock: Callable[[], float],
         occupancy: Occupancy,
         hold: Callable[[TaskMessage, int, bool], None],
-        start: Callable[[TaskMessage, bool], None],
+        start: Callable[[TaskMessage, bool, bool], None],
         rung_copies: RungCopies,
         slot_freed: threading.Event,
     ) -> None:
         """``hold(message, attempt, reserved)``: count a claimed task the worker's (its
-        slot reserved already or not); ``start(message, record_signed)``: run it."""
+        slot reserved already or not); ``start(message, record_signed, copied)``: run it
+        (``copied`` False: its message was never produced)."""
         self._backend = backend
         self._worker = worker
         self._served = sorted(served)
@@ -82,4 +83,4 @@ class RecordStarts:
     def _started(self, message: TaskMessage, signed: bool, copied: bool = True) -> None:
         if copied:
             self._rung_copies.claimed(message.id, message.attempt)
-        self._start(message, signed)
+        self._start(message, signed, copied)

@@ -51,7 +51,7 @@ from yadtq.broker import Delivery, TaskConsumer, TaskProducer, create_topics
 from yadtq.config import Config
 from yadtq.errors import BackendUnavailable, BrokerUnavailable
 from yadtq.worker import execution, oldest_first, outcomes
-from yadtq.worker.admission import Admission
+from yadtq.worker.admission import Admission, UnsignedTask
 from yadtq.worker.doorbells import Doorbells
 from yadtq.worker.handing_on import HandOn
 from yadtq.worker.held import HeldTasks
@@ -170,7 +170,7 @@ class Worker:
         self._record_starts = RecordStarts(
             self.backend, worker=self.name, served=self._served, clock=clock,
             occupancy=self._occupancy, hold=self._hold,
-            start=lambda message, signed: self._start(message, message.attempt, signed),
+            start=lambda m, signed, copied: self._start(m, m.attempt, signed, copied),
             rung_copies=self._rung_copies, slot_freed=self._slot_freed)
         self._doorbells = Doorbells(
             self.backend, worker=self.name, partitions=lambda: self.consumer.partitions,
@@ -388,9 +388,13 @@ class Worker:
     # --- running a task ----------------------------------------------------
 
     def _start(self, message: protocol.TaskMessage, attempt: int,
-               record_signed: bool = True) -> None:
+               record_signed: bool = True, copied: bool = True) -> None:
+        """Run a claimed task, or end it refused (dead-lettered if unsigned and unproduced)."""
         refusal = self._admission.refusal(message, record_signed)
         if refusal is not None:
+            if isinstance(refusal, UnsignedTask) and not copied:
+                self.producer.dead_letter(str(refusal), worker=self.name, at=self.clock(),
+                                          message=message)
             self._ended(message, outcomes.failed(message, attempt, refusal))
             return
         self._slots.put(message, attempt)
