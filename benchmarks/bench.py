@@ -184,6 +184,27 @@ def latency(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
     return workloads.tail_percentiles(samples)
 
 
+def busy_submit(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
+    """500 sequential submit(add) calls, each timed to its return, while every slot runs a
+    long sleep: no worker claims them at once, and a lone task's wait for a claim
+    (``yadtq.waking``) must not slow a busy queue's submits."""
+    with _cluster(stack, args) as cluster, yadtq.connect(cluster) as q:
+        q.wait_for_workers(WORKERS, timeout=60)
+        slots = WORKERS * args.concurrency
+        q.map(sleep, [(30.0,)] * slots)
+        deadline = time.monotonic() + 30
+        while q.stats().statuses.get("processing", 0) < slots:
+            assert time.monotonic() < deadline, "the long sleeps did not all start"
+            time.sleep(0.05)
+        samples = []
+        for _ in range(workloads.BUSY_SUBMITS):
+            started = time.perf_counter()
+            q.submit(add, 1, 2)
+            samples.append((time.perf_counter() - started) * 1000)
+        return {"mean_ms": round(sum(samples) / len(samples), 2),
+                **workloads.tail_percentiles(samples)}
+
+
 def balance(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
     """60 long-tailed sleeps a slot (an ideal makespan of about 3 s), 3 workers of
     1 slot and of 4 (``--balance-slots``; with 4, each duration four times in a row), ``--runs``
@@ -362,8 +383,8 @@ def countdown(stack: LocalStack, args: argparse.Namespace) -> dict[str, Any]:
 
 PEER_WORKLOADS = ("throughput", "latency", "balance")  # those peers.py runs too
 WORKLOADS: dict[str, Callable[[LocalStack, argparse.Namespace], dict[str, Any]]] = {
-    "throughput": throughput, "latency": latency, "balance": balance, "kill": kill,
-    "scale": scale, "memory": memory, "idle": idle, "shipped": shipped,
+    "throughput": throughput, "latency": latency, "busy_submit": busy_submit, "balance": balance,
+    "kill": kill, "scale": scale, "memory": memory, "idle": idle, "shipped": shipped,
     "countdown": countdown, "schedules": schedule_bench.schedules,
     "catchup": schedule_bench.catchup, "priority": priority_bench.priority,
     "starvation": priority_bench.starvation,

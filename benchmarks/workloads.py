@@ -13,6 +13,7 @@ BALANCE_TASKS = 60
 BALANCE_TOTAL_SECONDS = 9.0
 BALANCE_WORKERS = 3
 LATENCY_WARMUPS = 20
+BUSY_SUBMITS = 500  # submits into a queue whose every slot is busy
 LATENCY_SAMPLES = 1500  # sequential submits: enough for a p99 of 15 samples and a p99.9
 
 
