@@ -18,6 +18,7 @@ import yadtq
 from worker_node.tasks import add
 from yadtq.backend import RedisBackend
 from yadtq.waking import FIRST_MAP_CHUNK
+from yadtq.worker import doorbells as doorbells_module
 from yadtq.worker.doorbells import Doorbells
 
 PARTITIONS = [0, 1]
@@ -127,6 +128,64 @@ def test_a_ring_naming_a_batch_claims_its_head_only_while_the_loop_sleeps(backen
     # Then its first tasks were claimed from their records into the idle slots, before
     # the loop woke, and the loop has nothing to claim of it
     assert claimed.get_nowait() == ("b-first", 2)
+    assert bells.missed_batch() is None
+
+
+def heard_all(backend: RedisBackend) -> None:
+    """Wait until the doorbells' thread took every ring and listens again."""
+    wait_until(lambda: all(backend.redis.llen(backend.keys.doorbell(p)) == 0
+                           for p in PARTITIONS)
+               and backend.redis.info("clients")["blocked_clients"] >= 1, 10,
+               "the doorbells' thread to take the rings and listen again")
+
+
+def test_a_batchs_rings_after_its_first_neither_wake_the_loop_nor_leave_it_a_batch(
+        backend, doorbells):
+    # Given doorbells whose loop slept through a batch's first ring (one a partition)
+    bells, _ = doorbells()
+    ringer = threading.Timer(0.0, backend.ring, args=(PARTITIONS, "b-done"))
+    ringer.start()
+    assert bells.sleep(30.0) is True
+    ringer.join()
+    # When its other partition's ring is heard while the loop is awake (as rings that
+    # waited out a busy slot are, the batch long done)
+    heard_all(backend)
+
+    # Then the loop's next sleep is not cut short, and it has no batch to claim
+    assert bells.sleep(0.3) is False
+    assert bells.missed_batch() is None
+
+
+def test_rings_the_loop_looked_in_kafka_after_do_not_end_its_next_sleep(backend, doorbells):
+    # Given doorbells, and rings saying tasks were produced, heard while the loop was awake
+    bells, _ = doorbells()
+    backend.ring(PARTITIONS)
+    heard_all(backend)
+
+    # When the loop then looks in Kafka (which finds what they rang for)
+    bells.looking()
+
+    # Then its next sleep is not cut short for them
+    assert bells.sleep(0.3) is False
+    # But a batch's ring, naming it (its messages may still be on their way), still is
+    backend.ring([0], "b-new")
+    heard_all(backend)
+    bells.looking()
+    assert bells.sleep(10.0) is True
+    assert bells.missed_batch() == "b-new"
+
+
+def test_a_batch_rung_for_while_the_loop_was_awake_is_forgotten_once_stale(
+        backend, doorbells, monkeypatch):
+    # Given a batch rung for while the loop was awake, and any such ring already stale
+    monkeypatch.setattr(doorbells_module, "MISSED_FOR", 0.0)
+    bells, _ = doorbells()
+    backend.ring([0], "b-old")
+    heard_all(backend)
+
+    # Then the loop, sleeping next, is woken but has no batch head to claim: it has
+    # looked in Kafka since
+    assert bells.sleep(10.0) is True
     assert bells.missed_batch() is None
 
 

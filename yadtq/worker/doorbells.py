@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from yadtq.backend import UNNAMED_RING, RedisBackend
@@ -25,6 +27,8 @@ from yadtq.errors import BackendUnavailable
 logger = logging.getLogger(__name__)
 
 LISTEN_SECONDS = 1.0  # the longest wait on the doorbells; new partitions are heard within it
+HEARD_BATCHES = 64  # batches remembered as rung: a batch's rings after its first are stale
+MISSED_FOR = 0.5  # seconds a batch rung for while the loop was awake is the loop's to claim
 
 
 class Doorbells:
@@ -54,8 +58,11 @@ class Doorbells:
         self._stopping = stopping
         self._heard = threading.Condition()  # guards the flags below
         self._batch_rang = False  # a batch's ring since the loop last slept: look in Kafka
+        self._named_rang = False  # and it named the batch (its messages may not be in Kafka)
         self._missed: str | None = None  # a batch rung for while the loop was awake
+        self._missed_at = 0.0  # when (monotonic)
         self._asleep = False  # the loop sleeps: it claims nothing until told
+        self._heard_batches: OrderedDict[str, None] = OrderedDict()  # (this thread's own)
         self._wake = threading.Event()  # a slot freed, new partitions, or stopping
         self._thread = threading.Thread(target=self._listen, name=f"{worker}-doorbells",
                                         daemon=True)
@@ -84,15 +91,24 @@ class Doorbells:
             self._asleep = True
             self._heard.wait_for(lambda: self._batch_rang or self._stopping.is_set(), timeout)
             self._asleep = False
-            rang, self._batch_rang = self._batch_rang, False
+            rang, self._batch_rang, self._named_rang = self._batch_rang, False, False
         return rang
 
     def missed_batch(self) -> str | None:
         """The last batch rung for while the loop was awake (its first tasks not claimed
-        here), once: the loop claims them itself."""
+        here), once, unless it was long ago (its messages read since): the loop claims
+        them itself."""
         with self._heard:
             missed, self._missed = self._missed, None
-        return missed
+        return missed if time.monotonic() - self._missed_at < MISSED_FOR else None
+
+    def looking(self) -> None:
+        """The loop looks in Kafka now: rings that only said messages were produced (not
+        naming a batch, whose messages may be on their way) are answered by this look, so
+        its next sleep need not end at once for them."""
+        with self._heard:
+            if not self._named_rang:
+                self._batch_rang = False
 
     def _listen(self) -> None:
         while not self._stopping.is_set():
@@ -118,6 +134,8 @@ class Doorbells:
         if rang is None:
             return
         batch = rang.startswith(BATCH_RING_PREFIX)
+        if batch and self._heard_before(rang):
+            return
         if batch:
             # Only while the loop sleeps (a batch's rings come one a partition, some after
             # the loop took the batch up), and the slots reserved before it can wake: it
@@ -126,7 +144,7 @@ class Doorbells:
                 reserved = self._reserve() if self._asleep and not self._stopping.is_set() \
                     else 0
                 if not self._asleep:
-                    self._missed = rang
+                    self._missed, self._missed_at = rang, time.monotonic()
             if reserved:
                 self._claim_batch(rang, reserved)
         elif rang != UNNAMED_RING and not self._stopping.is_set() and self._free():
@@ -134,4 +152,16 @@ class Doorbells:
         if rang == UNNAMED_RING or batch:
             with self._heard:
                 self._batch_rang = True
+                self._named_rang = self._named_rang or batch
                 self._heard.notify_all()
+
+    def _heard_before(self, batch_ring: str) -> bool:
+        """Whether this batch was rung for already: a map rings each of its partitions, and
+        those heard after the first (often after waiting out a busy slot, the batch long
+        done) would only wake the loop to look for what it has looked for."""
+        if batch_ring in self._heard_batches:
+            return True
+        self._heard_batches[batch_ring] = None
+        if len(self._heard_batches) > HEARD_BATCHES:
+            self._heard_batches.popitem(last=False)
+        return False

@@ -215,6 +215,7 @@ class Worker:
             return
         self._settle_next_up()
         everywhere = self._takes_oldest()
+        self._doorbells.looking()  # which answers the rings that came since it last slept
         taken = self._intake.take(free + (oldest_first.LOOKED_PAST if everywhere else 0),
                                   wait=self._poll_waits, everywhere=everywhere)
         if taken is None:
