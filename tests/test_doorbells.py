@@ -50,6 +50,14 @@ def doorbells(backend: RedisBackend) -> Iterator[Callable[..., tuple[Doorbells, 
         bells.stop()
 
 
+def heard_all(backend: RedisBackend) -> None:
+    """Wait until the doorbells' thread took every ring and listens again."""
+    wait_until(lambda: all(backend.redis.llen(backend.keys.doorbell(p)) == 0
+                           for p in PARTITIONS)
+               and backend.redis.info("clients")["blocked_clients"] >= 1, 10,
+               "the doorbells' thread to take the rings and listen again")
+
+
 def test_a_lone_tasks_ring_is_claimed_while_the_loop_does_not_sleep(backend, doorbells):
     # Given doorbells listening, and a worker's loop busy elsewhere (it never sleeps here)
     bells, claimed = doorbells()
@@ -111,9 +119,7 @@ def test_a_ring_naming_a_batch_claims_its_head_only_while_the_loop_sleeps(backen
                "the doorbells' thread to block on its doorbells")
     # When a batch's ring names it (a partition's ring coming after the loop took it up)
     backend.ring([0], "b-late")
-    wait_until(lambda: backend.redis.llen(backend.keys.doorbell(0)) == 0
-               and backend.redis.info("clients")["blocked_clients"] >= 1, 10,
-               "the doorbells' thread to take the ring and listen again")
+    heard_all(backend)
     # Then it only tells the loop: the loop claims the batch's head for its slots itself
     assert bells.sleep(10.0) is True
     assert claimed.empty()
@@ -129,14 +135,6 @@ def test_a_ring_naming_a_batch_claims_its_head_only_while_the_loop_sleeps(backen
     # the loop woke, and the loop has nothing to claim of it
     assert claimed.get_nowait() == ("b-first", 2)
     assert bells.missed_batch() is None
-
-
-def heard_all(backend: RedisBackend) -> None:
-    """Wait until the doorbells' thread took every ring and listens again."""
-    wait_until(lambda: all(backend.redis.llen(backend.keys.doorbell(p)) == 0
-                           for p in PARTITIONS)
-               and backend.redis.info("clients")["blocked_clients"] >= 1, 10,
-               "the doorbells' thread to take the rings and listen again")
 
 
 def test_a_batchs_rings_after_its_first_neither_wake_the_loop_nor_leave_it_a_batch(
