@@ -1,6 +1,6 @@
 """A freed slot claims its next long task itself, from candidates the loop prepared
-(issue 24), against a real Redis; real workers take this path in ``test_end_to_end``'s
-stealing test and ``benchmarks/bench.py balance``.
+(issue 24), against a real Redis (and the preparation, a real broker); real workers take
+this path in ``test_end_to_end``'s stealing test and ``benchmarks/bench.py balance``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,14 @@ import pytest
 
 from yadtq import protocol
 from yadtq.backend import RedisBackend
+from yadtq.broker import TaskConsumer, TaskProducer, create_topics
+from yadtq.broker import consumer as consumer_module
 from yadtq.broker.delivery import Delivery
 from yadtq.worker import next_up as next_up_module
-from yadtq.worker.intake import Taken
+from yadtq.worker.intake import Intake, Taken
 from yadtq.worker.next_up import NextUp
+from yadtq.worker.rung_copies import RungCopies
+from yadtq.worker.worker_metrics import NO_METRICS
 
 WORKER = "worker-a"
 OTHER_WORKER = "worker-b"
@@ -199,3 +203,43 @@ class WatchedCondition(threading.Condition):
     def wait_for(self, predicate: Any, timeout: float | None = None) -> Any:
         self.waiting.set()
         return super().wait_for(predicate, timeout)
+
+
+@pytest.fixture
+def intake(config, backend) -> Iterator[Intake]:
+    """The loop's side of a real consumer of the test queue's topic, once it has joined."""
+    create_topics(config)
+    consumer = TaskConsumer(config, client_id=WORKER, on_assignment=lambda: None,
+                            claimed_up_to=backend.read_positions.claimed, level_offsets=None,
+                            stopping=threading.Event())
+    deadline = time.monotonic() + 60
+    while not consumer.partitions:  # a join completes over polls
+        assert time.monotonic() < deadline, "the consumer never joined its group"
+        assert consumer.take(1) == []
+    assert consumer.take(1) == []  # its positions known: the next poll fetches
+    yield Intake(consumer, tasks_topic=config.tasks_topic, served=frozenset({"sleep"}),
+                 dead_letter=lambda *_, **__: None, refused=lambda _: None,
+                 flushed=lambda _: True, unserved=lambda messages: messages,
+                 rung_copies=RungCopies(), metrics=NO_METRICS)
+    consumer.close()
+
+
+def test_a_preparation_just_after_a_ring_waits_for_the_tasks_on_their_way(
+        config, backend, intake, monkeypatch) -> None:
+    # Given a batch's tasks just produced, not yet fetched (every slot busy, say)
+    monkeypatch.setattr(consumer_module, "POLL_MS", 10_000)  # it returns once they come
+    messages = [protocol.build("sleep", [0.5]) for _ in range(3)]
+    backend.enqueue(messages)
+    producer = TaskProducer(config)
+    producer.deal([m.id for m in messages],
+                  [protocol.encode(m, config.max_message_bytes) for m in messages])
+    producer.flush()
+    producer.close()
+
+    # When the loop prepares the next claim, waiting for them as just after their ring
+    offered: list[Taken | None] = []
+    prepared = intake.prepare(offered.append, wait=True)
+
+    # Then the slot that frees next finds them prepared: it need not wait for the loop
+    assert prepared and offered[0] is not None
+    assert sorted(m.id for m in offered[0].tasks) == sorted(m.id for m in messages)

@@ -72,6 +72,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TASK_MODULES = ("worker_node.tasks",)
 SLOT_WAIT = 0.2  # seconds; with every slot busy, how long to wait for one between group polls
 IDLE_WAIT_MAX = 1.0  # seconds; the longest sleep on the doorbells, once idle for a while
+FETCH_AFTER_RING = 0.2  # seconds a loop with every slot busy polls for a rung batch's tasks
 MIN_WAIT = 0.01  # seconds; the shortest (a wait of 0 on the doorbells would never end)
 STOLEN_AT_ONCE = 2  # tasks a slot one steal may take, at most (the owners keep the rest)
 
@@ -132,6 +133,7 @@ class Worker:
         self._stopping = threading.Event()
         self._stop_reason = "stopped"
         self._poll_waits = True  # False when the next messages are expected already there
+        self._batch_rung_at = 0.0  # monotonic: when the last batch's ring woke the loop
         self._idle_wait = config.idle_wait  # how long the next sleep on the doorbells lasts
         self._rung_copies = RungCopies()  # claimed by doorbell, Kafka copy not read yet
         self.backend = RedisBackend(config, worker_id=self.name)
@@ -260,20 +262,16 @@ class Worker:
         tasks are long, prepare the next claim for the slot that frees (``next_up``)."""
         look_around = self._takes_oldest()
         self._settle_next_up(preparing=look_around)
-        if look_around:
-            # Prepared before the look at others' partitions (5-10 ms), which a slot that
-            # frees meanwhile would otherwise wait out; the next preparation sees the look.
-            # Of one level: a slot claims without polling, and a higher one may be in Kafka.
-            taken = None
-            try:
-                taken = self._intake.take(1 + oldest_first.LOOKED_PAST, wait=False,
-                                          everywhere=True, one_level=True)
-            finally:
-                self._next_up.prepare(taken if taken is not None and taken.tasks else None)
-            if taken is not None and not taken.tasks:
-                self._intake.settle(taken, [])  # dead-lettered or handed on: nothing to claim
-        self.consumer.hold(look_around=look_around)  # (slots claim what is prepared meanwhile)
-        self._slot_freed.wait(SLOT_WAIT)
+        # A batch just rung may have messages on their way: wait for them, else the first
+        # slot to free finds nothing prepared and waits 10-17 ms for the loop to claim.
+        fetching = self._poll_waits and time.monotonic() < self._batch_rung_at + FETCH_AFTER_RING
+        if look_around and not self._intake.prepare(self._next_up.prepare, fetching) \
+                and fetching:
+            wait = MIN_WAIT  # its partitions not paused
+        else:
+            wait = SLOT_WAIT
+            self.consumer.hold(look_around=look_around)  # (slots claim what is prepared)
+        self._slot_freed.wait(wait)
         self._slot_freed.clear()  # the next turn counts the free slots anyway
 
     def _flushed(self, what: str) -> bool:
@@ -385,6 +383,8 @@ class Worker:
         self._idle_wait = self.config.idle_wait if batch else min(
             2 * self._idle_wait, max(IDLE_WAIT_MAX, self.config.idle_wait))
         self._poll_waits = batch
+        if batch:
+            self._batch_rung_at = time.monotonic()
 
     # --- running a task ----------------------------------------------------
 
