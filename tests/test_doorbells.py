@@ -1,7 +1,7 @@
 """The worker's doorbells (yadtq/worker/doorbells.py) against a real Redis: a lone task's
-ring is claimed on the doorbells' own thread, whatever the worker's loop is doing; a
-batch's first tasks only while the loop sleeps. And a map rings its workers as soon as
-its first chunk is stored."""
+ring is claimed on the doorbells' own thread, whatever the worker's loop is doing, and so
+are a batch's first tasks, into the slots that are idle. And a map rings its workers as
+soon as its first chunk is stored."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import yadtq
 from worker_node.tasks import add
 from yadtq.backend import RedisBackend
 from yadtq.waking import FIRST_MAP_CHUNK
-from yadtq.worker import doorbells as doorbells_module
 from yadtq.worker.doorbells import Doorbells
+from yadtq.worker.occupancy import Occupancy
 
 PARTITIONS = [0, 1]
 
@@ -112,46 +112,55 @@ def test_with_no_free_slot_a_ring_waits_in_redis_until_a_slot_is_freed(backend, 
     assert backend.redis.llen(backend.keys.doorbell(0)) == 0
 
 
-def test_a_ring_naming_a_batch_claims_its_head_only_while_the_loop_sleeps(backend, doorbells):
-    # Given doorbells of a worker with two idle slots, its loop busy (not asleep)
+def test_a_ring_naming_a_batch_claims_its_head_whatever_the_loop_is_doing(backend, doorbells):
+    # Given doorbells of a worker with two idle slots, its loop awake (in a Kafka read or a
+    # steal look, say: not asleep on the doorbells)
     bells, claimed = doorbells(idle=2)
     wait_until(lambda: backend.redis.info("clients")["blocked_clients"] >= 1, 10,
                "the doorbells' thread to block on its doorbells")
-    # When a batch's ring names it (a partition's ring coming after the loop took it up)
-    backend.ring([0], "b-late")
-    heard_all(backend)
-    # Then it only tells the loop: the loop claims the batch's head for its slots itself
+
+    # When a batch's ring names it
+    backend.ring([0], "b-now")
+
+    # Then its first tasks are claimed from their records into the idle slots at once,
+    # not once the loop is done with its turn
+    assert claimed.get(timeout=10) == ("b-now", 2)
+    # And the loop's next sleep ends for it: the rest of the batch is in Kafka
     assert bells.sleep(10.0) is True
-    assert claimed.empty()
-    assert bells.missed_batch() == "b-late"
-    assert bells.missed_batch() is None  # once
-
-    # When the next batch rings while the loop sleeps
-    ringer = threading.Timer(0.05, backend.ring, args=([1], "b-first"))
-    ringer.start()
-    assert bells.sleep(30.0) is True
-    ringer.join()
-    # Then its first tasks were claimed from their records into the idle slots, before
-    # the loop woke, and the loop has nothing to claim of it
-    assert claimed.get_nowait() == ("b-first", 2)
-    assert bells.missed_batch() is None
 
 
-def test_a_batchs_rings_after_its_first_neither_wake_the_loop_nor_leave_it_a_batch(
+def test_the_loop_and_the_doorbells_thread_never_claim_for_one_slot_twice() -> None:
+    # Given a worker of two slots whose loop counted both free, and then the doorbells'
+    # thread reserved both for a batch's head
+    occupancy = Occupancy(2)
+    assert occupancy.free() == 2
+    assert occupancy.reserve_idle() == 2
+
+    # When the loop's claim reserves what it counted
+    # Then it has none: it claims nothing rather than a task no slot is free for
+    assert occupancy.reserve(2) == 0
+    # And once the batch's claim left one unused, the loop's next claim may have it
+    occupancy.release(1)
+    assert occupancy.reserve(2) == 1 and occupancy.free() == 0
+
+
+def test_a_batchs_rings_after_its_first_neither_wake_the_loop_nor_claim_again(
         backend, doorbells):
-    # Given doorbells whose loop slept through a batch's first ring (one a partition)
-    bells, _ = doorbells()
+    # Given doorbells whose loop slept through a batch's first ring (one a partition), its
+    # head claimed into the idle slot
+    bells, claimed = doorbells(idle=1)
     ringer = threading.Timer(0.0, backend.ring, args=(PARTITIONS, "b-done"))
     ringer.start()
     assert bells.sleep(30.0) is True
     ringer.join()
+    assert claimed.get(timeout=10) == ("b-done", 1)
     # When its other partition's ring is heard while the loop is awake (as rings that
     # waited out a busy slot are, the batch long done)
     heard_all(backend)
 
-    # Then the loop's next sleep is not cut short, and it has no batch to claim
+    # Then the loop's next sleep is not cut short, and nothing more of it is claimed
     assert bells.sleep(0.3) is False
-    assert bells.missed_batch() is None
+    assert claimed.empty()
 
 
 def test_rings_the_loop_looked_in_kafka_after_do_not_end_its_next_sleep(backend, doorbells):
@@ -170,21 +179,6 @@ def test_rings_the_loop_looked_in_kafka_after_do_not_end_its_next_sleep(backend,
     heard_all(backend)
     bells.looking()
     assert bells.sleep(10.0) is True
-    assert bells.missed_batch() == "b-new"
-
-
-def test_a_batch_rung_for_while_the_loop_was_awake_is_forgotten_once_stale(
-        backend, doorbells, monkeypatch):
-    # Given a batch rung for while the loop was awake, and any such ring already stale
-    monkeypatch.setattr(doorbells_module, "MISSED_FOR", 0.0)
-    bells, _ = doorbells()
-    backend.ring([0], "b-old")
-    heard_all(backend)
-
-    # Then the loop, sleeping next, is woken but has no batch head to claim: it has
-    # looked in Kafka since
-    assert bells.sleep(10.0) is True
-    assert bells.missed_batch() is None
 
 
 def test_a_maps_workers_are_rung_once_its_first_tasks_are_stored_before_the_rest(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -28,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 LISTEN_SECONDS = 1.0  # the longest wait on the doorbells; new partitions are heard within it
 HEARD_BATCHES = 64  # batches remembered as rung: a batch's rings after its first are stale
-MISSED_FOR = 0.5  # seconds a batch rung for while the loop was awake is the loop's to claim
 
 
 class Doorbells:
@@ -59,9 +57,6 @@ class Doorbells:
         self._heard = threading.Condition()  # guards the flags below
         self._batch_rang = False  # a batch's ring since the loop last slept: look in Kafka
         self._named_rang = False  # and it named the batch (its messages may not be in Kafka)
-        self._missed: str | None = None  # a batch rung for while the loop was awake
-        self._missed_at = 0.0  # when (monotonic)
-        self._asleep = False  # the loop sleeps: it claims nothing until told
         self._heard_batches: OrderedDict[str, None] = OrderedDict()  # (this thread's own)
         self._wake = threading.Event()  # a slot freed, new partitions, or stopping
         self._thread = threading.Thread(target=self._listen, name=f"{worker}-doorbells",
@@ -88,19 +83,9 @@ class Doorbells:
         """Sleep until a batch's ring, or ``timeout`` seconds (the worker's loop); True if
         a batch's ring came since the last sleep (lone tasks' rings are claimed here)."""
         with self._heard:
-            self._asleep = True
             self._heard.wait_for(lambda: self._batch_rang or self._stopping.is_set(), timeout)
-            self._asleep = False
             rang, self._batch_rang, self._named_rang = self._batch_rang, False, False
         return rang
-
-    def missed_batch(self) -> str | None:
-        """The last batch rung for while the loop was awake (its first tasks not claimed
-        here), once, unless it was long ago (its messages read since): the loop claims
-        them itself."""
-        with self._heard:
-            missed, self._missed = self._missed, None
-        return missed if time.monotonic() - self._missed_at < MISSED_FOR else None
 
     def looking(self) -> None:
         """The loop looks in Kafka now: rings that only said messages were produced (not
@@ -137,14 +122,9 @@ class Doorbells:
         if batch and self._heard_before(rang):
             return
         if batch:
-            # Only while the loop sleeps (a batch's rings come one a partition, some after
-            # the loop took the batch up), and the slots reserved before it can wake: it
-            # then counts them taken, and claims none of them too.
-            with self._heard:
-                reserved = self._reserve() if self._asleep and not self._stopping.is_set() \
-                    else 0
-                if not self._asleep:
-                    self._missed, self._missed_at = rang, time.monotonic()
+            # Whatever the loop does (a Kafka read, a steal look): its claims reserve their
+            # slots too, so none is claimed for twice.
+            reserved = 0 if self._stopping.is_set() else self._reserve()
             if reserved:
                 self._claim_batch(rang, reserved)
         elif rang != UNNAMED_RING and not self._stopping.is_set() and self._free():

@@ -5,7 +5,8 @@ A task counts from its claim (or a slot reserved for one) until it ends. The loo
 one task a free slot, and, while tasks are short, a group a slot more, so that a slot goes
 from one task to the next without waiting for a claim; long tasks are claimed only for
 free slots, so none waits claimed behind a running one. The doorbells' thread claims too,
-so the counts take a lock (never held across a call).
+whatever the loop does: each reserves what it claims for before the claim, so the two
+never claim for one slot, and the counts take a lock (never held across a call).
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ class Occupancy:
         with self._lock:
             return self.concurrency + self._ahead - self._held
 
-    def take(self, count: int = 1) -> None:
-        """Count ``count`` tasks claimed."""
+    def reserve(self, count: int) -> int:
+        """Take up to ``count`` of what may be claimed now (:meth:`free`); returns how many
+        (what a claim leaves unused goes back: :meth:`release`)."""
         with self._lock:
-            self._held += count
+            reserved = max(0, min(count, self.concurrency + self._ahead - self._held))
+            self._held += reserved
+        return reserved
 
     def reserve_idle(self) -> int:
         """Take every slot with nothing claimed for it; returns how many."""

@@ -7,7 +7,8 @@ from their records (``backend.record_claims``), rather than wait for their Kafka
 messages to be produced, acknowledged and fetched. Those messages, read later, are
 copies: dropped by this worker (``rung_copies``), skipped by another's claim. A lone task
 claimed while its client waited for a claim has no message (``Client.submit``). The
-doorbells' thread does this, or the worker's loop for a batch rung while it was awake.
+doorbells' thread does this, whatever the worker's loop is doing: each claims only for
+slots it reserved first (``occupancy``), so the two never claim for one slot.
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ class RecordStarts:
         served: frozenset[str],
         clock: Callable[[], float],
         occupancy: Occupancy,
-        hold: Callable[[TaskMessage, int, bool], None],
+        hold: Callable[[TaskMessage, int], None],
         start: Callable[[TaskMessage, bool, bool], None],
         rung_copies: RungCopies,
         slot_freed: threading.Event,
     ) -> None:
-        """``hold(message, attempt, reserved)``: count a claimed task the worker's (its
-        slot reserved already or not); ``start(message, record_signed, copied)``: run it
-        (``copied`` False: its message was never produced)."""
+        """``hold(message, attempt)``: count a claimed task the worker's (its slot was
+        reserved); ``start(message, record_signed, copied)``: run it (``copied`` False:
+        its message was never produced)."""
         self._backend = backend
         self._worker = worker
         self._served = sorted(served)
@@ -52,11 +53,23 @@ class RecordStarts:
         self._slot_freed = slot_freed
 
     def named(self, task_id: str) -> None:
-        """Claim and start a lone task a doorbell named."""
-        message, _, signed, copied = self._backend.record_claims.named(
-            task_id, self._worker, self._served, now=self._clock())
+        """Claim and start a lone task a doorbell named, in a slot reserved for it (none
+        free: its message reaches a slot as any other's).
+
+        Raises:
+            BackendUnavailable: Redis did not answer (the slot is freed).
+        """
+        if not self._occupancy.reserve(1):
+            return
+        message = None
+        try:
+            message, _, signed, copied = self._backend.record_claims.named(
+                task_id, self._worker, self._served, now=self._clock())
+        finally:
+            if message is None:
+                self._freed(1)
         if message is not None:
-            self._hold(message, message.attempt, False)
+            self._hold(message, message.attempt)
             self._started(message, signed, copied)
 
     def batch_head(self, batch_id: str, reserved: int) -> None:
@@ -73,12 +86,17 @@ class RecordStarts:
                 now=self._clock())
         finally:
             for message, _, _ in claimed:
-                self._hold(message, message.attempt, True)
+                self._hold(message, message.attempt)
             if len(claimed) < reserved:
-                self._occupancy.release(reserved - len(claimed))
-                self._slot_freed.set()
+                self._freed(reserved - len(claimed))
         for message, _, signed in claimed:
             self._started(message, signed)
+
+    def _freed(self, count: int) -> None:
+        """Give back ``count`` reserved slots nothing was claimed for; the loop may count
+        them busy, and waits for a slot no more."""
+        self._occupancy.release(count)
+        self._slot_freed.set()
 
     def _started(self, message: TaskMessage, signed: bool, copied: bool = True) -> None:
         if copied:

@@ -34,7 +34,6 @@ out (``admission``, ``shipped``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -171,7 +170,7 @@ class Worker:
         self._metrics.watch_slots(self._slots.busy)
         self._record_starts = RecordStarts(
             self.backend, worker=self.name, served=self._served, clock=clock,
-            occupancy=self._occupancy, hold=self._hold,
+            occupancy=self._occupancy, hold=self._held.hold,
             start=lambda m, signed, copied: self._start(m, m.attempt, signed, copied),
             rung_copies=self._rung_copies, slot_freed=self._slot_freed)
         self._doorbells = Doorbells(
@@ -295,24 +294,23 @@ class Worker:
         record how far each partition is claimed; None: stopping while Redis is down."""
         if not messages and not offsets:
             return []
+        # Reserved first: the doorbells' thread may have claimed for free slots meanwhile.
+        reserved = self._occupancy.reserve(
+            len(messages) if limit is None else min(limit, len(messages)))
         claims = self._retry_redis(
             lambda: self.backend.claim_many(messages, self.name, now=self.clock(),
-                                            offsets=offsets, limit=limit),
+                                            offsets=offsets, limit=reserved),
             "claim tasks",
         )
-        if claims is GAVE_UP:
-            return None
-        for message, claim in zip(messages, claims, strict=True):
-            if claim.attempt is not None:
-                self._hold(message, claim.attempt)
-        return claims
-
-    def _hold(self, message: protocol.TaskMessage, attempt: int, reserved: bool = False
-              ) -> None:
-        """Count a claimed task as this worker's (``reserved``: its slot was counted)."""
-        self._held.hold(message, attempt)
-        if not reserved:
-            self._occupancy.take()
+        claimed = [] if claims is GAVE_UP else [
+            (message, claim.attempt) for message, claim in zip(messages, claims, strict=True)
+            if claim.attempt is not None]
+        for message, attempt in claimed:
+            self._held.hold(message, attempt)  # its slot reserved
+        if len(claimed) < reserved:  # the doorbells' thread, finding none free, waits for this
+            self._occupancy.release(reserved - len(claimed))
+            self._doorbells.wake()
+        return None if claims is GAVE_UP else claims
 
     def _start_claimed(self, messages: list[protocol.TaskMessage], claims: list[Claim]) -> int:
         """Start every message this worker claimed; returns how many."""
@@ -353,7 +351,7 @@ class Worker:
 
     def _sleep_until_rung(self) -> None:
         """Nothing to do: sleep until a client rings one of our partitions' doorbells for
-        a batch (the doorbells' thread claims the lone tasks rings name meanwhile).
+        a batch (the doorbells' thread claims the tasks rings name meanwhile).
 
         A poll that finds nothing is not repeated at once: the embedded broker
         would be asked hundreds of times a second. yadtq's clients and workers ring
@@ -370,10 +368,6 @@ class Worker:
         wait = self._idle_wait if steal_due is None else min(self._idle_wait,
                                                              max(steal_due, MIN_WAIT))
         batch = self._doorbells.sleep(wait)
-        missed = self._doorbells.missed_batch()  # rung while this loop was looking elsewhere
-        if missed and not self._stopping.is_set() and (idle := self._occupancy.reserve_idle()):
-            with contextlib.suppress(BackendUnavailable):  # then its messages are read
-                self._record_starts.batch_head(missed, idle)
         # Only a batch's ring is worth a poll that waits for messages to arrive, and
         # shortens the next sleeps. Lone tasks' rings do not: their tasks are claimed, and
         # their Kafka copies (to be skipped) can wait. After them or no ring at all, a
