@@ -346,7 +346,10 @@ class Worker:
         if started:
             logger.debug("Worker %s: stole %d task(s) from other partitions", self.name,
                          started)
-        self.consumer.stole(started)
+        if started or self._free_slots() > 0:
+            self.consumer.stole(started)
+        else:  # the doorbells' thread filled the slots meanwhile: no look in vain
+            self.consumer.busy()
         return started > 0
 
     def _sleep_until_rung(self) -> None:
