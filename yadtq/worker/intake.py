@@ -115,10 +115,11 @@ class Intake:
             taken = self.take(1 + oldest_first.LOOKED_PAST, wait=wait, everywhere=True,
                               one_level=True)
         finally:
-            offer(taken if taken is not None and taken.tasks else None)
-        if taken is not None and not taken.tasks:
+            offered = taken if taken is not None and taken.tasks else None
+            offer(offered)
+        if taken is not None and offered is None:
             self.settle(taken, [])  # dead-lettered or handed on: nothing to claim
-        return taken is not None and bool(taken.tasks)
+        return offered is not None
 
     def _accept(self, deliveries: list[Delivery]) -> list[TaskMessage] | None:
         """The tasks to claim here: undecodable deliveries are dead-lettered, tasks
