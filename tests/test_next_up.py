@@ -243,3 +243,39 @@ def test_a_preparation_just_after_a_ring_waits_for_the_tasks_on_their_way(
     # Then the slot that frees next finds them prepared: it need not wait for the loop
     assert prepared and offered[0] is not None
     assert sorted(m.id for m in offered[0].tasks) == sorted(m.id for m in messages)
+
+
+def test_after_a_batchs_ring_takes_fetch_the_partitions_yet_to_deliver_though_tasks_wait(
+        config, intake, monkeypatch) -> None:
+    # Given a worker whose first fetch after a batch's ring brought one partition's tasks
+    # only, the newest (Apache Kafka answers a waiting fetch once one partition has any)
+    monkeypatch.setattr(consumer_module, "POLL_MS", 10_000)  # it returns once they come
+    monkeypatch.setattr(consumer_module, "AWAIT_SECONDS", 60)  # not cut short on a slow host
+    consumer = intake._consumer
+    partitions = consumer.partitions
+    older = [protocol.build("sleep", [0.5]) for _ in partitions[1:]]
+    newest = protocol.build("sleep", [0.5])
+    producer = TaskProducer(config)
+
+    def produce(message: protocol.TaskMessage, partition: int) -> None:
+        producer.send(message.id, protocol.encode(message, config.max_message_bytes),
+                      partition=partition)
+        producer.flush()
+
+    consumer.expect_batch()
+    produce(newest, partitions[0])
+    assert consumer.take(0) == []  # polled: the newest is buffered, not taken
+    assert consumer.awaiting
+
+    # When the older tasks reach the other partitions, and the loop takes again
+    for message, partition in zip(older, partitions[1:], strict=True):
+        produce(message, partition)
+    deadline = time.monotonic() + 30
+    while consumer.awaiting:
+        assert time.monotonic() < deadline, "the partitions never all delivered"
+        assert consumer.take(0) == []
+    producer.close()
+
+    # Then they were fetched though a task waited in the buffer, and go first, in order
+    taken = [d.message.id for d in consumer.take(len(older) + 1)]
+    assert taken == [m.id for m in older] + [newest.id]

@@ -268,8 +268,9 @@ class Worker:
                 and fetching:
             wait = MIN_WAIT  # its partitions not paused
         else:
-            wait = SLOT_WAIT
             self.consumer.hold(look_around=look_around)  # (slots claim what is prepared)
+            # the rest of a rung batch still in Kafka: the next turn's take fetches it
+            wait = MIN_WAIT if self.consumer.awaiting else SLOT_WAIT
         self._slot_freed.wait(wait)
         self._slot_freed.clear()  # the next turn counts the free slots anyway
 
@@ -382,6 +383,7 @@ class Worker:
         self._poll_waits = batch
         if batch:
             self._batch_rung_at = time.monotonic()
+            self.consumer.expect_batch()
 
     # --- running a task ----------------------------------------------------
 
