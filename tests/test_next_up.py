@@ -279,3 +279,37 @@ def test_after_a_batchs_ring_takes_fetch_the_partitions_yet_to_deliver_though_ta
     # Then they were fetched though a task waited in the buffer, and go first, in order
     taken = [d.message.id for d in consumer.take(len(older) + 1)]
     assert taken == [m.id for m in older] + [newest.id]
+
+
+def test_fetching_after_a_ring_keeps_the_read_ahead_within_its_bound(
+        config, intake, monkeypatch) -> None:
+    # Given a worker that reads 2 messages ahead at most, 1 of them buffered, just rung
+    monkeypatch.setattr(consumer_module, "POLL_MS", 10_000)  # it returns once they come
+    monkeypatch.setattr(consumer_module, "AWAIT_SECONDS", 60)
+    monkeypatch.setattr(consumer_module, "READ_AHEAD", 2)
+    consumer = intake._consumer
+    partitions = consumer.partitions
+    producer = TaskProducer(config)
+
+    def produce(partition: int) -> protocol.TaskMessage:
+        message = protocol.build("sleep", [0.5])
+        producer.send(message.id, protocol.encode(message, config.max_message_bytes),
+                      partition=partition)
+        return message
+
+    produce(partitions[0])
+    producer.flush()
+    assert consumer.take(0) == []
+    consumer.expect_batch()
+
+    # When the batch's tasks reach every other partition, and the loop takes for a while
+    for partition in partitions[1:]:
+        produce(partition)
+    producer.flush()
+    producer.close()
+    looked_until = time.monotonic() + 1.0  # time enough for many fetches on this host
+    while time.monotonic() < looked_until:
+        assert consumer.take(0) == []
+
+    # Then it fetched up to its bound only: the rest stays in Kafka for others to read
+    assert len(consumer.take(len(partitions))) == 2

@@ -141,8 +141,10 @@ class TaskConsumer:
             # No waiting for ours while others' wait to be taken.
             wait = wait and not (everywhere and self._buffer.shows_foreign())
             self._poll(POLL_MS if wait else 0) if self.partitions else self._poll(JOIN_POLL_MS)
-        elif self.awaiting:
-            self._poll(0)  # what the rest of a rung batch's partitions have, before its tasks
+        elif self.awaiting and (room := READ_AHEAD - self._buffer.waiting().get(
+                Priority.NORMAL.rank, 0)) > 0:
+            self._poll(0, room)  # what the rest of a rung batch's partitions have, up to
+            # the read-ahead: what it leaves in Kafka stays for a worker that joins
         elif not self._buffer.holds(Priority.NORMAL.rank):
             # Only low tasks here: a normal one Kafka has goes first, so ask it (briefly).
             self._poll(LOW_ONLY_POLL_MS)
@@ -366,9 +368,10 @@ class TaskConsumer:
     def _decode(self, record: Any) -> Delivery:
         return decode(record, self.config)
 
-    def _poll(self, timeout_ms: int) -> None:
+    def _poll(self, timeout_ms: int, max_records: int | None = None) -> None:
+        max_records = READ_AHEAD if max_records is None else max_records
         try:
-            polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=READ_AHEAD)
+            polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         except KafkaError as exc:  # a failed rebalance or fetch: the next poll retries it
             logger.warning("Worker %s: polling Kafka failed (%s); retrying", self._name, exc)
             self._stopping.wait(POLL_RETRY_SECONDS)
@@ -376,7 +379,7 @@ class TaskConsumer:
         self._polled_at = time.monotonic()
         if self._assignment_news:
             self._report_assignment()
-        self._drained = sum(map(len, polled.values())) < READ_AHEAD
+        self._drained = sum(map(len, polled.values())) < max_records
         if self._awaited:
             self._awaited.difference_update(tp.partition for tp, records in polled.items()
                                             if records)
