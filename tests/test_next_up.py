@@ -250,7 +250,7 @@ def test_after_a_batchs_ring_takes_fetch_the_partitions_yet_to_deliver_though_ta
     # Given a worker whose first fetch after a batch's ring brought one partition's tasks
     # only, the newest (Apache Kafka answers a waiting fetch once one partition has any)
     monkeypatch.setattr(consumer_module, "POLL_MS", 10_000)  # it returns once they come
-    monkeypatch.setattr(consumer_module, "AWAIT_SECONDS", 60)  # not cut short on a slow host
+    monkeypatch.setattr(consumer_module, "BATCH_ARRIVAL", 60)  # not cut short on a slow host
     consumer = intake._consumer
     partitions = consumer.partitions
     older = [protocol.build("sleep", [0.5]) for _ in partitions[1:]]
@@ -285,7 +285,7 @@ def test_fetching_after_a_ring_keeps_the_read_ahead_within_its_bound(
         config, intake, monkeypatch) -> None:
     # Given a worker that reads 2 messages ahead at most, 1 of them buffered, just rung
     monkeypatch.setattr(consumer_module, "POLL_MS", 10_000)  # it returns once they come
-    monkeypatch.setattr(consumer_module, "AWAIT_SECONDS", 60)
+    monkeypatch.setattr(consumer_module, "BATCH_ARRIVAL", 60)
     monkeypatch.setattr(consumer_module, "READ_AHEAD", 2)
     consumer = intake._consumer
     partitions = consumer.partitions

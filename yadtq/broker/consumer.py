@@ -48,7 +48,7 @@ COUNT_TIMEOUT_MS = 200  # a count Kafka does not answer at once is skipped
 STEAL_BACKOFF_MIN, STEAL_BACKOFF_MAX = 0.05, 5.0  # seconds between looks that find nothing
 VIEW_REFRESH = 0.25  # seconds; while slots are busy, how often to look at others' partitions
 VIEW_MAX_AGE = 0.5  # seconds; a take that shows them never goes by an older look
-AWAIT_SECONDS = 0.2  # after a batch's ring, how long its partitions are fetched until each delivers
+BATCH_ARRIVAL = 0.2  # seconds after a batch's ring its messages may still be on their way
 
 
 class TaskConsumer:
@@ -93,7 +93,7 @@ class TaskConsumer:
         self._polled_at = 0.0
         self._drained = False  # the last poll brought less than it could: Kafka had no more
         self._awaited: set[int] = set()  # partitions yet to deliver a rung batch's messages
-        self._awaited_until = 0.0  # monotonic: when to stop waiting for them
+        self._batch_rung_at = float("-inf")  # monotonic: the last batch's ring
         self._claimed_through: dict[TopicPartition, int] = {}  # next offset to commit
         self._commit_due = False
         self._last_commit = 0.0
@@ -173,21 +173,24 @@ class TaskConsumer:
     def expect_batch(self) -> None:
         """A batch's ring: its messages are on their way to this worker's partitions.
 
-        Until each of them has delivered (at most ``AWAIT_SECONDS``), a take polls though
+        Until each of them has delivered (at most ``BATCH_ARRIVAL``), a take polls though
         tasks are buffered, and :meth:`hold` leaves the partitions fetching. Apache Kafka
         answers a waiting fetch as soon as one of them has messages; the buffer's tasks
         then ran first while older ones waited in the others (issue 24: a worker ran one
         partition's twenty tasks in 550 ms while the twenty oldest started late).
         """
         self._awaited = set(self.partitions)
-        self._awaited_until = time.monotonic() + AWAIT_SECONDS
+        self._batch_rung_at = time.monotonic()
+
+    @property
+    def batch_arriving(self) -> bool:
+        """A batch rang less than ``BATCH_ARRIVAL`` ago: its messages may be on their way."""
+        return time.monotonic() < self._batch_rung_at + BATCH_ARRIVAL
 
     @property
     def awaiting(self) -> bool:
         """Some partition of this worker's has not yet delivered a rung batch's messages."""
-        if self._awaited and time.monotonic() > self._awaited_until:
-            self._awaited.clear()
-        return bool(self._awaited)
+        return bool(self._awaited) and self.batch_arriving
 
     def hold(self, look_around: bool = False) -> None:
         """Every slot is busy: pause the partitions and poll only to stay in the group

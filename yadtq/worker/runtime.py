@@ -71,7 +71,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_TASK_MODULES = ("worker_node.tasks",)
 SLOT_WAIT = 0.2  # seconds; with every slot busy, how long to wait for one between group polls
 IDLE_WAIT_MAX = 1.0  # seconds; the longest sleep on the doorbells, once idle for a while
-FETCH_AFTER_RING = 0.2  # seconds a loop with every slot busy polls for a rung batch's tasks
 MIN_WAIT = 0.01  # seconds; the shortest (a wait of 0 on the doorbells would never end)
 STOLEN_AT_ONCE = 2  # tasks a slot one steal may take, at most (the owners keep the rest)
 
@@ -132,7 +131,6 @@ class Worker:
         self._stopping = threading.Event()
         self._stop_reason = "stopped"
         self._poll_waits = True  # False when the next messages are expected already there
-        self._batch_rung_at = 0.0  # monotonic: when the last batch's ring woke the loop
         self._idle_wait = config.idle_wait  # how long the next sleep on the doorbells lasts
         self._rung_copies = RungCopies()  # claimed by doorbell, Kafka copy not read yet
         self.backend = RedisBackend(config, worker_id=self.name)
@@ -263,7 +261,7 @@ class Worker:
         self._settle_next_up(preparing=look_around)
         # A batch just rung may have messages on their way: wait for them, else the first
         # slot to free finds nothing prepared and waits 10-17 ms for the loop to claim.
-        fetching = self._poll_waits and time.monotonic() < self._batch_rung_at + FETCH_AFTER_RING
+        fetching = self._poll_waits and self.consumer.batch_arriving
         if look_around and not self._intake.prepare(self._next_up.prepare, fetching) \
                 and fetching:
             wait = MIN_WAIT  # its partitions not paused
@@ -382,7 +380,6 @@ class Worker:
             2 * self._idle_wait, max(IDLE_WAIT_MAX, self.config.idle_wait))
         self._poll_waits = batch
         if batch:
-            self._batch_rung_at = time.monotonic()
             self.consumer.expect_batch()
 
     # --- running a task ----------------------------------------------------
